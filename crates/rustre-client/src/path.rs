@@ -1,0 +1,139 @@
+//! Path walking in the client: the server knows only (directory inode, name), so the library turns
+//! paths into lookups, following symlinks as a local file system would.
+
+use std::collections::VecDeque;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use rustre_proto::{Attr, Errno, FileKind, ROOT_INO};
+
+use crate::Client;
+use crate::error::{Error, Result};
+
+/// Most symlinks followed in one path walk (Linux's `MAXSYMLINKS`).
+pub const SYMLINKS_FOLLOWED_MAX: u32 = 40;
+
+/// One path component.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Component {
+    Parent,
+    Name(Vec<u8>),
+}
+
+pub(crate) fn components(path: &[u8]) -> VecDeque<Component> {
+    path.split(|&byte| byte == b'/')
+        .filter(|part| !part.is_empty() && *part != b".")
+        .map(|part| {
+            if part == b".." {
+                Component::Parent
+            } else {
+                Component::Name(part.to_vec())
+            }
+        })
+        .collect()
+}
+
+pub(crate) fn bytes(path: &Path) -> &[u8] {
+    path.as_os_str().as_bytes()
+}
+
+/// Where a walk stands: the directories from the root down to the current one.
+#[derive(Clone, Debug)]
+pub(crate) struct Walk {
+    pub stack: Vec<u64>,
+}
+
+impl Walk {
+    pub fn root() -> Walk {
+        Walk { stack: vec![ROOT_INO] }
+    }
+
+    pub fn directory(&self) -> u64 {
+        *self.stack.last().expect("the stack holds the root at least")
+    }
+
+    fn up(&mut self) {
+        if self.stack.len() > 1 {
+            self.stack.pop();
+        }
+    }
+}
+
+impl Client {
+    /// Walks `pending` from `walk`, following every symlink met (and the last component's when
+    /// `follow_last`). Returns the attributes of what the path names and leaves `walk` at the
+    /// directory holding it.
+    pub(crate) async fn walk(
+        &self,
+        walk: &mut Walk,
+        mut pending: VecDeque<Component>,
+        follow_last: bool,
+    ) -> Result<Attr> {
+        let mut followed = 0;
+        let mut current = self.getattr(walk.directory()).await?;
+        while let Some(component) = pending.pop_front() {
+            if current.kind != FileKind::Directory {
+                return Err(Errno::ENOTDIR.into());
+            }
+            let name = match component {
+                Component::Parent => {
+                    walk.up();
+                    current = self.getattr(walk.directory()).await?;
+                    continue;
+                }
+                Component::Name(name) => name,
+            };
+            let attr = self.lookup(walk.directory(), &name).await?;
+            let last = pending.is_empty();
+            if attr.kind == FileKind::Symlink && (!last || follow_last) {
+                followed += 1;
+                if followed > SYMLINKS_FOLLOWED_MAX {
+                    return Err(Errno::ELOOP.into());
+                }
+                let target = self.readlink_ino(attr.ino).await?;
+                if target.starts_with(b"/") {
+                    *walk = Walk::root();
+                }
+                let mut spliced = components(&target);
+                spliced.extend(pending);
+                pending = spliced;
+                current = self.getattr(walk.directory()).await?;
+                continue;
+            }
+            if last {
+                return Ok(attr);
+            }
+            if attr.kind != FileKind::Directory {
+                return Err(Errno::ENOTDIR.into());
+            }
+            walk.stack.push(attr.ino);
+            current = attr;
+        }
+        Ok(current)
+    }
+
+    /// Resolves everything but the last component of `path`, which must be a plain name.
+    /// Returns the directory and that name. The root itself has no parent: EBUSY.
+    pub(crate) async fn walk_parent(&self, walk: &mut Walk, path: &[u8]) -> Result<Vec<u8>> {
+        let mut pending = components(path);
+        let last = match pending.pop_back() {
+            None => return Err(Error::new(Errno::EBUSY, "the root directory has no parent")),
+            Some(Component::Parent) => return Err(Errno::EINVAL.into()),
+            Some(Component::Name(name)) => name,
+        };
+        if path.ends_with(b"/.") {
+            return Err(Errno::EINVAL.into());
+        }
+        if !pending.is_empty() {
+            let directory = self.walk(walk, pending, true).await?;
+            if directory.kind != FileKind::Directory {
+                return Err(Errno::ENOTDIR.into());
+            }
+            // A parent path ending in ".." leaves the walk at that directory already.
+            if walk.directory() != directory.ino {
+                walk.stack.push(directory.ino);
+            }
+        }
+        Ok(last)
+    }
+}

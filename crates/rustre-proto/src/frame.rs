@@ -1,0 +1,184 @@
+//! Frames: the unit on the byte stream. Layout (all integers little-endian), see
+//! `docs/protocol.md`:
+//!
+//! ```text
+//! offset  size         field
+//! 0       4            body_len   bytes after this field; FRAME_FIXED_LEN <= body_len <= FRAME_BODY_LEN_MAX
+//! 4       1            kind       1 = request, 2 = reply
+//! 5       8            id         chosen by the side that sends the request; a reply repeats it
+//! 13      4            header_len HEADER_LEN_MAX at most
+//! 17      header_len   header     postcard-encoded message
+//! ..      rest         payload    raw bytes (file data, xattr values)
+//! ```
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::msg::IO_SIZE_MAX;
+
+/// Bytes of `kind`, `id` and `header_len`, which every body has.
+pub const FRAME_FIXED_LEN: usize = 1 + 8 + 4;
+/// Largest postcard header. Readdir replies are the largest headers and are sized to fit.
+pub const HEADER_LEN_MAX: usize = 1 << 20;
+/// Largest payload: one read or write, with room to spare.
+pub const PAYLOAD_LEN_MAX: usize = IO_SIZE_MAX as usize + 4096;
+/// Largest body a peer may announce; anything larger closes the connection before allocation.
+pub const FRAME_BODY_LEN_MAX: usize = FRAME_FIXED_LEN + HEADER_LEN_MAX + PAYLOAD_LEN_MAX;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameKind {
+    Request = 1,
+    Reply = 2,
+}
+
+/// One frame, header still encoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: FrameKind,
+    pub id: u64,
+    pub header: Bytes,
+    pub payload: Bytes,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection closed")]
+    Closed,
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame body of {0} bytes is outside {FRAME_FIXED_LEN}..={FRAME_BODY_LEN_MAX}")]
+    BadLength(usize),
+    #[error("unknown frame kind {0}")]
+    BadKind(u8),
+    #[error("header length {header_len} does not fit a body of {body_len} bytes (or exceeds {HEADER_LEN_MAX})")]
+    BadHeaderLength { header_len: usize, body_len: usize },
+    #[error("undecodable header: {0}")]
+    BadHeader(postcard::Error),
+}
+
+impl Frame {
+    pub fn new<T: Serialize>(kind: FrameKind, id: u64, header: &T, payload: Bytes) -> Frame {
+        Frame {
+            kind,
+            id,
+            header: encode_header(header),
+            payload,
+        }
+    }
+
+    pub fn decode_header<T: DeserializeOwned>(&self) -> Result<T, FrameError> {
+        postcard::from_bytes(&self.header).map_err(FrameError::BadHeader)
+    }
+
+    /// The 17 bytes that precede the header on the wire.
+    pub fn prefix(&self) -> [u8; 4 + FRAME_FIXED_LEN] {
+        let body_len = FRAME_FIXED_LEN + self.header.len() + self.payload.len();
+        debug_assert!(body_len <= FRAME_BODY_LEN_MAX, "we never send what we would refuse");
+        let mut prefix = [0u8; 4 + FRAME_FIXED_LEN];
+        let mut cursor = &mut prefix[..];
+        cursor.put_u32_le(body_len as u32);
+        cursor.put_u8(self.kind as u8);
+        cursor.put_u64_le(self.id);
+        cursor.put_u32_le(self.header.len() as u32);
+        prefix
+    }
+}
+
+pub fn encode_header<T: Serialize>(header: &T) -> Bytes {
+    // Serializing our own types into a Vec cannot fail: postcard fails only for unsupported
+    // serde shapes (none in msg.rs) or a full output buffer (a Vec grows).
+    Bytes::from(postcard::to_stdvec(header).expect("postcard serializes every message type"))
+}
+
+/// Reads one frame. Lengths are checked before any allocation, so a hostile length costs nothing.
+pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Frame, FrameError> {
+    let mut length = [0u8; 4];
+    match reader.read_exact(&mut length).await {
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(FrameError::Closed);
+        }
+        Err(error) => return Err(error.into()),
+    }
+    let body_len = u32::from_le_bytes(length) as usize;
+    if !(FRAME_FIXED_LEN..=FRAME_BODY_LEN_MAX).contains(&body_len) {
+        return Err(FrameError::BadLength(body_len));
+    }
+    let mut fixed = [0u8; FRAME_FIXED_LEN];
+    reader.read_exact(&mut fixed).await?;
+    let mut cursor = &fixed[..];
+    let kind = match cursor.get_u8() {
+        1 => FrameKind::Request,
+        2 => FrameKind::Reply,
+        other => return Err(FrameError::BadKind(other)),
+    };
+    let id = cursor.get_u64_le();
+    let header_len = cursor.get_u32_le() as usize;
+    let rest_len = body_len - FRAME_FIXED_LEN;
+    if header_len > rest_len || header_len > HEADER_LEN_MAX || rest_len - header_len > PAYLOAD_LEN_MAX {
+        return Err(FrameError::BadHeaderLength { header_len, body_len });
+    }
+    let mut rest = BytesMut::zeroed(rest_len);
+    reader.read_exact(&mut rest).await?;
+    let mut rest = rest.freeze();
+    let header = rest.split_to(header_len);
+    Ok(Frame {
+        kind,
+        id,
+        header,
+        payload: rest,
+    })
+}
+
+/// Writes one frame (without flushing).
+pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, frame: &Frame) -> std::io::Result<()> {
+    writer.write_all(&frame.prefix()).await?;
+    writer.write_all(&frame.header).await?;
+    writer.write_all(&frame.payload).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frame_round_trip_and_refusals() {
+        let frame = Frame::new(
+            FrameKind::Request,
+            7,
+            &(1u32, "x".to_string()),
+            Bytes::from_static(b"data"),
+        );
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &frame).await.unwrap();
+        let decoded = read_frame(&mut &wire[..]).await.unwrap();
+        assert_eq!(decoded, frame);
+
+        // A frame announcing more than the limit is refused before its body is read.
+        let mut huge = Vec::new();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            read_frame(&mut &huge[..]).await,
+            Err(FrameError::BadLength(_))
+        ));
+
+        // A truncated frame is an I/O error (unexpected end), not a panic.
+        assert!(read_frame(&mut &wire[..wire.len() - 1]).await.is_err());
+
+        // A header length pointing past the body is refused.
+        let mut bad = wire.clone();
+        bad[13..17].copy_from_slice(&1000u32.to_le_bytes());
+        assert!(matches!(
+            read_frame(&mut &bad[..]).await,
+            Err(FrameError::BadHeaderLength { .. })
+        ));
+
+        // An unknown kind is refused.
+        let mut bad = wire.clone();
+        bad[4] = 9;
+        assert!(matches!(read_frame(&mut &bad[..]).await, Err(FrameError::BadKind(9))));
+    }
+}

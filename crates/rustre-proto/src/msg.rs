@@ -1,0 +1,420 @@
+//! The messages carried in frame headers, encoded with postcard.
+//!
+//! **API Boundary**: variants are only ever appended. Postcard encodes an enum variant by its
+//! index, so reordering or removing one changes the wire format; `docs/protocol.md` lists the
+//! indexes. `Op::Hello` is index 0 of the first message on every connection and is frozen.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Errno;
+
+/// The inode id of the root directory.
+pub const ROOT_INO: u64 = 1;
+
+/// Protocol versions this build speaks, inclusive.
+pub const PROTOCOL_VERSION_MIN: u16 = 1;
+pub const PROTOCOL_VERSION_MAX: u16 = 1;
+
+/// Sent in `Hello` to recognise a rustre peer before anything else is believed.
+pub const HELLO_MAGIC: u32 = 0x5253_5452; // "RSTR"
+
+/// Largest read or write a single request may carry.
+pub const IO_SIZE_MAX: u32 = 4 << 20;
+
+/// Largest number of entries one `ReadDir` reply carries.
+pub const READDIR_ENTRIES_MAX: u32 = 1024;
+
+/// Largest file size (offset + length of any write, or a truncate).
+pub const FILE_SIZE_MAX: u64 = 1 << 50;
+
+/// A point in time, as seconds and nanoseconds since the Unix epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+pub struct Timestamp {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+impl Timestamp {
+    pub fn from_system_time(time: std::time::SystemTime) -> Timestamp {
+        match time.duration_since(std::time::UNIX_EPOCH) {
+            Ok(since) => Timestamp {
+                secs: since.as_secs() as i64,
+                nanos: since.subsec_nanos(),
+            },
+            Err(before) => {
+                let before = before.duration();
+                let mut secs = -(before.as_secs() as i64);
+                let mut nanos = before.subsec_nanos();
+                if nanos > 0 {
+                    secs -= 1;
+                    nanos = 1_000_000_000 - nanos;
+                }
+                Timestamp { secs, nanos }
+            }
+        }
+    }
+
+    pub fn to_system_time(self) -> std::time::SystemTime {
+        let nanos = std::time::Duration::from_nanos(u64::from(self.nanos));
+        if self.secs >= 0 {
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.secs as u64) + nanos
+        } else {
+            std::time::UNIX_EPOCH - std::time::Duration::from_secs(self.secs.unsigned_abs()) + nanos
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileKind {
+    Regular,
+    Directory,
+    Symlink,
+}
+
+/// The attributes of an inode, as the server knows them at the moment of the reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attr {
+    pub ino: u64,
+    /// `(ino, generation)` never names two different inodes.
+    pub generation: u64,
+    pub kind: FileKind,
+    /// Permission bits only (`0o7777`); the type is in `kind`.
+    pub perm: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// 512-byte blocks allocated (an estimate from the size).
+    pub blocks: u64,
+    pub atime: Timestamp,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+}
+
+impl Attr {
+    /// `st_mode` as `stat(2)` gives it: type bits and permission bits.
+    pub fn mode(&self) -> u32 {
+        let kind_bits = match self.kind {
+            FileKind::Regular => 0o100000,
+            FileKind::Directory => 0o040000,
+            FileKind::Symlink => 0o120000,
+        };
+        kind_bits | self.perm
+    }
+}
+
+/// Who makes a call: owner of what it creates. (Permission checks arrive with the security work.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Open flags, rustre's own bits (not the host's `O_*` numbers, which differ between platforms).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct OpenFlags(pub u32);
+
+impl OpenFlags {
+    pub const READ: OpenFlags = OpenFlags(1);
+    pub const WRITE: OpenFlags = OpenFlags(2);
+    pub const CREATE: OpenFlags = OpenFlags(4);
+    pub const EXCLUSIVE: OpenFlags = OpenFlags(8);
+    pub const TRUNCATE: OpenFlags = OpenFlags(16);
+    pub const APPEND: OpenFlags = OpenFlags(32);
+    /// Open a directory (for `opendir`); refuses anything else with ENOTDIR.
+    pub const DIRECTORY: OpenFlags = OpenFlags(64);
+    const KNOWN: u32 = 127;
+
+    pub fn contains(self, other: OpenFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub fn is_known(self) -> bool {
+        self.0 & !Self::KNOWN == 0
+    }
+}
+
+impl std::ops::BitOr for OpenFlags {
+    type Output = OpenFlags;
+    fn bitor(self, other: OpenFlags) -> OpenFlags {
+        OpenFlags(self.0 | other.0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RenameMode {
+    /// Replace the target if it exists (plain `rename(2)`).
+    Replace,
+    /// Fail with EEXIST if the target exists (`RENAME_NOREPLACE`).
+    NoReplace,
+    /// Swap source and target atomically; both must exist (`RENAME_EXCHANGE`).
+    Exchange,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TimeSet {
+    Now,
+    At(Timestamp),
+}
+
+/// The attributes a `SetAttr` changes; `None` leaves one as it is. `ctime` is kept by the server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SetAttrIn {
+    pub perm: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum XattrMode {
+    /// Create or replace.
+    Either,
+    /// Fail with EEXIST if present (`XATTR_CREATE`).
+    Create,
+    /// Fail with ENODATA if absent (`XATTR_REPLACE`).
+    Replace,
+}
+
+/// A request from client to server: who calls, and what.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub caller: Caller,
+    pub op: Op,
+}
+
+/// The operations. Payload bytes (beside the header in the frame) are noted where used.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    /// First request on a connection; nothing else is accepted before it.
+    Hello {
+        magic: u32,
+        version_min: u16,
+        version_max: u16,
+        client_name: String,
+    },
+    Lookup {
+        parent: u64,
+        name: Vec<u8>,
+    },
+    GetAttr {
+        ino: u64,
+    },
+    SetAttr {
+        ino: u64,
+        set: SetAttrIn,
+    },
+    /// Resolve `name` in `parent` and open it, creating it if asked, as one atomic step.
+    Open {
+        parent: u64,
+        name: Vec<u8>,
+        flags: OpenFlags,
+        perm: u32,
+    },
+    /// Open an inode by id (ESTALE if it is gone).
+    OpenIno {
+        ino: u64,
+        flags: OpenFlags,
+    },
+    Close {
+        handle: u64,
+    },
+    /// Reply payload: the bytes read (shorter at end of file).
+    Read {
+        handle: u64,
+        offset: u64,
+        len: u32,
+    },
+    /// Request payload: the bytes to write. With an `APPEND` handle the offset is ignored.
+    Write {
+        handle: u64,
+        offset: u64,
+    },
+    Fsync {
+        handle: u64,
+    },
+    Mkdir {
+        parent: u64,
+        name: Vec<u8>,
+        perm: u32,
+    },
+    Rmdir {
+        parent: u64,
+        name: Vec<u8>,
+    },
+    Unlink {
+        parent: u64,
+        name: Vec<u8>,
+    },
+    Rename {
+        parent: u64,
+        name: Vec<u8>,
+        new_parent: u64,
+        new_name: Vec<u8>,
+        mode: RenameMode,
+    },
+    Link {
+        ino: u64,
+        new_parent: u64,
+        new_name: Vec<u8>,
+    },
+    Symlink {
+        parent: u64,
+        name: Vec<u8>,
+        target: Vec<u8>,
+    },
+    Readlink {
+        ino: u64,
+    },
+    /// Entries whose cookie is greater than `cookie` (0 starts), at most `max_entries`.
+    ReadDir {
+        ino: u64,
+        cookie: u64,
+        max_entries: u32,
+        with_attrs: bool,
+    },
+    StatFs,
+    /// Reply payload: the value.
+    GetXattr {
+        ino: u64,
+        name: Vec<u8>,
+    },
+    /// Request payload: the value.
+    SetXattr {
+        ino: u64,
+        name: Vec<u8>,
+        mode: XattrMode,
+    },
+    ListXattr {
+        ino: u64,
+    },
+    RemoveXattr {
+        ino: u64,
+        name: Vec<u8>,
+    },
+}
+
+impl Op {
+    /// A short name for logs and counters.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Op::Hello { .. } => "hello",
+            Op::Lookup { .. } => "lookup",
+            Op::GetAttr { .. } => "getattr",
+            Op::SetAttr { .. } => "setattr",
+            Op::Open { .. } => "open",
+            Op::OpenIno { .. } => "open_ino",
+            Op::Close { .. } => "close",
+            Op::Read { .. } => "read",
+            Op::Write { .. } => "write",
+            Op::Fsync { .. } => "fsync",
+            Op::Mkdir { .. } => "mkdir",
+            Op::Rmdir { .. } => "rmdir",
+            Op::Unlink { .. } => "unlink",
+            Op::Rename { .. } => "rename",
+            Op::Link { .. } => "link",
+            Op::Symlink { .. } => "symlink",
+            Op::Readlink { .. } => "readlink",
+            Op::ReadDir { .. } => "readdir",
+            Op::StatFs => "statfs",
+            Op::GetXattr { .. } => "getxattr",
+            Op::SetXattr { .. } => "setxattr",
+            Op::ListXattr { .. } => "listxattr",
+            Op::RemoveXattr { .. } => "removexattr",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: u64,
+    pub kind: FileKind,
+    /// Pass this back as `ReadDir::cookie` to continue after this entry.
+    pub cookie: u64,
+    /// Present when the request asked `with_attrs`.
+    pub attr: Option<Attr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatFs {
+    pub block_size: u32,
+    pub blocks: u64,
+    pub blocks_free: u64,
+    pub blocks_available: u64,
+    pub files: u64,
+    pub files_free: u64,
+    pub name_len_max: u32,
+}
+
+/// A successful reply. Which variant answers which `Op` is listed in `docs/protocol.md`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    Hello {
+        version: u16,
+        session: u64,
+        root: Attr,
+        server_name: String,
+    },
+    /// Lookup, mkdir, symlink, link: the inode now at that name.
+    Entry {
+        attr: Attr,
+    },
+    /// GetAttr, SetAttr.
+    Attr {
+        attr: Attr,
+    },
+    /// Open, OpenIno.
+    Opened {
+        handle: u64,
+        attr: Attr,
+        created: bool,
+    },
+    /// Read: the payload holds the bytes.
+    Data,
+    Written {
+        len: u32,
+        attr: Attr,
+    },
+    /// Close, Fsync, Rmdir, Unlink, Rename, SetXattr, RemoveXattr.
+    Done,
+    Target {
+        target: Vec<u8>,
+    },
+    Entries {
+        entries: Vec<DirEntry>,
+        end: bool,
+    },
+    StatFs {
+        statfs: StatFs,
+    },
+    /// GetXattr: the payload holds the value.
+    Xattr,
+    XattrNames {
+        names: Vec<Vec<u8>>,
+    },
+}
+
+/// A failed reply: the errno, and a message for logs and command-line users.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireError {
+    pub errno: Errno,
+    pub message: String,
+}
+
+/// The header of every reply to a `Request`.
+pub type ReplyHeader = Result<Reply, WireError>;
+
+/// A request from server to client, on the same connection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Callback {
+    /// Liveness check; the client answers `Pong` with the same nonce.
+    Ping { nonce: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CallbackReply {
+    Pong { nonce: u64 },
+}

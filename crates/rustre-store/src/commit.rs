@@ -1,0 +1,243 @@
+//! Group commit: one writer thread applies queued operations in batches, one redb write
+//! transaction and (at most) one fsync per batch, and answers each caller after the commit that
+//! made its change durable. Throughput grows with concurrency because a batch takes everything
+//! queued while the previous fsync ran.
+//!
+//! The writer thread also owns a piece of caller state `S` (the server's open-handle table), so
+//! operations that must be atomic with respect to it (open against unlink, last close against
+//! destroy) are serialized with the namespace changes without any lock.
+//!
+//! Replies: an operation that changed nothing, and ran before any change in its batch, is answered
+//! at once: it saw only committed state. Every other reply waits for the commit.
+//!
+//! Failure: a storage error aborts the batch, fails every operation in it with EIO, and stops the
+//! committer for good (fail-stop): the server must be restarted on a store it re-reads from disk.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use redb::{Database, Durability};
+use rustre_proto::Timestamp;
+use rustre_proto::clock::Clock;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Result, StoreError};
+use crate::namespace::{Ns, PostCommit};
+use crate::objects::ObjectStore;
+
+/// Operations waiting for the writer; callers wait beyond this (back-pressure).
+pub const COMMIT_QUEUE_DEPTH: usize = 4096;
+/// Most operations in one transaction.
+pub const COMMIT_BATCH_MAX: usize = 512;
+/// Non-durable batches (data writes) in a row before one is made durable anyway, so redb's
+/// uncommitted history stays short.
+pub const NON_DURABLE_BATCHES_MAX: u32 = 64;
+
+type Completion = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+type Job<S> = Box<dyn for<'txn> FnOnce(&mut Ns<'txn>, &mut S) -> Completion + Send>;
+
+enum Message<S> {
+    Run(Job<S>),
+    Stop,
+}
+
+/// A handle to the writer thread; cloning shares it.
+pub struct Committer<S> {
+    queue: mpsc::Sender<Message<S>>,
+    thread: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl<S> Clone for Committer<S> {
+    fn clone(&self) -> Self {
+        Committer {
+            queue: self.queue.clone(),
+            thread: self.thread.clone(),
+        }
+    }
+}
+
+impl<S: Send + 'static> Committer<S> {
+    pub(crate) fn start(
+        db: Arc<Database>,
+        objects: Arc<dyn ObjectStore>,
+        clock: Arc<dyn Clock>,
+        boot: u64,
+        state: S,
+    ) -> Committer<S> {
+        let (queue, receiver) = mpsc::channel(COMMIT_QUEUE_DEPTH);
+        let writer = Writer {
+            db,
+            objects,
+            clock,
+            boot,
+            state,
+            receiver,
+            stopped: false,
+            non_durable_batches: 0,
+        };
+        let thread = std::thread::Builder::new()
+            .name("rustre-commit".into())
+            .spawn(move || writer.run())
+            .expect("spawning the commit thread");
+        Committer {
+            queue,
+            thread: Arc::new(std::sync::Mutex::new(Some(thread))),
+        }
+    }
+
+    /// Runs `operation` in the next batch and returns its result once it is safe to reply.
+    pub async fn run<T, F>(&self, operation: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'txn> FnOnce(&mut Ns<'txn>, &mut S) -> Result<T> + Send + 'static,
+    {
+        let (sender, receiver) = oneshot::channel();
+        let job: Job<S> = Box::new(move |ns, state| {
+            let before = ns.mutations;
+            let result = operation(ns, state);
+            if let Err(StoreError::Fs(errno)) = &result {
+                assert_eq!(
+                    ns.mutations, before,
+                    "an operation that answers {errno:?} changes nothing"
+                );
+            }
+            Box::new(move |failure: Option<&StoreError>| {
+                let outcome = match failure {
+                    None => result,
+                    Some(StoreError::Stopped) => Err(StoreError::Stopped),
+                    Some(failure) => Err(StoreError::io(
+                        "commit failed",
+                        std::io::Error::other(failure.to_string()),
+                    )),
+                };
+                // The caller may have gone away; nothing to tell it then.
+                let _ = sender.send(outcome);
+            })
+        });
+        self.queue
+            .send(Message::Run(job))
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        receiver.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Stops the writer after what is queued, and waits for it (the store can then be reopened).
+    pub async fn stop(&self) {
+        let _ = self.queue.send(Message::Stop).await;
+        let thread = self.thread.lock().expect("commit thread lock").take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+struct Writer<S> {
+    db: Arc<Database>,
+    objects: Arc<dyn ObjectStore>,
+    clock: Arc<dyn Clock>,
+    boot: u64,
+    state: S,
+    receiver: mpsc::Receiver<Message<S>>,
+    stopped: bool,
+    non_durable_batches: u32,
+}
+
+impl<S> Writer<S> {
+    fn run(mut self) {
+        while let Some(first) = self.receiver.blocking_recv() {
+            let mut batch = Vec::new();
+            let mut stop = false;
+            for message in std::iter::once(first).chain(std::iter::from_fn(|| self.receiver.try_recv().ok())) {
+                match message {
+                    Message::Run(job) => batch.push(job),
+                    Message::Stop => {
+                        stop = true;
+                        break;
+                    }
+                }
+                if batch.len() >= COMMIT_BATCH_MAX {
+                    break;
+                }
+            }
+            if !batch.is_empty() {
+                self.run_batch(batch);
+            }
+            if stop {
+                break;
+            }
+        }
+    }
+
+    fn run_batch(&mut self, batch: Vec<Job<S>>) {
+        if self.stopped {
+            // Dropping a job drops its reply sender: its caller sees `Stopped`.
+            drop(batch);
+            return;
+        }
+        match self.try_batch(batch) {
+            Ok(()) => {}
+            Err((error, completions)) => {
+                tracing::error!(%error, "metadata store failed; stopping all changes (fail-stop)");
+                self.stopped = true;
+                for completion in completions {
+                    completion(Some(&error));
+                }
+            }
+        }
+    }
+
+    fn try_batch(&mut self, batch: Vec<Job<S>>) -> std::result::Result<(), (StoreError, Vec<Completion>)> {
+        let mut txn = match self.db.begin_write() {
+            Ok(txn) => txn,
+            Err(error) => return Err((StoreError::from(error), Vec::new())),
+        };
+        let now = Timestamp::from_system_time(self.clock.now());
+        let mut deferred: Vec<Completion> = Vec::new();
+        let (mutated, durable, post_commit) = {
+            let mut ns = match Ns::new(&txn, now, self.boot) {
+                Ok(ns) => ns,
+                Err(error) => return Err((error, Vec::new())),
+            };
+            for job in batch {
+                let completion = job(&mut ns, &mut self.state);
+                if ns.mutations == 0 {
+                    completion(None);
+                } else {
+                    deferred.push(completion);
+                }
+            }
+            (ns.mutations > 0, ns.durable, std::mem::take(&mut ns.post_commit))
+        };
+        if mutated {
+            let durable = durable || self.non_durable_batches >= NON_DURABLE_BATCHES_MAX;
+            let result = txn
+                .set_durability(if durable {
+                    Durability::Immediate
+                } else {
+                    Durability::None
+                })
+                .map_err(StoreError::from)
+                .and_then(|()| txn.commit().map_err(StoreError::from));
+            if let Err(error) = result {
+                return Err((error, deferred));
+            }
+            self.non_durable_batches = if durable { 0 } else { self.non_durable_batches + 1 };
+        } else {
+            drop(txn);
+        }
+        for completion in deferred {
+            completion(None);
+        }
+        for action in post_commit {
+            match action {
+                PostCommit::RemoveObject(ino) => {
+                    if let Err(error) = self.objects.remove(ino) {
+                        // The inode is gone; a leftover object only wastes space (fsck finds it).
+                        tracing::warn!(ino, %error, "could not remove the data object of a destroyed inode");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

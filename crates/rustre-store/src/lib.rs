@@ -1,0 +1,111 @@
+//! rustre's persistent namespace: metadata in redb tables, file contents as data objects, and
+//! the group committer that applies changes. See `docs/storage.md`.
+
+mod commit;
+mod error;
+mod namespace;
+mod objects;
+mod record;
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase};
+use rustre_proto::Timestamp;
+use rustre_proto::clock::Clock;
+
+pub use commit::{COMMIT_BATCH_MAX, COMMIT_QUEUE_DEPTH, Committer};
+pub use error::{Result, StoreError};
+pub use namespace::{Dirent, LINK_COUNT_MAX, Ns, Opened, ReadNs};
+pub use objects::{LocalObjects, ObjectStore};
+pub use record::InodeRecord;
+
+/// The metadata database and data objects of one data directory, held exclusively.
+pub struct Store {
+    dir: PathBuf,
+    db: Arc<Database>,
+    objects: Arc<dyn ObjectStore>,
+    boot: u64,
+    /// Holds the directory's lock for as long as the store lives.
+    _lock: File,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`. Refuses with `StoreError::Locked` when
+    /// another server holds the directory.
+    pub fn open(dir: &Path, clock: &dyn Clock) -> Result<Store> {
+        std::fs::create_dir_all(dir).map_err(|error| StoreError::io(format!("creating {}", dir.display()), error))?;
+        let lock = lock_directory(dir)?;
+        let db = Database::create(dir.join("meta.redb"))?;
+        let objects = LocalObjects::open(&dir.join("objects"))
+            .map_err(|error| StoreError::io(format!("opening {}/objects", dir.display()), error))?;
+        let txn = db.begin_write()?;
+        let boot = namespace::initialize(&txn, Timestamp::from_system_time(clock.now()))?;
+        txn.commit()?;
+        tracing::info!(dir = %dir.display(), boot, "store opened");
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            db: Arc::new(db),
+            objects: Arc::new(objects),
+            boot,
+            _lock: lock,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// How many times this store has been opened, this time included.
+    pub fn boot(&self) -> u64 {
+        self.boot
+    }
+
+    /// A consistent snapshot of the namespace as last committed.
+    pub fn read(&self) -> Result<ReadNs> {
+        ReadNs::new(&self.db.begin_read()?)
+    }
+
+    pub fn objects(&self) -> &Arc<dyn ObjectStore> {
+        &self.objects
+    }
+
+    /// Starts the writer thread, which owns `state` from now on.
+    pub fn start_committer<S: Send + 'static>(&self, clock: Arc<dyn Clock>, state: S) -> Committer<S> {
+        Committer::start(self.db.clone(), self.objects.clone(), clock, self.boot, state)
+    }
+}
+
+/// Takes an exclusive `flock` on `DIR/LOCK` and writes our pid into it, so a second server on the
+/// same directory is refused with a message naming the holder.
+fn lock_directory(dir: &Path) -> Result<File> {
+    let path = dir.join("LOCK");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|error| StoreError::io(format!("opening {}", path.display()), error))?;
+    if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = match holder.trim() {
+            "" => "unknown process".to_string(),
+            pid => format!("pid {pid}"),
+        };
+        return Err(StoreError::Locked {
+            dir: dir.display().to_string(),
+            holder,
+        });
+    }
+    let pid = std::process::id().to_string();
+    let written = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(pid.as_bytes()));
+    written.map_err(|error| StoreError::io(format!("writing {}", path.display()), error))?;
+    Ok(file)
+}

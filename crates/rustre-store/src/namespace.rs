@@ -1,0 +1,926 @@
+//! Namespace operations. Reads run in a `ReadNs` (a redb read transaction: a consistent snapshot,
+//! concurrent with the writer); changes run in an `Ns` inside the committer's batch transaction.
+//!
+//! **Architecture Invariant**: an operation that returns `Err(StoreError::Fs(_))` has changed
+//! nothing. Every operation checks all its preconditions before its first write; the committer
+//! asserts it (`Ns::mutations` is unchanged after a failed operation).
+//!
+//! POSIX rules kept here: directory nlink is 2 + subdirectories; a directory's `parent` is its one
+//! parent link; mtime and ctime of a directory change when its entries do; ctime of an inode
+//! changes when its attributes, links or xattrs do.
+
+use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
+use rustre_proto::msg::{FILE_SIZE_MAX, READDIR_ENTRIES_MAX};
+use rustre_proto::name::{XATTR_VALUE_LEN_MAX, validate_name, validate_symlink_target, validate_xattr_name};
+use rustre_proto::{
+    Attr, Caller, DirEntry, Errno, FileKind, OpenFlags, ROOT_INO, RenameMode, SetAttrIn, TimeSet, Timestamp,
+};
+
+use crate::error::{Result, StoreError};
+use crate::record::*;
+
+/// Most hard links one inode may have.
+pub const LINK_COUNT_MAX: u32 = 65000;
+/// Most bytes of names one readdir reply carries, so a reply stays far below the frame limit.
+pub const READDIR_REPLY_BYTES_MAX: usize = 256 * 1024;
+/// Deepest directory chain walked when checking a rename for loops.
+pub const DIRECTORY_DEPTH_MAX: u32 = 4096;
+
+/// A directory entry as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dirent {
+    pub ino: u64,
+    pub kind: FileKind,
+    pub cookie: u64,
+}
+
+fn load_inode(table: &impl ReadableTable<u64, &'static [u8]>, ino: u64) -> Result<Option<InodeRecord>> {
+    match table.get(ino)? {
+        Some(bytes) => Ok(Some(InodeRecord::decode(ino, bytes.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn load_dirent(
+    table: &impl ReadableTable<(u64, &'static [u8]), (u64, u8, u64)>,
+    parent: u64,
+    name: &[u8],
+) -> Result<Option<Dirent>> {
+    match table.get((parent, name))? {
+        Some(value) => {
+            let (ino, kind, cookie) = value.value();
+            Ok(Some(Dirent {
+                ino,
+                kind: kind_from_byte(kind)?,
+                cookie,
+            }))
+        }
+        None => Ok(None),
+    }
+}
+
+/// An inode addressed by id must exist: a missing one is ESTALE (semantics.md, ESTALE discipline).
+fn existing(record: Option<InodeRecord>) -> Result<InodeRecord> {
+    record.ok_or(StoreError::Fs(Errno::ESTALE))
+}
+
+/// A directory addressed by id, to look names up in or to change: it must exist, be a
+/// directory, and still be linked (a removed directory takes no new names).
+fn usable_directory(record: Option<InodeRecord>) -> Result<InodeRecord> {
+    let record = existing(record)?;
+    if record.kind != FileKind::Directory {
+        return Err(Errno::ENOTDIR.into());
+    }
+    if record.nlink == 0 {
+        return Err(Errno::ENOENT.into());
+    }
+    Ok(record)
+}
+
+fn read_dir_page(
+    inodes: &impl ReadableTable<u64, &'static [u8]>,
+    dirents: &impl ReadableTable<(u64, &'static [u8]), (u64, u8, u64)>,
+    cookies: &impl ReadableTable<(u64, u64), &'static [u8]>,
+    ino: u64,
+    cookie: u64,
+    max_entries: u32,
+    with_attrs: bool,
+) -> Result<(Vec<DirEntry>, bool)> {
+    let directory = existing(load_inode(inodes, ino)?)?;
+    if directory.kind != FileKind::Directory {
+        return Err(Errno::ENOTDIR.into());
+    }
+    let max_entries = max_entries.clamp(1, READDIR_ENTRIES_MAX) as usize;
+    let mut entries = Vec::new();
+    let mut bytes = 0;
+    let start = cookie.saturating_add(1);
+    let mut range = cookies.range((ino, start)..=(ino, u64::MAX))?;
+    for item in range.by_ref() {
+        let (key, name) = item?;
+        let (_, entry_cookie) = key.value();
+        let name = name.value().to_vec();
+        let dirent = load_dirent(dirents, ino, &name)?.ok_or_else(|| {
+            StoreError::Corrupt(format!("directory {ino}: cookie {entry_cookie} names a missing entry"))
+        })?;
+        debug_assert_eq!(dirent.cookie, entry_cookie, "the two indexes of a directory agree");
+        let attr = if with_attrs {
+            let record = load_inode(inodes, dirent.ino)?.ok_or_else(|| {
+                StoreError::Corrupt(format!("directory {ino}: entry points at missing inode {}", dirent.ino))
+            })?;
+            Some(record.attr(dirent.ino))
+        } else {
+            None
+        };
+        bytes += name.len() + 64;
+        entries.push(DirEntry {
+            name,
+            ino: dirent.ino,
+            kind: dirent.kind,
+            cookie: entry_cookie,
+            attr,
+        });
+        if entries.len() >= max_entries || bytes >= READDIR_REPLY_BYTES_MAX {
+            break;
+        }
+    }
+    let end = range.next().is_none();
+    Ok((entries, end))
+}
+
+/// A consistent snapshot for read-only operations.
+pub struct ReadNs {
+    inodes: ReadOnlyTable<u64, &'static [u8]>,
+    dirents: ReadOnlyTable<(u64, &'static [u8]), (u64, u8, u64)>,
+    cookies: ReadOnlyTable<(u64, u64), &'static [u8]>,
+    xattrs: ReadOnlyTable<(u64, &'static [u8]), &'static [u8]>,
+    orphans: ReadOnlyTable<u64, i64>,
+    meta: ReadOnlyTable<&'static str, u64>,
+}
+
+impl ReadNs {
+    pub(crate) fn new(txn: &ReadTransaction) -> Result<ReadNs> {
+        Ok(ReadNs {
+            inodes: txn.open_table(INODES)?,
+            dirents: txn.open_table(DIRENTS)?,
+            cookies: txn.open_table(COOKIES)?,
+            xattrs: txn.open_table(XATTRS)?,
+            orphans: txn.open_table(ORPHANS)?,
+            meta: txn.open_table(META)?,
+        })
+    }
+
+    pub fn inode(&self, ino: u64) -> Result<Option<InodeRecord>> {
+        load_inode(&self.inodes, ino)
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Attr> {
+        Ok(existing(self.inode(ino)?)?.attr(ino))
+    }
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
+        validate_name(name)?;
+        usable_directory(self.inode(parent)?)?;
+        let dirent = load_dirent(&self.dirents, parent, name)?.ok_or(StoreError::Fs(Errno::ENOENT))?;
+        let record = self.inode(dirent.ino)?.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "entry {parent}/{} points at missing inode {}",
+                String::from_utf8_lossy(name),
+                dirent.ino
+            ))
+        })?;
+        Ok(record.attr(dirent.ino))
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        let record = existing(self.inode(ino)?)?;
+        if record.kind != FileKind::Symlink {
+            return Err(Errno::EINVAL.into());
+        }
+        Ok(record.target)
+    }
+
+    pub fn read_dir(&self, ino: u64, cookie: u64, max_entries: u32, with_attrs: bool) -> Result<(Vec<DirEntry>, bool)> {
+        read_dir_page(
+            &self.inodes,
+            &self.dirents,
+            &self.cookies,
+            ino,
+            cookie,
+            max_entries,
+            with_attrs,
+        )
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
+        validate_xattr_name(name)?;
+        existing(self.inode(ino)?)?;
+        match self.xattrs.get((ino, name))? {
+            Some(value) => Ok(value.value().to_vec()),
+            None => Err(Errno::ENODATA.into()),
+        }
+    }
+
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
+        existing(self.inode(ino)?)?;
+        let mut names = Vec::new();
+        for item in self.xattrs.range((ino, &[][..])..)? {
+            let (key, _) = item?;
+            let (owner, name) = key.value();
+            if owner != ino {
+                break;
+            }
+            names.push(name.to_vec());
+        }
+        Ok(names)
+    }
+
+    /// How many inodes exist (linked or orphaned).
+    pub fn inode_count(&self) -> Result<u64> {
+        Ok(self.meta.get(META_INODES)?.map(|value| value.value()).unwrap_or(0))
+    }
+
+    /// Inodes kept alive only by open handles.
+    pub fn orphans(&self) -> Result<Vec<u64>> {
+        let mut orphans = Vec::new();
+        for item in self.orphans.iter()? {
+            orphans.push(item?.0.value());
+        }
+        Ok(orphans)
+    }
+
+    pub fn dirent_count(&self) -> Result<u64> {
+        Ok(self.dirents.len()?)
+    }
+}
+
+/// What a successful open did.
+#[derive(Clone, Debug)]
+pub struct Opened {
+    pub attr: Attr,
+    pub created: bool,
+    /// The size went to zero (O_TRUNC); the data object's tail is now garbage to trim.
+    pub truncated: bool,
+}
+
+/// Work left for after the commit of the batch that asked for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PostCommit {
+    RemoveObject(u64),
+}
+
+/// The namespace inside one batch transaction of the committer.
+pub struct Ns<'txn> {
+    inodes: Table<'txn, u64, &'static [u8]>,
+    dirents: Table<'txn, (u64, &'static [u8]), (u64, u8, u64)>,
+    cookies: Table<'txn, (u64, u64), &'static [u8]>,
+    xattrs: Table<'txn, (u64, &'static [u8]), &'static [u8]>,
+    orphans: Table<'txn, u64, i64>,
+    meta: Table<'txn, &'static str, u64>,
+    /// The time stamped on every change in this batch.
+    pub now: Timestamp,
+    boot: u64,
+    /// Writes made so far in this batch (the committer compares it around each operation).
+    pub(crate) mutations: u64,
+    /// Some operation of this batch changed the namespace and must be on disk before its reply.
+    pub(crate) durable: bool,
+    pub(crate) post_commit: Vec<PostCommit>,
+    /// Inodes whose last link went in this batch. The caller of the operation decides, from its
+    /// open handles, whether each is destroyed now or lives on as an orphan.
+    pub newly_unlinked: Vec<u64>,
+}
+
+impl<'txn> Ns<'txn> {
+    pub(crate) fn new(txn: &'txn WriteTransaction, now: Timestamp, boot: u64) -> Result<Ns<'txn>> {
+        Ok(Ns {
+            inodes: txn.open_table(INODES)?,
+            dirents: txn.open_table(DIRENTS)?,
+            cookies: txn.open_table(COOKIES)?,
+            xattrs: txn.open_table(XATTRS)?,
+            orphans: txn.open_table(ORPHANS)?,
+            meta: txn.open_table(META)?,
+            now,
+            boot,
+            mutations: 0,
+            durable: false,
+            post_commit: Vec::new(),
+            newly_unlinked: Vec::new(),
+        })
+    }
+
+    // ---- reads inside the batch (they see the batch's own earlier changes) ----
+
+    pub fn inode(&self, ino: u64) -> Result<Option<InodeRecord>> {
+        load_inode(&self.inodes, ino)
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Attr> {
+        Ok(existing(self.inode(ino)?)?.attr(ino))
+    }
+
+    pub fn entry(&self, parent: u64, name: &[u8]) -> Result<Option<Dirent>> {
+        load_dirent(&self.dirents, parent, name)
+    }
+
+    fn directory(&self, ino: u64) -> Result<InodeRecord> {
+        usable_directory(self.inode(ino)?)
+    }
+
+    pub fn read_dir(&self, ino: u64, cookie: u64, max_entries: u32, with_attrs: bool) -> Result<(Vec<DirEntry>, bool)> {
+        read_dir_page(
+            &self.inodes,
+            &self.dirents,
+            &self.cookies,
+            ino,
+            cookie,
+            max_entries,
+            with_attrs,
+        )
+    }
+
+    // ---- primitive writes: every write goes through these, and counts ----
+
+    fn put_inode(&mut self, ino: u64, record: &InodeRecord) -> Result<()> {
+        self.mutations += 1;
+        self.inodes.insert(ino, record.encode().as_slice())?;
+        Ok(())
+    }
+
+    fn bump_meta(&mut self, key: &str, delta: i64) -> Result<u64> {
+        self.mutations += 1;
+        let current = self.meta.get(key)?.map(|value| value.value()).unwrap_or(0);
+        let next = current
+            .checked_add_signed(delta)
+            .ok_or_else(|| StoreError::Corrupt(format!("meta counter {key} out of range")))?;
+        self.meta.insert(key, next)?;
+        Ok(current)
+    }
+
+    fn alloc_inode(&mut self, kind: FileKind, perm: u32, caller: Caller, parent: u64) -> Result<(u64, InodeRecord)> {
+        // Inode ids only grow, so an id is never reused at all, let alone with one generation.
+        let ino = self.bump_meta(META_NEXT_INO, 1)?;
+        assert!(ino > ROOT_INO, "META_NEXT_INO starts above the root");
+        self.bump_meta(META_INODES, 1)?;
+        let directory = kind == FileKind::Directory;
+        let record = InodeRecord {
+            generation: self.boot,
+            kind,
+            perm: perm & 0o7777,
+            uid: caller.uid,
+            gid: caller.gid,
+            nlink: if directory { 2 } else { 1 },
+            size: 0,
+            atime: self.now,
+            mtime: self.now,
+            ctime: self.now,
+            parent: if directory { parent } else { 0 },
+            next_cookie: FIRST_COOKIE,
+            entries: 0,
+            target: Vec::new(),
+        };
+        Ok((ino, record))
+    }
+
+    /// Adds `name -> ino` to a directory whose record the caller holds and writes afterwards.
+    fn add_entry(
+        &mut self,
+        parent: u64,
+        directory: &mut InodeRecord,
+        name: &[u8],
+        ino: u64,
+        kind: FileKind,
+    ) -> Result<()> {
+        debug_assert!(
+            self.entry(parent, name)?.is_none(),
+            "callers check for an existing entry first"
+        );
+        let cookie = directory.next_cookie;
+        directory.next_cookie += 1;
+        directory.entries += 1;
+        if kind == FileKind::Directory {
+            directory.nlink += 1;
+        }
+        directory.mtime = self.now;
+        directory.ctime = self.now;
+        self.mutations += 1;
+        self.dirents.insert((parent, name), (ino, kind_to_byte(kind), cookie))?;
+        self.cookies.insert((parent, cookie), name)?;
+        Ok(())
+    }
+
+    fn remove_entry(&mut self, parent: u64, directory: &mut InodeRecord, name: &[u8], dirent: Dirent) -> Result<()> {
+        assert!(directory.entries > 0, "a directory with an entry counts it");
+        directory.entries -= 1;
+        if dirent.kind == FileKind::Directory {
+            assert!(directory.nlink > 2, "a directory with a subdirectory has nlink above 2");
+            directory.nlink -= 1;
+        }
+        directory.mtime = self.now;
+        directory.ctime = self.now;
+        self.mutations += 1;
+        let removed = self.dirents.remove((parent, name))?;
+        assert!(removed.is_some(), "callers remove only entries they found");
+        let removed = self.cookies.remove((parent, dirent.cookie))?;
+        assert!(removed.is_some(), "every entry has its cookie");
+        Ok(())
+    }
+
+    /// Drops one link of a non-directory, or the only link of a directory being removed.
+    fn drop_link(&mut self, ino: u64, record: &mut InodeRecord) -> Result<()> {
+        if record.kind == FileKind::Directory {
+            record.nlink = 0;
+        } else {
+            assert!(record.nlink > 0, "an inode reached by a name has a link");
+            record.nlink -= 1;
+        }
+        record.ctime = self.now;
+        if record.nlink == 0 {
+            self.mutations += 1;
+            self.orphans.insert(ino, self.now.secs)?;
+            self.newly_unlinked.push(ino);
+        }
+        Ok(())
+    }
+
+    /// Removes an inode whose last link is gone and which nothing holds open.
+    pub fn destroy(&mut self, ino: u64) -> Result<()> {
+        let record = self
+            .inode(ino)?
+            .ok_or_else(|| StoreError::Corrupt(format!("destroying missing inode {ino}")))?;
+        assert_eq!(record.nlink, 0, "only unlinked inodes are destroyed");
+        assert_eq!(record.entries, 0, "only empty directories are destroyed");
+        self.mutations += 1;
+        self.durable = true;
+        self.inodes.remove(ino)?;
+        self.orphans.remove(ino)?;
+        let names: Vec<Vec<u8>> = {
+            let mut names = Vec::new();
+            for item in self.xattrs.range((ino, &[][..])..)? {
+                let (key, _) = item?;
+                let (owner, name) = key.value();
+                if owner != ino {
+                    break;
+                }
+                names.push(name.to_vec());
+            }
+            names
+        };
+        for name in names {
+            self.xattrs.remove((ino, name.as_slice()))?;
+        }
+        self.bump_meta(META_INODES, -1)?;
+        if record.kind == FileKind::Regular {
+            self.post_commit.push(PostCommit::RemoveObject(ino));
+        }
+        Ok(())
+    }
+
+    // ---- operations ----
+
+    /// Resolves `name` in `parent` and opens it, creating a regular file if asked: one atomic
+    /// step, so no other change can come between the lookup and the open.
+    pub fn open(&mut self, parent: u64, name: &[u8], flags: OpenFlags, perm: u32, caller: Caller) -> Result<Opened> {
+        validate_name(name)?;
+        if !flags.is_known() {
+            return Err(Errno::EINVAL.into());
+        }
+        let mut directory = self.directory(parent)?;
+        match self.entry(parent, name)? {
+            Some(dirent) => {
+                if flags.contains(OpenFlags::CREATE) && flags.contains(OpenFlags::EXCLUSIVE) {
+                    return Err(Errno::EEXIST.into());
+                }
+                self.open_existing(dirent.ino, flags)
+            }
+            None => {
+                if !flags.contains(OpenFlags::CREATE) {
+                    return Err(Errno::ENOENT.into());
+                }
+                if flags.contains(OpenFlags::DIRECTORY) {
+                    return Err(Errno::EINVAL.into());
+                }
+                let (ino, record) = self.alloc_inode(FileKind::Regular, perm, caller, parent)?;
+                self.add_entry(parent, &mut directory, name, ino, FileKind::Regular)?;
+                self.put_inode(parent, &directory)?;
+                self.put_inode(ino, &record)?;
+                self.durable = true;
+                Ok(Opened {
+                    attr: record.attr(ino),
+                    created: true,
+                    truncated: false,
+                })
+            }
+        }
+    }
+
+    /// Opens an inode by id. A missing inode is ESTALE. Orphans can be opened (a kernel that
+    /// still references one may open it again).
+    pub fn open_existing(&mut self, ino: u64, flags: OpenFlags) -> Result<Opened> {
+        if !flags.is_known() {
+            return Err(Errno::EINVAL.into());
+        }
+        let mut record = existing(self.inode(ino)?)?;
+        let writing = flags.contains(OpenFlags::WRITE) || flags.contains(OpenFlags::APPEND);
+        match record.kind {
+            FileKind::Symlink => return Err(Errno::ELOOP.into()),
+            FileKind::Directory if writing || flags.contains(OpenFlags::TRUNCATE) => {
+                return Err(Errno::EISDIR.into());
+            }
+            FileKind::Regular if flags.contains(OpenFlags::DIRECTORY) => {
+                return Err(Errno::ENOTDIR.into());
+            }
+            _ => {}
+        }
+        let mut truncated = false;
+        if flags.contains(OpenFlags::TRUNCATE) && writing && record.size > 0 {
+            record.size = 0;
+            record.mtime = self.now;
+            record.ctime = self.now;
+            self.put_inode(ino, &record)?;
+            self.durable = true;
+            truncated = true;
+        }
+        Ok(Opened {
+            attr: record.attr(ino),
+            created: false,
+            truncated,
+        })
+    }
+
+    pub fn mkdir(&mut self, parent: u64, name: &[u8], perm: u32, caller: Caller) -> Result<Attr> {
+        validate_name(name)?;
+        let mut directory = self.directory(parent)?;
+        if self.entry(parent, name)?.is_some() {
+            return Err(Errno::EEXIST.into());
+        }
+        if directory.nlink >= LINK_COUNT_MAX {
+            return Err(Errno::EMLINK.into());
+        }
+        let (ino, record) = self.alloc_inode(FileKind::Directory, perm, caller, parent)?;
+        self.add_entry(parent, &mut directory, name, ino, FileKind::Directory)?;
+        self.put_inode(parent, &directory)?;
+        self.put_inode(ino, &record)?;
+        self.durable = true;
+        Ok(record.attr(ino))
+    }
+
+    pub fn symlink(&mut self, parent: u64, name: &[u8], target: &[u8], caller: Caller) -> Result<Attr> {
+        validate_name(name)?;
+        validate_symlink_target(target)?;
+        let mut directory = self.directory(parent)?;
+        if self.entry(parent, name)?.is_some() {
+            return Err(Errno::EEXIST.into());
+        }
+        let (ino, mut record) = self.alloc_inode(FileKind::Symlink, 0o777, caller, parent)?;
+        record.size = target.len() as u64;
+        record.target = target.to_vec();
+        self.add_entry(parent, &mut directory, name, ino, FileKind::Symlink)?;
+        self.put_inode(parent, &directory)?;
+        self.put_inode(ino, &record)?;
+        self.durable = true;
+        Ok(record.attr(ino))
+    }
+
+    pub fn link(&mut self, ino: u64, new_parent: u64, new_name: &[u8]) -> Result<Attr> {
+        validate_name(new_name)?;
+        let mut record = existing(self.inode(ino)?)?;
+        if record.kind == FileKind::Directory {
+            return Err(Errno::EPERM.into());
+        }
+        if record.nlink == 0 {
+            return Err(Errno::ENOENT.into());
+        }
+        if record.nlink >= LINK_COUNT_MAX {
+            return Err(Errno::EMLINK.into());
+        }
+        let mut directory = self.directory(new_parent)?;
+        if self.entry(new_parent, new_name)?.is_some() {
+            return Err(Errno::EEXIST.into());
+        }
+        record.nlink += 1;
+        record.ctime = self.now;
+        self.add_entry(new_parent, &mut directory, new_name, ino, record.kind)?;
+        self.put_inode(new_parent, &directory)?;
+        self.put_inode(ino, &record)?;
+        self.durable = true;
+        Ok(record.attr(ino))
+    }
+
+    pub fn unlink(&mut self, parent: u64, name: &[u8]) -> Result<()> {
+        validate_name(name)?;
+        let mut directory = self.directory(parent)?;
+        let dirent = self.entry(parent, name)?.ok_or(StoreError::Fs(Errno::ENOENT))?;
+        if dirent.kind == FileKind::Directory {
+            return Err(Errno::EISDIR.into());
+        }
+        let mut record = self
+            .inode(dirent.ino)?
+            .ok_or_else(|| StoreError::Corrupt(format!("entry points at missing inode {}", dirent.ino)))?;
+        self.remove_entry(parent, &mut directory, name, dirent)?;
+        self.drop_link(dirent.ino, &mut record)?;
+        self.put_inode(parent, &directory)?;
+        self.put_inode(dirent.ino, &record)?;
+        self.durable = true;
+        Ok(())
+    }
+
+    pub fn rmdir(&mut self, parent: u64, name: &[u8]) -> Result<()> {
+        validate_name(name)?;
+        let mut directory = self.directory(parent)?;
+        let dirent = self.entry(parent, name)?.ok_or(StoreError::Fs(Errno::ENOENT))?;
+        if dirent.kind != FileKind::Directory {
+            return Err(Errno::ENOTDIR.into());
+        }
+        let mut record = self
+            .inode(dirent.ino)?
+            .ok_or_else(|| StoreError::Corrupt(format!("entry points at missing inode {}", dirent.ino)))?;
+        if record.entries > 0 {
+            return Err(Errno::ENOTEMPTY.into());
+        }
+        self.remove_entry(parent, &mut directory, name, dirent)?;
+        self.drop_link(dirent.ino, &mut record)?;
+        self.put_inode(parent, &directory)?;
+        self.put_inode(dirent.ino, &record)?;
+        self.durable = true;
+        Ok(())
+    }
+
+    /// Is `ancestor` the directory `ino` or one of its ancestors?
+    fn is_ancestor(&self, ancestor: u64, mut ino: u64) -> Result<bool> {
+        for _ in 0..DIRECTORY_DEPTH_MAX {
+            if ino == ancestor {
+                return Ok(true);
+            }
+            if ino == ROOT_INO {
+                return Ok(false);
+            }
+            let record = self
+                .inode(ino)?
+                .ok_or_else(|| StoreError::Corrupt(format!("directory chain reaches missing inode {ino}")))?;
+            ino = record.parent;
+        }
+        Err(StoreError::Corrupt(format!(
+            "directory chain above {ino} is deeper than {DIRECTORY_DEPTH_MAX}"
+        )))
+    }
+
+    pub fn rename(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        mode: RenameMode,
+    ) -> Result<()> {
+        validate_name(name)?;
+        validate_name(new_name)?;
+        self.directory(parent)?;
+        self.directory(new_parent)?;
+        let source = self.entry(parent, name)?.ok_or(StoreError::Fs(Errno::ENOENT))?;
+        let target = self.entry(new_parent, new_name)?;
+        if parent == new_parent && name == new_name {
+            return match (mode, target) {
+                (RenameMode::NoReplace, _) => Err(Errno::EEXIST.into()),
+                _ => Ok(()),
+            };
+        }
+        // A directory may not move into itself or below itself.
+        if source.kind == FileKind::Directory && self.is_ancestor(source.ino, new_parent)? {
+            return Err(Errno::EINVAL.into());
+        }
+        match (mode, target) {
+            (RenameMode::Exchange, None) => Err(Errno::ENOENT.into()),
+            (RenameMode::Exchange, Some(target)) => {
+                if target.kind == FileKind::Directory && self.is_ancestor(target.ino, parent)? {
+                    return Err(Errno::EINVAL.into());
+                }
+                self.exchange(parent, name, source, new_parent, new_name, target)
+            }
+            (RenameMode::NoReplace, Some(_)) => Err(Errno::EEXIST.into()),
+            (_, Some(target)) if target.ino == source.ino => Ok(()), // two links of one file: POSIX says do nothing
+            (_, target) => self.move_entry(parent, name, source, new_parent, new_name, target),
+        }
+    }
+
+    fn move_entry(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        source: Dirent,
+        new_parent: u64,
+        new_name: &[u8],
+        target: Option<Dirent>,
+    ) -> Result<()> {
+        let mut replaced = None;
+        if let Some(target) = target {
+            let record = self
+                .inode(target.ino)?
+                .ok_or_else(|| StoreError::Corrupt(format!("entry points at missing inode {}", target.ino)))?;
+            match (source.kind == FileKind::Directory, target.kind == FileKind::Directory) {
+                (true, false) => return Err(Errno::ENOTDIR.into()),
+                (false, true) => return Err(Errno::EISDIR.into()),
+                (true, true) if record.entries > 0 => return Err(Errno::ENOTEMPTY.into()),
+                _ => {}
+            }
+            replaced = Some((target, record));
+        }
+        let mut moved = self
+            .inode(source.ino)?
+            .ok_or_else(|| StoreError::Corrupt(format!("entry points at missing inode {}", source.ino)))?;
+        // Preconditions are checked; from here on every step writes.
+        let mut from = self.directory(parent)?;
+        self.remove_entry(parent, &mut from, name, source)?;
+        self.put_inode(parent, &from)?;
+        let mut to = self.directory(new_parent)?;
+        if let Some((target, mut record)) = replaced {
+            self.remove_entry(new_parent, &mut to, new_name, target)?;
+            self.drop_link(target.ino, &mut record)?;
+            self.put_inode(target.ino, &record)?;
+        }
+        self.add_entry(new_parent, &mut to, new_name, source.ino, source.kind)?;
+        self.put_inode(new_parent, &to)?;
+        moved.ctime = self.now;
+        if moved.kind == FileKind::Directory {
+            moved.parent = new_parent;
+        }
+        self.put_inode(source.ino, &moved)?;
+        self.durable = true;
+        Ok(())
+    }
+
+    fn exchange(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        source: Dirent,
+        new_parent: u64,
+        new_name: &[u8],
+        target: Dirent,
+    ) -> Result<()> {
+        if source.ino == target.ino {
+            return Ok(());
+        }
+        // Each name keeps its cookie and gets the other's inode.
+        self.mutations += 1;
+        self.dirents
+            .insert((parent, name), (target.ino, kind_to_byte(target.kind), source.cookie))?;
+        self.dirents.insert(
+            (new_parent, new_name),
+            (source.ino, kind_to_byte(source.kind), target.cookie),
+        )?;
+        let mut from = self.directory(parent)?;
+        from.mtime = self.now;
+        from.ctime = self.now;
+        if parent != new_parent {
+            let mut to = self.directory(new_parent)?;
+            to.mtime = self.now;
+            to.ctime = self.now;
+            // A directory changing parents carries one parent link with it.
+            let source_dir = i64::from(source.kind == FileKind::Directory);
+            let target_dir = i64::from(target.kind == FileKind::Directory);
+            from.nlink = (i64::from(from.nlink) - source_dir + target_dir) as u32;
+            to.nlink = (i64::from(to.nlink) - target_dir + source_dir) as u32;
+            self.put_inode(new_parent, &to)?;
+        }
+        self.put_inode(parent, &from)?;
+        for (dirent, home) in [(source, new_parent), (target, parent)] {
+            let mut record = self
+                .inode(dirent.ino)?
+                .ok_or_else(|| StoreError::Corrupt(format!("entry points at missing inode {}", dirent.ino)))?;
+            record.ctime = self.now;
+            if record.kind == FileKind::Directory {
+                record.parent = home;
+            }
+            self.put_inode(dirent.ino, &record)?;
+        }
+        self.durable = true;
+        Ok(())
+    }
+
+    /// Changes attributes. Returns the new attributes and the size before the change.
+    pub fn setattr(&mut self, ino: u64, set: &SetAttrIn) -> Result<(Attr, u64)> {
+        let mut record = existing(self.inode(ino)?)?;
+        let old_size = record.size;
+        if let Some(size) = set.size {
+            match record.kind {
+                FileKind::Directory => return Err(Errno::EISDIR.into()),
+                FileKind::Symlink => return Err(Errno::EINVAL.into()),
+                FileKind::Regular => {}
+            }
+            if size > FILE_SIZE_MAX {
+                return Err(Errno::EFBIG.into());
+            }
+            if size != record.size {
+                record.size = size;
+                record.mtime = self.now;
+            }
+        }
+        if let Some(perm) = set.perm {
+            record.perm = perm & 0o7777;
+        }
+        if let Some(uid) = set.uid {
+            record.uid = uid;
+        }
+        if let Some(gid) = set.gid {
+            record.gid = gid;
+        }
+        let resolve = |time: TimeSet| match time {
+            TimeSet::Now => self.now,
+            TimeSet::At(at) => at,
+        };
+        if let Some(atime) = set.atime {
+            record.atime = resolve(atime);
+        }
+        if let Some(mtime) = set.mtime {
+            record.mtime = resolve(mtime);
+        }
+        record.ctime = self.now;
+        self.put_inode(ino, &record)?;
+        self.durable = true;
+        Ok((record.attr(ino), old_size))
+    }
+
+    /// Records a data write that ended at `end`: the size grows to cover it, mtime and ctime move.
+    /// Not durable by itself: file data is durable at fsync, as on a local file system.
+    pub fn note_write(&mut self, ino: u64, end: u64) -> Result<Attr> {
+        let mut record = existing(self.inode(ino)?)?;
+        debug_assert_eq!(record.kind, FileKind::Regular, "only regular files are written");
+        record.size = record.size.max(end);
+        record.mtime = self.now;
+        record.ctime = self.now;
+        self.put_inode(ino, &record)?;
+        Ok(record.attr(ino))
+    }
+
+    /// Makes the batch durable even if nothing in it asked to be (fsync).
+    pub fn require_durable(&mut self) {
+        self.durable = true;
+    }
+
+    pub fn setxattr(&mut self, ino: u64, name: &[u8], value: &[u8], mode: rustre_proto::XattrMode) -> Result<()> {
+        validate_xattr_name(name)?;
+        if value.len() > XATTR_VALUE_LEN_MAX {
+            return Err(Errno::E2BIG.into());
+        }
+        let mut record = existing(self.inode(ino)?)?;
+        let present = self.xattrs.get((ino, name))?.is_some();
+        match (mode, present) {
+            (rustre_proto::XattrMode::Create, true) => return Err(Errno::EEXIST.into()),
+            (rustre_proto::XattrMode::Replace, false) => return Err(Errno::ENODATA.into()),
+            _ => {}
+        }
+        self.mutations += 1;
+        self.xattrs.insert((ino, name), value)?;
+        record.ctime = self.now;
+        self.put_inode(ino, &record)?;
+        self.durable = true;
+        Ok(())
+    }
+
+    pub fn removexattr(&mut self, ino: u64, name: &[u8]) -> Result<()> {
+        validate_xattr_name(name)?;
+        let mut record = existing(self.inode(ino)?)?;
+        if self.xattrs.get((ino, name))?.is_none() {
+            return Err(Errno::ENODATA.into());
+        }
+        self.mutations += 1;
+        self.xattrs.remove((ino, name))?;
+        record.ctime = self.now;
+        self.put_inode(ino, &record)?;
+        self.durable = true;
+        Ok(())
+    }
+
+    /// Inodes left as orphans by an earlier run of the server.
+    pub fn orphans(&self) -> Result<Vec<u64>> {
+        let mut orphans = Vec::new();
+        for item in self.orphans.iter()? {
+            orphans.push(item?.0.value());
+        }
+        Ok(orphans)
+    }
+}
+
+/// Makes a fresh store's tables, counters and root directory. Returns the boot number.
+pub(crate) fn initialize(txn: &WriteTransaction, now: Timestamp) -> Result<u64> {
+    let mut meta = txn.open_table(META)?;
+    let format = meta.get(META_FORMAT)?.map(|value| value.value());
+    match format {
+        Some(FORMAT_VERSION) => {}
+        Some(other) => {
+            return Err(StoreError::Corrupt(format!(
+                "store format {other}, this build reads {FORMAT_VERSION}"
+            )));
+        }
+        None => {
+            meta.insert(META_FORMAT, FORMAT_VERSION)?;
+            meta.insert(META_NEXT_INO, ROOT_INO + 1)?;
+            meta.insert(META_INODES, 1)?;
+            let root = InodeRecord {
+                generation: 1,
+                kind: FileKind::Directory,
+                perm: 0o755,
+                uid: 0,
+                gid: 0,
+                nlink: 2,
+                size: 0,
+                atime: now,
+                mtime: now,
+                ctime: now,
+                parent: ROOT_INO,
+                next_cookie: FIRST_COOKIE,
+                entries: 0,
+                target: Vec::new(),
+            };
+            txn.open_table(INODES)?.insert(ROOT_INO, root.encode().as_slice())?;
+        }
+    }
+    let boot = meta.get(META_BOOT)?.map(|value| value.value()).unwrap_or(0) + 1;
+    meta.insert(META_BOOT, boot)?;
+    // Create every table, so read transactions can open them all.
+    txn.open_table(INODES)?;
+    txn.open_table(DIRENTS)?;
+    txn.open_table(COOKIES)?;
+    txn.open_table(XATTRS)?;
+    txn.open_table(ORPHANS)?;
+    Ok(boot)
+}

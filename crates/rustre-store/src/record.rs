@@ -1,0 +1,111 @@
+//! The records kept in the tables, and their encoding. See `docs/storage.md`.
+
+use redb::TableDefinition;
+use rustre_proto::{Attr, FileKind, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, StoreError};
+
+/// ino -> encoded `InodeRecord`.
+pub const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes");
+/// (parent ino, name) -> (ino, kind, cookie).
+pub const DIRENTS: TableDefinition<(u64, &[u8]), (u64, u8, u64)> = TableDefinition::new("dirents");
+/// (parent ino, cookie) -> name: the readdir order of a directory.
+pub const COOKIES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("cookies");
+/// (ino, xattr name) -> value.
+pub const XATTRS: TableDefinition<(u64, &[u8]), &[u8]> = TableDefinition::new("xattrs");
+/// ino -> seconds since the epoch when its last link went: inodes kept alive by open handles.
+pub const ORPHANS: TableDefinition<u64, i64> = TableDefinition::new("orphans");
+/// Counters: see the `META_*` keys.
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+pub const META_FORMAT: &str = "format";
+pub const META_NEXT_INO: &str = "next_ino";
+pub const META_BOOT: &str = "boot";
+pub const META_INODES: &str = "inodes";
+
+/// The on-disk format this build writes and reads.
+pub const FORMAT_VERSION: u64 = 1;
+/// The first byte of every encoded inode record.
+const RECORD_VERSION: u8 = 1;
+/// The first cookie handed out in a directory; 1 and 2 are left for "." and "..".
+pub const FIRST_COOKIE: u64 = 3;
+
+/// Everything the store knows of one inode.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InodeRecord {
+    pub generation: u64,
+    pub kind: FileKind,
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub size: u64,
+    pub atime: Timestamp,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+    /// Directories: the directory holding this one (the root holds itself). Others: 0.
+    pub parent: u64,
+    /// Directories: the next readdir cookie to hand out (only grows).
+    pub next_cookie: u64,
+    /// Directories: how many entries they hold.
+    pub entries: u64,
+    /// Symlinks: the target, stored as given.
+    pub target: Vec<u8>,
+}
+
+impl InodeRecord {
+    pub fn attr(&self, ino: u64) -> Attr {
+        Attr {
+            ino,
+            generation: self.generation,
+            kind: self.kind,
+            perm: self.perm,
+            nlink: self.nlink,
+            uid: self.uid,
+            gid: self.gid,
+            size: self.size,
+            blocks: self.size.div_ceil(512),
+            atime: self.atime,
+            mtime: self.mtime,
+            ctime: self.ctime,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = vec![RECORD_VERSION];
+        bytes.extend(postcard::to_stdvec(self).expect("postcard serializes InodeRecord"));
+        bytes
+    }
+
+    pub fn decode(ino: u64, bytes: &[u8]) -> Result<InodeRecord> {
+        match bytes.split_first() {
+            Some((&RECORD_VERSION, rest)) => {
+                postcard::from_bytes(rest).map_err(|error| StoreError::Corrupt(format!("inode {ino}: {error}")))
+            }
+            Some((version, _)) => Err(StoreError::Corrupt(format!(
+                "inode {ino}: unknown record version {version}"
+            ))),
+            None => Err(StoreError::Corrupt(format!("inode {ino}: empty record"))),
+        }
+    }
+}
+
+pub fn kind_to_byte(kind: FileKind) -> u8 {
+    match kind {
+        FileKind::Regular => 1,
+        FileKind::Directory => 2,
+        FileKind::Symlink => 3,
+    }
+}
+
+pub fn kind_from_byte(byte: u8) -> Result<FileKind> {
+    match byte {
+        1 => Ok(FileKind::Regular),
+        2 => Ok(FileKind::Directory),
+        3 => Ok(FileKind::Symlink),
+        other => Err(StoreError::Corrupt(format!(
+            "unknown file kind {other} in a directory entry"
+        ))),
+    }
+}
