@@ -76,7 +76,8 @@ impl OpenOptions {
         self
     }
 
-    pub(crate) fn flags(&self) -> Result<OpenFlags> {
+    /// The protocol flags these options stand for (for the inode-level `Client::open_at`).
+    pub fn flags(&self) -> Result<OpenFlags> {
         if !self.read && !self.write && !self.append {
             return Err(Error::new(
                 Errno::EINVAL,

@@ -342,6 +342,11 @@ impl Server {
         answered
     }
 
+    /// What the commit thread has done (operations, batches, fsyncs) since the server opened.
+    pub fn commit_stats(&self) -> rustre_store::CommitStats {
+        self.inner.committer.stats()
+    }
+
     pub fn session_count(&self) -> usize {
         self.inner.sessions.lock().expect("sessions lock").len()
     }

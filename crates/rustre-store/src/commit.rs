@@ -14,6 +14,7 @@
 //! committer for good (fail-stop): the server must be restarted on a store it re-reads from disk.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use redb::{Database, Durability};
@@ -41,10 +42,29 @@ enum Message<S> {
     Stop,
 }
 
+/// What the writer has done so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Operations run.
+    pub operations: u64,
+    /// Batches run (each one transaction).
+    pub batches: u64,
+    /// Batches committed with an fsync.
+    pub durable_commits: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    operations: AtomicU64,
+    batches: AtomicU64,
+    durable_commits: AtomicU64,
+}
+
 /// A handle to the writer thread; cloning shares it.
 pub struct Committer<S> {
     queue: mpsc::Sender<Message<S>>,
     thread: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+    counters: Arc<Counters>,
 }
 
 impl<S> Clone for Committer<S> {
@@ -52,6 +72,17 @@ impl<S> Clone for Committer<S> {
         Committer {
             queue: self.queue.clone(),
             thread: self.thread.clone(),
+            counters: self.counters.clone(),
+        }
+    }
+}
+
+impl<S> Committer<S> {
+    pub fn stats(&self) -> CommitStats {
+        CommitStats {
+            operations: self.counters.operations.load(Ordering::Relaxed),
+            batches: self.counters.batches.load(Ordering::Relaxed),
+            durable_commits: self.counters.durable_commits.load(Ordering::Relaxed),
         }
     }
 }
@@ -65,7 +96,9 @@ impl<S: Send + 'static> Committer<S> {
         state: S,
     ) -> Committer<S> {
         let (queue, receiver) = mpsc::channel(COMMIT_QUEUE_DEPTH);
+        let counters = Arc::new(Counters::default());
         let writer = Writer {
+            counters: counters.clone(),
             db,
             objects,
             clock,
@@ -82,6 +115,7 @@ impl<S: Send + 'static> Committer<S> {
         Committer {
             queue,
             thread: Arc::new(std::sync::Mutex::new(Some(thread))),
+            counters,
         }
     }
 
@@ -140,6 +174,7 @@ struct Writer<S> {
     receiver: mpsc::Receiver<Message<S>>,
     stopped: bool,
     non_durable_batches: u32,
+    counters: Arc<Counters>,
 }
 
 impl<S> Writer<S> {
@@ -169,6 +204,10 @@ impl<S> Writer<S> {
     }
 
     fn run_batch(&mut self, batch: Vec<Job<S>>) {
+        self.counters
+            .operations
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
         if self.stopped {
             // Dropping a job drops its reply sender: its caller sees `Stopped`.
             drop(batch);
@@ -222,6 +261,9 @@ impl<S> Writer<S> {
                 return Err((error, deferred));
             }
             self.non_durable_batches = if durable { 0 } else { self.non_durable_batches + 1 };
+            if durable {
+                self.counters.durable_commits.fetch_add(1, Ordering::Relaxed);
+            }
         } else {
             drop(txn);
         }

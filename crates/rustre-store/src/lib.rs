@@ -16,7 +16,7 @@ use redb::{Database, ReadableDatabase};
 use rustre_proto::Timestamp;
 use rustre_proto::clock::Clock;
 
-pub use commit::{COMMIT_BATCH_MAX, COMMIT_QUEUE_DEPTH, Committer};
+pub use commit::{COMMIT_BATCH_MAX, COMMIT_QUEUE_DEPTH, CommitStats, Committer};
 pub use error::{Result, StoreError};
 pub use namespace::{Dirent, LINK_COUNT_MAX, Ns, Opened, ReadNs};
 pub use objects::{LocalObjects, ObjectStore};

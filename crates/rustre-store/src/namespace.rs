@@ -19,8 +19,10 @@ use rustre_proto::{
 use crate::error::{Result, StoreError};
 use crate::record::*;
 
-/// Most hard links one inode may have.
+/// Most hard links one file may have.
 pub const LINK_COUNT_MAX: u32 = 65000;
+/// Most subdirectories one directory may have (its nlink is 2 more, and must fit a u32).
+pub const SUBDIRECTORIES_MAX: u32 = u32::MAX - 2;
 /// Most bytes of names one readdir reply carries, so a reply stays far below the frame limit.
 pub const READDIR_REPLY_BYTES_MAX: usize = 256 * 1024;
 /// Deepest directory chain walked when checking a rename for loops.
@@ -532,7 +534,7 @@ impl<'txn> Ns<'txn> {
         if self.entry(parent, name)?.is_some() {
             return Err(Errno::EEXIST.into());
         }
-        if directory.nlink >= LINK_COUNT_MAX {
+        if directory.nlink - 2 >= SUBDIRECTORIES_MAX {
             return Err(Errno::EMLINK.into());
         }
         let (ino, record) = self.alloc_inode(FileKind::Directory, perm, caller, parent)?;

@@ -1,0 +1,244 @@
+//! The wire from the outside: hostile or broken peers, the handshake, and calls from the server
+//! to its clients. Raw TCP sockets stand in for broken clients.
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use rustre_proto::frame::{Frame, FrameKind, read_frame, write_frame};
+use rustre_proto::{Caller, Errno, HELLO_MAGIC, Op, Reply, ReplyHeader, Request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn hello(version_min: u16, version_max: u16) -> Frame {
+    let request = Request {
+        caller: Caller::default(),
+        op: Op::Hello {
+            magic: HELLO_MAGIC,
+            version_min,
+            version_max,
+            client_name: "raw test peer".into(),
+        },
+    };
+    Frame::new(FrameKind::Request, 0, &request, Bytes::new())
+}
+
+/// Connects a raw socket and completes the hello, so later bytes reach a live session.
+async fn raw_session(address: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    write_frame(&mut stream, &hello(1, 1)).await.unwrap();
+    let reply: ReplyHeader = read_frame(&mut stream).await.unwrap().decode_header().unwrap();
+    assert!(matches!(reply, Ok(Reply::Hello { .. })), "{reply:?}");
+    stream
+}
+
+/// Waits until the server closes `stream` (reads see end of file or a reset). Bounded.
+async fn assert_closed_by_server(stream: &mut TcpStream) {
+    let mut buffer = [0u8; 1024];
+    let outcome = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(outcome.is_ok(), "the server kept a broken connection open");
+}
+
+// Garbage of every kind, before and after the hello, closes only the connection that sent it:
+// a well-behaved client on the same server keeps working throughout and afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_closes_only_that_connection() {
+    let server = TestServer::start().await;
+    let good = server.client().await;
+    good.write("/kept", b"still here").await.unwrap();
+
+    let mut oversized = Vec::new();
+    oversized.extend_from_slice(&u32::MAX.to_le_bytes());
+    let mut bad_kind = Vec::new();
+    write_frame(&mut bad_kind, &hello(1, 1)).await.unwrap();
+    bad_kind[4] = 7;
+    let mut header_too_long = Vec::new();
+    write_frame(&mut header_too_long, &hello(1, 1)).await.unwrap();
+    header_too_long[13..17].copy_from_slice(&10_000u32.to_le_bytes());
+    let mut seeded = 0x2545_f491_4f6c_dd1du64;
+    let random: Vec<u8> = (0..4096)
+        .map(|_| {
+            seeded ^= seeded << 13;
+            seeded ^= seeded >> 7;
+            seeded ^= seeded << 17;
+            seeded as u8
+        })
+        .collect();
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        ("random bytes instead of a hello", random.clone(), false),
+        ("an oversized frame length", oversized.clone(), false),
+        ("an unknown frame kind", bad_kind.clone(), false),
+        ("a header longer than its frame", header_too_long.clone(), false),
+        ("random bytes after the hello", random, true),
+        ("an oversized frame after the hello", oversized, true),
+        ("an unknown frame kind after the hello", bad_kind, true),
+    ];
+    for (what, bytes, after_hello) in cases {
+        let mut stream = if after_hello {
+            raw_session(&server.address).await
+        } else {
+            TcpStream::connect(&server.address).await.unwrap()
+        };
+        // The server may close before it has read everything: a failed write is fine.
+        let _ = stream.write_all(&bytes).await;
+        assert_closed_by_server(&mut stream).await;
+        assert_eq!(good.read("/kept").await.unwrap(), b"still here", "after {what}");
+    }
+
+    // Half a frame, then the peer closes: the session ends, the server goes on.
+    let mut stream = raw_session(&server.address).await;
+    let mut frame = Vec::new();
+    write_frame(&mut frame, &Frame::new(FrameKind::Request, 1, &"x", Bytes::new()))
+        .await
+        .unwrap();
+    stream.write_all(&frame[..frame.len() / 2]).await.unwrap();
+    drop(stream);
+
+    good.write("/after", b"ok").await.unwrap();
+    assert_eq!(good.read("/after").await.unwrap(), b"ok");
+    eventually("broken sessions are gone", || server.server().session_count() == 1).await;
+}
+
+// A well-framed request whose header does not decode gets an EPROTO reply; the connection stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_header_gets_eproto_and_the_session_goes_on() {
+    let server = TestServer::start().await;
+    let mut stream = raw_session(&server.address).await;
+    let garbage = Frame {
+        kind: FrameKind::Request,
+        id: 9,
+        header: Bytes::from_static(&[0xff; 12]),
+        payload: Bytes::new(),
+    };
+    write_frame(&mut stream, &garbage).await.unwrap();
+    let reply = read_frame(&mut stream).await.unwrap();
+    assert_eq!(reply.id, 9);
+    let reply: ReplyHeader = reply.decode_header().unwrap();
+    assert_eq!(reply.unwrap_err().errno, Errno::EPROTO);
+    let lookup = Request {
+        caller: Caller::default(),
+        op: Op::GetAttr {
+            ino: rustre_proto::ROOT_INO,
+        },
+    };
+    write_frame(&mut stream, &Frame::new(FrameKind::Request, 10, &lookup, Bytes::new()))
+        .await
+        .unwrap();
+    let reply = read_frame(&mut stream).await.unwrap();
+    assert_eq!(reply.id, 10);
+    assert!(matches!(
+        reply.decode_header::<ReplyHeader>().unwrap(),
+        Ok(Reply::Attr { .. })
+    ));
+}
+
+// The hello is checked: a request before it, a wrong magic, or no common version is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hello_is_checked() {
+    let server = TestServer::start().await;
+
+    let mut stream = TcpStream::connect(&server.address).await.unwrap();
+    let early = Request {
+        caller: Caller::default(),
+        op: Op::GetAttr { ino: 1 },
+    };
+    write_frame(&mut stream, &Frame::new(FrameKind::Request, 1, &early, Bytes::new()))
+        .await
+        .unwrap();
+    assert_closed_by_server(&mut stream).await;
+
+    let mut stream = TcpStream::connect(&server.address).await.unwrap();
+    let wrong_magic = Request {
+        caller: Caller::default(),
+        op: Op::Hello {
+            magic: 0xdead_beef,
+            version_min: 1,
+            version_max: 1,
+            client_name: String::new(),
+        },
+    };
+    write_frame(
+        &mut stream,
+        &Frame::new(FrameKind::Request, 1, &wrong_magic, Bytes::new()),
+    )
+    .await
+    .unwrap();
+    assert_closed_by_server(&mut stream).await;
+
+    let mut stream = TcpStream::connect(&server.address).await.unwrap();
+    write_frame(&mut stream, &hello(50, 60)).await.unwrap();
+    let reply: ReplyHeader = read_frame(&mut stream).await.unwrap().decode_header().unwrap();
+    let error = reply.unwrap_err();
+    assert_eq!(error.errno, Errno::EPROTO);
+    assert!(
+        error.message.contains("no common protocol version"),
+        "{}",
+        error.message
+    );
+    assert_closed_by_server(&mut stream).await;
+}
+
+// The server sends requests to its clients on their own connections: the library answers pings,
+// and a peer that never answers is disconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_calls_its_clients_and_drops_silent_ones() {
+    let server = TestServer::start_with(|config| {
+        config.ping_interval = Duration::from_millis(20);
+        config.ping_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let client = server.client().await;
+    eventually("periodic pings reach the client", || {
+        client.stats().callbacks_received >= 3
+    })
+    .await;
+    assert_eq!(server.server().ping_all().await, 1);
+
+    // A raw peer that completes the hello and then never reads or answers.
+    let _silent = raw_session(&server.address).await;
+    eventually("the silent peer has a session", || server.server().session_count() == 2).await;
+    eventually("the silent peer is dropped", || server.server().session_count() == 1).await;
+    client.write("/alive", b"yes").await.unwrap();
+}
+
+// A second server on a data directory in use is refused with a message naming the holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_one_data_directory_is_refused() {
+    let server = TestServer::start().await;
+    let error = match rustre_server::Server::open(rustre_server::ServerConfig::new(server.data_dir())).await {
+        Ok(_) => panic!("a second server opened a data directory in use"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("in use by another rustre server"), "{error}");
+    assert!(error.contains(&format!("pid {}", std::process::id())), "{error}");
+}
+
+// Group commit: 256 creates in flight at once share transactions and fsyncs, so there are far
+// fewer durable commits than creates. (Counts, not timings.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_changes_share_commits() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let before = server.server().commit_stats();
+    let creates = (0..256).map(|index| {
+        let client = client.clone();
+        async move { client.mkdir(format!("/d{index}"), 0o755).await.unwrap() }
+    });
+    futures::future::join_all(creates).await;
+    let after = server.server().commit_stats();
+    let durable = after.durable_commits - before.durable_commits;
+    assert!(after.operations - before.operations >= 256);
+    assert!(
+        durable >= 1 && durable < 128,
+        "256 concurrent mkdirs took {durable} fsyncs"
+    );
+}
