@@ -1,3 +1,616 @@
-fn main() {
-    println!("Hello, world!");
+//! `rustre`: runs a server (`server`, `up`) and talks to one (`ls`, `stat`, `mkdir`, `put`, `get`,
+//! `cat`, `rm`, `mv`).
+//!
+//! Errors end the command with exit status 1 and one line on stderr, `rustre: <what failed>`.
+//! Commands taking several paths go on after a failing one, as their coreutils namesakes do.
+
+use std::ffi::OsStr;
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use rustre_client::rustre_proto::{Attr, Errno, FileKind, Timestamp};
+use rustre_client::{Client, Entry, OpenOptions};
+use rustre_server::{Server, ServerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+/// The most bytes one read or write of `put`, `get` and `cat` moves.
+const CHUNK: usize = 1 << 20;
+
+#[derive(Parser, Debug)]
+#[command(name = "rustre", version, about = "rustre, a network file system")]
+struct Cli {
+    /// Address of the server the client commands talk to.
+    #[arg(long, global = true, env = "RUSTRE_SERVER", default_value = "127.0.0.1:7070", value_name = "ADDR")]
+    server: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Runs a server on a data directory until SIGINT or SIGTERM.
+    Server {
+        /// The data directory (created if missing).
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
+        listen: String,
+    },
+    /// Starts a server, shows it working through a client, and serves until Ctrl-C.
+    Up {
+        /// The data directory (created if missing).
+        #[arg(long, env = "RUSTRE_DATA", default_value = "./rustre-data", value_name = "DIR")]
+        data: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
+        listen: String,
+    },
+    /// Lists a directory (or shows a single non-directory).
+    Ls {
+        /// Long format: type, permissions, links, owner, group, size, mtime, name.
+        #[arg(short = 'l')]
+        long: bool,
+        #[arg(default_value = "/")]
+        path: PathBuf,
+    },
+    /// Shows the attributes of what a path names (following symlinks).
+    Stat { path: PathBuf },
+    /// Makes directories.
+    Mkdir {
+        /// Make missing parents too; existing directories are fine.
+        #[arg(short = 'p', long = "parents")]
+        parents: bool,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Copies a local file into rustre (into PATH/<name> when PATH is a directory).
+    Put { local: PathBuf, path: PathBuf },
+    /// Copies a file out of rustre (into LOCAL/<name> when LOCAL is a directory).
+    Get { path: PathBuf, local: PathBuf },
+    /// Writes files' contents to stdout.
+    Cat {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Removes files (and with -r, directories with everything below them).
+    Rm {
+        /// Remove directories and their contents.
+        #[arg(short = 'r', short_alias = 'R', long = "recursive")]
+        recursive: bool,
+        /// Ignore paths that do not exist.
+        #[arg(short = 'f', long = "force")]
+        force: bool,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Renames SRC to DST, or moves it into DST when DST is a directory.
+    Mv { src: PathBuf, dst: PathBuf },
+}
+
+impl Command {
+    fn runs_server(&self) -> bool {
+        matches!(self, Command::Server { .. } | Command::Up { .. })
+    }
+}
+
+/// An error already reported on stderr: only the exit status is left to set.
+#[derive(Debug)]
+struct Reported;
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("errors reported above")
+    }
+}
+
+impl std::error::Error for Reported {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if cli.command.runs_server() { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("rustre: starting the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // Do not wait for stray background tasks (a file close in flight) at exit.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.is::<Reported>() => ExitCode::FAILURE,
+        // A closed stdout (`rustre cat f | head`) is the reader's choice, not a failure.
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("rustre: {}", one_line(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error with its causes, on one line.
+fn one_line(error: &anyhow::Error) -> String {
+    format!("{error:#}").replace('\n', " ")
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Server { data, listen } => serve(&data, &listen).await,
+        Command::Up { data, listen } => up(&data, &listen).await,
+        command => {
+            let client = Client::connect(&cli.server).await?;
+            let result = client_command(&client, command).await;
+            client.close();
+            result
+        }
+    }
+}
+
+async fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Server { .. } | Command::Up { .. } => unreachable!("handled by run"),
+        Command::Ls { long, path } => ls(client, &path, long).await,
+        Command::Stat { path } => stat(client, &path).await,
+        Command::Mkdir { parents, paths } => {
+            for_each(&paths, |path| async move {
+                if parents {
+                    client.create_dir_all(path).await?;
+                } else {
+                    client.mkdir(path, 0o755).await?;
+                }
+                Ok(())
+            })
+            .await
+        }
+        Command::Put { local, path } => put(client, &local, &path).await,
+        Command::Get { path, local } => get(client, &path, &local).await,
+        Command::Cat { paths } => for_each(&paths, |path| cat(client, path)).await,
+        Command::Rm { recursive, force, paths } => for_each(&paths, |path| rm(client, path, recursive, force)).await,
+        Command::Mv { src, dst } => mv(client, &src, &dst).await,
+    }
+}
+
+/// Runs `action` on every path, reporting each failure and going on; fails if any failed.
+async fn for_each<'a, F, Fut>(paths: &'a [PathBuf], mut action: F) -> anyhow::Result<()>
+where
+    F: FnMut(&'a Path) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let mut failed = false;
+    for path in paths {
+        if let Err(error) = action(path).await {
+            if is_broken_pipe(&error) {
+                return Err(error);
+            }
+            eprintln!("rustre: {}", one_line(&error));
+            failed = true;
+        }
+    }
+    if failed { Err(Reported.into()) } else { Ok(()) }
+}
+
+// ---- server ----
+
+/// SIGINT and SIGTERM, installed before the server starts so that no signal is missed.
+struct StopSignals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<StopSignals> {
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
+    }
+
+    async fn wait(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+}
+
+async fn start_server(data: &Path, listen: &str) -> anyhow::Result<(Server, SocketAddr)> {
+    let server = Server::open(ServerConfig::new(data)).await?;
+    match server.listen(listen).await {
+        Ok(address) => Ok((server, address)),
+        Err(error) => {
+            server.shutdown().await;
+            Err(error.into())
+        }
+    }
+}
+
+async fn stop_server(server: Server, signals: &mut StopSignals) {
+    let name = signals.wait().await;
+    tracing::info!(signal = name, "shutting down");
+    server.shutdown().await;
+    tracing::info!("stopped");
+}
+
+async fn serve(data: &Path, listen: &str) -> anyhow::Result<()> {
+    let mut signals = StopSignals::install()?;
+    // `Server::listen` logs "serving" with the address.
+    let (server, _) = start_server(data, listen).await?;
+    stop_server(server, &mut signals).await;
+    Ok(())
+}
+
+async fn up(data: &Path, listen: &str) -> anyhow::Result<()> {
+    let mut signals = StopSignals::install()?;
+    let (server, address) = start_server(data, listen).await?;
+    if let Err(error) = demonstrate(data, address).await {
+        server.shutdown().await;
+        return Err(error);
+    }
+    stop_server(server, &mut signals).await;
+    Ok(())
+}
+
+/// Where a client reaches a server listening on `address` (a wildcard address means this host).
+fn reachable(address: SocketAddr) -> SocketAddr {
+    let mut reachable = address;
+    if address.ip().is_unspecified() {
+        reachable.set_ip(match address {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    reachable
+}
+
+/// Shows the server working through a real client, without changing anything in it.
+async fn demonstrate(data: &Path, address: SocketAddr) -> anyhow::Result<()> {
+    let target = reachable(address).to_string();
+    let client = Client::connect(&target).await?;
+    let result = demonstrate_with(&client, data, address, &target).await;
+    client.close();
+    result
+}
+
+async fn demonstrate_with(client: &Client, data: &Path, address: SocketAddr, target: &str) -> anyhow::Result<()> {
+    let statfs = client.statfs().await?;
+    let mut entries = client.read_dir_plus("/").await?;
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    let data = std::fs::canonicalize(data).unwrap_or_else(|_| data.to_path_buf());
+
+    let mut out = Vec::new();
+    writeln!(out, "rustre is up: serving {} on {address}", data.display())?;
+    writeln!(
+        out,
+        "connected a client to {target}: server {:?}, session {:#x}",
+        client.server_name(),
+        client.session()
+    )?;
+    writeln!(
+        out,
+        "statfs: block size {}, blocks {} (free {}, available {}), files {} (free {})",
+        statfs.block_size, statfs.blocks, statfs.blocks_free, statfs.blocks_available, statfs.files, statfs.files_free
+    )?;
+    match entries.len() {
+        0 => writeln!(out, "/ is empty")?,
+        1 => writeln!(out, "/ holds 1 entry:")?,
+        count => writeln!(out, "/ holds {count} entries:")?,
+    }
+    let rows = long_rows(client, &entries).await?;
+    write_long(&mut out, &rows, "  ")?;
+    writeln!(out)?;
+    writeln!(out, "Use it from another terminal, for example:")?;
+    for example in
+        ["ls -l /", "mkdir -p /docs", "put ./notes.txt /docs", "cat /docs/notes.txt", "get /docs/notes.txt ./copy.txt"]
+    {
+        writeln!(out, "  rustre --server {target} {example}")?;
+    }
+    writeln!(out, "(or export RUSTRE_SERVER={target})")?;
+    writeln!(out, "Press Ctrl-C to stop the server.")?;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&out)?;
+    stdout.flush()?;
+    Ok(())
+}
+
+// ---- client commands ----
+
+/// One line of `ls -l`.
+struct LongRow {
+    attr: Attr,
+    name: Vec<u8>,
+    target: Option<Vec<u8>>,
+}
+
+async fn long_row(client: &Client, attr: Attr, name: Vec<u8>) -> anyhow::Result<LongRow> {
+    let target = if attr.kind == FileKind::Symlink { Some(client.readlink_ino(attr.ino).await?) } else { None };
+    Ok(LongRow { attr, name, target })
+}
+
+async fn long_rows(client: &Client, entries: &[Entry]) -> anyhow::Result<Vec<LongRow>> {
+    let mut rows = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let attr = match &entry.attr {
+            Some(attr) => attr.clone(),
+            None => client.getattr(entry.ino).await?,
+        };
+        rows.push(long_row(client, attr, entry.name.clone()).await?);
+    }
+    Ok(rows)
+}
+
+fn kind_char(kind: FileKind) -> char {
+    match kind {
+        FileKind::Regular => '-',
+        FileKind::Directory => 'd',
+        FileKind::Symlink => 'l',
+    }
+}
+
+fn kind_name(kind: FileKind) -> &'static str {
+    match kind {
+        FileKind::Regular => "regular",
+        FileKind::Directory => "directory",
+        FileKind::Symlink => "symlink",
+    }
+}
+
+/// `ls -l` lines, numbers right-aligned in columns: `d 0755 2 1000 1000 0 1700000000 name`.
+fn write_long(out: &mut (impl Write + ?Sized), rows: &[LongRow], indent: &str) -> std::io::Result<()> {
+    let width = |field: fn(&Attr) -> String| rows.iter().map(|row| field(&row.attr).len()).max().unwrap_or(0);
+    let nlink = width(|attr| attr.nlink.to_string());
+    let uid = width(|attr| attr.uid.to_string());
+    let gid = width(|attr| attr.gid.to_string());
+    let size = width(|attr| attr.size.to_string());
+    let mtime = width(|attr| attr.mtime.secs.to_string());
+    for row in rows {
+        let attr = &row.attr;
+        write!(
+            out,
+            "{indent}{} {:04o} {:>nlink$} {:>uid$} {:>gid$} {:>size$} {:>mtime$} ",
+            kind_char(attr.kind),
+            attr.perm,
+            attr.nlink,
+            attr.uid,
+            attr.gid,
+            attr.size,
+            attr.mtime.secs,
+        )?;
+        out.write_all(&row.name)?;
+        if let Some(target) = &row.target {
+            out.write_all(b" -> ")?;
+            out.write_all(target)?;
+        }
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+async fn ls(client: &Client, path: &Path, long: bool) -> anyhow::Result<()> {
+    // As ls: a symlink named on the command line is listed itself in long format, followed
+    // otherwise.
+    let attr = if long { client.lstat(path).await? } else { client.stat(path).await? };
+    if attr.kind != FileKind::Directory {
+        if long {
+            let row = long_row(client, attr, path.as_os_str().as_bytes().to_vec()).await?;
+            return print(|out| write_long(out, &[row], ""));
+        }
+        return print(|out| {
+            out.write_all(path.as_os_str().as_bytes())?;
+            out.write_all(b"\n")
+        });
+    }
+    let mut entries = if long { client.read_dir_plus(path).await? } else { client.read_dir(path).await? };
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    if long {
+        let rows = long_rows(client, &entries).await?;
+        print(|out| write_long(out, &rows, ""))
+    } else {
+        print(|out| {
+            for entry in &entries {
+                out.write_all(&entry.name)?;
+                out.write_all(b"\n")?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Writes to stdout through a buffer and flushes it.
+fn print(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    write(&mut out)?;
+    out.flush()?;
+    Ok(())
+}
+
+fn timestamp(time: Timestamp) -> String {
+    format!("{}.{:09}", time.secs, time.nanos)
+}
+
+async fn stat(client: &Client, path: &Path) -> anyhow::Result<()> {
+    let attr = client.stat(path).await?;
+    print(|out| {
+        writeln!(out, "path: {}", path.display())?;
+        writeln!(out, "ino: {}", attr.ino)?;
+        writeln!(out, "generation: {}", attr.generation)?;
+        writeln!(out, "kind: {}", kind_name(attr.kind))?;
+        writeln!(out, "mode: {:07o}", attr.mode())?;
+        writeln!(out, "nlink: {}", attr.nlink)?;
+        writeln!(out, "uid: {}", attr.uid)?;
+        writeln!(out, "gid: {}", attr.gid)?;
+        writeln!(out, "size: {}", attr.size)?;
+        writeln!(out, "blocks: {}", attr.blocks)?;
+        writeln!(out, "atime: {}", timestamp(attr.atime))?;
+        writeln!(out, "mtime: {}", timestamp(attr.mtime))?;
+        writeln!(out, "ctime: {}", timestamp(attr.ctime))
+    })
+}
+
+/// The last component of `path`, for "into that directory" targets.
+fn basename<'a>(path: &'a Path, verb: &str) -> anyhow::Result<&'a OsStr> {
+    match path.file_name() {
+        Some(name) => Ok(name),
+        None => bail!("{verb} {}: the path names no file", path.display()),
+    }
+}
+
+/// Is `path` an existing directory in rustre (following symlinks)?
+async fn is_dir(client: &Client, path: &Path) -> bool {
+    matches!(client.stat(path).await, Ok(attr) if attr.kind == FileKind::Directory)
+}
+
+/// Fills `buffer` from `reader` as far as the data lasts; returns how much it holds.
+async fn read_chunk(reader: &mut tokio::fs::File, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match reader.read(&mut buffer[filled..]).await? {
+            0 => break,
+            read => filled += read,
+        }
+    }
+    Ok(filled)
+}
+
+async fn put(client: &Client, local: &Path, path: &Path) -> anyhow::Result<()> {
+    let mut source = tokio::fs::File::open(local).await.with_context(|| format!("put: opening {}", local.display()))?;
+    let metadata = source.metadata().await.with_context(|| format!("put: {}", local.display()))?;
+    if metadata.is_dir() {
+        bail!("put: {}: {}", local.display(), Errno::EISDIR);
+    }
+    let target = if is_dir(client, path).await {
+        path.join(basename(local, "put")?)
+    } else if path.as_os_str().as_bytes().ends_with(b"/") {
+        // As cp: "DIR/" promises a directory (the library would ignore the slash and create DIR).
+        bail!("put {}: {}", path.display(), Errno::ENOTDIR);
+    } else {
+        path.to_path_buf()
+    };
+    let options =
+        OpenOptions::new().write(true).create(true).truncate(true).mode(metadata.permissions().mode() & 0o777).clone();
+    let mut file = client.open(&target, &options).await?;
+    let mut buffer = vec![0; CHUNK];
+    let copied = async {
+        loop {
+            let read = read_chunk(&mut source, &mut buffer)
+                .await
+                .with_context(|| format!("put: reading {}", local.display()))?;
+            if read == 0 {
+                return anyhow::Ok(());
+            }
+            file.write_all(&buffer[..read]).await.with_context(|| format!("put: writing {}", target.display()))?;
+        }
+    }
+    .await;
+    let closed = file.close().await;
+    copied?;
+    closed.with_context(|| format!("put: closing {}", target.display()))?;
+    Ok(())
+}
+
+/// Opens a rustre file for reading, refusing directories.
+async fn open_for_reading(client: &Client, path: &Path, verb: &str) -> anyhow::Result<rustre_client::File> {
+    let file = client.open(path, OpenOptions::new().read(true)).await?;
+    if file.cached_attr().kind == FileKind::Directory {
+        let _ = file.close().await;
+        bail!("{verb} {}: {}", path.display(), Errno::EISDIR);
+    }
+    Ok(file)
+}
+
+/// Streams the file in chunks to `sink`.
+async fn copy_out<F>(file: &rustre_client::File, path: &Path, verb: &str, mut sink: F) -> anyhow::Result<()>
+where
+    F: AsyncFnMut(&[u8]) -> anyhow::Result<()>,
+{
+    let mut offset = 0;
+    loop {
+        let data =
+            file.read_at(offset, CHUNK).await.map_err(|error| error.context(format!("{verb} {}", path.display())))?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        offset += data.len() as u64;
+        sink(&data).await?;
+    }
+}
+
+async fn get(client: &Client, path: &Path, local: &Path) -> anyhow::Result<()> {
+    let file = open_for_reading(client, path, "get").await?;
+    let target = if local.is_dir() { local.join(basename(path, "get")?) } else { local.to_path_buf() };
+    let copied = async {
+        let mut out =
+            tokio::fs::File::create(&target).await.with_context(|| format!("get: creating {}", target.display()))?;
+        let context = || format!("get: writing {}", target.display());
+        copy_out(&file, path, "get", async |data: &[u8]| out.write_all(data).await.with_context(context)).await?;
+        out.flush().await.with_context(context)
+    }
+    .await;
+    let closed = file.close().await;
+    copied?;
+    closed?;
+    Ok(())
+}
+
+async fn cat(client: &Client, path: &Path) -> anyhow::Result<()> {
+    let file = open_for_reading(client, path, "cat").await?;
+    let copied = copy_out(&file, path, "cat", async |data: &[u8]| {
+        let mut stdout = std::io::stdout();
+        stdout.write_all(data)?;
+        stdout.flush()?;
+        Ok(())
+    })
+    .await;
+    let closed = file.close().await;
+    copied?;
+    closed?;
+    Ok(())
+}
+
+async fn rm(client: &Client, path: &Path, recursive: bool, force: bool) -> anyhow::Result<()> {
+    let result = async {
+        if recursive {
+            return client.remove_all(path).await;
+        }
+        let attr = client.lstat(path).await?;
+        if attr.kind == FileKind::Directory {
+            return Err(rustre_client::Error::from(Errno::EISDIR).context(format!("rm {}", path.display())));
+        }
+        client.remove_file(path).await
+    }
+    .await;
+    match result {
+        Err(error) if force && error.errno == Errno::ENOENT => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+async fn mv(client: &Client, src: &Path, dst: &Path) -> anyhow::Result<()> {
+    let target = if is_dir(client, dst).await { dst.join(basename(src, "mv")?) } else { dst.to_path_buf() };
+    client.rename(src, &target).await?;
+    Ok(())
 }

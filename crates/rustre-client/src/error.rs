@@ -11,25 +11,16 @@ pub struct Error {
 
 impl Error {
     pub fn new(errno: Errno, message: impl Into<String>) -> Error {
-        Error {
-            errno,
-            message: message.into(),
-        }
+        Error { errno, message: message.into() }
     }
 
     pub fn from_errno(errno: Errno) -> Error {
-        Error {
-            errno,
-            message: errno.to_string(),
-        }
+        Error { errno, message: errno.to_string() }
     }
 
     /// Prefixes the message with what was being done (`"stat /a/b"`).
     pub fn context(self, what: impl std::fmt::Display) -> Error {
-        Error {
-            errno: self.errno,
-            message: format!("{what}: {}", self.message),
-        }
+        Error { errno: self.errno, message: format!("{what}: {}", self.message) }
     }
 
     pub fn errno(&self) -> Errno {
@@ -45,10 +36,7 @@ impl From<Errno> for Error {
 
 impl From<WireError> for Error {
     fn from(error: WireError) -> Self {
-        Error {
-            errno: error.errno,
-            message: error.message,
-        }
+        Error { errno: error.errno, message: error.message }
     }
 }
 

@@ -79,10 +79,7 @@ impl OpenOptions {
     /// The protocol flags these options stand for (for the inode-level `Client::open_at`).
     pub fn flags(&self) -> Result<OpenFlags> {
         if !self.read && !self.write && !self.append {
-            return Err(Error::new(
-                Errno::EINVAL,
-                "open: neither read nor write access asked for",
-            ));
+            return Err(Error::new(Errno::EINVAL, "open: neither read nor write access asked for"));
         }
         if (self.create || self.create_new || self.truncate) && !(self.write || self.append) {
             return Err(Error::new(Errno::EINVAL, "open: create or truncate needs write access"));
@@ -117,15 +114,7 @@ pub struct File {
 
 impl File {
     pub(crate) fn new(client: Client, handle: u64, attr: Attr, created: bool, flags: OpenFlags) -> File {
-        File {
-            client,
-            handle,
-            attr,
-            created,
-            flags,
-            position: 0,
-            closed: false,
-        }
+        File { client, handle, attr, created, flags, position: 0, closed: false }
     }
 
     pub fn ino(&self) -> u64 {
@@ -155,11 +144,7 @@ impl File {
         let mut out = Vec::new();
         while out.len() < len {
             let want = (len - out.len()).min(IO_SIZE_MAX as usize) as u32;
-            let op = Op::Read {
-                handle: self.handle,
-                offset: offset + out.len() as u64,
-                len: want,
-            };
+            let op = Op::Read { handle: self.handle, offset: offset + out.len() as u64, len: want };
             let data = match self.client.call(op, Bytes::new()).await? {
                 (Reply::Data, data) => data,
                 (other, _) => {
@@ -208,10 +193,7 @@ impl File {
         let mut done = 0;
         loop {
             let piece = &data[done..(done + IO_SIZE_MAX as usize).min(data.len())];
-            let op = Op::Write {
-                handle: self.handle,
-                offset: offset + done as u64,
-            };
+            let op = Op::Write { handle: self.handle, offset: offset + done as u64 };
             match self.client.call(op, Bytes::copy_from_slice(piece)).await?.0 {
                 Reply::Written { len, attr } => {
                     if len as usize != piece.len() {
@@ -233,11 +215,8 @@ impl File {
     /// Writes all of `data` at the position (at the end for append handles) and advances it.
     pub async fn write_all(&mut self, data: &[u8]) -> Result<()> {
         let attr = self.write_at(self.position, data).await?;
-        self.position = if self.flags.contains(OpenFlags::APPEND) {
-            attr.size
-        } else {
-            self.position + data.len() as u64
-        };
+        self.position =
+            if self.flags.contains(OpenFlags::APPEND) { attr.size } else { self.position + data.len() as u64 };
         Ok(())
     }
 
@@ -251,10 +230,8 @@ impl File {
             std::io::SeekFrom::Current(delta) => (self.position, delta),
             std::io::SeekFrom::End(delta) => (self.metadata().await?.size, delta),
         };
-        let position = base
-            .0
-            .checked_add_signed(base.1)
-            .ok_or(Error::new(Errno::EINVAL, "seek before the start of the file"))?;
+        let position =
+            base.0.checked_add_signed(base.1).ok_or(Error::new(Errno::EINVAL, "seek before the start of the file"))?;
         self.position = position;
         Ok(position)
     }
@@ -265,27 +242,13 @@ impl File {
     }
 
     pub async fn set_len(&mut self, size: u64) -> Result<Attr> {
-        self.attr = self
-            .client
-            .setattr(
-                self.attr.ino,
-                SetAttrIn {
-                    size: Some(size),
-                    ..Default::default()
-                },
-            )
-            .await?;
+        self.attr = self.client.setattr(self.attr.ino, SetAttrIn { size: Some(size), ..Default::default() }).await?;
         Ok(self.attr.clone())
     }
 
     /// Makes the file's data and metadata durable.
     pub async fn fsync(&self) -> Result<()> {
-        match self
-            .client
-            .call(Op::Fsync { handle: self.handle }, Bytes::new())
-            .await?
-            .0
-        {
+        match self.client.call(Op::Fsync { handle: self.handle }, Bytes::new()).await?.0 {
             Reply::Done => Ok(()),
             other => Err(Error::new(Errno::EPROTO, format!("unexpected reply {other:?}"))),
         }
@@ -294,12 +257,7 @@ impl File {
     /// Releases the handle on the server.
     pub async fn close(mut self) -> Result<()> {
         self.closed = true;
-        match self
-            .client
-            .call(Op::Close { handle: self.handle }, Bytes::new())
-            .await?
-            .0
-        {
+        match self.client.call(Op::Close { handle: self.handle }, Bytes::new()).await?.0 {
             Reply::Done => Ok(()),
             other => Err(Error::new(Errno::EPROTO, format!("unexpected reply {other:?}"))),
         }

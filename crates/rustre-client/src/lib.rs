@@ -47,10 +47,7 @@ impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             client_name: format!("rustre-client pid {}", std::process::id()),
-            caller: Caller {
-                uid: rustix::process::getuid().as_raw(),
-                gid: rustix::process::getgid().as_raw(),
-            },
+            caller: Caller { uid: rustix::process::getuid().as_raw(), gid: rustix::process::getgid().as_raw() },
         }
     }
 }
@@ -139,26 +136,14 @@ impl Client {
         let frame = read_frame(&mut stream).await.map_err(|error| failed(&error))?;
         let reply: ReplyHeader = frame.decode_header().map_err(|error| failed(&error))?;
         let (session, server_name) = match reply {
-            Ok(Reply::Hello {
-                session, server_name, ..
-            }) => (session, server_name),
+            Ok(Reply::Hello { session, server_name, .. }) => (session, server_name),
             Ok(other) => return Err(failed(&format!("unexpected reply {other:?}"))),
             Err(error) => return Err(Error::from(error).context(format!("hello to {peer}"))),
         };
         let counters = Arc::new(Counters::default());
-        let service = Arc::new(CallbackService {
-            counters: counters.clone(),
-        });
+        let service = Arc::new(CallbackService { counters: counters.clone() });
         let connection = Connection::start(stream, service, format!("server {peer}"));
-        Ok(Client {
-            inner: Arc::new(Inner {
-                connection,
-                session,
-                server_name,
-                caller: config.caller,
-                counters,
-            }),
-        })
+        Ok(Client { inner: Arc::new(Inner { connection, session, server_name, caller: config.caller, counters }) })
     }
 
     pub fn session(&self) -> u64 {
@@ -185,10 +170,7 @@ impl Client {
     pub async fn call(&self, op: Op, payload: Bytes) -> Result<(Reply, Bytes)> {
         self.inner.counters.requests_sent.fetch_add(1, Ordering::Relaxed);
         let kind = op.kind_name();
-        let header = encode_header(&Request {
-            caller: self.inner.caller,
-            op,
-        });
+        let header = encode_header(&Request { caller: self.inner.caller, op });
         let frame = self
             .inner
             .connection
@@ -205,16 +187,7 @@ impl Client {
 
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
         rustre_proto::name::validate_name(name)?;
-        expect_entry(
-            self.call(
-                Op::Lookup {
-                    parent,
-                    name: name.to_vec(),
-                },
-                Bytes::new(),
-            )
-            .await?,
-        )
+        expect_entry(self.call(Op::Lookup { parent, name: name.to_vec() }, Bytes::new()).await?)
     }
 
     pub async fn getattr(&self, ino: u64) -> Result<Attr> {
@@ -228,17 +201,7 @@ impl Client {
     /// Opens `name` in `parent` in one atomic server step (creating it if `flags` say so).
     pub async fn open_at(&self, parent: u64, name: &[u8], flags: OpenFlags, perm: u32) -> Result<File> {
         rustre_proto::name::validate_name(name)?;
-        let reply = self
-            .call(
-                Op::Open {
-                    parent,
-                    name: name.to_vec(),
-                    flags,
-                    perm,
-                },
-                Bytes::new(),
-            )
-            .await?;
+        let reply = self.call(Op::Open { parent, name: name.to_vec(), flags, perm }, Bytes::new()).await?;
         self.opened(reply, flags)
     }
 
@@ -256,45 +219,17 @@ impl Client {
 
     pub async fn mkdir_at(&self, parent: u64, name: &[u8], perm: u32) -> Result<Attr> {
         rustre_proto::name::validate_name(name)?;
-        expect_entry(
-            self.call(
-                Op::Mkdir {
-                    parent,
-                    name: name.to_vec(),
-                    perm,
-                },
-                Bytes::new(),
-            )
-            .await?,
-        )
+        expect_entry(self.call(Op::Mkdir { parent, name: name.to_vec(), perm }, Bytes::new()).await?)
     }
 
     pub async fn unlink_at(&self, parent: u64, name: &[u8]) -> Result<()> {
         rustre_proto::name::validate_name(name)?;
-        expect_done(
-            self.call(
-                Op::Unlink {
-                    parent,
-                    name: name.to_vec(),
-                },
-                Bytes::new(),
-            )
-            .await?,
-        )
+        expect_done(self.call(Op::Unlink { parent, name: name.to_vec() }, Bytes::new()).await?)
     }
 
     pub async fn rmdir_at(&self, parent: u64, name: &[u8]) -> Result<()> {
         rustre_proto::name::validate_name(name)?;
-        expect_done(
-            self.call(
-                Op::Rmdir {
-                    parent,
-                    name: name.to_vec(),
-                },
-                Bytes::new(),
-            )
-            .await?,
-        )
+        expect_done(self.call(Op::Rmdir { parent, name: name.to_vec() }, Bytes::new()).await?)
     }
 
     pub async fn rename_at(
@@ -307,38 +242,18 @@ impl Client {
     ) -> Result<()> {
         rustre_proto::name::validate_name(name)?;
         rustre_proto::name::validate_name(new_name)?;
-        let op = Op::Rename {
-            parent,
-            name: name.to_vec(),
-            new_parent,
-            new_name: new_name.to_vec(),
-            mode,
-        };
+        let op = Op::Rename { parent, name: name.to_vec(), new_parent, new_name: new_name.to_vec(), mode };
         expect_done(self.call(op, Bytes::new()).await?)
     }
 
     pub async fn link_at(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> Result<Attr> {
         rustre_proto::name::validate_name(new_name)?;
-        expect_entry(
-            self.call(
-                Op::Link {
-                    ino,
-                    new_parent,
-                    new_name: new_name.to_vec(),
-                },
-                Bytes::new(),
-            )
-            .await?,
-        )
+        expect_entry(self.call(Op::Link { ino, new_parent, new_name: new_name.to_vec() }, Bytes::new()).await?)
     }
 
     pub async fn symlink_at(&self, parent: u64, name: &[u8], target: &[u8]) -> Result<Attr> {
         rustre_proto::name::validate_name(name)?;
-        let op = Op::Symlink {
-            parent,
-            name: name.to_vec(),
-            target: target.to_vec(),
-        };
+        let op = Op::Symlink { parent, name: name.to_vec(), target: target.to_vec() };
         expect_entry(self.call(op, Bytes::new()).await?)
     }
 
@@ -357,19 +272,7 @@ impl Client {
         max_entries: u32,
         with_attrs: bool,
     ) -> Result<(Vec<DirEntry>, bool)> {
-        match self
-            .call(
-                Op::ReadDir {
-                    ino,
-                    cookie,
-                    max_entries,
-                    with_attrs,
-                },
-                Bytes::new(),
-            )
-            .await?
-            .0
-        {
+        match self.call(Op::ReadDir { ino, cookie, max_entries, with_attrs }, Bytes::new()).await?.0 {
             Reply::Entries { entries, end } => Ok((entries, end)),
             other => Err(unexpected(&other)),
         }
@@ -383,27 +286,14 @@ impl Client {
     }
 
     pub async fn getxattr_ino(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
-        match self
-            .call(
-                Op::GetXattr {
-                    ino,
-                    name: name.to_vec(),
-                },
-                Bytes::new(),
-            )
-            .await?
-        {
+        match self.call(Op::GetXattr { ino, name: name.to_vec() }, Bytes::new()).await? {
             (Reply::Xattr, value) => Ok(value.to_vec()),
             (other, _) => Err(unexpected(&other)),
         }
     }
 
     pub async fn setxattr_ino(&self, ino: u64, name: &[u8], value: &[u8], mode: XattrMode) -> Result<()> {
-        let op = Op::SetXattr {
-            ino,
-            name: name.to_vec(),
-            mode,
-        };
+        let op = Op::SetXattr { ino, name: name.to_vec(), mode };
         expect_done(self.call(op, Bytes::copy_from_slice(value)).await?)
     }
 
@@ -415,16 +305,7 @@ impl Client {
     }
 
     pub async fn removexattr_ino(&self, ino: u64, name: &[u8]) -> Result<()> {
-        expect_done(
-            self.call(
-                Op::RemoveXattr {
-                    ino,
-                    name: name.to_vec(),
-                },
-                Bytes::new(),
-            )
-            .await?,
-        )
+        expect_done(self.call(Op::RemoveXattr { ino, name: name.to_vec() }, Bytes::new()).await?)
     }
 
     // ---- path API ----
@@ -432,17 +313,13 @@ impl Client {
     /// Attributes of what `path` names, following symlinks.
     pub async fn stat(&self, path: impl AsRef<Path>) -> Result<Attr> {
         let path = path.as_ref();
-        self.walk(&mut Walk::root(), components(bytes(path)), true)
-            .await
-            .map_err(|error| error.context(format!("stat {}", path.display())))
+        self.resolve(bytes(path), true).await.map_err(|error| error.context(format!("stat {}", path.display())))
     }
 
     /// Attributes of what `path` names, not following a final symlink.
     pub async fn lstat(&self, path: impl AsRef<Path>) -> Result<Attr> {
         let path = path.as_ref();
-        self.walk(&mut Walk::root(), components(bytes(path)), false)
-            .await
-            .map_err(|error| error.context(format!("lstat {}", path.display())))
+        self.resolve(bytes(path), false).await.map_err(|error| error.context(format!("lstat {}", path.display())))
     }
 
     /// Does `path` name something? (Errors other than ENOENT are errors.)
@@ -456,21 +333,33 @@ impl Client {
 
     pub async fn open(&self, path: impl AsRef<Path>, options: &OpenOptions) -> Result<File> {
         let path = path.as_ref();
-        self.open_path(bytes(path), options)
-            .await
-            .map_err(|error| error.context(format!("open {}", path.display())))
+        self.open_path(bytes(path), options).await.map_err(|error| error.context(format!("open {}", path.display())))
     }
 
     async fn open_path(&self, path: &[u8], options: &OpenOptions) -> Result<File> {
         let flags = options.flags()?;
+        if path::names_directory(path) {
+            // "name/" can only open an existing directory, and only for reading.
+            let changes = [OpenFlags::WRITE, OpenFlags::APPEND, OpenFlags::CREATE, OpenFlags::TRUNCATE];
+            let writing = changes.into_iter().any(|flag| flags.contains(flag));
+            return match self.resolve(path, true).await {
+                Err(error) if error.errno == Errno::ENOENT && flags.contains(OpenFlags::CREATE) => {
+                    Err(Errno::EISDIR.into())
+                }
+                Err(error) => Err(error),
+                Ok(_) if writing => Err(Errno::EISDIR.into()),
+                Ok(attr) => self.open_ino(attr.ino, flags | OpenFlags::DIRECTORY).await,
+            };
+        }
         let mut walk = Walk::root();
         let mut path = path.to_vec();
         for _ in 0..=path::SYMLINKS_FOLLOWED_MAX {
             let name = match self.walk_parent(&mut walk, &path).await {
                 Ok(name) => name,
                 // Opening "/" (or "a/.."): there is no name to open by; open the directory itself.
+                // (From where the walk stands: a symlink's "." or ".." is relative to its directory.)
                 Err(error) if error.errno == Errno::EBUSY || error.errno == Errno::EINVAL => {
-                    let attr = self.walk(&mut Walk::root(), components(&path), true).await?;
+                    let attr = self.walk(&mut walk, components(&path), true).await?;
                     return self.open_ino(attr.ino, flags).await;
                 }
                 Err(error) => return Err(error),
@@ -495,8 +384,7 @@ impl Client {
 
     /// Opens for writing, creating or truncating (`File::create` of std).
     pub async fn create(&self, path: impl AsRef<Path>) -> Result<File> {
-        self.open(path, OpenOptions::new().write(true).create(true).truncate(true))
-            .await
+        self.open(path, OpenOptions::new().write(true).create(true).truncate(true)).await
     }
 
     /// The whole contents of a file.
@@ -525,23 +413,20 @@ impl Client {
             let name = self.walk_parent(&mut walk, bytes(path)).await?;
             action(walk.directory(), name).await
         };
-        run.await
-            .map_err(|error| error.context(format!("{verb} {}", path.display())))
+        run.await.map_err(|error| error.context(format!("{verb} {}", path.display())))
     }
 
     pub async fn mkdir(&self, path: impl AsRef<Path>, perm: u32) -> Result<Attr> {
         let path = path.as_ref();
-        self.with_parent("mkdir", path, |parent, name| async move {
-            self.mkdir_at(parent, &name, perm).await
-        })
-        .await
-        .map_err(|error| {
-            if components(bytes(path)).is_empty() {
-                Error::from(Errno::EEXIST).context(format!("mkdir {}", path.display()))
-            } else {
-                error
-            }
-        })
+        self.with_parent("mkdir", path, |parent, name| async move { self.mkdir_at(parent, &name, perm).await })
+            .await
+            .map_err(|error| {
+                if components(bytes(path)).is_empty() {
+                    Error::from(Errno::EEXIST).context(format!("mkdir {}", path.display()))
+                } else {
+                    error
+                }
+            })
     }
 
     /// Makes a directory and any missing parents (`mkdir -p`); an existing directory is fine.
@@ -560,8 +445,7 @@ impl Client {
             let attr = match self.mkdir_at(walk.directory(), &name, 0o755).await {
                 Ok(attr) => attr,
                 Err(error) if error.errno == Errno::EEXIST => {
-                    self.walk(&mut walk.clone(), [path::Component::Name(name)].into(), true)
-                        .await?
+                    self.walk(&mut walk.clone(), [path::Component::Name(name)].into(), true).await?
                 }
                 Err(error) => return Err(error.context(format!("mkdir -p {}", path.display()))),
             };
@@ -574,17 +458,20 @@ impl Client {
     }
 
     pub async fn remove_file(&self, path: impl AsRef<Path>) -> Result<()> {
-        self.with_parent("unlink", path.as_ref(), |parent, name| async move {
-            self.unlink_at(parent, &name).await
-        })
-        .await
+        let path = path.as_ref();
+        if path::names_directory(bytes(path)) {
+            // "name/" names a directory, which unlink refuses; or nothing unlink could remove.
+            let refusal = match self.resolve(bytes(path), true).await {
+                Ok(_) => Error::from(Errno::EISDIR),
+                Err(error) => error,
+            };
+            return Err(refusal.context(format!("unlink {}", path.display())));
+        }
+        self.with_parent("unlink", path, |parent, name| async move { self.unlink_at(parent, &name).await }).await
     }
 
     pub async fn remove_dir(&self, path: impl AsRef<Path>) -> Result<()> {
-        self.with_parent("rmdir", path.as_ref(), |parent, name| async move {
-            self.rmdir_at(parent, &name).await
-        })
-        .await
+        self.with_parent("rmdir", path.as_ref(), |parent, name| async move { self.rmdir_at(parent, &name).await }).await
     }
 
     /// Removes a directory and everything below it (`rm -r`), or a single non-directory.
@@ -594,10 +481,7 @@ impl Client {
         if attr.kind != FileKind::Directory {
             return self.remove_file(path).await;
         }
-        self.with_parent("rm -r", path, |parent, name| async move {
-            self.remove_tree_at(parent, &name).await
-        })
-        .await
+        self.with_parent("rm -r", path, |parent, name| async move { self.remove_tree_at(parent, &name).await }).await
     }
 
     /// Removes the directory `name` in `parent` with everything below it.
@@ -632,15 +516,20 @@ impl Client {
     pub async fn rename_with(&self, from: impl AsRef<Path>, to: impl AsRef<Path>, mode: RenameMode) -> Result<()> {
         let (from, to) = (from.as_ref(), to.as_ref());
         let run = async {
+            if path::names_directory(bytes(from)) || path::names_directory(bytes(to)) {
+                // A trailing slash on either side says the source is a directory.
+                let source = self.walk(&mut Walk::root(), components(bytes(from)), false).await?;
+                if source.kind != FileKind::Directory {
+                    return Err(Errno::ENOTDIR.into());
+                }
+            }
             let mut source = Walk::root();
             let name = self.walk_parent(&mut source, bytes(from)).await?;
             let mut target = Walk::root();
             let new_name = self.walk_parent(&mut target, bytes(to)).await?;
-            self.rename_at(source.directory(), &name, target.directory(), &new_name, mode)
-                .await
+            self.rename_at(source.directory(), &name, target.directory(), &new_name, mode).await
         };
-        run.await
-            .map_err(|error| error.context(format!("rename {} to {}", from.display(), to.display())))
+        run.await.map_err(|error| error.context(format!("rename {} to {}", from.display(), to.display())))
     }
 
     /// Makes `link` a new name of the file at `original` (not following a final symlink).
@@ -664,27 +553,21 @@ impl Client {
     pub async fn read_link(&self, path: impl AsRef<Path>) -> Result<Vec<u8>> {
         let path = path.as_ref();
         let attr = self.lstat(path).await?;
-        self.readlink_ino(attr.ino)
-            .await
-            .map_err(|error| error.context(format!("readlink {}", path.display())))
+        self.readlink_ino(attr.ino).await.map_err(|error| error.context(format!("readlink {}", path.display())))
     }
 
     /// All entries of a directory (without "." and ".."), in cookie order.
     pub async fn read_dir(&self, path: impl AsRef<Path>) -> Result<Vec<DirEntry>> {
         let path = path.as_ref();
         let attr = self.stat(path).await?;
-        self.read_dir_ino(attr.ino, false)
-            .await
-            .map_err(|error| error.context(format!("readdir {}", path.display())))
+        self.read_dir_ino(attr.ino, false).await.map_err(|error| error.context(format!("readdir {}", path.display())))
     }
 
     /// All entries of a directory with their attributes.
     pub async fn read_dir_plus(&self, path: impl AsRef<Path>) -> Result<Vec<DirEntry>> {
         let path = path.as_ref();
         let attr = self.stat(path).await?;
-        self.read_dir_ino(attr.ino, true)
-            .await
-            .map_err(|error| error.context(format!("readdir {}", path.display())))
+        self.read_dir_ino(attr.ino, true).await.map_err(|error| error.context(format!("readdir {}", path.display())))
     }
 
     pub async fn read_dir_ino(&self, ino: u64, with_attrs: bool) -> Result<Vec<DirEntry>> {
@@ -705,46 +588,19 @@ impl Client {
 
     async fn setattr_path(&self, verb: &str, path: &Path, set: SetAttrIn) -> Result<Attr> {
         let attr = self.stat(path).await?;
-        self.setattr(attr.ino, set)
-            .await
-            .map_err(|error| error.context(format!("{verb} {}", path.display())))
+        self.setattr(attr.ino, set).await.map_err(|error| error.context(format!("{verb} {}", path.display())))
     }
 
     pub async fn set_permissions(&self, path: impl AsRef<Path>, perm: u32) -> Result<Attr> {
-        self.setattr_path(
-            "chmod",
-            path.as_ref(),
-            SetAttrIn {
-                perm: Some(perm),
-                ..Default::default()
-            },
-        )
-        .await
+        self.setattr_path("chmod", path.as_ref(), SetAttrIn { perm: Some(perm), ..Default::default() }).await
     }
 
     pub async fn set_owner(&self, path: impl AsRef<Path>, uid: Option<u32>, gid: Option<u32>) -> Result<Attr> {
-        self.setattr_path(
-            "chown",
-            path.as_ref(),
-            SetAttrIn {
-                uid,
-                gid,
-                ..Default::default()
-            },
-        )
-        .await
+        self.setattr_path("chown", path.as_ref(), SetAttrIn { uid, gid, ..Default::default() }).await
     }
 
     pub async fn truncate(&self, path: impl AsRef<Path>, size: u64) -> Result<Attr> {
-        self.setattr_path(
-            "truncate",
-            path.as_ref(),
-            SetAttrIn {
-                size: Some(size),
-                ..Default::default()
-            },
-        )
-        .await
+        self.setattr_path("truncate", path.as_ref(), SetAttrIn { size: Some(size), ..Default::default() }).await
     }
 
     pub async fn set_times(
@@ -753,16 +609,7 @@ impl Client {
         atime: Option<TimeSet>,
         mtime: Option<TimeSet>,
     ) -> Result<Attr> {
-        self.setattr_path(
-            "utimes",
-            path.as_ref(),
-            SetAttrIn {
-                atime,
-                mtime,
-                ..Default::default()
-            },
-        )
-        .await
+        self.setattr_path("utimes", path.as_ref(), SetAttrIn { atime, mtime, ..Default::default() }).await
     }
 
     pub async fn get_xattr(&self, path: impl AsRef<Path>, name: &[u8]) -> Result<Vec<u8>> {
@@ -795,11 +642,7 @@ impl Client {
 }
 
 fn ignore_enoent(error: Error) -> Result<()> {
-    if error.errno == Errno::ENOENT {
-        Ok(())
-    } else {
-        Err(error)
-    }
+    if error.errno == Errno::ENOENT { Ok(()) } else { Err(error) }
 }
 
 fn unexpected(reply: &Reply) -> Error {

@@ -23,14 +23,14 @@ pub(crate) enum Component {
 pub(crate) fn components(path: &[u8]) -> VecDeque<Component> {
     path.split(|&byte| byte == b'/')
         .filter(|part| !part.is_empty() && *part != b".")
-        .map(|part| {
-            if part == b".." {
-                Component::Parent
-            } else {
-                Component::Name(part.to_vec())
-            }
-        })
+        .map(|part| if part == b".." { Component::Parent } else { Component::Name(part.to_vec()) })
         .collect()
+}
+
+/// A path ending in `/` (other than the root itself) names a directory, or fails: a trailing
+/// slash makes `stat` follow a final symlink and makes a non-directory ENOTDIR, as on Linux.
+pub(crate) fn names_directory(path: &[u8]) -> bool {
+    path.ends_with(b"/") && path.iter().any(|&byte| byte != b'/')
 }
 
 pub(crate) fn bytes(path: &Path) -> &[u8] {
@@ -110,6 +110,16 @@ impl Client {
             current = attr;
         }
         Ok(current)
+    }
+
+    /// Resolves a whole path, honouring a trailing slash.
+    pub(crate) async fn resolve(&self, path: &[u8], follow_last: bool) -> Result<Attr> {
+        let directory_only = names_directory(path);
+        let attr = self.walk(&mut Walk::root(), components(path), follow_last || directory_only).await?;
+        if directory_only && attr.kind != FileKind::Directory {
+            return Err(Errno::ENOTDIR.into());
+        }
+        Ok(attr)
     }
 
     /// Resolves everything but the last component of `path`, which must be a plain name.

@@ -69,16 +69,8 @@ async fn concurrent_create_opens_agree_on_one_inode() {
                 client.open_at(ROOT_INO, name.as_bytes(), flags, 0o644).await
             }
         });
-        let files: Vec<_> = futures::future::join_all(opens)
-            .await
-            .into_iter()
-            .map(|file| file.unwrap())
-            .collect();
-        assert_eq!(
-            files.iter().filter(|file| file.created()).count(),
-            1,
-            "exactly one open created it"
-        );
+        let files: Vec<_> = futures::future::join_all(opens).await.into_iter().map(|file| file.unwrap()).collect();
+        assert_eq!(files.iter().filter(|file| file.created()).count(), 1, "exactly one open created it");
         let inos: BTreeSet<_> = files.iter().map(|file| file.ino()).collect();
         assert_eq!(inos.len(), 1, "all opens got the same inode");
 
@@ -91,11 +83,7 @@ async fn concurrent_create_opens_agree_on_one_inode() {
             }
         });
         let results = futures::future::join_all(opens).await;
-        assert_eq!(
-            results.iter().filter(|result| result.is_ok()).count(),
-            1,
-            "exactly one O_EXCL winner"
-        );
+        assert_eq!(results.iter().filter(|result| result.is_ok()).count(), 1, "exactly one O_EXCL winner");
         for result in results {
             if let Err(error) = result {
                 assert_eq!(error.errno, Errno::EEXIST);
@@ -125,10 +113,7 @@ async fn readdir_stays_correct_while_the_directory_changes() {
             let index = round % 100;
             churner.remove_file(format!("/d/churn-{index:03}")).await.unwrap();
             churner.write(format!("/d/new-{round:03}"), b"").await.unwrap();
-            churner
-                .rename(format!("/d/new-{round:03}"), format!("/d/churn-{index:03}"))
-                .await
-                .unwrap();
+            churner.rename(format!("/d/new-{round:03}"), format!("/d/churn-{index:03}")).await.unwrap();
         }
     });
     let reader = server.client().await;
@@ -140,10 +125,7 @@ async fn readdir_stays_correct_while_the_directory_changes() {
             let (page, end) = reader.read_dir_page(directory, cookie, 7, false).await.unwrap();
             for entry in &page {
                 *seen.entry(entry.name.clone()).or_default() += 1;
-                assert!(
-                    seen_as.insert((entry.name.clone(), entry.ino)),
-                    "one file listed twice under one name"
-                );
+                assert!(seen_as.insert((entry.name.clone(), entry.ino)), "one file listed twice under one name");
                 assert!(entry.cookie > cookie, "cookies grow");
                 cookie = entry.cookie;
             }
@@ -153,19 +135,11 @@ async fn readdir_stays_correct_while_the_directory_changes() {
         }
         for index in 0..300 {
             let name = format!("stable-{index:03}").into_bytes();
-            assert_eq!(
-                seen.get(&name),
-                Some(&1),
-                "{} listed once",
-                String::from_utf8_lossy(&name)
-            );
+            assert_eq!(seen.get(&name), Some(&1), "{} listed once", String::from_utf8_lossy(&name));
         }
         for name in seen.keys() {
             let name = String::from_utf8_lossy(name);
-            assert!(
-                name.starts_with("stable-") || name.starts_with("churn-") || name.starts_with("new-"),
-                "{name}"
-            );
+            assert!(name.starts_with("stable-") || name.starts_with("churn-") || name.starts_with("new-"), "{name}");
         }
     }
     churn.await.unwrap();
@@ -183,10 +157,7 @@ async fn a_directory_of_100000_entries_works() {
         let client = client.clone();
         async move {
             for index in (writer..ENTRIES).step_by(WRITERS) {
-                client
-                    .mkdir_at(directory, format!("entry-{index:06}").as_bytes(), 0o755)
-                    .await
-                    .unwrap();
+                client.mkdir_at(directory, format!("entry-{index:06}").as_bytes(), 0o755).await.unwrap();
             }
         }
     });
@@ -196,10 +167,7 @@ async fn a_directory_of_100000_entries_works() {
     let names: BTreeSet<_> = entries.iter().map(|entry| entry.name.clone()).collect();
     assert_eq!(names.len(), ENTRIES);
     assert_eq!(client.stat("/big").await.unwrap().nlink as usize, 2 + ENTRIES);
-    assert_eq!(
-        client.stat("/big/entry-099999").await.unwrap().kind,
-        rustre_proto::FileKind::Directory
-    );
+    assert_eq!(client.stat("/big/entry-099999").await.unwrap().kind, rustre_proto::FileKind::Directory);
 }
 
 // Unlink and create of one name in flight at once from one client: whatever the order the server

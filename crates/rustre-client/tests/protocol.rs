@@ -14,12 +14,7 @@ use tokio::net::TcpStream;
 fn hello(version_min: u16, version_max: u16) -> Frame {
     let request = Request {
         caller: Caller::default(),
-        op: Op::Hello {
-            magic: HELLO_MAGIC,
-            version_min,
-            version_max,
-            client_name: "raw test peer".into(),
-        },
+        op: Op::Hello { magic: HELLO_MAGIC, version_min, version_max, client_name: "raw test peer".into() },
     };
     Frame::new(FrameKind::Request, 0, &request, Bytes::new())
 }
@@ -97,9 +92,7 @@ async fn malformed_input_closes_only_that_connection() {
     // Half a frame, then the peer closes: the session ends, the server goes on.
     let mut stream = raw_session(&server.address).await;
     let mut frame = Vec::new();
-    write_frame(&mut frame, &Frame::new(FrameKind::Request, 1, &"x", Bytes::new()))
-        .await
-        .unwrap();
+    write_frame(&mut frame, &Frame::new(FrameKind::Request, 1, &"x", Bytes::new())).await.unwrap();
     stream.write_all(&frame[..frame.len() / 2]).await.unwrap();
     drop(stream);
 
@@ -113,32 +106,18 @@ async fn malformed_input_closes_only_that_connection() {
 async fn an_undecodable_header_gets_eproto_and_the_session_goes_on() {
     let server = TestServer::start().await;
     let mut stream = raw_session(&server.address).await;
-    let garbage = Frame {
-        kind: FrameKind::Request,
-        id: 9,
-        header: Bytes::from_static(&[0xff; 12]),
-        payload: Bytes::new(),
-    };
+    let garbage =
+        Frame { kind: FrameKind::Request, id: 9, header: Bytes::from_static(&[0xff; 12]), payload: Bytes::new() };
     write_frame(&mut stream, &garbage).await.unwrap();
     let reply = read_frame(&mut stream).await.unwrap();
     assert_eq!(reply.id, 9);
     let reply: ReplyHeader = reply.decode_header().unwrap();
     assert_eq!(reply.unwrap_err().errno, Errno::EPROTO);
-    let lookup = Request {
-        caller: Caller::default(),
-        op: Op::GetAttr {
-            ino: rustre_proto::ROOT_INO,
-        },
-    };
-    write_frame(&mut stream, &Frame::new(FrameKind::Request, 10, &lookup, Bytes::new()))
-        .await
-        .unwrap();
+    let lookup = Request { caller: Caller::default(), op: Op::GetAttr { ino: rustre_proto::ROOT_INO } };
+    write_frame(&mut stream, &Frame::new(FrameKind::Request, 10, &lookup, Bytes::new())).await.unwrap();
     let reply = read_frame(&mut stream).await.unwrap();
     assert_eq!(reply.id, 10);
-    assert!(matches!(
-        reply.decode_header::<ReplyHeader>().unwrap(),
-        Ok(Reply::Attr { .. })
-    ));
+    assert!(matches!(reply.decode_header::<ReplyHeader>().unwrap(), Ok(Reply::Attr { .. })));
 }
 
 // The hello is checked: a request before it, a wrong magic, or no common version is refused.
@@ -147,31 +126,16 @@ async fn the_hello_is_checked() {
     let server = TestServer::start().await;
 
     let mut stream = TcpStream::connect(&server.address).await.unwrap();
-    let early = Request {
-        caller: Caller::default(),
-        op: Op::GetAttr { ino: 1 },
-    };
-    write_frame(&mut stream, &Frame::new(FrameKind::Request, 1, &early, Bytes::new()))
-        .await
-        .unwrap();
+    let early = Request { caller: Caller::default(), op: Op::GetAttr { ino: 1 } };
+    write_frame(&mut stream, &Frame::new(FrameKind::Request, 1, &early, Bytes::new())).await.unwrap();
     assert_closed_by_server(&mut stream).await;
 
     let mut stream = TcpStream::connect(&server.address).await.unwrap();
     let wrong_magic = Request {
         caller: Caller::default(),
-        op: Op::Hello {
-            magic: 0xdead_beef,
-            version_min: 1,
-            version_max: 1,
-            client_name: String::new(),
-        },
+        op: Op::Hello { magic: 0xdead_beef, version_min: 1, version_max: 1, client_name: String::new() },
     };
-    write_frame(
-        &mut stream,
-        &Frame::new(FrameKind::Request, 1, &wrong_magic, Bytes::new()),
-    )
-    .await
-    .unwrap();
+    write_frame(&mut stream, &Frame::new(FrameKind::Request, 1, &wrong_magic, Bytes::new())).await.unwrap();
     assert_closed_by_server(&mut stream).await;
 
     let mut stream = TcpStream::connect(&server.address).await.unwrap();
@@ -179,11 +143,7 @@ async fn the_hello_is_checked() {
     let reply: ReplyHeader = read_frame(&mut stream).await.unwrap().decode_header().unwrap();
     let error = reply.unwrap_err();
     assert_eq!(error.errno, Errno::EPROTO);
-    assert!(
-        error.message.contains("no common protocol version"),
-        "{}",
-        error.message
-    );
+    assert!(error.message.contains("no common protocol version"), "{}", error.message);
     assert_closed_by_server(&mut stream).await;
 }
 
@@ -197,10 +157,7 @@ async fn the_server_calls_its_clients_and_drops_silent_ones() {
     })
     .await;
     let client = server.client().await;
-    eventually("periodic pings reach the client", || {
-        client.stats().callbacks_received >= 3
-    })
-    .await;
+    eventually("periodic pings reach the client", || client.stats().callbacks_received >= 3).await;
     assert_eq!(server.server().ping_all().await, 1);
 
     // A raw peer that completes the hello and then never reads or answers.
@@ -237,8 +194,5 @@ async fn concurrent_changes_share_commits() {
     let after = server.server().commit_stats();
     let durable = after.durable_commits - before.durable_commits;
     assert!(after.operations - before.operations >= 256);
-    assert!(
-        durable >= 1 && durable < 128,
-        "256 concurrent mkdirs took {durable} fsyncs"
-    );
+    assert!((1..128).contains(&durable), "256 concurrent mkdirs took {durable} fsyncs");
 }

@@ -17,10 +17,7 @@ async fn basic_operations_persist_across_restart() {
     assert_eq!(attr.size, 11);
     assert_eq!(attr.kind, FileKind::Regular);
     assert_errno(client.stat("/a/missing").await, Errno::ENOENT);
-    let mut file = client
-        .open("/a/b/hello.txt", OpenOptions::new().read(true).write(true))
-        .await
-        .unwrap();
+    let mut file = client.open("/a/b/hello.txt", OpenOptions::new().read(true).write(true)).await.unwrap();
     file.write_at(6, b"rustre").await.unwrap();
     file.close().await.unwrap();
     client.close();
@@ -28,12 +25,6 @@ async fn basic_operations_persist_across_restart() {
     server.restart().await;
     let client = server.client().await;
     assert_eq!(client.read("/a/b/hello.txt").await.unwrap(), b"hello rustre");
-    let names: Vec<_> = client
-        .read_dir("/a")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|entry| entry.name)
-        .collect();
+    let names: Vec<_> = client.read_dir("/a").await.unwrap().into_iter().map(|entry| entry.name).collect();
     assert_eq!(names, vec![b"b".to_vec()]);
 }

@@ -20,7 +20,8 @@ use crate::msg::IO_SIZE_MAX;
 
 /// Bytes of `kind`, `id` and `header_len`, which every body has.
 pub const FRAME_FIXED_LEN: usize = 1 + 8 + 4;
-/// Largest postcard header. Readdir replies are the largest headers and are sized to fit.
+/// Largest postcard header. The largest replies (readdir pages, xattr name lists) are bounded
+/// well below it by `READDIR_REPLY_BYTES_MAX` and `XATTR_LIST_BYTES_MAX` in the store.
 pub const HEADER_LEN_MAX: usize = 1 << 20;
 /// Largest payload: one read or write, with room to spare.
 pub const PAYLOAD_LEN_MAX: usize = IO_SIZE_MAX as usize + 4096;
@@ -60,12 +61,7 @@ pub enum FrameError {
 
 impl Frame {
     pub fn new<T: Serialize>(kind: FrameKind, id: u64, header: &T, payload: Bytes) -> Frame {
-        Frame {
-            kind,
-            id,
-            header: encode_header(header),
-            payload,
-        }
+        Frame { kind, id, header: encode_header(header), payload }
     }
 
     pub fn decode_header<T: DeserializeOwned>(&self) -> Result<T, FrameError> {
@@ -124,12 +120,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Frame, F
     reader.read_exact(&mut rest).await?;
     let mut rest = rest.freeze();
     let header = rest.split_to(header_len);
-    Ok(Frame {
-        kind,
-        id,
-        header,
-        payload: rest,
-    })
+    Ok(Frame { kind, id, header, payload: rest })
 }
 
 /// Writes one frame (without flushing).
@@ -146,12 +137,7 @@ mod tests {
 
     #[tokio::test]
     async fn frame_round_trip_and_refusals() {
-        let frame = Frame::new(
-            FrameKind::Request,
-            7,
-            &(1u32, "x".to_string()),
-            Bytes::from_static(b"data"),
-        );
+        let frame = Frame::new(FrameKind::Request, 7, &(1u32, "x".to_string()), Bytes::from_static(b"data"));
         let mut wire = Vec::new();
         write_frame(&mut wire, &frame).await.unwrap();
         let decoded = read_frame(&mut &wire[..]).await.unwrap();
@@ -160,10 +146,7 @@ mod tests {
         // A frame announcing more than the limit is refused before its body is read.
         let mut huge = Vec::new();
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(
-            read_frame(&mut &huge[..]).await,
-            Err(FrameError::BadLength(_))
-        ));
+        assert!(matches!(read_frame(&mut &huge[..]).await, Err(FrameError::BadLength(_))));
 
         // A truncated frame is an I/O error (unexpected end), not a panic.
         assert!(read_frame(&mut &wire[..wire.len() - 1]).await.is_err());
@@ -171,10 +154,7 @@ mod tests {
         // A header length pointing past the body is refused.
         let mut bad = wire.clone();
         bad[13..17].copy_from_slice(&1000u32.to_le_bytes());
-        assert!(matches!(
-            read_frame(&mut &bad[..]).await,
-            Err(FrameError::BadHeaderLength { .. })
-        ));
+        assert!(matches!(read_frame(&mut &bad[..]).await, Err(FrameError::BadHeaderLength { .. })));
 
         // An unknown kind is refused.
         let mut bad = wire.clone();

@@ -37,10 +37,7 @@ pub struct Timestamp {
 impl Timestamp {
     pub fn from_system_time(time: std::time::SystemTime) -> Timestamp {
         match time.duration_since(std::time::UNIX_EPOCH) {
-            Ok(since) => Timestamp {
-                secs: since.as_secs() as i64,
-                nanos: since.subsec_nanos(),
-            },
+            Ok(since) => Timestamp { secs: since.as_secs() as i64, nanos: since.subsec_nanos() },
             Err(before) => {
                 let before = before.duration();
                 let mut secs = -(before.as_secs() as i64);

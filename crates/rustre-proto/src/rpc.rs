@@ -5,8 +5,15 @@
 //! server uses this to call its clients (liveness pings now, lease revocations later) on the
 //! connection they opened.
 //!
-//! Tasks: one reader and one writer per connection, plus one task per incoming request (bounded
-//! by `IN_FLIGHT_REQUESTS_MAX`, after which the reader stops reading: back-pressure on the peer).
+//! Tasks: one reader and one writer per connection, plus one task per incoming request.
+//!
+//! Flow control: each side keeps at most `IN_FLIGHT_REQUESTS_MAX` of its own requests
+//! outstanding (`call` waits for a slot), so the receiving side never has more than that many in
+//! flight and its reader never has to stop reading. That matters: a reader that stopped would not
+//! read the replies to its own side's calls either, and a handler waiting for such a reply (a
+//! server waiting for a revocation to be acknowledged) would wait forever. A peer that sends more
+//! breaks the protocol and is disconnected. A request's slot is given back before its reply is
+//! queued, so a peer that sends its next request on seeing the reply always finds a free slot.
 //! Locks: `Inner::pending` is a std mutex held only for map operations, never across an await.
 //!
 //! **Architecture Invariant**: after `close`, no call waits forever: `close` marks the pending
@@ -56,6 +63,8 @@ struct Inner {
     next_id: AtomicU64,
     /// `Some(reason)` once closed; the reader and writer tasks watch it.
     closed: watch::Sender<Option<String>>,
+    /// Slots for our own requests awaiting replies; closed when the connection closes.
+    outgoing: Semaphore,
 }
 
 /// A handle on a running connection; cloning it shares the connection.
@@ -77,11 +86,9 @@ impl Connection {
         let inner = Arc::new(Inner {
             name,
             outbound,
-            pending: Mutex::new(Pending {
-                closed: false,
-                waiting: HashMap::new(),
-            }),
+            pending: Mutex::new(Pending { closed: false, waiting: HashMap::new() }),
             next_id: AtomicU64::new(1),
+            outgoing: Semaphore::new(IN_FLIGHT_REQUESTS_MAX),
             closed,
         });
         let connection = Connection { inner };
@@ -96,6 +103,9 @@ impl Connection {
 
     /// Sends a request and waits for its reply frame.
     pub async fn call(&self, header: Bytes, payload: Bytes) -> Result<Frame, ConnectionClosed> {
+        let Ok(_slot) = self.inner.outgoing.acquire().await else {
+            return Err(self.closed_error());
+        };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();
         {
@@ -109,12 +119,7 @@ impl Connection {
         }
         // If this future is dropped before the reply, forget the id so the table stays bounded.
         let _forget = ForgetOnDrop { inner: &self.inner, id };
-        let frame = Frame {
-            kind: FrameKind::Request,
-            id,
-            header,
-            payload,
-        };
+        let frame = Frame { kind: FrameKind::Request, id, header, payload };
         if self.inner.outbound.send(frame).await.is_err() {
             return Err(self.closed_error());
         }
@@ -144,6 +149,8 @@ impl Connection {
         let mut pending = self.inner.pending.lock().expect("pending lock poisoned");
         pending.closed = true;
         pending.waiting.clear();
+        drop(pending);
+        self.inner.outgoing.close();
     }
 
     pub fn is_closed(&self) -> bool {
@@ -164,16 +171,8 @@ impl Connection {
     }
 
     fn closed_error(&self) -> ConnectionClosed {
-        let reason = self
-            .inner
-            .closed
-            .borrow()
-            .clone()
-            .unwrap_or_else(|| "closing".to_string());
-        ConnectionClosed {
-            name: self.inner.name.clone(),
-            reason,
-        }
+        let reason = self.inner.closed.borrow().clone().unwrap_or_else(|| "closing".to_string());
+        ConnectionClosed { name: self.inner.name.clone(), reason }
     }
 
     async fn read_loop<R: AsyncRead + Unpin + Send + 'static>(self, read_half: R, service: Arc<dyn Service>) {
@@ -195,13 +194,7 @@ impl Connection {
             };
             match frame.kind {
                 FrameKind::Reply => {
-                    let waiter = self
-                        .inner
-                        .pending
-                        .lock()
-                        .expect("pending lock poisoned")
-                        .waiting
-                        .remove(&frame.id);
+                    let waiter = self.inner.pending.lock().expect("pending lock poisoned").waiting.remove(&frame.id);
                     match waiter {
                         // The caller may have given up; its reply is dropped.
                         Some(waiter) => drop(waiter.send(frame)),
@@ -211,22 +204,29 @@ impl Connection {
                     }
                 }
                 FrameKind::Request => {
-                    let permit = in_flight.clone().acquire_owned().await.expect("semaphore never closed");
+                    let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                        tracing::warn!(connection = %self.inner.name, "dropping connection: peer exceeded {IN_FLIGHT_REQUESTS_MAX} requests in flight");
+                        break format!("peer exceeded {IN_FLIGHT_REQUESTS_MAX} requests in flight");
+                    };
                     let service = service.clone();
-                    let outbound = self.inner.outbound.clone();
+                    let connection = self.clone();
                     tokio::spawn(async move {
                         let id = frame.id;
-                        let (header, payload) = service.call(frame).await;
-                        // A closed connection drops the reply: nobody is left to read it.
-                        let _ = outbound
-                            .send(Frame {
-                                kind: FrameKind::Reply,
-                                id,
-                                header,
-                                payload,
-                            })
-                            .await;
+                        // The handler runs in a task of its own so that a panic in it (a bug) is
+                        // caught here: its caller would otherwise wait for a reply forever.
+                        let handled = tokio::spawn(service.call(frame)).await;
                         drop(permit);
+                        match handled {
+                            Ok((header, payload)) => {
+                                // A closed connection drops the reply: nobody is left to read it.
+                                let reply = Frame { kind: FrameKind::Reply, id, header, payload };
+                                let _ = connection.inner.outbound.send(reply).await;
+                            }
+                            Err(error) => {
+                                tracing::error!(connection = %connection.inner.name, id, %error, "request handler failed; closing the connection");
+                                connection.close(format!("request handler failed: {error}"));
+                            }
+                        }
                     });
                 }
             }
@@ -270,5 +270,71 @@ impl Drop for ForgetOnDrop<'_> {
         if let Ok(mut pending) = self.inner.pending.lock() {
             pending.waiting.remove(&self.id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::write_frame;
+
+    /// Answers every request with its own header, after letting other tasks run.
+    struct Echo;
+
+    impl Service for Echo {
+        fn call(&self, request: Frame) -> BoxFuture<(Bytes, Bytes)> {
+            Box::pin(async move {
+                tokio::task::yield_now().await;
+                (request.header, request.payload)
+            })
+        }
+    }
+
+    // Four times the in-flight bound of calls at once from both sides of one connection all get
+    // their own replies: callers wait for slots, so neither reader is ever overrun.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_calls_both_ways_complete() {
+        let (left, right) = tokio::io::duplex(64 * 1024);
+        let left = Connection::start(left, Arc::new(Echo), "left".into());
+        let right = Connection::start(right, Arc::new(Echo), "right".into());
+        let calls = (0..IN_FLIGHT_REQUESTS_MAX * 4).map(|index| {
+            let connection = if index % 2 == 0 { left.clone() } else { right.clone() };
+            tokio::spawn(async move {
+                let header = Bytes::from(index.to_le_bytes().to_vec());
+                let reply = connection.call(header.clone(), Bytes::new()).await.unwrap();
+                assert_eq!(reply.header, header);
+            })
+        });
+        for call in calls.collect::<Vec<_>>() {
+            call.await.unwrap();
+        }
+    }
+
+    /// Never answers: holds every request forever.
+    struct Silent;
+
+    impl Service for Silent {
+        fn call(&self, _request: Frame) -> BoxFuture<(Bytes, Bytes)> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    // A peer that ignores the bound and sends one request too many is disconnected, and calls
+    // waiting on that connection fail instead of hanging.
+    #[tokio::test]
+    async fn a_peer_exceeding_the_bound_is_disconnected() {
+        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let connection = Connection::start(ours, Arc::new(Silent), "test".into());
+        let waiting = tokio::spawn({
+            let connection = connection.clone();
+            async move { connection.call(Bytes::new(), Bytes::new()).await }
+        });
+        for id in 0..=IN_FLIGHT_REQUESTS_MAX as u64 {
+            let frame = Frame { kind: FrameKind::Request, id, header: Bytes::new(), payload: Bytes::new() };
+            write_frame(&mut theirs, &frame).await.unwrap();
+        }
+        let reason = connection.closed().await;
+        assert!(reason.contains("requests in flight"), "{reason}");
+        assert!(waiting.await.unwrap().is_err());
     }
 }

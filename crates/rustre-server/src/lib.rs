@@ -26,8 +26,8 @@ use rustre_proto::frame::{Frame, FrameKind, encode_header, read_frame, write_fra
 use rustre_proto::msg::{FILE_SIZE_MAX, IO_SIZE_MAX, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
 use rustre_proto::rpc::{BoxFuture, Connection, Service};
 use rustre_proto::{
-    Callback, CallbackReply, Errno, HELLO_MAGIC, Op, OpenFlags, ROOT_INO, Reply, ReplyHeader, Request, StatFs,
-    WireError,
+    Attr, Callback, CallbackReply, Errno, FileKind, HELLO_MAGIC, Op, OpenFlags, ROOT_INO, Reply, ReplyHeader, Request,
+    SetAttrIn, StatFs, WireError,
 };
 use rustre_store::{Committer, Ns, Opened, Store, StoreError};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -36,14 +36,12 @@ use tokio::sync::watch;
 
 use crate::locks::InodeLocks;
 
-/// Open handles one session may hold; the next open gets EMFILE.
+/// Open handles one session may hold by default; the next open gets EMFILE.
 pub const HANDLES_PER_SESSION_MAX: usize = 65536;
 /// How long a new connection has to send its hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for connection tasks to let go of the store.
 pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
-
-const EMFILE: Errno = Errno(24);
 
 #[derive(Clone)]
 pub struct ServerConfig {
@@ -54,6 +52,8 @@ pub struct ServerConfig {
     pub ping_interval: Duration,
     /// A client that does not answer a ping within this is disconnected.
     pub ping_timeout: Duration,
+    /// Open handles one session may hold; the next open gets EMFILE.
+    pub handles_per_session_max: usize,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -64,6 +64,7 @@ impl ServerConfig {
             server_name: format!("rustre {}", env!("CARGO_PKG_VERSION")),
             ping_interval: Duration::from_secs(10),
             ping_timeout: Duration::from_secs(30),
+            handles_per_session_max: HANDLES_PER_SESSION_MAX,
             clock: Arc::new(SystemClock),
         }
     }
@@ -126,10 +127,14 @@ struct Handles {
     closed: bool,
     next: u64,
     map: HashMap<u64, Handle>,
+    /// Opens in flight that have a slot kept for their handle (so EMFILE comes before the open
+    /// changes anything, never after it created or truncated a file).
+    reserved: usize,
 }
 
 struct Session {
     id: u64,
+    handles_max: usize,
     handles: Mutex<Handles>,
 }
 
@@ -184,14 +189,11 @@ impl Server {
 
     /// Binds `address` and serves it until `shutdown`. Returns the bound address.
     pub async fn listen(&self, address: &str) -> Result<SocketAddr, ServerError> {
-        let listener = TcpListener::bind(address).await.map_err(|source| ServerError::Listen {
-            address: address.to_string(),
-            source,
-        })?;
-        let local = listener.local_addr().map_err(|source| ServerError::Listen {
-            address: address.to_string(),
-            source,
-        })?;
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| ServerError::Listen { address: address.to_string(), source })?;
+        let local =
+            listener.local_addr().map_err(|source| ServerError::Listen { address: address.to_string(), source })?;
         let server = self.clone();
         tokio::spawn(async move { server.accept_loop(listener).await });
         tracing::info!(%local, data = %self.inner.config.data_dir.display(), "serving");
@@ -237,22 +239,12 @@ impl Server {
         };
         let session = Arc::new(Session {
             id: session_id,
-            handles: Mutex::new(Handles {
-                closed: false,
-                next: 1,
-                map: HashMap::new(),
-            }),
+            handles_max: self.inner.config.handles_per_session_max,
+            handles: Mutex::new(Handles { closed: false, next: 1, map: HashMap::new(), reserved: 0 }),
         });
-        let service = Arc::new(SessionService {
-            inner: self.inner.clone(),
-            session: session.clone(),
-        });
+        let service = Arc::new(SessionService { inner: self.inner.clone(), session: session.clone() });
         let connection = Connection::start(stream, service, format!("session {session_id:#x} ({peer})"));
-        self.inner
-            .sessions
-            .lock()
-            .expect("sessions lock")
-            .insert(session_id, connection.clone());
+        self.inner.sessions.lock().expect("sessions lock").insert(session_id, connection.clone());
         tracing::info!(%peer, session = format_args!("{session_id:#x}"), "session opened");
 
         let pinger = tokio::spawn(ping_loop(self.inner.clone(), connection.clone()));
@@ -265,22 +257,12 @@ impl Server {
 
     /// Reads and answers the hello. Returns the new session id, or why the peer is refused.
     async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: &mut S, peer: &str) -> Result<u64, String> {
-        let frame = read_frame(stream)
-            .await
-            .map_err(|error| format!("reading hello: {error}"))?;
+        let frame = read_frame(stream).await.map_err(|error| format!("reading hello: {error}"))?;
         if frame.kind != FrameKind::Request {
             return Err("first frame is not a request".into());
         }
-        let request: Request = frame
-            .decode_header()
-            .map_err(|error| format!("undecodable hello: {error}"))?;
-        let Op::Hello {
-            magic,
-            version_min,
-            version_max,
-            client_name,
-        } = request.op
-        else {
+        let request: Request = frame.decode_header().map_err(|error| format!("undecodable hello: {error}"))?;
+        let Op::Hello { magic, version_min, version_max, client_name } = request.op else {
             return Err(format!("first request is {}, not hello", request.op.kind_name()));
         };
         if magic != HELLO_MAGIC {
@@ -291,10 +273,7 @@ impl Server {
             let message = format!(
                 "no common protocol version: client speaks {version_min}..={version_max}, server {PROTOCOL_VERSION_MIN}..={PROTOCOL_VERSION_MAX}"
             );
-            let reply: ReplyHeader = Err(WireError {
-                errno: Errno::EPROTO,
-                message: message.clone(),
-            });
+            let reply: ReplyHeader = Err(WireError { errno: Errno::EPROTO, message: message.clone() });
             let _ = write_frame(stream, &Frame::new(FrameKind::Reply, frame.id, &reply, Bytes::new())).await;
             let _ = stream.flush().await;
             return Err(message);
@@ -306,33 +285,20 @@ impl Server {
             .and_then(|ns| ns.getattr(ROOT_INO))
             .map_err(|error| format!("reading root: {error}"))?;
         let session = self.inner.next_session.fetch_add(1, Ordering::Relaxed) + 1;
-        let reply: ReplyHeader = Ok(Reply::Hello {
-            version,
-            session,
-            root,
-            server_name: self.inner.config.server_name.clone(),
-        });
+        let reply: ReplyHeader =
+            Ok(Reply::Hello { version, session, root, server_name: self.inner.config.server_name.clone() });
         write_frame(stream, &Frame::new(FrameKind::Reply, frame.id, &reply, Bytes::new()))
             .await
             .map_err(|error| format!("answering hello: {error}"))?;
-        stream
-            .flush()
-            .await
-            .map_err(|error| format!("answering hello: {error}"))?;
+        stream.flush().await.map_err(|error| format!("answering hello: {error}"))?;
         tracing::debug!(%peer, %client_name, version, "hello");
         Ok(session)
     }
 
     /// Pings every connected session now; returns how many answered. (Used by tests and admin.)
     pub async fn ping_all(&self) -> usize {
-        let connections: Vec<Connection> = self
-            .inner
-            .sessions
-            .lock()
-            .expect("sessions lock")
-            .values()
-            .cloned()
-            .collect();
+        let connections: Vec<Connection> =
+            self.inner.sessions.lock().expect("sessions lock").values().cloned().collect();
         let mut answered = 0;
         for connection in connections {
             if ping(&connection, 0, self.inner.config.ping_timeout).await.is_ok() {
@@ -360,14 +326,8 @@ impl Server {
     /// data directory is released (so it can be opened again).
     pub async fn shutdown(self) {
         self.inner.shutdown.send_replace(true);
-        let connections: Vec<Connection> = self
-            .inner
-            .sessions
-            .lock()
-            .expect("sessions lock")
-            .values()
-            .cloned()
-            .collect();
+        let connections: Vec<Connection> =
+            self.inner.sessions.lock().expect("sessions lock").values().cloned().collect();
         for connection in connections {
             connection.close("server shutting down");
         }
@@ -432,8 +392,7 @@ async fn release_handle(inner: &Inner, ino: u64) -> Result<(), StoreError> {
         .committer
         .run(move |ns, opens| {
             if opens.release(ino) {
-                ns.newly_unlinked
-                    .extend(ns.inode(ino)?.filter(|record| record.nlink == 0).map(|_| ino));
+                ns.newly_unlinked.extend(ns.inode(ino)?.filter(|record| record.nlink == 0).map(|_| ino));
                 reap(ns, opens)?;
             }
             Ok(())
@@ -462,23 +421,14 @@ impl Service for SessionService {
                             } else {
                                 tracing::debug!(session = format_args!("{:#x}", session.id), op = kind, %error, "request refused");
                             }
-                            (
-                                Err(WireError {
-                                    errno: error.errno(),
-                                    message: error.to_string(),
-                                }),
-                                Bytes::new(),
-                            )
+                            (Err(WireError { errno: error.errno(), message: error.to_string() }), Bytes::new())
                         }
                     }
                 }
                 Err(error) => {
                     tracing::warn!(session = format_args!("{:#x}", session.id), %error, "undecodable request");
                     (
-                        Err(WireError {
-                            errno: Errno::EPROTO,
-                            message: format!("undecodable request: {error}"),
-                        }),
+                        Err(WireError { errno: Errno::EPROTO, message: format!("undecodable request: {error}") }),
                         Bytes::new(),
                     )
                 }
@@ -501,39 +451,80 @@ impl Session {
     }
 }
 
-/// Registers a handle for an inode the commit thread has counted open; undoes the count if the
-/// session closed meanwhile or is full.
-async fn add_handle(inner: &Inner, session: &Session, opened: &Opened, flags: OpenFlags) -> Result<u64, StoreError> {
-    let ino = opened.attr.ino;
-    let refused = {
-        let mut handles = session.handles.lock().expect("handles lock");
+/// A slot for the handle of an open in flight; given back on drop unless the open used it.
+struct Reservation<'a> {
+    session: &'a Session,
+    used: bool,
+}
+
+impl Session {
+    fn reserve_handle(&self) -> Result<Reservation<'_>, StoreError> {
+        let mut handles = self.handles.lock().expect("handles lock");
         if handles.closed {
-            Some(Errno::ENOTCONN)
-        } else if handles.map.len() >= HANDLES_PER_SESSION_MAX {
-            Some(EMFILE)
-        } else {
+            return Err(errno(Errno::ENOTCONN));
+        }
+        if handles.map.len() + handles.reserved >= self.handles_max {
+            return Err(errno(Errno::EMFILE));
+        }
+        handles.reserved += 1;
+        Ok(Reservation { session: self, used: false })
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.used {
+            let mut handles = self.session.handles.lock().expect("handles lock");
+            assert!(handles.reserved > 0, "a reservation was counted");
+            handles.reserved -= 1;
+        }
+    }
+}
+
+/// Turns a reservation into a handle for an inode the commit thread has counted open. If the
+/// session closed meanwhile, the open is undone: nobody is left to close it.
+async fn add_handle(
+    inner: &Inner,
+    mut reservation: Reservation<'_>,
+    ino: u64,
+    flags: OpenFlags,
+) -> Result<u64, StoreError> {
+    let session = reservation.session;
+    {
+        let mut handles = session.handles.lock().expect("handles lock");
+        assert!(handles.reserved > 0, "a reservation was counted");
+        handles.reserved -= 1;
+        reservation.used = true;
+        if !handles.closed {
             let id = handles.next;
             handles.next += 1;
             handles.map.insert(id, Handle { ino, flags });
             return Ok(id);
         }
-    };
+    }
     release_handle(inner, ino).await?;
-    Err(errno(refused.expect("refused when not returned")))
+    Err(errno(Errno::ENOTCONN))
 }
 
-/// Cuts a data object back to its file's recorded size (after O_TRUNC): the tail is garbage.
-fn spawn_trim(inner: Arc<Inner>, ino: u64) {
-    tokio::spawn(async move {
-        let _guard = inner.locks.exclusive(ino).await;
-        let size = match inner.store.read().and_then(|ns| ns.inode(ino)) {
-            Ok(Some(record)) => record.size,
-            _ => return,
-        };
-        if let Err(error) = inner.store.objects().set_len(ino, size) {
-            tracing::warn!(ino, %error, "trimming a data object");
-        }
-    });
+/// Changes a regular file's size under its data lock, keeping the data object in step: before
+/// growing, the object is cut back to the old size (its tail is garbage, the new tail must read as
+/// zeros); after shrinking, it is cut to the new size to free space.
+async fn set_size(inner: &Inner, ino: u64, set: SetAttrIn) -> Result<Attr, StoreError> {
+    let size = set.size.expect("set_size changes a size");
+    let _guard = inner.locks.exclusive(ino).await;
+    let before = inner.store.read()?.getattr(ino)?;
+    if before.kind != FileKind::Regular {
+        // The store refuses (EISDIR, EINVAL); no data object may be touched first.
+        return Ok(inner.committer.run(move |ns, _| ns.setattr(ino, &set)).await?.0);
+    }
+    if size > before.size {
+        inner.store.objects().set_len(ino, before.size).map_err(|error| io_error("truncate", ino, error))?;
+    }
+    let (attr, _) = inner.committer.run(move |ns, _| ns.setattr(ino, &set)).await?;
+    if size < before.size {
+        inner.store.objects().set_len(ino, size).map_err(|error| io_error("truncate", ino, error))?;
+    }
+    Ok(attr)
 }
 
 fn io_error(context: &str, ino: u64, error: std::io::Error) -> StoreError {
@@ -550,43 +541,18 @@ async fn handle(
     let none = Bytes::new();
     let reply = match request.op {
         Op::Hello { .. } => return Err(errno(Errno::EPROTO)),
-        Op::Lookup { parent, name } => Reply::Entry {
-            attr: inner.store.read()?.lookup(parent, &name)?,
-        },
-        Op::GetAttr { ino } => Reply::Attr {
-            attr: inner.store.read()?.getattr(ino)?,
-        },
+        Op::Lookup { parent, name } => Reply::Entry { attr: inner.store.read()?.lookup(parent, &name)? },
+        Op::GetAttr { ino } => Reply::Attr { attr: inner.store.read()?.getattr(ino)? },
         Op::SetAttr { ino, set } => {
-            let Some(size) = set.size else {
-                let (attr, _) = inner.committer.run(move |ns, _| ns.setattr(ino, &set)).await?;
-                return Ok((Reply::Attr { attr }, none));
+            let attr = if set.size.is_some() {
+                set_size(inner, ino, set).await?
+            } else {
+                inner.committer.run(move |ns, _| ns.setattr(ino, &set)).await?.0
             };
-            let _guard = inner.locks.exclusive(ino).await;
-            let old_size = inner.store.read()?.getattr(ino)?.size;
-            if size > old_size {
-                // Whatever lies beyond the old size is garbage; cut it so the new tail reads as zeros.
-                inner
-                    .store
-                    .objects()
-                    .set_len(ino, old_size)
-                    .map_err(|error| io_error("truncate", ino, error))?;
-            }
-            let (attr, _) = inner.committer.run(move |ns, _| ns.setattr(ino, &set)).await?;
-            if size < old_size {
-                inner
-                    .store
-                    .objects()
-                    .set_len(ino, size)
-                    .map_err(|error| io_error("truncate", ino, error))?;
-            }
             Reply::Attr { attr }
         }
-        Op::Open {
-            parent,
-            name,
-            flags,
-            perm,
-        } => {
+        Op::Open { parent, name, flags, perm } => {
+            let reservation = session.reserve_handle()?;
             let opened = inner
                 .committer
                 .run(move |ns, opens| {
@@ -595,9 +561,10 @@ async fn handle(
                     Ok(opened)
                 })
                 .await?;
-            open_reply(inner, session, opened, flags).await?
+            open_reply(inner, session, reservation, opened, flags).await?
         }
         Op::OpenIno { ino, flags } => {
+            let reservation = session.reserve_handle()?;
             let opened = inner
                 .committer
                 .run(move |ns, opens| {
@@ -606,7 +573,7 @@ async fn handle(
                     Ok(opened)
                 })
                 .await?;
-            open_reply(inner, session, opened, flags).await?
+            open_reply(inner, session, reservation, opened, flags).await?
         }
         Op::Close { handle } => {
             let removed = session.handles.lock().expect("handles lock").map.remove(&handle);
@@ -621,15 +588,15 @@ async fn handle(
             }
             let len = len.min(IO_SIZE_MAX);
             let _guard = inner.locks.shared(ino).await;
-            let size = inner.store.read()?.getattr(ino)?.size;
+            let attr = inner.store.read()?.getattr(ino)?;
+            if attr.kind == FileKind::Directory {
+                return Err(errno(Errno::EISDIR));
+            }
+            let size = attr.size;
             let available = size.saturating_sub(offset).min(u64::from(len)) as usize;
             let mut buffer = vec![0u8; available];
             // Short reads from the object (a hole at the end) leave zeros, as a hole reads.
-            inner
-                .store
-                .objects()
-                .read_at(ino, offset, &mut buffer)
-                .map_err(|error| io_error("read", ino, error))?;
+            inner.store.objects().read_at(ino, offset, &mut buffer).map_err(|error| io_error("read", ino, error))?;
             return Ok((Reply::Data, Bytes::from(buffer)));
         }
         Op::Write { handle, offset } => {
@@ -641,42 +608,28 @@ async fn handle(
                 return Err(errno(Errno::EINVAL));
             }
             let _guard = inner.locks.exclusive(ino).await;
-            let size = inner.store.read()?.getattr(ino)?.size;
-            let offset = if flags.contains(OpenFlags::APPEND) {
-                size
-            } else {
-                offset
-            };
+            let attr = inner.store.read()?.getattr(ino)?;
+            if payload.is_empty() {
+                // POSIX: writing nothing to a regular file has no other result.
+                return Ok((Reply::Written { len: 0, attr }, none));
+            }
+            let size = attr.size;
+            let offset = if flags.contains(OpenFlags::APPEND) { size } else { offset };
             let end = offset
                 .checked_add(payload.len() as u64)
                 .filter(|&end| end <= FILE_SIZE_MAX)
                 .ok_or(errno(Errno::EFBIG))?;
             if offset > size {
                 // Writing past the end leaves a hole: make sure it holds zeros, not old garbage.
-                inner
-                    .store
-                    .objects()
-                    .set_len(ino, size)
-                    .map_err(|error| io_error("extend", ino, error))?;
+                inner.store.objects().set_len(ino, size).map_err(|error| io_error("extend", ino, error))?;
             }
-            inner
-                .store
-                .objects()
-                .write_at(ino, offset, &payload)
-                .map_err(|error| io_error("write", ino, error))?;
+            inner.store.objects().write_at(ino, offset, &payload).map_err(|error| io_error("write", ino, error))?;
             let attr = inner.committer.run(move |ns, _| ns.note_write(ino, end)).await?;
-            Reply::Written {
-                len: payload.len() as u32,
-                attr,
-            }
+            Reply::Written { len: payload.len() as u32, attr }
         }
         Op::Fsync { handle } => {
             let (ino, _) = session.handle(handle)?;
-            inner
-                .store
-                .objects()
-                .sync(ino)
-                .map_err(|error| io_error("fsync", ino, error))?;
+            inner.store.objects().sync(ino).map_err(|error| io_error("fsync", ino, error))?;
             inner
                 .committer
                 .run(|ns, _| {
@@ -686,28 +639,15 @@ async fn handle(
                 .await?;
             Reply::Done
         }
-        Op::Mkdir { parent, name, perm } => Reply::Entry {
-            attr: inner
-                .committer
-                .run(move |ns, _| ns.mkdir(parent, &name, perm, caller))
-                .await?,
-        },
-        Op::Symlink { parent, name, target } => Reply::Entry {
-            attr: inner
-                .committer
-                .run(move |ns, _| ns.symlink(parent, &name, &target, caller))
-                .await?,
-        },
-        Op::Link {
-            ino,
-            new_parent,
-            new_name,
-        } => Reply::Entry {
-            attr: inner
-                .committer
-                .run(move |ns, _| ns.link(ino, new_parent, &new_name))
-                .await?,
-        },
+        Op::Mkdir { parent, name, perm } => {
+            Reply::Entry { attr: inner.committer.run(move |ns, _| ns.mkdir(parent, &name, perm, caller)).await? }
+        }
+        Op::Symlink { parent, name, target } => {
+            Reply::Entry { attr: inner.committer.run(move |ns, _| ns.symlink(parent, &name, &target, caller)).await? }
+        }
+        Op::Link { ino, new_parent, new_name } => {
+            Reply::Entry { attr: inner.committer.run(move |ns, _| ns.link(ino, new_parent, &new_name)).await? }
+        }
         Op::Unlink { parent, name } => {
             inner
                 .committer
@@ -728,13 +668,7 @@ async fn handle(
                 .await?;
             Reply::Done
         }
-        Op::Rename {
-            parent,
-            name,
-            new_parent,
-            new_name,
-            mode,
-        } => {
+        Op::Rename { parent, name, new_parent, new_name, mode } => {
             inner
                 .committer
                 .run(move |ns, opens| {
@@ -744,15 +678,8 @@ async fn handle(
                 .await?;
             Reply::Done
         }
-        Op::Readlink { ino } => Reply::Target {
-            target: inner.store.read()?.readlink(ino)?,
-        },
-        Op::ReadDir {
-            ino,
-            cookie,
-            max_entries,
-            with_attrs,
-        } => {
+        Op::Readlink { ino } => Reply::Target { target: inner.store.read()?.readlink(ino)? },
+        Op::ReadDir { ino, cookie, max_entries, with_attrs } => {
             let (entries, end) = inner.store.read()?.read_dir(ino, cookie, max_entries, with_attrs)?;
             Reply::Entries { entries, end }
         }
@@ -762,15 +689,10 @@ async fn handle(
             return Ok((Reply::Xattr, Bytes::from(value)));
         }
         Op::SetXattr { ino, name, mode } => {
-            inner
-                .committer
-                .run(move |ns, _| ns.setxattr(ino, &name, &payload, mode))
-                .await?;
+            inner.committer.run(move |ns, _| ns.setxattr(ino, &name, &payload, mode)).await?;
             Reply::Done
         }
-        Op::ListXattr { ino } => Reply::XattrNames {
-            names: inner.store.read()?.listxattr(ino)?,
-        },
+        Op::ListXattr { ino } => Reply::XattrNames { names: inner.store.read()?.listxattr(ino)? },
         Op::RemoveXattr { ino, name } => {
             inner.committer.run(move |ns, _| ns.removexattr(ino, &name)).await?;
             Reply::Done
@@ -782,18 +704,25 @@ async fn handle(
 async fn open_reply(
     inner: &Arc<Inner>,
     session: &Session,
+    reservation: Reservation<'_>,
     opened: Opened,
     flags: OpenFlags,
 ) -> Result<Reply, StoreError> {
-    let handle = add_handle(inner, session, &opened, flags).await?;
-    if opened.truncated {
-        spawn_trim(inner.clone(), opened.attr.ino);
+    let ino = opened.attr.ino;
+    let handle = add_handle(inner, reservation, ino, flags).await?;
+    let mut attr = opened.attr;
+    if opened.needs_truncate {
+        // The open holds the inode now (its handle counts), so the truncate cannot meet a destroy.
+        match set_size(inner, ino, SetAttrIn { size: Some(0), ..SetAttrIn::default() }).await {
+            Ok(truncated) => attr = truncated,
+            Err(error) => {
+                session.handles.lock().expect("handles lock").map.remove(&handle);
+                release_handle(inner, ino).await?;
+                return Err(error);
+            }
+        }
     }
-    Ok(Reply::Opened {
-        handle,
-        attr: opened.attr,
-        created: opened.created,
-    })
+    Ok(Reply::Opened { handle, attr, created: opened.created })
 }
 
 /// Space figures from the file system holding the data directory; inode figures from the store.

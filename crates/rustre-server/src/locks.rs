@@ -29,34 +29,19 @@ pub struct InodeGuard<'a> {
 
 impl InodeLocks {
     fn entry(&self, ino: u64) -> Arc<RwLock<()>> {
-        self.table
-            .lock()
-            .expect("inode lock table")
-            .entry(ino)
-            .or_default()
-            .clone()
+        self.table.lock().expect("inode lock table").entry(ino).or_default().clone()
     }
 
     pub async fn shared(&self, ino: u64) -> InodeGuard<'_> {
         let lock = self.entry(ino);
         let held = Held::Shared(lock.clone().read_owned().await);
-        InodeGuard {
-            locks: self,
-            ino,
-            lock,
-            held: Some(held),
-        }
+        InodeGuard { locks: self, ino, lock, held: Some(held) }
     }
 
     pub async fn exclusive(&self, ino: u64) -> InodeGuard<'_> {
         let lock = self.entry(ino);
         let held = Held::Exclusive(lock.clone().write_owned().await);
-        InodeGuard {
-            locks: self,
-            ino,
-            lock,
-            held: Some(held),
-        }
+        InodeGuard { locks: self, ino, lock, held: Some(held) }
     }
 
     #[cfg(test)]

@@ -69,11 +69,7 @@ pub struct Committer<S> {
 
 impl<S> Clone for Committer<S> {
     fn clone(&self) -> Self {
-        Committer {
-            queue: self.queue.clone(),
-            thread: self.thread.clone(),
-            counters: self.counters.clone(),
-        }
+        Committer { queue: self.queue.clone(), thread: self.thread.clone(), counters: self.counters.clone() }
     }
 }
 
@@ -112,11 +108,7 @@ impl<S: Send + 'static> Committer<S> {
             .name("rustre-commit".into())
             .spawn(move || writer.run())
             .expect("spawning the commit thread");
-        Committer {
-            queue,
-            thread: Arc::new(std::sync::Mutex::new(Some(thread))),
-            counters,
-        }
+        Committer { queue, thread: Arc::new(std::sync::Mutex::new(Some(thread))), counters }
     }
 
     /// Runs `operation` in the next batch and returns its result once it is safe to reply.
@@ -129,29 +121,28 @@ impl<S: Send + 'static> Committer<S> {
         let job: Job<S> = Box::new(move |ns, state| {
             let before = ns.mutations;
             let result = operation(ns, state);
-            if let Err(StoreError::Fs(errno)) = &result {
-                assert_eq!(
-                    ns.mutations, before,
-                    "an operation that answers {errno:?} changes nothing"
-                );
+            match &result {
+                Err(StoreError::Fs(errno)) => {
+                    assert_eq!(ns.mutations, before, "an operation that answers {errno:?} changes nothing");
+                }
+                // A failure of the store itself may strike after some of the operation's writes:
+                // the whole batch must then be thrown away, never committed half-done.
+                Err(failure) => {
+                    ns.failure.get_or_insert_with(|| failure.to_string());
+                }
+                Ok(_) => {}
             }
             Box::new(move |failure: Option<&StoreError>| {
                 let outcome = match failure {
                     None => result,
                     Some(StoreError::Stopped) => Err(StoreError::Stopped),
-                    Some(failure) => Err(StoreError::io(
-                        "commit failed",
-                        std::io::Error::other(failure.to_string()),
-                    )),
+                    Some(failure) => Err(StoreError::io("commit failed", std::io::Error::other(failure.to_string()))),
                 };
                 // The caller may have gone away; nothing to tell it then.
                 let _ = sender.send(outcome);
             })
         });
-        self.queue
-            .send(Message::Run(job))
-            .await
-            .map_err(|_| StoreError::Stopped)?;
+        self.queue.send(Message::Run(job)).await.map_err(|_| StoreError::Stopped)?;
         receiver.await.map_err(|_| StoreError::Stopped)?
     }
 
@@ -204,9 +195,7 @@ impl<S> Writer<S> {
     }
 
     fn run_batch(&mut self, batch: Vec<Job<S>>) {
-        self.counters
-            .operations
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.counters.operations.fetch_add(batch.len() as u64, Ordering::Relaxed);
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         if self.stopped {
             // Dropping a job drops its reply sender: its caller sees `Stopped`.
@@ -245,16 +234,15 @@ impl<S> Writer<S> {
                     deferred.push(completion);
                 }
             }
+            if let Some(failure) = ns.failure.take() {
+                return Err((StoreError::Aborted(failure), deferred));
+            }
             (ns.mutations > 0, ns.durable, std::mem::take(&mut ns.post_commit))
         };
         if mutated {
             let durable = durable || self.non_durable_batches >= NON_DURABLE_BATCHES_MAX;
             let result = txn
-                .set_durability(if durable {
-                    Durability::Immediate
-                } else {
-                    Durability::None
-                })
+                .set_durability(if durable { Durability::Immediate } else { Durability::None })
                 .map_err(StoreError::from)
                 .and_then(|()| txn.commit().map_err(StoreError::from));
             if let Err(error) = result {

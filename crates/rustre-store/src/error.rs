@@ -17,6 +17,8 @@ pub enum StoreError {
     Io { context: String, source: std::io::Error },
     #[error("the store has stopped after an earlier failure; restart the server")]
     Stopped,
+    #[error("a change failed inside the store and its batch was rolled back: {0}")]
+    Aborted(String),
 }
 
 impl StoreError {
@@ -30,10 +32,7 @@ impl StoreError {
     }
 
     pub fn io(context: impl Into<String>, source: std::io::Error) -> StoreError {
-        StoreError::Io {
-            context: context.into(),
-            source,
-        }
+        StoreError::Io { context: context.into(), source }
     }
 }
 

@@ -45,13 +45,7 @@ impl Store {
         let boot = namespace::initialize(&txn, Timestamp::from_system_time(clock.now()))?;
         txn.commit()?;
         tracing::info!(dir = %dir.display(), boot, "store opened");
-        Ok(Store {
-            dir: dir.to_path_buf(),
-            db: Arc::new(db),
-            objects: Arc::new(objects),
-            boot,
-            _lock: lock,
-        })
+        Ok(Store { dir: dir.to_path_buf(), db: Arc::new(db), objects: Arc::new(objects), boot, _lock: lock })
     }
 
     pub fn dir(&self) -> &Path {
@@ -96,16 +90,10 @@ fn lock_directory(dir: &Path) -> Result<File> {
             "" => "unknown process".to_string(),
             pid => format!("pid {pid}"),
         };
-        return Err(StoreError::Locked {
-            dir: dir.display().to_string(),
-            holder,
-        });
+        return Err(StoreError::Locked { dir: dir.display().to_string(), holder });
     }
     let pid = std::process::id().to_string();
-    let written = file
-        .set_len(0)
-        .and_then(|()| file.rewind())
-        .and_then(|()| file.write_all(pid.as_bytes()));
+    let written = file.set_len(0).and_then(|()| file.rewind()).and_then(|()| file.write_all(pid.as_bytes()));
     written.map_err(|error| StoreError::io(format!("writing {}", path.display()), error))?;
     Ok(file)
 }

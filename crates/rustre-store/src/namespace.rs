@@ -51,14 +51,31 @@ fn load_dirent(
     match table.get((parent, name))? {
         Some(value) => {
             let (ino, kind, cookie) = value.value();
-            Ok(Some(Dirent {
-                ino,
-                kind: kind_from_byte(kind)?,
-                cookie,
-            }))
+            Ok(Some(Dirent { ino, kind: kind_from_byte(kind)?, cookie }))
         }
         None => Ok(None),
     }
+}
+
+/// Linux's bound on the list of one inode's xattr names, each counted with its NUL
+/// (`XATTR_LIST_MAX`); it also keeps a `ListXattr` reply far below the frame limit.
+pub const XATTR_LIST_BYTES_MAX: usize = 65536;
+
+fn xattr_names(table: &impl ReadableTable<(u64, &'static [u8]), &'static [u8]>, ino: u64) -> Result<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
+    for item in table.range((ino, &[][..])..)? {
+        let (key, _) = item?;
+        let (owner, name) = key.value();
+        if owner != ino {
+            break;
+        }
+        names.push(name.to_vec());
+    }
+    Ok(names)
+}
+
+fn xattr_list_bytes(names: &[Vec<u8>]) -> usize {
+    names.iter().map(|name| name.len() + 1).sum()
 }
 
 /// An inode addressed by id must exist: a missing one is ESTALE (semantics.md, ESTALE discipline).
@@ -114,13 +131,7 @@ fn read_dir_page(
             None
         };
         bytes += name.len() + 64;
-        entries.push(DirEntry {
-            name,
-            ino: dirent.ino,
-            kind: dirent.kind,
-            cookie: entry_cookie,
-            attr,
-        });
+        entries.push(DirEntry { name, ino: dirent.ino, kind: dirent.kind, cookie: entry_cookie, attr });
         if entries.len() >= max_entries || bytes >= READDIR_REPLY_BYTES_MAX {
             break;
         }
@@ -182,15 +193,7 @@ impl ReadNs {
     }
 
     pub fn read_dir(&self, ino: u64, cookie: u64, max_entries: u32, with_attrs: bool) -> Result<(Vec<DirEntry>, bool)> {
-        read_dir_page(
-            &self.inodes,
-            &self.dirents,
-            &self.cookies,
-            ino,
-            cookie,
-            max_entries,
-            with_attrs,
-        )
+        read_dir_page(&self.inodes, &self.dirents, &self.cookies, ino, cookie, max_entries, with_attrs)
     }
 
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
@@ -204,14 +207,10 @@ impl ReadNs {
 
     pub fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
         existing(self.inode(ino)?)?;
-        let mut names = Vec::new();
-        for item in self.xattrs.range((ino, &[][..])..)? {
-            let (key, _) = item?;
-            let (owner, name) = key.value();
-            if owner != ino {
-                break;
-            }
-            names.push(name.to_vec());
+        let names = xattr_names(&self.xattrs, ino)?;
+        // setxattr keeps lists within the bound; a longer one can only come from a damaged store.
+        if xattr_list_bytes(&names) > XATTR_LIST_BYTES_MAX {
+            return Err(Errno::E2BIG.into());
         }
         Ok(names)
     }
@@ -240,8 +239,9 @@ impl ReadNs {
 pub struct Opened {
     pub attr: Attr,
     pub created: bool,
-    /// The size went to zero (O_TRUNC); the data object's tail is now garbage to trim.
-    pub truncated: bool,
+    /// O_TRUNC found a non-empty file: the caller truncates it next, under the inode's data lock
+    /// (so no write can land between its size check and its size update).
+    pub needs_truncate: bool,
 }
 
 /// Work left for after the commit of the batch that asked for it.
@@ -266,6 +266,8 @@ pub struct Ns<'txn> {
     /// Some operation of this batch changed the namespace and must be on disk before its reply.
     pub(crate) durable: bool,
     pub(crate) post_commit: Vec<PostCommit>,
+    /// Set when an operation failed inside the store: the batch is aborted, not committed.
+    pub(crate) failure: Option<String>,
     /// Inodes whose last link went in this batch. The caller of the operation decides, from its
     /// open handles, whether each is destroyed now or lives on as an orphan.
     pub newly_unlinked: Vec<u64>,
@@ -285,6 +287,7 @@ impl<'txn> Ns<'txn> {
             mutations: 0,
             durable: false,
             post_commit: Vec::new(),
+            failure: None,
             newly_unlinked: Vec::new(),
         })
     }
@@ -308,15 +311,7 @@ impl<'txn> Ns<'txn> {
     }
 
     pub fn read_dir(&self, ino: u64, cookie: u64, max_entries: u32, with_attrs: bool) -> Result<(Vec<DirEntry>, bool)> {
-        read_dir_page(
-            &self.inodes,
-            &self.dirents,
-            &self.cookies,
-            ino,
-            cookie,
-            max_entries,
-            with_attrs,
-        )
+        read_dir_page(&self.inodes, &self.dirents, &self.cookies, ino, cookie, max_entries, with_attrs)
     }
 
     // ---- primitive writes: every write goes through these, and counts ----
@@ -371,10 +366,7 @@ impl<'txn> Ns<'txn> {
         ino: u64,
         kind: FileKind,
     ) -> Result<()> {
-        debug_assert!(
-            self.entry(parent, name)?.is_none(),
-            "callers check for an existing entry first"
-        );
+        debug_assert!(self.entry(parent, name)?.is_none(), "callers check for an existing entry first");
         let cookie = directory.next_cookie;
         directory.next_cookie += 1;
         directory.entries += 1;
@@ -425,27 +417,14 @@ impl<'txn> Ns<'txn> {
 
     /// Removes an inode whose last link is gone and which nothing holds open.
     pub fn destroy(&mut self, ino: u64) -> Result<()> {
-        let record = self
-            .inode(ino)?
-            .ok_or_else(|| StoreError::Corrupt(format!("destroying missing inode {ino}")))?;
+        let record = self.inode(ino)?.ok_or_else(|| StoreError::Corrupt(format!("destroying missing inode {ino}")))?;
         assert_eq!(record.nlink, 0, "only unlinked inodes are destroyed");
         assert_eq!(record.entries, 0, "only empty directories are destroyed");
         self.mutations += 1;
         self.durable = true;
         self.inodes.remove(ino)?;
         self.orphans.remove(ino)?;
-        let names: Vec<Vec<u8>> = {
-            let mut names = Vec::new();
-            for item in self.xattrs.range((ino, &[][..])..)? {
-                let (key, _) = item?;
-                let (owner, name) = key.value();
-                if owner != ino {
-                    break;
-                }
-                names.push(name.to_vec());
-            }
-            names
-        };
+        let names = xattr_names(&self.xattrs, ino)?;
         for name in names {
             self.xattrs.remove((ino, name.as_slice()))?;
         }
@@ -485,11 +464,7 @@ impl<'txn> Ns<'txn> {
                 self.put_inode(parent, &directory)?;
                 self.put_inode(ino, &record)?;
                 self.durable = true;
-                Ok(Opened {
-                    attr: record.attr(ino),
-                    created: true,
-                    truncated: false,
-                })
+                Ok(Opened { attr: record.attr(ino), created: true, needs_truncate: false })
             }
         }
     }
@@ -500,7 +475,7 @@ impl<'txn> Ns<'txn> {
         if !flags.is_known() {
             return Err(Errno::EINVAL.into());
         }
-        let mut record = existing(self.inode(ino)?)?;
+        let record = existing(self.inode(ino)?)?;
         let writing = flags.contains(OpenFlags::WRITE) || flags.contains(OpenFlags::APPEND);
         match record.kind {
             FileKind::Symlink => return Err(Errno::ELOOP.into()),
@@ -512,19 +487,10 @@ impl<'txn> Ns<'txn> {
             }
             _ => {}
         }
-        let mut truncated = false;
-        if flags.contains(OpenFlags::TRUNCATE) && writing && record.size > 0 {
-            record.size = 0;
-            record.mtime = self.now;
-            record.ctime = self.now;
-            self.put_inode(ino, &record)?;
-            self.durable = true;
-            truncated = true;
-        }
         Ok(Opened {
+            needs_truncate: flags.contains(OpenFlags::TRUNCATE) && writing && record.size > 0,
             attr: record.attr(ino),
             created: false,
-            truncated,
         })
     }
 
@@ -640,9 +606,7 @@ impl<'txn> Ns<'txn> {
                 .ok_or_else(|| StoreError::Corrupt(format!("directory chain reaches missing inode {ino}")))?;
             ino = record.parent;
         }
-        Err(StoreError::Corrupt(format!(
-            "directory chain above {ino} is deeper than {DIRECTORY_DEPTH_MAX}"
-        )))
+        Err(StoreError::Corrupt(format!("directory chain above {ino} is deeper than {DIRECTORY_DEPTH_MAX}")))
     }
 
     pub fn rename(
@@ -708,6 +672,12 @@ impl<'txn> Ns<'txn> {
         let mut moved = self
             .inode(source.ino)?
             .ok_or_else(|| StoreError::Corrupt(format!("entry points at missing inode {}", source.ino)))?;
+        if source.kind == FileKind::Directory && parent != new_parent && replaced.is_none() {
+            let to = self.directory(new_parent)?;
+            if to.nlink - 2 >= SUBDIRECTORIES_MAX {
+                return Err(Errno::EMLINK.into());
+            }
+        }
         // Preconditions are checked; from here on every step writes.
         let mut from = self.directory(parent)?;
         self.remove_entry(parent, &mut from, name, source)?;
@@ -741,14 +711,17 @@ impl<'txn> Ns<'txn> {
         if source.ino == target.ino {
             return Ok(());
         }
+        if parent != new_parent && source.kind != target.kind {
+            // One parent gains a subdirectory.
+            let gaining = if source.kind == FileKind::Directory { new_parent } else { parent };
+            if self.directory(gaining)?.nlink - 2 >= SUBDIRECTORIES_MAX {
+                return Err(Errno::EMLINK.into());
+            }
+        }
         // Each name keeps its cookie and gets the other's inode.
         self.mutations += 1;
-        self.dirents
-            .insert((parent, name), (target.ino, kind_to_byte(target.kind), source.cookie))?;
-        self.dirents.insert(
-            (new_parent, new_name),
-            (source.ino, kind_to_byte(source.kind), target.cookie),
-        )?;
+        self.dirents.insert((parent, name), (target.ino, kind_to_byte(target.kind), source.cookie))?;
+        self.dirents.insert((new_parent, new_name), (source.ino, kind_to_byte(source.kind), target.cookie))?;
         let mut from = self.directory(parent)?;
         from.mtime = self.now;
         from.ctime = self.now;
@@ -833,8 +806,10 @@ impl<'txn> Ns<'txn> {
         Ok(record.attr(ino))
     }
 
-    /// Makes the batch durable even if nothing in it asked to be (fsync).
+    /// Makes the batch durable even if nothing in it asked to be (fsync): counted as a change so
+    /// the batch commits, and that durable commit persists every earlier non-durable one.
     pub fn require_durable(&mut self) {
+        self.mutations += 1;
         self.durable = true;
     }
 
@@ -849,6 +824,9 @@ impl<'txn> Ns<'txn> {
             (rustre_proto::XattrMode::Create, true) => return Err(Errno::EEXIST.into()),
             (rustre_proto::XattrMode::Replace, false) => return Err(Errno::ENODATA.into()),
             _ => {}
+        }
+        if !present && xattr_list_bytes(&xattr_names(&self.xattrs, ino)?) + name.len() + 1 > XATTR_LIST_BYTES_MAX {
+            return Err(Errno::ENOSPC.into());
         }
         self.mutations += 1;
         self.xattrs.insert((ino, name), value)?;
@@ -889,9 +867,7 @@ pub(crate) fn initialize(txn: &WriteTransaction, now: Timestamp) -> Result<u64> 
     match format {
         Some(FORMAT_VERSION) => {}
         Some(other) => {
-            return Err(StoreError::Corrupt(format!(
-                "store format {other}, this build reads {FORMAT_VERSION}"
-            )));
+            return Err(StoreError::Corrupt(format!("store format {other}, this build reads {FORMAT_VERSION}")));
         }
         None => {
             meta.insert(META_FORMAT, FORMAT_VERSION)?;

@@ -21,7 +21,7 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn read_at(&self, ino: u64, offset: u64, buffer: &mut [u8]) -> io::Result<usize>;
     /// Writes all of `data` at `offset`, creating the object if needed.
     fn write_at(&self, ino: u64, offset: u64, data: &[u8]) -> io::Result<()>;
-    /// Sets the object's length (a missing object stays missing when `len` is 0).
+    /// Sets the object's length. A missing object stays missing (it reads as zeros anyway).
     fn set_len(&self, ino: u64, len: u64) -> io::Result<()>;
     /// Makes the object's contents durable.
     fn sync(&self, ino: u64) -> io::Result<()>;
@@ -40,10 +40,7 @@ impl LocalObjects {
         for shard in 0..256 {
             std::fs::create_dir_all(root.join(format!("{shard:02x}")))?;
         }
-        Ok(LocalObjects {
-            root: root.to_path_buf(),
-            open: Mutex::new(HashMap::new()),
-        })
+        Ok(LocalObjects { root: root.to_path_buf(), open: Mutex::new(HashMap::new()) })
     }
 
     fn path(&self, ino: u64) -> PathBuf {
@@ -55,13 +52,7 @@ impl LocalObjects {
         if let Some(file) = self.open.lock().expect("object cache lock").get(&ino) {
             return Ok(Some(file.clone()));
         }
-        let file = match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .open(self.path(ino))
-        {
+        let file = match OpenOptions::new().read(true).write(true).create(create).truncate(false).open(self.path(ino)) {
             Ok(file) => Arc::new(file),
             Err(error) if error.kind() == io::ErrorKind::NotFound && !create => return Ok(None),
             Err(error) => return Err(error),
@@ -100,7 +91,8 @@ impl ObjectStore for LocalObjects {
     }
 
     fn set_len(&self, ino: u64, len: u64) -> io::Result<()> {
-        match self.file(ino, len > 0)? {
+        // A missing object reads as zeros at any length already: nothing to cut, nothing to make.
+        match self.file(ino, false)? {
             Some(file) => file.set_len(len),
             None => Ok(()),
         }

@@ -83,9 +83,7 @@ impl InodeRecord {
             Some((&RECORD_VERSION, rest)) => {
                 postcard::from_bytes(rest).map_err(|error| StoreError::Corrupt(format!("inode {ino}: {error}")))
             }
-            Some((version, _)) => Err(StoreError::Corrupt(format!(
-                "inode {ino}: unknown record version {version}"
-            ))),
+            Some((version, _)) => Err(StoreError::Corrupt(format!("inode {ino}: unknown record version {version}"))),
             None => Err(StoreError::Corrupt(format!("inode {ino}: empty record"))),
         }
     }
@@ -104,8 +102,6 @@ pub fn kind_from_byte(byte: u8) -> Result<FileKind> {
         1 => Ok(FileKind::Regular),
         2 => Ok(FileKind::Directory),
         3 => Ok(FileKind::Symlink),
-        other => Err(StoreError::Corrupt(format!(
-            "unknown file kind {other} in a directory entry"
-        ))),
+        other => Err(StoreError::Corrupt(format!("unknown file kind {other} in a directory entry"))),
     }
 }

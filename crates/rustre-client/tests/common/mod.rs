@@ -26,11 +26,7 @@ impl TestServer {
         adjust(&mut config);
         let server = Server::open(config).await.expect("server opens");
         let address = server.listen("127.0.0.1:0").await.expect("server listens").to_string();
-        TestServer {
-            server: Some(server),
-            address,
-            data,
-        }
+        TestServer { server: Some(server), address, data }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -48,9 +44,7 @@ impl TestServer {
     /// Stops the server and starts a new one on the same data directory (a new port).
     pub async fn restart(&mut self) {
         self.stop().await;
-        let server = Server::open(ServerConfig::new(self.data.path()))
-            .await
-            .expect("server reopens");
+        let server = Server::open(ServerConfig::new(self.data.path())).await.expect("server reopens");
         self.address = server.listen("127.0.0.1:0").await.expect("server listens").to_string();
         self.server = Some(server);
     }

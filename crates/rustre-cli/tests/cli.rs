@@ -1,0 +1,489 @@
+//! The `rustre` binary end to end: client commands against a real server started in the test
+//! process, and the `server` and `up` commands run as processes of their own.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::Duration;
+
+use rustre_client::Client;
+use rustre_server::{Server, ServerConfig};
+
+const RUSTRE: &str = env!("CARGO_BIN_EXE_rustre");
+
+/// A command line for the binary, free of the caller's environment settings.
+fn rustre_command() -> Command {
+    let mut command = Command::new(RUSTRE);
+    command.env_remove("RUSTRE_SERVER").env_remove("RUSTRE_DATA").env_remove("RUST_LOG");
+    command
+}
+
+/// A real server on a free loopback port, in this process, with a temporary data directory.
+struct TestServer {
+    runtime: tokio::runtime::Runtime,
+    server: Option<Server>,
+    address: String,
+    _data: tempfile::TempDir,
+}
+
+impl TestServer {
+    fn start() -> TestServer {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let data = tempfile::tempdir().expect("temporary data directory");
+        let (server, address) = runtime.block_on(async {
+            let server = Server::open(ServerConfig::new(data.path())).await.expect("server opens");
+            let address = server.listen("127.0.0.1:0").await.expect("server listens");
+            (server, address.to_string())
+        });
+        TestServer { runtime, server: Some(server), address, _data: data }
+    }
+
+    /// Runs `rustre --server ADDR args...`.
+    fn run(&self, args: &[&str]) -> Output {
+        rustre_command().arg("--server").arg(&self.address).args(args).output().expect("rustre runs")
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    #[track_caller]
+    fn ok(&self, args: &[&str]) -> String {
+        String::from_utf8(self.ok_bytes(args)).expect("utf-8 output")
+    }
+
+    #[track_caller]
+    fn ok_bytes(&self, args: &[&str]) -> Vec<u8> {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "rustre {args:?} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output.stdout
+    }
+
+    /// Runs a command that must fail with status 1 and one line on stderr; returns that line.
+    #[track_caller]
+    fn fails(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "rustre {args:?} should fail; stdout: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let stderr = String::from_utf8(output.stderr).expect("utf-8 stderr");
+        assert!(stderr.starts_with("rustre: "), "error line: {stderr:?}");
+        stderr
+    }
+
+    /// Runs `action` with a library client of this server.
+    fn with_client<T>(&self, action: impl AsyncFnOnce(&Client) -> T) -> T {
+        self.runtime.block_on(async {
+            let client = Client::connect(&self.address).await.expect("client connects");
+            let result = action(&client).await;
+            client.close();
+            result
+        })
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            self.runtime.block_on(server.shutdown());
+        }
+    }
+}
+
+/// Bytes that differ all along (a xorshift sequence), so misplaced chunks show.
+fn pattern(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+fn lines(output: &str) -> Vec<&str> {
+    output.lines().collect()
+}
+
+/// `key: value` lines of `rustre stat` as pairs.
+fn fields(output: &str) -> Vec<(String, String)> {
+    output
+        .lines()
+        .map(|line| {
+            let (key, value) = line.split_once(": ").expect("key: value");
+            (key.to_string(), value.to_string())
+        })
+        .collect()
+}
+
+fn field<'a>(fields: &'a [(String, String)], key: &str) -> &'a str {
+    &fields.iter().find(|(name, _)| name == key).unwrap_or_else(|| panic!("no {key} in {fields:?}")).1
+}
+
+#[test]
+fn mkdir_makes_directories_and_parents() {
+    let server = TestServer::start();
+    server.ok(&["mkdir", "-p", "/a/b/c"]);
+    server.ok(&["mkdir", "-p", "/a/b"]); // existing is fine with -p
+    server.ok(&["mkdir", "/a/d", "/e"]);
+    assert_eq!(lines(&server.ok(&["ls", "/"])), ["a", "e"]);
+    assert_eq!(lines(&server.ok(&["ls", "/a"])), ["b", "d"]);
+    assert_eq!(lines(&server.ok(&["ls", "/a/b"])), ["c"]);
+
+    let error = server.fails(&["mkdir", "/a/b"]);
+    assert!(error.contains("EEXIST"), "{error}");
+    let error = server.fails(&["mkdir", "/x/y"]);
+    assert!(error.contains("ENOENT"), "{error}");
+    // One failing path does not stop the others.
+    let output = server.run(&["mkdir", "/a/b", "/f"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(lines(&server.ok(&["ls", "/"])), ["a", "e", "f"]);
+}
+
+#[test]
+fn put_get_and_cat_round_trip_a_large_file() {
+    let server = TestServer::start();
+    let local = tempfile::tempdir().unwrap();
+    let contents = pattern(3 * (1 << 20) + 12345);
+    let source = local.path().join("blob.bin");
+    std::fs::write(&source, &contents).unwrap();
+
+    server.ok(&["mkdir", "/data"]);
+    server.ok(&["put", source.to_str().unwrap(), "/data/copy.bin"]);
+    // Into an existing directory: under the local file's name.
+    server.ok(&["put", source.to_str().unwrap(), "/data"]);
+    assert_eq!(lines(&server.ok(&["ls", "/data"])), ["blob.bin", "copy.bin"]);
+
+    let back = local.path().join("back.bin");
+    server.ok(&["get", "/data/copy.bin", back.to_str().unwrap()]);
+    assert!(std::fs::read(&back).unwrap() == contents, "get returned other bytes");
+    // Into an existing local directory: under the rustre file's name.
+    let out_dir = local.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    server.ok(&["get", "/data/blob.bin", out_dir.to_str().unwrap()]);
+    assert!(std::fs::read(out_dir.join("blob.bin")).unwrap() == contents);
+
+    assert!(server.ok_bytes(&["cat", "/data/blob.bin"]) == contents, "cat returned other bytes");
+    let stat = fields(&server.ok(&["stat", "/data/copy.bin"]));
+    assert_eq!(field(&stat, "size"), contents.len().to_string());
+
+    // put replaces (truncates) an existing file.
+    let small = local.path().join("small");
+    std::fs::write(&small, b"short").unwrap();
+    server.ok(&["put", small.to_str().unwrap(), "/data/copy.bin"]);
+    assert_eq!(server.ok(&["cat", "/data/copy.bin"]), "short");
+}
+
+#[test]
+fn cat_concatenates_and_refuses_directories() {
+    let server = TestServer::start();
+    server.with_client(async |client| {
+        client.create_dir_all("/d").await.unwrap();
+        client.write("/d/one", b"first\n").await.unwrap();
+        client.write("/d/two", b"second\n").await.unwrap();
+        client.write("/d/empty", b"").await.unwrap();
+    });
+    assert_eq!(server.ok(&["cat", "/d/one", "/d/empty", "/d/two"]), "first\nsecond\n");
+
+    let output = server.run(&["cat", "/d", "/d/two"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.stdout, b"second\n", "cat goes on after a failing path");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("/d") && stderr.contains("EISDIR"), "{stderr}");
+}
+
+#[test]
+fn ls_long_and_stat_show_attributes() {
+    let server = TestServer::start();
+    server.with_client(async |client| {
+        client.create_dir_all("/dir/sub").await.unwrap();
+        client.write("/dir/hello.txt", b"hello").await.unwrap();
+        client.symlink("hello.txt", "/dir/link").await.unwrap();
+    });
+
+    assert_eq!(lines(&server.ok(&["ls", "/dir"])), ["hello.txt", "link", "sub"]);
+    let long = server.ok(&["ls", "-l", "/dir"]);
+    let long = lines(&long);
+    assert_eq!(long.len(), 3, "{long:?}");
+    let columns: Vec<&str> = long[0].split_whitespace().collect();
+    assert_eq!(columns[0], "-");
+    assert_eq!(columns[1], "0644");
+    assert_eq!(columns[2], "1"); // nlink
+    assert_eq!(columns[5], "5"); // size
+    assert!(columns[6].parse::<i64>().is_ok(), "mtime secs: {}", columns[6]);
+    assert_eq!(columns[7], "hello.txt");
+    assert!(long[1].starts_with("l ") && long[1].ends_with(" link -> hello.txt"), "{}", long[1]);
+    assert!(long[2].starts_with("d 0755 ") && long[2].ends_with(" sub"), "{}", long[2]);
+
+    // A non-directory is shown itself, as ls does.
+    assert_eq!(server.ok(&["ls", "/dir/hello.txt"]), "/dir/hello.txt\n");
+    let single = server.ok(&["ls", "-l", "/dir/hello.txt"]);
+    assert!(single.starts_with("- 0644 ") && single.ends_with(" /dir/hello.txt\n"), "{single}");
+    let link = server.ok(&["ls", "-l", "/dir/link"]);
+    assert!(link.ends_with(" /dir/link -> hello.txt\n"), "{link}");
+
+    let stat = fields(&server.ok(&["stat", "/dir/hello.txt"]));
+    let keys: Vec<&str> = stat.iter().map(|(key, _)| key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "path",
+            "ino",
+            "generation",
+            "kind",
+            "mode",
+            "nlink",
+            "uid",
+            "gid",
+            "size",
+            "blocks",
+            "atime",
+            "mtime",
+            "ctime"
+        ]
+    );
+    assert_eq!(field(&stat, "kind"), "regular");
+    assert_eq!(field(&stat, "mode"), "0100644");
+    assert_eq!(field(&stat, "nlink"), "1");
+    assert_eq!(field(&stat, "size"), "5");
+    assert!(field(&stat, "ino").parse::<u64>().is_ok());
+    for time in ["atime", "mtime", "ctime"] {
+        let (secs, nanos) = field(&stat, time).split_once('.').expect("secs.nanos");
+        assert!(secs.parse::<i64>().is_ok() && nanos.len() == 9 && nanos.parse::<u32>().is_ok());
+    }
+    let expected_ino = server.with_client(async |client| client.stat("/dir/hello.txt").await.unwrap().ino);
+    assert_eq!(field(&stat, "ino"), expected_ino.to_string());
+
+    let stat = fields(&server.ok(&["stat", "/dir/sub"]));
+    assert_eq!(field(&stat, "kind"), "directory");
+    assert_eq!(field(&stat, "mode"), "0040755");
+    // stat follows symlinks.
+    let stat = fields(&server.ok(&["stat", "/dir/link"]));
+    assert_eq!(field(&stat, "kind"), "regular");
+    assert_eq!(field(&stat, "ino"), expected_ino.to_string());
+}
+
+#[test]
+fn mv_renames_and_moves_into_directories() {
+    let server = TestServer::start();
+    server.with_client(async |client| {
+        client.create_dir_all("/src").await.unwrap();
+        client.create_dir_all("/target").await.unwrap();
+        client.write("/src/file", b"contents").await.unwrap();
+    });
+    server.ok(&["mv", "/src/file", "/src/renamed"]);
+    assert_eq!(lines(&server.ok(&["ls", "/src"])), ["renamed"]);
+
+    server.ok(&["mv", "/src/renamed", "/target"]);
+    assert_eq!(server.ok(&["ls", "/src"]), "");
+    assert_eq!(server.ok(&["cat", "/target/renamed"]), "contents");
+
+    // A directory moves into another directory the same way.
+    server.ok(&["mv", "/src", "/target"]);
+    assert_eq!(lines(&server.ok(&["ls", "/"])), ["target"]);
+    assert_eq!(lines(&server.ok(&["ls", "/target"])), ["renamed", "src"]);
+
+    let error = server.fails(&["mv", "/missing", "/target/x"]);
+    assert!(error.contains("ENOENT"), "{error}");
+}
+
+#[test]
+fn rm_removes_files_and_trees_only_when_asked() {
+    let server = TestServer::start();
+    server.ok(&["mkdir", "-p", "/tree/a/b", "/tree/c"]);
+    server.with_client(async |client| {
+        client.write("/tree/a/b/deep", b"x").await.unwrap();
+        client.write("/tree/top", b"y").await.unwrap();
+        client.write("/lone", b"z").await.unwrap();
+    });
+
+    let error = server.fails(&["rm", "/tree"]);
+    assert!(error.contains("is a directory") && error.contains("EISDIR"), "{error}");
+    assert_eq!(lines(&server.ok(&["ls", "/"])), ["lone", "tree"]);
+
+    server.ok(&["rm", "/lone"]);
+    server.ok(&["rm", "-r", "/tree"]);
+    assert_eq!(server.ok(&["ls", "/"]), "");
+
+    let error = server.fails(&["rm", "/lone"]);
+    assert!(error.contains("ENOENT"), "{error}");
+    server.ok(&["rm", "-f", "/lone"]);
+}
+
+#[test]
+fn errors_exit_1_with_one_line() {
+    let server = TestServer::start();
+    let error = server.fails(&["stat", "/missing"]);
+    assert_eq!(error.lines().count(), 1, "{error}");
+    assert!(error.contains("stat /missing") && error.contains("ENOENT"), "{error}");
+
+    let local = tempfile::tempdir().unwrap();
+    let missing = local.path().join("missing");
+    let error = server.fails(&["put", missing.to_str().unwrap(), "/x"]);
+    assert!(error.contains("missing"), "{error}");
+    let present = local.path().join("present");
+    std::fs::write(&present, b"x").unwrap();
+    let error = server.fails(&["put", present.to_str().unwrap(), "/nodir/"]);
+    assert!(error.contains("ENOTDIR"), "{error}");
+    assert_eq!(server.ok(&["ls", "/"]), "", "put to a missing DIR/ created nothing");
+    let error = server.fails(&["get", "/missing", missing.to_str().unwrap()]);
+    assert!(error.contains("ENOENT"), "{error}");
+    assert!(!missing.exists(), "a failed get leaves no local file");
+
+    // No server at all.
+    let closed = free_address();
+    let output = rustre_command().args(["--server", &closed, "ls", "/"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains(&format!("connecting to {closed}")), "{stderr}");
+}
+
+#[test]
+fn server_address_comes_from_the_environment() {
+    let server = TestServer::start();
+    server.ok(&["mkdir", "/from-env"]);
+    let output = rustre_command().env("RUSTRE_SERVER", &server.address).args(["ls", "/"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.stdout, b"from-env\n");
+}
+
+// ---- the server itself, as a process ----
+
+/// A loopback address with a port that was free a moment ago.
+fn free_address() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().unwrap().to_string()
+}
+
+/// A `rustre` process, killed when dropped (so also when a test fails), its output in files.
+struct Process {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Process {
+    fn spawn(args: &[&str], logs: &Path, name: &str) -> Process {
+        let stdout = logs.join(format!("{name}.stdout"));
+        let stderr = logs.join(format!("{name}.stderr"));
+        let child = rustre_command()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).unwrap())
+            .stderr(File::create(&stderr).unwrap())
+            .spawn()
+            .expect("rustre starts");
+        Process { child, stdout, stderr }
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until `ready` holds, failing early if the process ends.
+    #[track_caller]
+    fn wait_until(&mut self, what: &str, mut ready: impl FnMut() -> bool) {
+        for _ in 0..400 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("rustre exited ({status}) before {what}; stderr: {}", self.stderr());
+            }
+            if ready() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("timed out waiting for {what}; stderr: {}", self.stderr());
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit.
+    #[track_caller]
+    fn terminate(&mut self) -> ExitStatus {
+        let sent = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill runs");
+        assert!(sent.success(), "kill -TERM failed");
+        for _ in 0..400 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("rustre did not exit after SIGTERM; stderr: {}", self.stderr());
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn accepts(address: &str) -> bool {
+    std::net::TcpStream::connect(address).is_ok()
+}
+
+#[test]
+fn second_server_on_a_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let address = free_address();
+    let mut first = Process::spawn(&["server", "--data", data, "--listen", &address], dir.path(), "first");
+    first.wait_until("the server accepts connections", || accepts(&address));
+
+    let second = rustre_command().args(["server", "--data", data, "--listen", "127.0.0.1:0"]).output().unwrap();
+    assert!(!second.status.success(), "a second server started on a locked data directory");
+    let stderr = String::from_utf8(second.stderr).unwrap();
+    let error = stderr.lines().last().unwrap_or_default();
+    assert!(error.starts_with("rustre: ") && error.contains("in use"), "{stderr}");
+    assert!(error.contains(&format!("pid {}", first.child.id())), "{stderr}");
+
+    let status = first.terminate();
+    assert!(status.success(), "server exit {status}; stderr: {}", first.stderr());
+    assert!(first.stderr().contains("serving"), "{}", first.stderr());
+}
+
+#[test]
+fn up_serves_until_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let address = free_address();
+    let mut up = Process::spawn(&["up", "--data", data.to_str().unwrap(), "--listen", &address], dir.path(), "up");
+    let mut listing = None;
+    up.wait_until("the CLI can list /", || {
+        let output = rustre_command().args(["--server", &address, "ls", "/"]).output().unwrap();
+        if output.status.success() {
+            listing = Some(output.stdout);
+        }
+        listing.is_some()
+    });
+    assert_eq!(listing.unwrap(), b"", "the demonstration created nothing");
+    // The demonstration is printed once the client is done with it.
+    let stdout = up.stdout.clone();
+    up.wait_until("the usage hints", || up_printed(&stdout));
+
+    let status = up.terminate();
+    assert!(status.success(), "up exit {status}; stderr: {}", up.stderr());
+    let stdout = up.stdout();
+    assert!(stdout.contains("statfs: "), "{stdout}");
+    assert!(stdout.contains(&format!("rustre --server {address} ls")), "{stdout}");
+    assert!(data.is_dir(), "the data directory was made");
+}
+
+fn up_printed(stdout: &Path) -> bool {
+    std::fs::read_to_string(stdout).is_ok_and(|out| out.contains("Ctrl-C"))
+}

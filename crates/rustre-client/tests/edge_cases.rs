@@ -1,0 +1,134 @@
+//! Regression tests for defects found in review: each test names the defect it guards against.
+mod common;
+
+use common::*;
+use rustre_client::OpenOptions;
+use rustre_proto::{Errno, XattrMode};
+
+// Defect: a truncating open did not hold the file's data lock, so a write that had read the old
+// size could record its end after the truncate and expose the bytes before it again. Many rounds
+// of a truncating open racing a write must only ever end in one of the two serial outcomes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncating_open_racing_a_write_never_exposes_old_bytes() {
+    let server = TestServer::start().await;
+    let writer_client = server.client().await;
+    let truncating_client = server.client().await;
+    let mut truncating = OpenOptions::new();
+    truncating.write(true).truncate(true);
+    for _ in 0..200 {
+        writer_client.write("/f", &[b'A'; 100]).await.unwrap();
+        let mut writer = writer_client.open("/f", OpenOptions::new().write(true)).await.unwrap();
+        let write = writer.write_at(50, &[b'B'; 10]);
+        let truncate = truncating_client.open("/f", &truncating);
+        let (written, truncated) = tokio::join!(write, truncate);
+        written.unwrap();
+        truncated.unwrap().close().await.unwrap();
+        writer.close().await.unwrap();
+        let contents = writer_client.read("/f").await.unwrap();
+        let write_then_truncate = contents.is_empty();
+        let truncate_then_write = contents.len() == 60 && contents[..50] == [0; 50] && contents[50..] == [b'B'; 10];
+        assert!(write_then_truncate || truncate_then_write, "not a serial outcome: {contents:?}");
+    }
+}
+
+// Defect: fsync with nothing else in its batch committed nothing. It must always produce a
+// durable commit (which also persists earlier non-durable size updates).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsync_always_makes_a_durable_commit() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let mut file = client.create("/f").await.unwrap();
+    file.write_all(b"data").await.unwrap();
+    let before = server.server().commit_stats().durable_commits;
+    file.fsync().await.unwrap();
+    assert!(server.server().commit_stats().durable_commits > before);
+    file.fsync().await.unwrap();
+    assert!(server.server().commit_stats().durable_commits > before + 1, "every fsync commits durably");
+}
+
+// Defect: EMFILE came after the open had created the file. A session at its handle bound is
+// refused before anything changes: no file is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emfile_comes_before_the_create() {
+    let server = TestServer::start_with(|config| config.handles_per_session_max = 3).await;
+    let client = server.client().await;
+    let mut files = Vec::new();
+    for index in 0..3 {
+        files.push(client.create(format!("/f{index}")).await.unwrap());
+    }
+    assert_errno(client.create("/extra").await.map(|_| ()), Errno::EMFILE);
+    assert!(!client.exists("/extra").await.unwrap(), "a refused open created nothing");
+    files.pop().unwrap().close().await.unwrap();
+    client.create("/extra").await.unwrap().close().await.unwrap();
+    // Other sessions have bounds of their own.
+    server.client().await.create("/other").await.unwrap();
+}
+
+// Defect: an inode's xattr name list had no bound, so a listxattr reply could outgrow a frame.
+// Adding names stops with ENOSPC at Linux's 64 KiB list bound, and the list still comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xattr_name_lists_are_bounded() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    client.write("/f", b"").await.unwrap();
+    let mut added = 0;
+    let refused = loop {
+        let name = format!("user.{added:0>250}");
+        match client.set_xattr("/f", name.as_bytes(), b"v", XattrMode::Either).await {
+            Ok(()) => added += 1,
+            Err(error) => break error,
+        }
+        assert!(added <= 256, "the bound is 64 KiB of names");
+    };
+    assert_eq!(refused.errno, Errno::ENOSPC);
+    let names = client.list_xattr("/f").await.unwrap();
+    assert_eq!(names.len(), added);
+    assert!(names.iter().map(|name| name.len() + 1).sum::<usize>() <= 65536);
+    // Replacing an existing name still works at the bound.
+    let first = format!("user.{:0>250}", 0);
+    client.set_xattr("/f", first.as_bytes(), b"new", XattrMode::Replace).await.unwrap();
+}
+
+// Defect: a trailing slash was ignored. A path ending in "/" names a directory, as on Linux.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trailing_slash_names_a_directory() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    client.write("/f", b"file").await.unwrap();
+    client.mkdir("/d", 0o755).await.unwrap();
+    client.symlink("d", "/link").await.unwrap();
+
+    assert_errno(client.stat("/f/").await, Errno::ENOTDIR);
+    assert_eq!(client.stat("/d/").await.unwrap().kind, rustre_proto::FileKind::Directory);
+    assert_eq!(client.lstat("/link/").await.unwrap().kind, rustre_proto::FileKind::Directory, "slash follows");
+    assert_errno(client.open("/f/", OpenOptions::new().read(true)).await.map(|_| ()), Errno::ENOTDIR);
+    assert_errno(client.create("/new/").await.map(|_| ()), Errno::EISDIR);
+    assert!(!client.exists("/new").await.unwrap());
+    assert_errno(client.create("/d/").await.map(|_| ()), Errno::EISDIR);
+    client.open("/d/", OpenOptions::new().read(true)).await.unwrap().close().await.unwrap();
+    assert_errno(client.remove_file("/f/").await, Errno::ENOTDIR);
+    assert_errno(client.remove_file("/d/").await, Errno::EISDIR);
+    assert_errno(client.rename("/f", "/g/").await, Errno::ENOTDIR);
+    assert!(client.exists("/f").await.unwrap(), "the refused rename moved nothing");
+    client.rename("/d/", "/e/").await.unwrap();
+    assert!(client.exists("/e").await.unwrap());
+    client.mkdir("/m/", 0o755).await.unwrap();
+    client.remove_dir("/m/").await.unwrap();
+}
+
+// Defect: setattr growing a directory or symlink created a data object before the store refused.
+// The refusal comes with nothing made on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_size_changes_touch_no_data_object() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let directory = client.mkdir("/d", 0o755).await.unwrap();
+    let link = client.symlink("target", "/l").await.unwrap();
+    assert_errno(client.truncate("/d", 4096).await, Errno::EISDIR);
+    let set = rustre_proto::SetAttrIn { size: Some(4096), ..Default::default() };
+    assert_errno(client.setattr(link.ino, set).await, Errno::EINVAL);
+    for ino in [directory.ino, link.ino] {
+        let object = server.data_dir().join("objects").join(format!("{:02x}", ino % 256)).join(format!("{ino:016x}"));
+        assert!(!object.exists(), "{} exists", object.display());
+    }
+}
