@@ -27,11 +27,12 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::frame::{Frame, FrameError, FrameKind, read_frame, write_frame};
 
-/// Incoming requests handled at once on one connection.
+/// Requests one side may have outstanding on a connection: the bound each sender keeps for its
+/// own calls, and the most a receiver accepts before it cuts the peer off.
 pub const IN_FLIGHT_REQUESTS_MAX: usize = 256;
 /// Frames queued for the writer task before senders wait.
 pub const OUTBOUND_QUEUE_DEPTH: usize = 1024;
@@ -53,7 +54,15 @@ pub struct ConnectionClosed {
 
 struct Pending {
     closed: bool,
-    waiting: HashMap<u64, oneshot::Sender<Frame>>,
+    waiting: HashMap<u64, Waiter>,
+}
+
+/// A sent request awaiting its reply. It keeps its slot until the reply comes (or the connection
+/// closes) even if its caller gives up, since the peer is still working on it: so the number of
+/// our requests the peer holds never exceeds the bound.
+struct Waiter {
+    reply: oneshot::Sender<Frame>,
+    _slot: OwnedSemaphorePermit,
 }
 
 struct Inner {
@@ -64,7 +73,7 @@ struct Inner {
     /// `Some(reason)` once closed; the reader and writer tasks watch it.
     closed: watch::Sender<Option<String>>,
     /// Slots for our own requests awaiting replies; closed when the connection closes.
-    outgoing: Semaphore,
+    outgoing: Arc<Semaphore>,
 }
 
 /// A handle on a running connection; cloning it shares the connection.
@@ -88,7 +97,7 @@ impl Connection {
             outbound,
             pending: Mutex::new(Pending { closed: false, waiting: HashMap::new() }),
             next_id: AtomicU64::new(1),
-            outgoing: Semaphore::new(IN_FLIGHT_REQUESTS_MAX),
+            outgoing: Arc::new(Semaphore::new(IN_FLIGHT_REQUESTS_MAX)),
             closed,
         });
         let connection = Connection { inner };
@@ -103,7 +112,7 @@ impl Connection {
 
     /// Sends a request and waits for its reply frame.
     pub async fn call(&self, header: Bytes, payload: Bytes) -> Result<Frame, ConnectionClosed> {
-        let Ok(_slot) = self.inner.outgoing.acquire().await else {
+        let Ok(slot) = self.inner.outgoing.clone().acquire_owned().await else {
             return Err(self.closed_error());
         };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
@@ -114,15 +123,17 @@ impl Connection {
                 drop(pending);
                 return Err(self.closed_error());
             }
-            let previous = pending.waiting.insert(id, sender);
+            let previous = pending.waiting.insert(id, Waiter { reply: sender, _slot: slot });
             assert!(previous.is_none(), "request ids are never reused on a connection");
         }
-        // If this future is dropped before the reply, forget the id so the table stays bounded.
-        let _forget = ForgetOnDrop { inner: &self.inner, id };
+        // Until the request is queued, giving up (or failing) must take its entry back: the peer
+        // will never answer a request it never got.
+        let mut unsent = Unsent { inner: &self.inner, id: Some(id) };
         let frame = Frame { kind: FrameKind::Request, id, header, payload };
         if self.inner.outbound.send(frame).await.is_err() {
             return Err(self.closed_error());
         }
+        unsent.id = None;
         match receiver.await {
             Ok(reply) => {
                 debug_assert_eq!(reply.id, id);
@@ -197,7 +208,7 @@ impl Connection {
                     let waiter = self.inner.pending.lock().expect("pending lock poisoned").waiting.remove(&frame.id);
                     match waiter {
                         // The caller may have given up; its reply is dropped.
-                        Some(waiter) => drop(waiter.send(frame)),
+                        Some(waiter) => drop(waiter.reply.send(frame)),
                         None => {
                             tracing::debug!(connection = %self.inner.name, id = frame.id, "reply to a forgotten request")
                         }
@@ -260,15 +271,17 @@ impl Connection {
     }
 }
 
-struct ForgetOnDrop<'a> {
+struct Unsent<'a> {
     inner: &'a Inner,
-    id: u64,
+    id: Option<u64>,
 }
 
-impl Drop for ForgetOnDrop<'_> {
+impl Drop for Unsent<'_> {
     fn drop(&mut self) {
-        if let Ok(mut pending) = self.inner.pending.lock() {
-            pending.waiting.remove(&self.id);
+        if let Some(id) = self.id
+            && let Ok(mut pending) = self.inner.pending.lock()
+        {
+            pending.waiting.remove(&id);
         }
     }
 }
@@ -336,5 +349,51 @@ mod tests {
         let reason = connection.closed().await;
         assert!(reason.contains("requests in flight"), "{reason}");
         assert!(waiting.await.unwrap().is_err());
+    }
+
+    /// Holds every request until released, counting how many it holds at once.
+    struct Gate {
+        open: Arc<tokio::sync::Notify>,
+    }
+
+    impl Service for Gate {
+        fn call(&self, request: Frame) -> BoxFuture<(Bytes, Bytes)> {
+            let open = self.open.clone();
+            Box::pin(async move {
+                open.notified().await;
+                (request.header, request.payload)
+            })
+        }
+    }
+
+    // Calls given up by their callers keep their slots while the peer still holds them, so a
+    // sender that abandons calls never overruns the peer's bound (which would cut it off), and
+    // its next call goes out once the peer answers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn abandoned_calls_keep_their_slots() {
+        let (left, right) = tokio::io::duplex(1 << 20);
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let caller = Connection::start(left, Arc::new(Echo), "caller".into());
+        let holder = Connection::start(right, Arc::new(Gate { open: gate.clone() }), "holder".into());
+        for _ in 0..IN_FLIGHT_REQUESTS_MAX {
+            let abandoned =
+                tokio::time::timeout(std::time::Duration::from_millis(1), caller.call(Bytes::new(), Bytes::new()))
+                    .await;
+            assert!(abandoned.is_err(), "the holder answers nothing yet");
+        }
+        let next = tokio::spawn({
+            let caller = caller.clone();
+            async move { caller.call(Bytes::from_static(b"next"), Bytes::new()).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!next.is_finished(), "no slot is free while the holder holds the abandoned calls");
+        assert!(!holder.is_closed(), "the holder was never sent more than the bound");
+        // Release the held requests (and the next one) until the next call has its reply.
+        while !next.is_finished() {
+            gate.notify_waiters();
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(next.await.unwrap().unwrap().header, Bytes::from_static(b"next"));
+        assert!(!holder.is_closed() && !caller.is_closed());
     }
 }

@@ -712,12 +712,16 @@ async fn open_reply(
     let handle = add_handle(inner, reservation, ino, flags).await?;
     let mut attr = opened.attr;
     if opened.needs_truncate {
-        // The open holds the inode now (its handle counts), so the truncate cannot meet a destroy.
+        // While the handle is registered its count keeps the inode; if the session closes meanwhile,
+        // the session's teardown takes the handle, and the truncate may then meet a destroy (ESTALE).
         match set_size(inner, ino, SetAttrIn { size: Some(0), ..SetAttrIn::default() }).await {
             Ok(truncated) => attr = truncated,
             Err(error) => {
-                session.handles.lock().expect("handles lock").map.remove(&handle);
-                release_handle(inner, ino).await?;
+                // Release only a handle still ours: a closed session's teardown released it already.
+                let ours = session.handles.lock().expect("handles lock").map.remove(&handle);
+                if ours.is_some() {
+                    release_handle(inner, ino).await?;
+                }
                 return Err(error);
             }
         }

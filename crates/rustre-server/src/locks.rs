@@ -1,6 +1,7 @@
-//! Per-inode data locks. A write, a truncate and a trim of one file's data object exclude each
-//! other and reads; reads share. This keeps the object and the recorded size in step: the
-//! writer that extends a file holds the lock from its object write to the commit of the new size.
+//! Per-inode data locks. Data writes and size changes (truncate, and the O_TRUNC of an open)
+//! of one file exclude each other and reads; reads share. This keeps the data object and the
+//! recorded size in step: a writer holds the lock from reading the size, through the object
+//! write, to the commit of the new size, so no size change can come in between.
 //!
 //! Entries exist only while someone holds or waits for them, so the table is bounded by the
 //! number of requests in flight.

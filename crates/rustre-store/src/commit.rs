@@ -10,8 +10,10 @@
 //! Replies: an operation that changed nothing, and ran before any change in its batch, is answered
 //! at once: it saw only committed state. Every other reply waits for the commit.
 //!
-//! Failure: a storage error aborts the batch, fails every operation in it with EIO, and stops the
-//! committer for good (fail-stop): the server must be restarted on a store it re-reads from disk.
+//! Failure: a storage error (in an operation or at commit) rolls the whole batch back, fails every
+//! operation of it still waiting for the commit, and stops the committer for good (fail-stop): the
+//! server must be restarted on a store it re-reads from disk. Operations answered at once saw only
+//! committed state and keep their answers.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -136,6 +138,7 @@ impl<S: Send + 'static> Committer<S> {
                 let outcome = match failure {
                     None => result,
                     Some(StoreError::Stopped) => Err(StoreError::Stopped),
+                    Some(StoreError::Aborted(reason)) => Err(StoreError::Aborted(reason.clone())),
                     Some(failure) => Err(StoreError::io("commit failed", std::io::Error::other(failure.to_string()))),
                 };
                 // The caller may have gone away; nothing to tell it then.
