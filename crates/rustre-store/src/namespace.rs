@@ -74,6 +74,14 @@ fn xattr_names(table: &impl ReadableTable<(u64, &'static [u8]), &'static [u8]>, 
     Ok(names)
 }
 
+fn list_orphans(table: &impl ReadableTable<u64, i64>) -> Result<Vec<u64>> {
+    let mut orphans = Vec::new();
+    for item in table.iter()? {
+        orphans.push(item?.0.value());
+    }
+    Ok(orphans)
+}
+
 fn xattr_list_bytes(names: &[Vec<u8>]) -> usize {
     names.iter().map(|name| name.len() + 1).sum()
 }
@@ -222,11 +230,7 @@ impl ReadNs {
 
     /// Inodes kept alive only by open handles.
     pub fn orphans(&self) -> Result<Vec<u64>> {
-        let mut orphans = Vec::new();
-        for item in self.orphans.iter()? {
-            orphans.push(item?.0.value());
-        }
-        Ok(orphans)
+        list_orphans(&self.orphans)
     }
 
     pub fn dirent_count(&self) -> Result<u64> {
@@ -852,11 +856,7 @@ impl<'txn> Ns<'txn> {
 
     /// Inodes left as orphans by an earlier run of the server.
     pub fn orphans(&self) -> Result<Vec<u64>> {
-        let mut orphans = Vec::new();
-        for item in self.orphans.iter()? {
-            orphans.push(item?.0.value());
-        }
-        Ok(orphans)
+        list_orphans(&self.orphans)
     }
 }
 
