@@ -194,11 +194,14 @@ impl File {
         loop {
             let piece = &data[done..(done + IO_SIZE_MAX as usize).min(data.len())];
             let op = Op::Write { handle: self.handle, offset: offset + done as u64 };
-            match self.client.call(op, Bytes::copy_from_slice(piece)).await?.0 {
+            let (header, _) = self.client.request(op, Bytes::copy_from_slice(piece)).await?;
+            match header.result? {
                 Reply::Written { len, attr } => {
                     if len as usize != piece.len() {
                         return Err(Error::new(Errno::EIO, format!("short write: {len} of {}", piece.len())));
                     }
+                    // The writer's own change: its reply leases the new attributes to this client.
+                    self.client.remember_attr(&attr, &header.grants);
                     self.attr = attr;
                 }
                 other => {

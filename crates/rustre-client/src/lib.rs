@@ -10,24 +10,30 @@
 //! # Ok(()) }
 //! ```
 
+mod cache;
 mod error;
 mod file;
+mod inode;
 mod path;
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use rustre_proto::frame::{Frame, FrameKind, encode_header, read_frame, write_frame};
-use rustre_proto::msg::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, READDIR_ENTRIES_MAX};
+use rustre_proto::msg::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
+use rustre_proto::pause::PausePoints;
 use rustre_proto::rpc::{BoxFuture, Connection, Service};
 use rustre_proto::{
     Attr, Callback, CallbackReply, Caller, DirEntry, Errno, FileKind, HELLO_MAGIC, Op, OpenFlags, RenameMode, Reply,
-    ReplyHeader, Request, SetAttrIn, StatFs, TimeSet, XattrMode,
+    ReplyHeader, Request, SetAttrIn, TimeSet, XattrMode,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Notify, watch};
 
+pub use cache::CACHE_ENTRIES_MAX;
 pub use error::{Error, Result};
 pub use file::{File, OpenOptions};
 pub use rustre_proto;
@@ -35,12 +41,16 @@ pub use rustre_proto::{Attr as Metadata, DirEntry as Entry};
 
 use path::{Walk, bytes, components};
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClientConfig {
     /// Reported to the server in the hello, for its logs.
     pub client_name: String,
     /// The identity stamped on requests (owner of what this client creates).
     pub caller: Caller,
+    /// Cache entries (leases) kept; beyond, the least recently used are given back to the server.
+    pub cache_entries_max: usize,
+    /// Pause points for tests that force races (unarmed, they cost one atomic load).
+    pub pause_points: Arc<PausePoints>,
 }
 
 impl Default for ClientConfig {
@@ -48,55 +58,155 @@ impl Default for ClientConfig {
         ClientConfig {
             client_name: format!("rustre-client pid {}", std::process::id()),
             caller: Caller { uid: rustix::process::getuid().as_raw(), gid: rustix::process::getgid().as_raw() },
+            cache_entries_max: cache::CACHE_ENTRIES_MAX,
+            pause_points: Arc::default(),
         }
     }
 }
 
-/// Counters of one client, readable at any time.
+/// Counters of one client, readable at any time (`Client::stats`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClientStats {
     pub requests_sent: u64,
+    /// Requests sent, by kind (only kinds sent at least once).
+    pub requests_by_kind: Vec<(&'static str, u64)>,
+    /// Lookups, stats and listings answered from the cache, and those that asked the server.
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    /// Lookups that waited for another task's identical lookup instead of sending their own.
+    pub lookups_shared: u64,
     pub callbacks_received: u64,
+    pub revocations_received: u64,
+    /// Time spent applying revocations (from arrival to cache updated), in total.
+    pub revocation_handling_micros: u64,
+    pub leases_held: u64,
+    pub leases_released: u64,
+}
+
+impl std::fmt::Display for ClientStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "requests sent: {}", self.requests_sent)?;
+        for (kind, count) in &self.requests_by_kind {
+            writeln!(f, "  {kind}: {count}")?;
+        }
+        writeln!(f, "cache hits: {}", self.cache_hits)?;
+        writeln!(f, "cache misses: {}", self.cache_misses)?;
+        writeln!(f, "lookups shared: {}", self.lookups_shared)?;
+        writeln!(f, "callbacks received: {}", self.callbacks_received)?;
+        writeln!(f, "revocations received: {}", self.revocations_received)?;
+        writeln!(f, "revocation handling: {} µs in total", self.revocation_handling_micros)?;
+        writeln!(f, "leases held: {}", self.leases_held)?;
+        write!(f, "leases released: {}", self.leases_released)
+    }
 }
 
 #[derive(Default)]
 struct Counters {
     requests_sent: AtomicU64,
+    requests_by_kind: [AtomicU64; Op::KIND_NAMES.len()],
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+    lookups_shared: AtomicU64,
     callbacks_received: AtomicU64,
+    revocations_received: AtomicU64,
+    revocation_handling_micros: AtomicU64,
+    leases_released: AtomicU64,
 }
+
+/// What the connection's reader task and the application tasks share.
+struct Shared {
+    cache: Mutex<cache::State>,
+    counters: Counters,
+    /// Set right after the connection starts; the reader may see a frame before that (it then
+    /// has no request of ours to order against).
+    connection: OnceLock<Connection>,
+    /// Wakes the task that gives leases back.
+    releases: Notify,
+    pause_points: Arc<PausePoints>,
+}
+
+impl Shared {
+    fn cache(&self) -> std::sync::MutexGuard<'_, cache::State> {
+        self.cache.lock().expect("cache lock")
+    }
+
+    fn hit(&self) {
+        self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn miss(&self) {
+        self.counters.cache_misses.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Where the tasks waiting for a shared lookup find its answer.
+type LookupAnswer = watch::Receiver<Option<Result<Attr>>>;
 
 struct Inner {
     connection: Connection,
     session: u64,
     server_name: String,
     caller: Caller,
-    counters: Arc<Counters>,
+    shared: Arc<Shared>,
+    /// (parent, name) -> the lookup in flight for it; other tasks wait for its answer.
+    lookups: Mutex<HashMap<(u64, Vec<u8>), LookupAnswer>>,
 }
 
-/// A session with a rustre server. Cloning shares the session.
+/// A session with a rustre server. Cloning shares the session (and its cache).
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
 }
 
-/// Answers the server's calls on our connection.
+/// Answers the server's calls on our connection, and sees our replies before their callers do.
+/// Both run in the reader task, in wire order (see `cache.rs`).
 struct CallbackService {
-    counters: Arc<Counters>,
+    shared: Arc<Shared>,
 }
 
 impl Service for CallbackService {
     fn call(&self, frame: Frame) -> BoxFuture<(Bytes, Bytes)> {
-        self.counters.callbacks_received.fetch_add(1, Ordering::Relaxed);
+        let shared = self.shared.clone();
+        shared.counters.callbacks_received.fetch_add(1, Ordering::Relaxed);
         let reply = match frame.decode_header::<Callback>() {
-            Ok(Callback::Ping { nonce }) => CallbackReply::Pong { nonce },
+            Ok(Callback::Ping { nonce }) => {
+                shared.cache().contact();
+                CallbackReply::Pong { nonce }
+            }
+            Ok(Callback::Revoke { leases }) => {
+                let started = std::time::Instant::now();
+                let next_request = shared.connection.get().map_or(1, Connection::next_request_id);
+                shared.cache().on_revoke(&leases, next_request);
+                shared.counters.revocations_received.fetch_add(1, Ordering::Relaxed);
+                let micros = started.elapsed().as_micros() as u64;
+                shared.counters.revocation_handling_micros.fetch_add(micros, Ordering::Relaxed);
+                if shared.cache().has_releases() {
+                    shared.releases.notify_one();
+                }
+                // The cache is updated already; only the acknowledgement may wait (in tests).
+                return Box::pin(async move {
+                    shared.pause_points.pause("client.revoke.before_ack").await;
+                    (encode_header(&CallbackReply::Revoked), Bytes::new())
+                });
+            }
             Err(error) => {
-                // An answer the server cannot match to a ping makes it disconnect us: the right
-                // outcome for a server speaking something we do not understand.
+                // An answer the server cannot use makes it disconnect us: the right outcome for a
+                // server speaking something we do not understand.
                 tracing::warn!(%error, "undecodable call from the server");
                 CallbackReply::Pong { nonce: u64::MAX }
             }
         };
         Box::pin(async move { (encode_header(&reply), Bytes::new()) })
+    }
+
+    fn observe_reply(&self, reply: &Frame) {
+        let Ok(header) = reply.decode_header::<ReplyHeader>() else { return };
+        let oldest_pending = self.shared.connection.get().and_then(Connection::oldest_pending_id);
+        let mut cache = self.shared.cache();
+        cache.on_reply(reply.id, &header.grants, oldest_pending);
+        if cache.has_releases() {
+            self.shared.releases.notify_one();
+        }
     }
 }
 
@@ -135,15 +245,38 @@ impl Client {
         stream.flush().await.map_err(|error| failed(&error))?;
         let frame = read_frame(&mut stream).await.map_err(|error| failed(&error))?;
         let reply: ReplyHeader = frame.decode_header().map_err(|error| failed(&error))?;
-        let (session, server_name) = match reply {
-            Ok(Reply::Hello { session, server_name, .. }) => (session, server_name),
+        let (session, server_name, lease_timeout_ms) = match reply.result {
+            Ok(Reply::Hello { session, server_name, lease_timeout_ms, .. }) => (session, server_name, lease_timeout_ms),
             Ok(other) => return Err(failed(&format!("unexpected reply {other:?}"))),
             Err(error) => return Err(Error::from(error).context(format!("hello to {peer}"))),
         };
-        let counters = Arc::new(Counters::default());
-        let service = Arc::new(CallbackService { counters: counters.clone() });
+        let validity = std::time::Duration::from_millis(lease_timeout_ms) / 2;
+        let shared = Arc::new(Shared {
+            cache: Mutex::new(cache::State::new(validity, config.cache_entries_max)),
+            counters: Counters::default(),
+            connection: OnceLock::new(),
+            releases: Notify::new(),
+            pause_points: config.pause_points.clone(),
+        });
+        let service = Arc::new(CallbackService { shared: shared.clone() });
         let connection = Connection::start(stream, service, format!("server {peer}"));
-        Ok(Client { inner: Arc::new(Inner { connection, session, server_name, caller: config.caller, counters }) })
+        assert!(shared.connection.set(connection.clone()).is_ok(), "the connection is set once");
+        let inner = Arc::new(Inner {
+            connection: connection.clone(),
+            session,
+            server_name,
+            caller: config.caller,
+            shared: shared.clone(),
+            lookups: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(give_leases_back(Arc::downgrade(&inner), shared.clone()));
+        tokio::spawn(async move {
+            connection.closed().await;
+            // A session that is gone holds no lease: nothing cached may be trusted.
+            shared.cache().disconnected();
+            shared.releases.notify_one();
+        });
+        Ok(Client { inner })
     }
 
     pub fn session(&self) -> u64 {
@@ -155,20 +288,49 @@ impl Client {
     }
 
     pub fn stats(&self) -> ClientStats {
+        let counters = &self.inner.shared.counters;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         ClientStats {
-            requests_sent: self.inner.counters.requests_sent.load(Ordering::Relaxed),
-            callbacks_received: self.inner.counters.callbacks_received.load(Ordering::Relaxed),
+            requests_sent: load(&counters.requests_sent),
+            requests_by_kind: Op::KIND_NAMES
+                .iter()
+                .zip(&counters.requests_by_kind)
+                .map(|(kind, count)| (*kind, load(count)))
+                .filter(|(_, count)| *count > 0)
+                .collect(),
+            cache_hits: load(&counters.cache_hits),
+            cache_misses: load(&counters.cache_misses),
+            lookups_shared: load(&counters.lookups_shared),
+            callbacks_received: load(&counters.callbacks_received),
+            revocations_received: load(&counters.revocations_received),
+            revocation_handling_micros: load(&counters.revocation_handling_micros),
+            leases_held: self.inner.shared.cache().leases_held() as u64,
+            leases_released: load(&counters.leases_released),
         }
     }
 
-    /// Ends the session: the server releases its handles.
+    /// Asserts the cache invariants of semantics.md (for tests; panics on a violation).
+    #[doc(hidden)]
+    pub fn check_cache_invariants(&self) {
+        self.inner.shared.cache().check_invariants();
+    }
+
+    /// The pause points this client stops at (for tests that force races).
+    #[doc(hidden)]
+    pub fn pause_points(&self) -> &PausePoints {
+        &self.inner.shared.pause_points
+    }
+
+    /// Ends the session: the server releases its handles and leases.
     pub fn close(&self) {
         self.inner.connection.close("client closed the session");
     }
 
-    /// Sends one request and waits for its reply.
-    pub async fn call(&self, op: Op, payload: Bytes) -> Result<(Reply, Bytes)> {
-        self.inner.counters.requests_sent.fetch_add(1, Ordering::Relaxed);
+    /// Sends one request; returns its reply header (with grants) and payload.
+    pub(crate) async fn request(&self, op: Op, payload: Bytes) -> Result<(ReplyHeader, Bytes)> {
+        let counters = &self.inner.shared.counters;
+        counters.requests_sent.fetch_add(1, Ordering::Relaxed);
+        counters.requests_by_kind[op.kind_index()].fetch_add(1, Ordering::Relaxed);
         let kind = op.kind_name();
         let header = encode_header(&Request { caller: self.inner.caller, op });
         let frame = self
@@ -180,132 +342,13 @@ impl Client {
         let reply: ReplyHeader = frame
             .decode_header()
             .map_err(|error| Error::new(Errno::EPROTO, format!("undecodable reply to {kind}: {error}")))?;
-        Ok((reply?, frame.payload))
+        Ok((reply, frame.payload))
     }
 
-    // ---- inode-level API: one request each ----
-
-    pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
-        rustre_proto::name::validate_name(name)?;
-        expect_entry(self.call(Op::Lookup { parent, name: name.to_vec() }, Bytes::new()).await?)
-    }
-
-    pub async fn getattr(&self, ino: u64) -> Result<Attr> {
-        expect_attr(self.call(Op::GetAttr { ino }, Bytes::new()).await?)
-    }
-
-    pub async fn setattr(&self, ino: u64, set: SetAttrIn) -> Result<Attr> {
-        expect_attr(self.call(Op::SetAttr { ino, set }, Bytes::new()).await?)
-    }
-
-    /// Opens `name` in `parent` in one atomic server step (creating it if `flags` say so).
-    pub async fn open_at(&self, parent: u64, name: &[u8], flags: OpenFlags, perm: u32) -> Result<File> {
-        rustre_proto::name::validate_name(name)?;
-        let reply = self.call(Op::Open { parent, name: name.to_vec(), flags, perm }, Bytes::new()).await?;
-        self.opened(reply, flags)
-    }
-
-    pub async fn open_ino(&self, ino: u64, flags: OpenFlags) -> Result<File> {
-        let reply = self.call(Op::OpenIno { ino, flags }, Bytes::new()).await?;
-        self.opened(reply, flags)
-    }
-
-    fn opened(&self, reply: (Reply, Bytes), flags: OpenFlags) -> Result<File> {
-        match reply.0 {
-            Reply::Opened { handle, attr, created } => Ok(File::new(self.clone(), handle, attr, created, flags)),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    pub async fn mkdir_at(&self, parent: u64, name: &[u8], perm: u32) -> Result<Attr> {
-        rustre_proto::name::validate_name(name)?;
-        expect_entry(self.call(Op::Mkdir { parent, name: name.to_vec(), perm }, Bytes::new()).await?)
-    }
-
-    pub async fn unlink_at(&self, parent: u64, name: &[u8]) -> Result<()> {
-        rustre_proto::name::validate_name(name)?;
-        expect_done(self.call(Op::Unlink { parent, name: name.to_vec() }, Bytes::new()).await?)
-    }
-
-    pub async fn rmdir_at(&self, parent: u64, name: &[u8]) -> Result<()> {
-        rustre_proto::name::validate_name(name)?;
-        expect_done(self.call(Op::Rmdir { parent, name: name.to_vec() }, Bytes::new()).await?)
-    }
-
-    pub async fn rename_at(
-        &self,
-        parent: u64,
-        name: &[u8],
-        new_parent: u64,
-        new_name: &[u8],
-        mode: RenameMode,
-    ) -> Result<()> {
-        rustre_proto::name::validate_name(name)?;
-        rustre_proto::name::validate_name(new_name)?;
-        let op = Op::Rename { parent, name: name.to_vec(), new_parent, new_name: new_name.to_vec(), mode };
-        expect_done(self.call(op, Bytes::new()).await?)
-    }
-
-    pub async fn link_at(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> Result<Attr> {
-        rustre_proto::name::validate_name(new_name)?;
-        expect_entry(self.call(Op::Link { ino, new_parent, new_name: new_name.to_vec() }, Bytes::new()).await?)
-    }
-
-    pub async fn symlink_at(&self, parent: u64, name: &[u8], target: &[u8]) -> Result<Attr> {
-        rustre_proto::name::validate_name(name)?;
-        let op = Op::Symlink { parent, name: name.to_vec(), target: target.to_vec() };
-        expect_entry(self.call(op, Bytes::new()).await?)
-    }
-
-    pub async fn readlink_ino(&self, ino: u64) -> Result<Vec<u8>> {
-        match self.call(Op::Readlink { ino }, Bytes::new()).await?.0 {
-            Reply::Target { target } => Ok(target),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    /// One page of a directory: entries after `cookie` (0 starts), and whether it is the last.
-    pub async fn read_dir_page(
-        &self,
-        ino: u64,
-        cookie: u64,
-        max_entries: u32,
-        with_attrs: bool,
-    ) -> Result<(Vec<DirEntry>, bool)> {
-        match self.call(Op::ReadDir { ino, cookie, max_entries, with_attrs }, Bytes::new()).await?.0 {
-            Reply::Entries { entries, end } => Ok((entries, end)),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    pub async fn statfs(&self) -> Result<StatFs> {
-        match self.call(Op::StatFs, Bytes::new()).await?.0 {
-            Reply::StatFs { statfs } => Ok(statfs),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    pub async fn getxattr_ino(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
-        match self.call(Op::GetXattr { ino, name: name.to_vec() }, Bytes::new()).await? {
-            (Reply::Xattr, value) => Ok(value.to_vec()),
-            (other, _) => Err(unexpected(&other)),
-        }
-    }
-
-    pub async fn setxattr_ino(&self, ino: u64, name: &[u8], value: &[u8], mode: XattrMode) -> Result<()> {
-        let op = Op::SetXattr { ino, name: name.to_vec(), mode };
-        expect_done(self.call(op, Bytes::copy_from_slice(value)).await?)
-    }
-
-    pub async fn listxattr_ino(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
-        match self.call(Op::ListXattr { ino }, Bytes::new()).await?.0 {
-            Reply::XattrNames { names } => Ok(names),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    pub async fn removexattr_ino(&self, ino: u64, name: &[u8]) -> Result<()> {
-        expect_done(self.call(Op::RemoveXattr { ino, name: name.to_vec() }, Bytes::new()).await?)
+    /// Sends one request and waits for its reply (no caching).
+    pub async fn call(&self, op: Op, payload: Bytes) -> Result<(Reply, Bytes)> {
+        let (header, payload) = self.request(op, payload).await?;
+        Ok((header.result?, payload))
     }
 
     // ---- path API ----
@@ -570,22 +613,6 @@ impl Client {
         self.read_dir_ino(attr.ino, true).await.map_err(|error| error.context(format!("readdir {}", path.display())))
     }
 
-    pub async fn read_dir_ino(&self, ino: u64, with_attrs: bool) -> Result<Vec<DirEntry>> {
-        let mut entries = Vec::new();
-        let mut cookie = 0;
-        loop {
-            let (page, end) = self.read_dir_page(ino, cookie, READDIR_ENTRIES_MAX, with_attrs).await?;
-            if let Some(last) = page.last() {
-                assert!(last.cookie > cookie, "cookies grow along a directory");
-                cookie = last.cookie;
-            }
-            entries.extend(page);
-            if end {
-                return Ok(entries);
-            }
-        }
-    }
-
     async fn setattr_path(&self, verb: &str, path: &Path, set: SetAttrIn) -> Result<Attr> {
         let attr = self.stat(path).await?;
         self.setattr(attr.ino, set).await.map_err(|error| error.context(format!("{verb} {}", path.display())))
@@ -645,27 +672,33 @@ fn ignore_enoent(error: Error) -> Result<()> {
     if error.errno == Errno::ENOENT { Ok(()) } else { Err(error) }
 }
 
-fn unexpected(reply: &Reply) -> Error {
-    Error::new(Errno::EPROTO, format!("unexpected reply {reply:?}"))
-}
-
-fn expect_entry((reply, _): (Reply, Bytes)) -> Result<Attr> {
-    match reply {
-        Reply::Entry { attr } => Ok(attr),
-        other => Err(unexpected(&other)),
+/// Gives leases the cache dropped back to the server, in batches, until the session ends.
+async fn give_leases_back(inner: std::sync::Weak<Inner>, shared: Arc<Shared>) {
+    loop {
+        shared.releases.notified().await;
+        loop {
+            let batch = shared.cache().take_releases();
+            if batch.is_empty() {
+                break;
+            }
+            let Some(inner) = inner.upgrade() else { return };
+            let client = Client { inner };
+            let count = batch.len() as u64;
+            if client.call(Op::ReleaseLeases { leases: batch }, Bytes::new()).await.is_err() {
+                return; // the session is gone, and its leases with it
+            }
+            shared.counters.leases_released.fetch_add(count, Ordering::Relaxed);
+        }
+        if inner.strong_count() == 0 {
+            return;
+        }
     }
 }
 
-fn expect_attr((reply, _): (Reply, Bytes)) -> Result<Attr> {
-    match reply {
-        Reply::Attr { attr } => Ok(attr),
-        other => Err(unexpected(&other)),
-    }
-}
-
-fn expect_done((reply, _): (Reply, Bytes)) -> Result<()> {
-    match reply {
-        Reply::Done => Ok(()),
-        other => Err(unexpected(&other)),
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle on the session is gone (files hold one too): end it, so the server
+        // releases its handles and leases rather than keep them for a client nobody uses.
+        self.connection.close("client dropped");
     }
 }

@@ -62,7 +62,8 @@ impl Walk {
 impl Client {
     /// Walks `pending` from `walk`, following every symlink met (and the last component's when
     /// `follow_last`). Returns the attributes of what the path names and leaves `walk` at the
-    /// directory holding it.
+    /// directory holding it. Inner components need only their cached names (inode and kind:
+    /// a kind never changes), so a warm walk sends nothing.
     pub(crate) async fn walk(
         &self,
         walk: &mut Walk,
@@ -70,46 +71,46 @@ impl Client {
         follow_last: bool,
     ) -> Result<Attr> {
         let mut followed = 0;
-        let mut current = self.getattr(walk.directory()).await?;
         while let Some(component) = pending.pop_front() {
-            if current.kind != FileKind::Directory {
-                return Err(Errno::ENOTDIR.into());
-            }
             let name = match component {
                 Component::Parent => {
                     walk.up();
-                    current = self.getattr(walk.directory()).await?;
                     continue;
                 }
                 Component::Name(name) => name,
             };
-            let attr = self.lookup(walk.directory(), &name).await?;
             let last = pending.is_empty();
-            if attr.kind == FileKind::Symlink && (!last || follow_last) {
+            let (ino, kind, attr) = if last {
+                let attr = self.lookup(walk.directory(), &name).await?;
+                (attr.ino, attr.kind, Some(attr))
+            } else {
+                let (ino, kind) = self.resolve_name(walk.directory(), &name).await?;
+                (ino, kind, None)
+            };
+            if kind == FileKind::Symlink && (!last || follow_last) {
                 followed += 1;
                 if followed > SYMLINKS_FOLLOWED_MAX {
                     return Err(Errno::ELOOP.into());
                 }
-                let target = self.readlink_ino(attr.ino).await?;
+                let target = self.readlink_ino(ino).await?;
                 if target.starts_with(b"/") {
                     *walk = Walk::root();
                 }
                 let mut spliced = components(&target);
                 spliced.extend(pending);
                 pending = spliced;
-                current = self.getattr(walk.directory()).await?;
                 continue;
             }
-            if last {
+            if let Some(attr) = attr {
                 return Ok(attr);
             }
-            if attr.kind != FileKind::Directory {
+            if kind != FileKind::Directory {
                 return Err(Errno::ENOTDIR.into());
             }
-            walk.stack.push(attr.ino);
-            current = attr;
+            walk.stack.push(ino);
         }
-        Ok(current)
+        // The path ends on a directory of the walk ("/", "a/..", or a symlink to a directory).
+        self.getattr(walk.directory()).await
     }
 
     /// Resolves a whole path, honouring a trailing slash.

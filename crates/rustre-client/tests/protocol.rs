@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use rustre_proto::frame::{Frame, FrameKind, read_frame, write_frame};
+use rustre_proto::msg::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
 use rustre_proto::{Caller, Errno, HELLO_MAGIC, Op, Reply, ReplyHeader, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -22,9 +23,9 @@ fn hello(version_min: u16, version_max: u16) -> Frame {
 /// Connects a raw socket and completes the hello, so later bytes reach a live session.
 async fn raw_session(address: &str) -> TcpStream {
     let mut stream = TcpStream::connect(address).await.unwrap();
-    write_frame(&mut stream, &hello(1, 1)).await.unwrap();
+    write_frame(&mut stream, &hello(PROTOCOL_VERSION_MIN, PROTOCOL_VERSION_MAX)).await.unwrap();
     let reply: ReplyHeader = read_frame(&mut stream).await.unwrap().decode_header().unwrap();
-    assert!(matches!(reply, Ok(Reply::Hello { .. })), "{reply:?}");
+    assert!(matches!(reply.result, Ok(Reply::Hello { .. })), "{reply:?}");
     stream
 }
 
@@ -54,10 +55,10 @@ async fn malformed_input_closes_only_that_connection() {
     let mut oversized = Vec::new();
     oversized.extend_from_slice(&u32::MAX.to_le_bytes());
     let mut bad_kind = Vec::new();
-    write_frame(&mut bad_kind, &hello(1, 1)).await.unwrap();
+    write_frame(&mut bad_kind, &hello(PROTOCOL_VERSION_MIN, PROTOCOL_VERSION_MAX)).await.unwrap();
     bad_kind[4] = 7;
     let mut header_too_long = Vec::new();
-    write_frame(&mut header_too_long, &hello(1, 1)).await.unwrap();
+    write_frame(&mut header_too_long, &hello(PROTOCOL_VERSION_MIN, PROTOCOL_VERSION_MAX)).await.unwrap();
     header_too_long[13..17].copy_from_slice(&10_000u32.to_le_bytes());
     let mut seeded = 0x2545_f491_4f6c_dd1du64;
     let random: Vec<u8> = (0..4096)
@@ -112,12 +113,12 @@ async fn an_undecodable_header_gets_eproto_and_the_session_goes_on() {
     let reply = read_frame(&mut stream).await.unwrap();
     assert_eq!(reply.id, 9);
     let reply: ReplyHeader = reply.decode_header().unwrap();
-    assert_eq!(reply.unwrap_err().errno, Errno::EPROTO);
+    assert_eq!(reply.result.unwrap_err().errno, Errno::EPROTO);
     let lookup = Request { caller: Caller::default(), op: Op::GetAttr { ino: rustre_proto::ROOT_INO } };
     write_frame(&mut stream, &Frame::new(FrameKind::Request, 10, &lookup, Bytes::new())).await.unwrap();
     let reply = read_frame(&mut stream).await.unwrap();
     assert_eq!(reply.id, 10);
-    assert!(matches!(reply.decode_header::<ReplyHeader>().unwrap(), Ok(Reply::Attr { .. })));
+    assert!(matches!(reply.decode_header::<ReplyHeader>().unwrap().result, Ok(Reply::Attr { .. })));
 }
 
 // The hello is checked: a request before it, a wrong magic, or no common version is refused.
@@ -141,7 +142,7 @@ async fn the_hello_is_checked() {
     let mut stream = TcpStream::connect(&server.address).await.unwrap();
     write_frame(&mut stream, &hello(50, 60)).await.unwrap();
     let reply: ReplyHeader = read_frame(&mut stream).await.unwrap().decode_header().unwrap();
-    let error = reply.unwrap_err();
+    let error = reply.result.unwrap_err();
     assert_eq!(error.errno, Errno::EPROTO);
     assert!(error.message.contains("no common protocol version"), "{}", error.message);
     assert_closed_by_server(&mut stream).await;

@@ -6,6 +6,7 @@ pub mod errno;
 pub mod frame;
 pub mod msg;
 pub mod name;
+pub mod pause;
 pub mod rpc;
 
 pub use errno::Errno;

@@ -11,9 +11,10 @@ use crate::Errno;
 /// The inode id of the root directory.
 pub const ROOT_INO: u64 = 1;
 
-/// Protocol versions this build speaks, inclusive.
-pub const PROTOCOL_VERSION_MIN: u16 = 1;
-pub const PROTOCOL_VERSION_MAX: u16 = 1;
+/// Protocol versions this build speaks, inclusive. Version 2 added leases (grants in every
+/// reply header, revocations, releases); nothing speaking version 1 was ever released.
+pub const PROTOCOL_VERSION_MIN: u16 = 2;
+pub const PROTOCOL_VERSION_MAX: u16 = 2;
 
 /// Sent in `Hello` to recognise a rustre peer before anything else is believed.
 pub const HELLO_MAGIC: u32 = 0x5253_5452; // "RSTR"
@@ -291,6 +292,11 @@ pub enum Op {
         ino: u64,
         name: Vec<u8>,
     },
+    /// The client no longer caches these (evicted from its bounded cache). A grant newer than
+    /// the id given is kept. Answered with `Done`.
+    ReleaseLeases {
+        leases: Vec<Grant>,
+    },
 }
 
 impl Op {
@@ -320,7 +326,42 @@ impl Op {
             Op::SetXattr { .. } => "setxattr",
             Op::ListXattr { .. } => "listxattr",
             Op::RemoveXattr { .. } => "removexattr",
+            Op::ReleaseLeases { .. } => "release_leases",
         }
+    }
+
+    /// Every kind, in variant order, for per-kind counters.
+    pub const KIND_NAMES: [&'static str; 24] = [
+        "hello",
+        "lookup",
+        "getattr",
+        "setattr",
+        "open",
+        "open_ino",
+        "close",
+        "read",
+        "write",
+        "fsync",
+        "mkdir",
+        "rmdir",
+        "unlink",
+        "rename",
+        "link",
+        "symlink",
+        "readlink",
+        "readdir",
+        "statfs",
+        "getxattr",
+        "setxattr",
+        "listxattr",
+        "removexattr",
+        "release_leases",
+    ];
+
+    /// The position of this op's kind in `KIND_NAMES`.
+    pub fn kind_index(&self) -> usize {
+        let name = self.kind_name();
+        Op::KIND_NAMES.iter().position(|kind| *kind == name).expect("every kind is listed")
     }
 }
 
@@ -354,6 +395,9 @@ pub enum Reply {
         session: u64,
         root: Attr,
         server_name: String,
+        /// A client that does not acknowledge a revocation within this many milliseconds is
+        /// evicted; a client stops trusting its cache well before this long without news.
+        lease_timeout_ms: u64,
     },
     /// Lookup, mkdir, symlink, link: the inode now at that name.
     Entry {
@@ -401,17 +445,50 @@ pub struct WireError {
     pub message: String,
 }
 
-/// The header of every reply to a `Request`.
-pub type ReplyHeader = Result<Reply, WireError>;
+/// The header of every reply to a `Request`: the outcome, and the leases granted with it (a
+/// failed lookup grants a negative name lease).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReplyHeader {
+    pub result: Result<Reply, WireError>,
+    pub grants: Vec<Grant>,
+}
+
+impl ReplyHeader {
+    pub fn new(result: Result<Reply, WireError>) -> ReplyHeader {
+        ReplyHeader { result, grants: Vec::new() }
+    }
+}
+
+/// What a lease covers. See ARCHITECTURE.md, "Leases".
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum LeaseKey {
+    /// The binding of `name` in directory `parent`: which inode it names, or that it is absent.
+    Name { parent: u64, name: Vec<u8> },
+    /// Every attribute of an inode.
+    Attr { ino: u64 },
+    /// The set of entries of a directory (its listing).
+    Listing { ino: u64 },
+}
+
+/// A lease: the right to cache what `key` covers until the server revokes lease `id` (or a later
+/// one on the same key). Ids only grow on a server.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Grant {
+    pub key: LeaseKey,
+    pub id: u64,
+}
 
 /// A request from server to client, on the same connection.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Callback {
     /// Liveness check; the client answers `Pong` with the same nonce.
     Ping { nonce: u64 },
+    /// Stop caching what these leases cover (each up to its id), then answer `Revoked`.
+    Revoke { leases: Vec<Grant> },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum CallbackReply {
     Pong { nonce: u64 },
+    Revoked,
 }

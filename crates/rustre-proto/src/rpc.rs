@@ -40,9 +40,17 @@ pub const OUTBOUND_QUEUE_DEPTH: usize = 1024;
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// What one side does with the requests its peer sends.
+///
+/// Ordering: `call` itself (before its future first runs) and `observe_reply` run in the
+/// connection's reader task, one frame at a time, in the order the frames arrived. So what they do
+/// synchronously (the client applying a lease revocation, or the grants of a reply, to its cache)
+/// happens in wire order. They must not block.
 pub trait Service: Send + Sync + 'static {
     /// Handles one request frame and returns the reply's header and payload.
     fn call(&self, request: Frame) -> BoxFuture<(Bytes, Bytes)>;
+
+    /// Sees each reply to one of our own requests before its caller does.
+    fn observe_reply(&self, _reply: &Frame) {}
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -164,6 +172,16 @@ impl Connection {
         self.inner.outgoing.close();
     }
 
+    /// The id every request sent from now on will be above (for ordering checks by callers).
+    pub fn next_request_id(&self) -> u64 {
+        self.inner.next_id.load(Ordering::Relaxed)
+    }
+
+    /// The smallest id of our requests still awaiting a reply, if any.
+    pub fn oldest_pending_id(&self) -> Option<u64> {
+        self.inner.pending.lock().expect("pending lock poisoned").waiting.keys().min().copied()
+    }
+
     pub fn is_closed(&self) -> bool {
         self.inner.closed.borrow().is_some()
     }
@@ -205,6 +223,7 @@ impl Connection {
             };
             match frame.kind {
                 FrameKind::Reply => {
+                    service.observe_reply(&frame);
                     let waiter = self.inner.pending.lock().expect("pending lock poisoned").waiting.remove(&frame.id);
                     match waiter {
                         // The caller may have given up; its reply is dropped.
@@ -219,13 +238,14 @@ impl Connection {
                         tracing::warn!(connection = %self.inner.name, "dropping connection: peer exceeded {IN_FLIGHT_REQUESTS_MAX} requests in flight");
                         break format!("peer exceeded {IN_FLIGHT_REQUESTS_MAX} requests in flight");
                     };
-                    let service = service.clone();
+                    let id = frame.id;
+                    // The synchronous part of the handler runs here, in wire order.
+                    let handler = service.call(frame);
                     let connection = self.clone();
                     tokio::spawn(async move {
-                        let id = frame.id;
                         // The handler runs in a task of its own so that a panic in it (a bug) is
                         // caught here: its caller would otherwise wait for a reply forever.
-                        let handled = tokio::spawn(service.call(frame)).await;
+                        let handled = tokio::spawn(handler).await;
                         drop(permit);
                         match handled {
                             Ok((header, payload)) => {

@@ -11,6 +11,7 @@
 //!   Order: an inode lock may be held while waiting for the commit thread; the commit thread
 //!   never waits for an inode lock. So no cycle, no deadlock.
 
+mod leases;
 mod locks;
 
 use std::collections::HashMap;
@@ -26,14 +27,15 @@ use rustre_proto::frame::{Frame, FrameKind, encode_header, read_frame, write_fra
 use rustre_proto::msg::{FILE_SIZE_MAX, IO_SIZE_MAX, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
 use rustre_proto::rpc::{BoxFuture, Connection, Service};
 use rustre_proto::{
-    Attr, Callback, CallbackReply, Errno, FileKind, HELLO_MAGIC, Op, OpenFlags, ROOT_INO, Reply, ReplyHeader, Request,
-    SetAttrIn, StatFs, WireError,
+    Attr, Callback, CallbackReply, Errno, FileKind, Grant, HELLO_MAGIC, LeaseKey, Op, OpenFlags, ROOT_INO, RenameMode,
+    Reply, ReplyHeader, Request, SetAttrIn, StatFs, WireError,
 };
 use rustre_store::{Committer, Ns, Opened, Store, StoreError};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::leases::{Change, Leases, ReadTicket};
 use crate::locks::InodeLocks;
 
 /// Open handles one session may hold by default; the next open gets EMFILE.
@@ -48,7 +50,11 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Name reported in the hello reply.
     pub server_name: String,
-    /// How often the server pings each client on its connection.
+    /// A client that does not acknowledge a revocation within this is evicted (its leases are
+    /// dropped, its connection closed) and the change goes on.
+    pub lease_timeout: Duration,
+    /// How often the server pings each client on its connection (the heartbeat that keeps a
+    /// client's cache trusted; it must be well below `lease_timeout`).
     pub ping_interval: Duration,
     /// A client that does not answer a ping within this is disconnected.
     pub ping_timeout: Duration,
@@ -62,8 +68,9 @@ impl ServerConfig {
         ServerConfig {
             data_dir: data_dir.into(),
             server_name: format!("rustre {}", env!("CARGO_PKG_VERSION")),
-            ping_interval: Duration::from_secs(10),
-            ping_timeout: Duration::from_secs(30),
+            lease_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(1),
+            ping_timeout: Duration::from_secs(5),
             handles_per_session_max: HANDLES_PER_SESSION_MAX,
             clock: Arc::new(SystemClock),
         }
@@ -77,6 +84,26 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("listening on {address}: {source}")]
     Listen { address: String, source: std::io::Error },
+}
+
+/// Lease figures of a server since it opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeaseStats {
+    /// Revocations acknowledged.
+    pub revocations: u64,
+    /// Their total round-trip time, in microseconds.
+    pub revocation_micros: u64,
+    /// Clients evicted for not acknowledging in time.
+    pub evictions: u64,
+    /// Keys the lease table tracks now.
+    pub tracked_keys: usize,
+}
+
+#[derive(Default)]
+struct ServerCounters {
+    revocations: AtomicU64,
+    revocation_micros: AtomicU64,
+    evictions: AtomicU64,
 }
 
 /// Open handles per inode, owned by the commit thread.
@@ -144,6 +171,8 @@ struct Inner {
     committer: Committer<OpenCounts>,
     locks: InodeLocks,
     sessions: Mutex<HashMap<u64, Connection>>,
+    leases: Leases,
+    counters: Arc<ServerCounters>,
     next_session: AtomicU64,
     shutdown: watch::Sender<bool>,
 }
@@ -181,6 +210,8 @@ impl Server {
                 committer,
                 locks: InodeLocks::default(),
                 sessions: Mutex::new(HashMap::new()),
+                leases: Leases::default(),
+                counters: Arc::default(),
                 next_session: AtomicU64::new(boot << 32),
                 shutdown,
             }),
@@ -251,6 +282,8 @@ impl Server {
         let reason = connection.closed().await;
         pinger.abort();
         self.inner.sessions.lock().expect("sessions lock").remove(&session_id);
+        // A session that is gone caches nothing any more.
+        self.inner.leases.drop_session(session_id);
         let released = close_session_handles(&self.inner, &session).await;
         tracing::info!(%peer, session = format_args!("{session_id:#x}"), released, %reason, "session closed");
     }
@@ -273,7 +306,7 @@ impl Server {
             let message = format!(
                 "no common protocol version: client speaks {version_min}..={version_max}, server {PROTOCOL_VERSION_MIN}..={PROTOCOL_VERSION_MAX}"
             );
-            let reply: ReplyHeader = Err(WireError { errno: Errno::EPROTO, message: message.clone() });
+            let reply = ReplyHeader::new(Err(WireError { errno: Errno::EPROTO, message: message.clone() }));
             let _ = write_frame(stream, &Frame::new(FrameKind::Reply, frame.id, &reply, Bytes::new())).await;
             let _ = stream.flush().await;
             return Err(message);
@@ -285,8 +318,13 @@ impl Server {
             .and_then(|ns| ns.getattr(ROOT_INO))
             .map_err(|error| format!("reading root: {error}"))?;
         let session = self.inner.next_session.fetch_add(1, Ordering::Relaxed) + 1;
-        let reply: ReplyHeader =
-            Ok(Reply::Hello { version, session, root, server_name: self.inner.config.server_name.clone() });
+        let reply = ReplyHeader::new(Ok(Reply::Hello {
+            version,
+            session,
+            root,
+            server_name: self.inner.config.server_name.clone(),
+            lease_timeout_ms: self.inner.config.lease_timeout.as_millis() as u64,
+        }));
         write_frame(stream, &Frame::new(FrameKind::Reply, frame.id, &reply, Bytes::new()))
             .await
             .map_err(|error| format!("answering hello: {error}"))?;
@@ -311,6 +349,21 @@ impl Server {
     /// What the commit thread has done (operations, batches, fsyncs) since the server opened.
     pub fn commit_stats(&self) -> rustre_store::CommitStats {
         self.inner.committer.stats()
+    }
+
+    /// Lease figures since the server opened.
+    pub fn lease_stats(&self) -> LeaseStats {
+        LeaseStats {
+            revocations: self.inner.counters.revocations.load(Ordering::Relaxed),
+            revocation_micros: self.inner.counters.revocation_micros.load(Ordering::Relaxed),
+            evictions: self.inner.counters.evictions.load(Ordering::Relaxed),
+            tracked_keys: self.inner.leases.tracked_keys(),
+        }
+    }
+
+    /// Leases a session holds now.
+    pub fn leases_held(&self, session: u64) -> usize {
+        self.inner.leases.held_by(session)
     }
 
     pub fn session_count(&self) -> usize {
@@ -387,17 +440,110 @@ async fn close_session_handles(inner: &Arc<Inner>, session: &Session) -> usize {
 }
 
 /// Drops one open of `ino`; the last one destroys an unlinked inode.
-async fn release_handle(inner: &Inner, ino: u64) -> Result<(), StoreError> {
-    inner
+async fn release_handle(inner: &Arc<Inner>, ino: u64) -> Result<(), StoreError> {
+    let ticket = inner.leases.begin_read();
+    let (result, _) = apply(inner, ticket, move |ns, opens, _| {
+        if opens.release(ino) {
+            ns.newly_unlinked.extend(ns.inode(ino)?.filter(|record| record.nlink == 0).map(|_| ino));
+            reap(ns, opens)?;
+        }
+        Ok(())
+    })
+    .await;
+    result
+}
+
+/// Runs a change on the commit thread inside the lease protocol (see `leases.rs`): the keys the
+/// change touched are marked on the commit thread before its batch commits; after the commit
+/// their leases are revoked (holders that do not answer in time are evicted), and the change
+/// completes. `operation` may observe keys on `ticket` (it runs where changes are ordered); the
+/// ticket comes back, knowing the change's own keys, so the reply can grant leases on them.
+///
+/// Returns the operation's result and the ticket (none if the batch itself failed).
+async fn apply<T, F>(
+    inner: &Arc<Inner>,
+    ticket: ReadTicket,
+    operation: F,
+) -> (Result<T, StoreError>, Option<ReadTicket>)
+where
+    T: Send + 'static,
+    F: for<'txn> FnOnce(&mut Ns<'txn>, &mut OpenCounts, &mut ReadTicket) -> Result<T, StoreError> + Send + 'static,
+{
+    let leases = inner.leases.clone();
+    let marked: Arc<Mutex<Option<Change>>> = Arc::default();
+    let slot = marked.clone();
+    let outcome = inner
         .committer
         .run(move |ns, opens| {
-            if opens.release(ino) {
-                ns.newly_unlinked.extend(ns.inode(ino)?.filter(|record| record.nlink == 0).map(|_| ino));
-                reap(ns, opens)?;
+            let mut ticket = ticket;
+            let before = ns.mutation_count();
+            let result = operation(ns, opens, &mut ticket);
+            let touched = std::mem::take(&mut ns.touched);
+            if !touched.is_empty() {
+                let change = leases.mark(touched);
+                ticket.own_change(&change);
+                *slot.lock().expect("change slot") = Some(change);
             }
-            Ok(())
+            match result {
+                Ok(value) => Ok((Ok(value), ticket)),
+                Err(StoreError::Fs(errno)) => {
+                    assert_eq!(ns.mutation_count(), before, "an operation that answers {errno:?} changes nothing");
+                    Ok((Err(StoreError::Fs(errno)), ticket))
+                }
+                // A failure of the store itself: the committer rolls the whole batch back.
+                Err(failure) => Err(failure),
+            }
         })
-        .await
+        .await;
+    let change = marked.lock().expect("change slot").take();
+    if let Some(change) = change {
+        // Even if the batch failed, the holders are out of the table: they must drop their copies.
+        revoke(inner, &change).await;
+        inner.leases.complete(&change);
+    }
+    match outcome {
+        Ok((result, ticket)) => (result, Some(ticket)),
+        Err(failure) => (Err(failure), None),
+    }
+}
+
+/// Sends each holder its revocations and waits for the acknowledgements, all sessions at once.
+/// A session that does not answer within the lease timeout is evicted: its connection is closed
+/// and its leases dropped, and the change goes on.
+async fn revoke(inner: &Arc<Inner>, change: &Change) {
+    let mut waiting = tokio::task::JoinSet::new();
+    for (&session, grants) in &change.revocations {
+        let connection = inner.sessions.lock().expect("sessions lock").get(&session).cloned();
+        let Some(connection) = connection else {
+            continue; // the session is gone, and its leases with it
+        };
+        let header = encode_header(&Callback::Revoke { leases: grants.clone() });
+        let timeout = inner.config.lease_timeout;
+        let leases = inner.leases.clone();
+        let counters = inner.counters.clone();
+        waiting.spawn(async move {
+            let started = tokio::time::Instant::now();
+            let answer = tokio::time::timeout(timeout, connection.call(header, Bytes::new())).await;
+            let reason = match answer {
+                Ok(Ok(reply)) => match reply.decode_header::<CallbackReply>() {
+                    Ok(CallbackReply::Revoked) => {
+                        counters.revocations.fetch_add(1, Ordering::Relaxed);
+                        counters.revocation_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                        return;
+                    }
+                    other => format!("wrong answer to a revocation: {other:?}"),
+                },
+                // Closed meanwhile: its leases are gone with it.
+                Ok(Err(_)) => return,
+                Err(_) => format!("no acknowledgement of a revocation within {timeout:?}"),
+            };
+            tracing::warn!(connection = connection.name(), %reason, "evicting client");
+            counters.evictions.fetch_add(1, Ordering::Relaxed);
+            connection.close(format!("evicted: {reason}"));
+            leases.drop_session(session);
+        });
+    }
+    while waiting.join_next().await.is_some() {}
 }
 
 struct SessionService {
@@ -410,31 +556,30 @@ impl Service for SessionService {
         let inner = self.inner.clone();
         let session = self.session.clone();
         Box::pin(async move {
-            let (reply, payload) = match frame.decode_header::<Request>() {
+            let answer = match frame.decode_header::<Request>() {
                 Ok(request) => {
                     let kind = request.op.kind_name();
-                    match handle(&inner, &session, request, frame.payload).await {
-                        Ok((reply, payload)) => (Ok(reply), payload),
-                        Err(error) => {
-                            if error.errno() == Errno::EIO {
-                                tracing::error!(session = format_args!("{:#x}", session.id), op = kind, %error, "request failed");
-                            } else {
-                                tracing::debug!(session = format_args!("{:#x}", session.id), op = kind, %error, "request refused");
-                            }
-                            (Err(WireError { errno: error.errno(), message: error.to_string() }), Bytes::new())
+                    let answer = handle(&inner, &session, request, frame.payload).await;
+                    if let Err(error) = &answer.result {
+                        let session = format_args!("{:#x}", session.id);
+                        if error.errno() == Errno::EIO {
+                            tracing::error!(session = %session, op = kind, %error, "request failed");
+                        } else {
+                            tracing::debug!(session = %session, op = kind, %error, "request refused");
                         }
                     }
+                    answer
                 }
                 Err(error) => {
                     tracing::warn!(session = format_args!("{:#x}", session.id), %error, "undecodable request");
-                    (
-                        Err(WireError { errno: Errno::EPROTO, message: format!("undecodable request: {error}") }),
-                        Bytes::new(),
-                    )
+                    Answer::from(Err(StoreError::Fs(Errno::EPROTO)))
                 }
             };
-            let reply: ReplyHeader = reply;
-            (encode_header(&reply), payload)
+            let (result, payload) = match answer.result {
+                Ok((reply, payload)) => (Ok(reply), payload),
+                Err(error) => (Err(WireError { errno: error.errno(), message: error.to_string() }), Bytes::new()),
+            };
+            (encode_header(&ReplyHeader { result, grants: answer.grants }), payload)
         })
     }
 }
@@ -484,7 +629,7 @@ impl Drop for Reservation<'_> {
 /// Turns a reservation into a handle for an inode the commit thread has counted open. If the
 /// session closed meanwhile, the open is undone: nobody is left to close it.
 async fn add_handle(
-    inner: &Inner,
+    inner: &Arc<Inner>,
     mut reservation: Reservation<'_>,
     ino: u64,
     flags: OpenFlags,
@@ -508,197 +653,372 @@ async fn add_handle(
 
 /// Changes a regular file's size under its data lock, keeping the data object in step: before
 /// growing, the object is cut back to the old size (its tail is garbage, the new tail must read as
-/// zeros); after shrinking, it is cut to the new size to free space.
-async fn set_size(inner: &Inner, ino: u64, set: SetAttrIn) -> Result<Attr, StoreError> {
+/// zeros); after shrinking, it is cut to the new size to free space. Returns the new attributes
+/// and the ticket of the change (for the reply's grants).
+async fn set_size(inner: &Arc<Inner>, ino: u64, set: SetAttrIn) -> (Result<Attr, StoreError>, Option<ReadTicket>) {
     let size = set.size.expect("set_size changes a size");
     let _guard = inner.locks.exclusive(ino).await;
-    let before = inner.store.read()?.getattr(ino)?;
+    let before = match inner.store.read().and_then(|ns| ns.getattr(ino)) {
+        Ok(before) => before,
+        Err(error) => return (Err(error), None),
+    };
+    let setattr = move |ns: &mut Ns<'_>, _: &mut OpenCounts, _: &mut ReadTicket| Ok(ns.setattr(ino, &set)?.0);
     if before.kind != FileKind::Regular {
         // The store refuses (EISDIR, EINVAL); no data object may be touched first.
-        return Ok(inner.committer.run(move |ns, _| ns.setattr(ino, &set)).await?.0);
+        return apply(inner, inner.leases.begin_read(), setattr).await;
     }
-    if size > before.size {
-        inner.store.objects().set_len(ino, before.size).map_err(|error| io_error("truncate", ino, error))?;
+    if size > before.size
+        && let Err(error) = inner.store.objects().set_len(ino, before.size)
+    {
+        return (Err(io_error("truncate", ino, error)), None);
     }
-    let (attr, _) = inner.committer.run(move |ns, _| ns.setattr(ino, &set)).await?;
-    if size < before.size {
-        inner.store.objects().set_len(ino, size).map_err(|error| io_error("truncate", ino, error))?;
+    let (result, ticket) = apply(inner, inner.leases.begin_read(), setattr).await;
+    if result.is_ok()
+        && size < before.size
+        && let Err(error) = inner.store.objects().set_len(ino, size)
+    {
+        return (Err(io_error("truncate", ino, error)), ticket);
     }
-    Ok(attr)
+    (result, ticket)
 }
 
 fn io_error(context: &str, ino: u64, error: std::io::Error) -> StoreError {
     StoreError::io(format!("{context} of inode {ino}"), error)
 }
 
-async fn handle(
-    inner: &Arc<Inner>,
+/// A reply in the making: the outcome and the leases granted with it.
+struct Answer {
+    result: Result<(Reply, Bytes), StoreError>,
+    grants: Vec<Grant>,
+}
+
+impl From<Result<(Reply, Bytes), StoreError>> for Answer {
+    fn from(result: Result<(Reply, Bytes), StoreError>) -> Answer {
+        Answer { result, grants: Vec::new() }
+    }
+}
+
+fn name_key(parent: u64, name: &[u8]) -> LeaseKey {
+    LeaseKey::Name { parent, name: name.to_vec() }
+}
+
+fn attr_key(ino: u64) -> LeaseKey {
+    LeaseKey::Attr { ino }
+}
+
+/// Finishes a reply: reveals and grants `keys` (if the ticket survived), around `result`.
+async fn answer(
     session: &Session,
-    request: Request,
-    payload: Bytes,
-) -> Result<(Reply, Bytes), StoreError> {
+    ticket: Option<ReadTicket>,
+    keys: &[LeaseKey],
+    result: Result<(Reply, Bytes), StoreError>,
+) -> Answer {
+    let grants = match ticket {
+        Some(ticket) => ticket.finish(session.id, keys, keys).await,
+        None => Vec::new(),
+    };
+    Answer { result, grants }
+}
+
+async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload: Bytes) -> Answer {
     let caller = request.caller;
-    let none = Bytes::new();
-    let reply = match request.op {
-        Op::Hello { .. } => return Err(errno(Errno::EPROTO)),
-        Op::Lookup { parent, name } => Reply::Entry { attr: inner.store.read()?.lookup(parent, &name)? },
-        Op::GetAttr { ino } => Reply::Attr { attr: inner.store.read()?.getattr(ino)? },
+    let none = Bytes::new;
+    match request.op {
+        Op::Hello { .. } => Err(errno(Errno::EPROTO)).into(),
+        Op::Lookup { parent, name } => {
+            let name_key = name_key(parent, &name);
+            let mut ticket = inner.leases.begin_read();
+            ticket.observe(&name_key);
+            match inner.store.read().and_then(|ns| ns.lookup(parent, &name)) {
+                Ok(found) => {
+                    // The attributes are read again, in a snapshot taken after their key is observed.
+                    let attr_key = attr_key(found.ino);
+                    ticket.observe(&attr_key);
+                    let (attr, keys) = match inner.store.read().and_then(|ns| ns.getattr(found.ino)) {
+                        Ok(attr) => (attr, vec![name_key, attr_key]),
+                        Err(_) => (found, vec![name_key]),
+                    };
+                    answer(session, Some(ticket), &keys, Ok((Reply::Entry { attr }, none()))).await
+                }
+                Err(StoreError::Fs(Errno::ENOENT)) => {
+                    answer(session, Some(ticket), &[name_key], Err(errno(Errno::ENOENT))).await
+                }
+                Err(error) => Err(error).into(),
+            }
+        }
+        Op::GetAttr { ino } => {
+            let key = attr_key(ino);
+            let mut ticket = inner.leases.begin_read();
+            ticket.observe(&key);
+            match inner.store.read().and_then(|ns| ns.getattr(ino)) {
+                Ok(attr) => answer(session, Some(ticket), &[key], Ok((Reply::Attr { attr }, none()))).await,
+                Err(error) => Err(error).into(),
+            }
+        }
         Op::SetAttr { ino, set } => {
-            let attr = if set.size.is_some() {
-                set_size(inner, ino, set).await?
+            let (result, ticket) = if set.size.is_some() {
+                set_size(inner, ino, set).await
             } else {
-                inner.committer.run(move |ns, _| ns.setattr(ino, &set)).await?.0
+                apply(inner, inner.leases.begin_read(), move |ns, _, _| Ok(ns.setattr(ino, &set)?.0)).await
             };
-            Reply::Attr { attr }
+            answer(session, ticket, &[attr_key(ino)], result.map(|attr| (Reply::Attr { attr }, none()))).await
         }
         Op::Open { parent, name, flags, perm } => {
-            let reservation = session.reserve_handle()?;
-            let opened = inner
-                .committer
-                .run(move |ns, opens| {
-                    let opened = ns.open(parent, &name, flags, perm, caller)?;
-                    opens.acquire(opened.attr.ino);
-                    Ok(opened)
-                })
-                .await?;
-            open_reply(inner, session, reservation, opened, flags).await?
+            let reservation = match session.reserve_handle() {
+                Ok(reservation) => reservation,
+                Err(error) => return Err(error).into(),
+            };
+            let name_key = name_key(parent, &name);
+            let mut ticket = inner.leases.begin_read();
+            ticket.observe(&name_key);
+            let (opened, ticket) = apply(inner, ticket, move |ns, opens, ticket| {
+                let opened = ns.open(parent, &name, flags, perm, caller)?;
+                ticket.observe(&attr_key(opened.attr.ino));
+                opens.acquire(opened.attr.ino);
+                Ok(opened)
+            })
+            .await;
+            match opened {
+                Ok(opened) => {
+                    let keys = [name_key, attr_key(opened.attr.ino)];
+                    let result = open_reply(inner, session, reservation, opened, flags).await;
+                    answer(session, ticket, &keys, result.map(|reply| (reply, none()))).await
+                }
+                Err(StoreError::Fs(Errno::ENOENT)) => {
+                    answer(session, ticket, &[name_key], Err(errno(Errno::ENOENT))).await
+                }
+                Err(error) => Err(error).into(),
+            }
         }
         Op::OpenIno { ino, flags } => {
-            let reservation = session.reserve_handle()?;
-            let opened = inner
-                .committer
-                .run(move |ns, opens| {
-                    let opened = ns.open_existing(ino, flags)?;
-                    opens.acquire(ino);
-                    Ok(opened)
-                })
-                .await?;
-            open_reply(inner, session, reservation, opened, flags).await?
+            let reservation = match session.reserve_handle() {
+                Ok(reservation) => reservation,
+                Err(error) => return Err(error).into(),
+            };
+            let (opened, ticket) = apply(inner, inner.leases.begin_read(), move |ns, opens, ticket| {
+                ticket.observe(&attr_key(ino));
+                let opened = ns.open_existing(ino, flags)?;
+                opens.acquire(ino);
+                Ok(opened)
+            })
+            .await;
+            match opened {
+                Ok(opened) => {
+                    let result = open_reply(inner, session, reservation, opened, flags).await;
+                    answer(session, ticket, &[attr_key(ino)], result.map(|reply| (reply, none()))).await
+                }
+                Err(error) => Err(error).into(),
+            }
         }
         Op::Close { handle } => {
             let removed = session.handles.lock().expect("handles lock").map.remove(&handle);
-            let handle = removed.ok_or(errno(Errno::EBADF))?;
-            release_handle(inner, handle.ino).await?;
-            Reply::Done
+            let result = match removed {
+                Some(handle) => release_handle(inner, handle.ino).await.map(|()| (Reply::Done, none())),
+                None => Err(errno(Errno::EBADF)),
+            };
+            result.into()
         }
-        Op::Read { handle, offset, len } => {
-            let (ino, flags) = session.handle(handle)?;
-            if !flags.contains(OpenFlags::READ) {
-                return Err(errno(Errno::EBADF));
-            }
-            let len = len.min(IO_SIZE_MAX);
-            let _guard = inner.locks.shared(ino).await;
-            let attr = inner.store.read()?.getattr(ino)?;
-            if attr.kind == FileKind::Directory {
-                return Err(errno(Errno::EISDIR));
-            }
-            let size = attr.size;
-            let available = size.saturating_sub(offset).min(u64::from(len)) as usize;
-            let mut buffer = vec![0u8; available];
-            // Short reads from the object (a hole at the end) leave zeros, as a hole reads.
-            inner.store.objects().read_at(ino, offset, &mut buffer).map_err(|error| io_error("read", ino, error))?;
-            return Ok((Reply::Data, Bytes::from(buffer)));
-        }
+        Op::Read { handle, offset, len } => read(inner, session, handle, offset, len).await.into(),
         Op::Write { handle, offset } => {
-            let (ino, flags) = session.handle(handle)?;
-            if !flags.contains(OpenFlags::WRITE) && !flags.contains(OpenFlags::APPEND) {
-                return Err(errno(Errno::EBADF));
-            }
-            if payload.len() > IO_SIZE_MAX as usize {
-                return Err(errno(Errno::EINVAL));
-            }
-            let _guard = inner.locks.exclusive(ino).await;
-            let attr = inner.store.read()?.getattr(ino)?;
-            if payload.is_empty() {
-                // POSIX: writing nothing to a regular file has no other result.
-                return Ok((Reply::Written { len: 0, attr }, none));
-            }
-            let size = attr.size;
-            let offset = if flags.contains(OpenFlags::APPEND) { size } else { offset };
-            let end = offset
-                .checked_add(payload.len() as u64)
-                .filter(|&end| end <= FILE_SIZE_MAX)
-                .ok_or(errno(Errno::EFBIG))?;
-            if offset > size {
-                // Writing past the end leaves a hole: make sure it holds zeros, not old garbage.
-                inner.store.objects().set_len(ino, size).map_err(|error| io_error("extend", ino, error))?;
-            }
-            inner.store.objects().write_at(ino, offset, &payload).map_err(|error| io_error("write", ino, error))?;
-            let attr = inner.committer.run(move |ns, _| ns.note_write(ino, end)).await?;
-            Reply::Written { len: payload.len() as u32, attr }
+            let (ino, flags) = match session.handle(handle) {
+                Ok(found) => found,
+                Err(error) => return Err(error).into(),
+            };
+            let (result, ticket) = write(inner, ino, flags, offset, payload).await;
+            answer(session, ticket, &[attr_key(ino)], result.map(|reply| (reply, none()))).await
         }
         Op::Fsync { handle } => {
-            let (ino, _) = session.handle(handle)?;
-            inner.store.objects().sync(ino).map_err(|error| io_error("fsync", ino, error))?;
-            inner
-                .committer
-                .run(|ns, _| {
+            let result = async {
+                let (ino, _) = session.handle(handle)?;
+                inner.store.objects().sync(ino).map_err(|error| io_error("fsync", ino, error))?;
+                let ticket = inner.leases.begin_read();
+                apply(inner, ticket, |ns, _, _| {
                     ns.require_durable();
                     Ok(())
                 })
-                .await?;
-            Reply::Done
+                .await
+                .0?;
+                Ok((Reply::Done, none()))
+            };
+            result.await.into()
         }
         Op::Mkdir { parent, name, perm } => {
-            Reply::Entry { attr: inner.committer.run(move |ns, _| ns.mkdir(parent, &name, perm, caller)).await? }
+            let key = name_key(parent, &name);
+            let ticket = inner.leases.begin_read();
+            let (result, ticket) = apply(inner, ticket, move |ns, _, _| ns.mkdir(parent, &name, perm, caller)).await;
+            entry_answer(session, ticket, key, result).await
         }
         Op::Symlink { parent, name, target } => {
-            Reply::Entry { attr: inner.committer.run(move |ns, _| ns.symlink(parent, &name, &target, caller)).await? }
+            let key = name_key(parent, &name);
+            let ticket = inner.leases.begin_read();
+            let (result, ticket) =
+                apply(inner, ticket, move |ns, _, _| ns.symlink(parent, &name, &target, caller)).await;
+            entry_answer(session, ticket, key, result).await
         }
         Op::Link { ino, new_parent, new_name } => {
-            Reply::Entry { attr: inner.committer.run(move |ns, _| ns.link(ino, new_parent, &new_name)).await? }
+            let key = name_key(new_parent, &new_name);
+            let ticket = inner.leases.begin_read();
+            let (result, ticket) = apply(inner, ticket, move |ns, _, _| ns.link(ino, new_parent, &new_name)).await;
+            entry_answer(session, ticket, key, result).await
         }
         Op::Unlink { parent, name } => {
-            inner
-                .committer
-                .run(move |ns, opens| {
-                    ns.unlink(parent, &name)?;
-                    reap(ns, opens)
-                })
-                .await?;
-            Reply::Done
+            let key = name_key(parent, &name);
+            let (result, ticket) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
+                ns.unlink(parent, &name)?;
+                reap(ns, opens)
+            })
+            .await;
+            answer(session, ticket, &[key], result.map(|()| (Reply::Done, none()))).await
         }
         Op::Rmdir { parent, name } => {
-            inner
-                .committer
-                .run(move |ns, opens| {
-                    ns.rmdir(parent, &name)?;
-                    reap(ns, opens)
-                })
-                .await?;
-            Reply::Done
+            let key = name_key(parent, &name);
+            let (result, ticket) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
+                ns.rmdir(parent, &name)?;
+                reap(ns, opens)
+            })
+            .await;
+            answer(session, ticket, &[key], result.map(|()| (Reply::Done, none()))).await
         }
         Op::Rename { parent, name, new_parent, new_name, mode } => {
-            inner
-                .committer
-                .run(move |ns, opens| {
-                    ns.rename(parent, &name, new_parent, &new_name, mode)?;
-                    reap(ns, opens)
-                })
-                .await?;
-            Reply::Done
+            // The source name is gone (unless exchanged); that absence can be cached.
+            let key = name_key(parent, &name);
+            let (result, ticket) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
+                ns.rename(parent, &name, new_parent, &new_name, mode)?;
+                reap(ns, opens)
+            })
+            .await;
+            let keys = if mode == RenameMode::Exchange { vec![] } else { vec![key] };
+            answer(session, ticket, &keys, result.map(|()| (Reply::Done, none()))).await
         }
-        Op::Readlink { ino } => Reply::Target { target: inner.store.read()?.readlink(ino)? },
+        Op::Readlink { ino } => {
+            // A symlink's target never changes: nothing to lease.
+            inner.store.read().and_then(|ns| ns.readlink(ino)).map(|target| (Reply::Target { target }, none())).into()
+        }
         Op::ReadDir { ino, cookie, max_entries, with_attrs } => {
-            let (entries, end) = inner.store.read()?.read_dir(ino, cookie, max_entries, with_attrs)?;
-            Reply::Entries { entries, end }
+            let key = LeaseKey::Listing { ino };
+            let mut ticket = inner.leases.begin_read();
+            ticket.observe(&key);
+            match inner.store.read().and_then(|ns| ns.read_dir(ino, cookie, max_entries, with_attrs)) {
+                Ok((entries, end)) => {
+                    // Every attribute shown is revealed; the listing is leased from its start only.
+                    let mut reveal = vec![key.clone()];
+                    reveal.extend(entries.iter().filter(|entry| entry.attr.is_some()).map(|entry| attr_key(entry.ino)));
+                    let grant = if cookie == 0 { vec![key] } else { vec![] };
+                    let grants = ticket.finish(session.id, &reveal, &grant).await;
+                    Answer { result: Ok((Reply::Entries { entries, end }, none())), grants }
+                }
+                Err(error) => Err(error).into(),
+            }
         }
-        Op::StatFs => Reply::StatFs { statfs: statfs(inner)? },
-        Op::GetXattr { ino, name } => {
-            let value = inner.store.read()?.getxattr(ino, &name)?;
-            return Ok((Reply::Xattr, Bytes::from(value)));
-        }
+        Op::StatFs => statfs(inner).map(|statfs| (Reply::StatFs { statfs }, none())).into(),
+        Op::GetXattr { ino, name } => inner
+            .store
+            .read()
+            .and_then(|ns| ns.getxattr(ino, &name))
+            .map(|value| (Reply::Xattr, Bytes::from(value)))
+            .into(),
         Op::SetXattr { ino, name, mode } => {
-            inner.committer.run(move |ns, _| ns.setxattr(ino, &name, &payload, mode)).await?;
-            Reply::Done
+            let ticket = inner.leases.begin_read();
+            let (result, _) = apply(inner, ticket, move |ns, _, _| ns.setxattr(ino, &name, &payload, mode)).await;
+            result.map(|()| (Reply::Done, none())).into()
         }
-        Op::ListXattr { ino } => Reply::XattrNames { names: inner.store.read()?.listxattr(ino)? },
+        Op::ListXattr { ino } => inner
+            .store
+            .read()
+            .and_then(|ns| ns.listxattr(ino))
+            .map(|names| (Reply::XattrNames { names }, none()))
+            .into(),
         Op::RemoveXattr { ino, name } => {
-            inner.committer.run(move |ns, _| ns.removexattr(ino, &name)).await?;
-            Reply::Done
+            let ticket = inner.leases.begin_read();
+            let (result, _) = apply(inner, ticket, move |ns, _, _| ns.removexattr(ino, &name)).await;
+            result.map(|()| (Reply::Done, none())).into()
         }
+        Op::ReleaseLeases { leases } => {
+            inner.leases.release(session.id, &leases);
+            Ok((Reply::Done, none())).into()
+        }
+    }
+}
+
+/// The reply to a change that made a name (mkdir, symlink, link): leases on the name and its inode.
+async fn entry_answer(
+    session: &Session,
+    ticket: Option<ReadTicket>,
+    key: LeaseKey,
+    result: Result<Attr, StoreError>,
+) -> Answer {
+    match result {
+        Ok(attr) => {
+            let keys = [key, attr_key(attr.ino)];
+            answer(session, ticket, &keys, Ok((Reply::Entry { attr }, Bytes::new()))).await
+        }
+        Err(error) => Err(error).into(),
+    }
+}
+
+async fn read(
+    inner: &Inner,
+    session: &Session,
+    handle: u64,
+    offset: u64,
+    len: u32,
+) -> Result<(Reply, Bytes), StoreError> {
+    let (ino, flags) = session.handle(handle)?;
+    if !flags.contains(OpenFlags::READ) {
+        return Err(errno(Errno::EBADF));
+    }
+    let len = len.min(IO_SIZE_MAX);
+    let _guard = inner.locks.shared(ino).await;
+    let attr = inner.store.read()?.getattr(ino)?;
+    if attr.kind == FileKind::Directory {
+        return Err(errno(Errno::EISDIR));
+    }
+    let available = attr.size.saturating_sub(offset).min(u64::from(len)) as usize;
+    let mut buffer = vec![0u8; available];
+    // Short reads from the object (a hole at the end) leave zeros, as a hole reads.
+    inner.store.objects().read_at(ino, offset, &mut buffer).map_err(|error| io_error("read", ino, error))?;
+    Ok((Reply::Data, Bytes::from(buffer)))
+}
+
+async fn write(
+    inner: &Arc<Inner>,
+    ino: u64,
+    flags: OpenFlags,
+    offset: u64,
+    payload: Bytes,
+) -> (Result<Reply, StoreError>, Option<ReadTicket>) {
+    if !flags.contains(OpenFlags::WRITE) && !flags.contains(OpenFlags::APPEND) {
+        return (Err(errno(Errno::EBADF)), None);
+    }
+    if payload.len() > IO_SIZE_MAX as usize {
+        return (Err(errno(Errno::EINVAL)), None);
+    }
+    let _guard = inner.locks.exclusive(ino).await;
+    let prepared = (|| {
+        let attr = inner.store.read()?.getattr(ino)?;
+        let offset = if flags.contains(OpenFlags::APPEND) { attr.size } else { offset };
+        let end =
+            offset.checked_add(payload.len() as u64).filter(|&end| end <= FILE_SIZE_MAX).ok_or(errno(Errno::EFBIG))?;
+        Ok::<_, StoreError>((attr, offset, end))
+    })();
+    let (attr, offset, end) = match prepared {
+        Ok(prepared) => prepared,
+        Err(error) => return (Err(error), None),
     };
-    Ok((reply, none))
+    if payload.is_empty() {
+        // POSIX: writing nothing to a regular file has no other result.
+        return (Ok(Reply::Written { len: 0, attr }), None);
+    }
+    let objects = inner.store.objects();
+    // Writing past the end leaves a hole: make sure it holds zeros, not old garbage.
+    let written = if offset > attr.size { objects.set_len(ino, attr.size) } else { Ok(()) }
+        .and_then(|()| objects.write_at(ino, offset, &payload));
+    if let Err(error) = written {
+        return (Err(io_error("write", ino, error)), None);
+    }
+    let len = payload.len() as u32;
+    let (result, ticket) = apply(inner, inner.leases.begin_read(), move |ns, _, _| ns.note_write(ino, end)).await;
+    (result.map(|attr| Reply::Written { len, attr }), ticket)
 }
 
 async fn open_reply(
@@ -714,7 +1034,7 @@ async fn open_reply(
     if opened.needs_truncate {
         // While the handle is registered its count keeps the inode; if the session closes meanwhile,
         // the session's teardown takes the handle, and the truncate may then meet a destroy (ESTALE).
-        match set_size(inner, ino, SetAttrIn { size: Some(0), ..SetAttrIn::default() }).await {
+        match set_size(inner, ino, SetAttrIn { size: Some(0), ..SetAttrIn::default() }).await.0 {
             Ok(truncated) => attr = truncated,
             Err(error) => {
                 // Release only a handle still ours: a closed session's teardown released it already.

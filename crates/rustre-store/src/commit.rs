@@ -122,6 +122,7 @@ impl<S: Send + 'static> Committer<S> {
         let (sender, receiver) = oneshot::channel();
         let job: Job<S> = Box::new(move |ns, state| {
             let before = ns.mutations;
+            ns.touched.clear();
             let result = operation(ns, state);
             match &result {
                 Err(StoreError::Fs(errno)) => {

@@ -13,7 +13,7 @@ use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, ReadableTableMetadata,
 use rustre_proto::msg::{FILE_SIZE_MAX, READDIR_ENTRIES_MAX};
 use rustre_proto::name::{XATTR_VALUE_LEN_MAX, validate_name, validate_symlink_target, validate_xattr_name};
 use rustre_proto::{
-    Attr, Caller, DirEntry, Errno, FileKind, OpenFlags, ROOT_INO, RenameMode, SetAttrIn, TimeSet, Timestamp,
+    Attr, Caller, DirEntry, Errno, FileKind, LeaseKey, OpenFlags, ROOT_INO, RenameMode, SetAttrIn, TimeSet, Timestamp,
 };
 
 use crate::error::{Result, StoreError};
@@ -275,6 +275,9 @@ pub struct Ns<'txn> {
     /// Inodes whose last link went in this batch. The caller of the operation decides, from its
     /// open handles, whether each is destroyed now or lives on as an orphan.
     pub newly_unlinked: Vec<u64>,
+    /// What the current operation changed, as lease keys: recorded by the write primitives
+    /// themselves, so no change can forget to revoke a lease. Cleared before each operation.
+    pub touched: Vec<LeaseKey>,
 }
 
 impl<'txn> Ns<'txn> {
@@ -293,6 +296,7 @@ impl<'txn> Ns<'txn> {
             post_commit: Vec::new(),
             failure: None,
             newly_unlinked: Vec::new(),
+            touched: Vec::new(),
         })
     }
 
@@ -322,6 +326,7 @@ impl<'txn> Ns<'txn> {
 
     fn put_inode(&mut self, ino: u64, record: &InodeRecord) -> Result<()> {
         self.mutations += 1;
+        self.touched.push(LeaseKey::Attr { ino });
         self.inodes.insert(ino, record.encode().as_slice())?;
         Ok(())
     }
@@ -380,6 +385,7 @@ impl<'txn> Ns<'txn> {
         directory.mtime = self.now;
         directory.ctime = self.now;
         self.mutations += 1;
+        self.touch_entry(parent, name);
         self.dirents.insert((parent, name), (ino, kind_to_byte(kind), cookie))?;
         self.cookies.insert((parent, cookie), name)?;
         Ok(())
@@ -395,11 +401,18 @@ impl<'txn> Ns<'txn> {
         directory.mtime = self.now;
         directory.ctime = self.now;
         self.mutations += 1;
+        self.touch_entry(parent, name);
         let removed = self.dirents.remove((parent, name))?;
         assert!(removed.is_some(), "callers remove only entries they found");
         let removed = self.cookies.remove((parent, dirent.cookie))?;
         assert!(removed.is_some(), "every entry has its cookie");
         Ok(())
+    }
+
+    /// A name of a directory changes: its binding and the directory's listing.
+    fn touch_entry(&mut self, parent: u64, name: &[u8]) {
+        self.touched.push(LeaseKey::Name { parent, name: name.to_vec() });
+        self.touched.push(LeaseKey::Listing { ino: parent });
     }
 
     /// Drops one link of a non-directory, or the only link of a directory being removed.
@@ -426,6 +439,7 @@ impl<'txn> Ns<'txn> {
         assert_eq!(record.entries, 0, "only empty directories are destroyed");
         self.mutations += 1;
         self.durable = true;
+        self.touched.push(LeaseKey::Attr { ino });
         self.inodes.remove(ino)?;
         self.orphans.remove(ino)?;
         let names = xattr_names(&self.xattrs, ino)?;
@@ -724,6 +738,8 @@ impl<'txn> Ns<'txn> {
         }
         // Each name keeps its cookie and gets the other's inode.
         self.mutations += 1;
+        self.touch_entry(parent, name);
+        self.touch_entry(new_parent, new_name);
         self.dirents.insert((parent, name), (target.ino, kind_to_byte(target.kind), source.cookie))?;
         self.dirents.insert((new_parent, new_name), (source.ino, kind_to_byte(source.kind), target.cookie))?;
         let mut from = self.directory(parent)?;
@@ -808,6 +824,11 @@ impl<'txn> Ns<'txn> {
         record.ctime = self.now;
         self.put_inode(ino, &record)?;
         Ok(record.attr(ino))
+    }
+
+    /// Writes made so far in this batch (to check that a failed operation made none).
+    pub fn mutation_count(&self) -> u64 {
+        self.mutations
     }
 
     /// Makes the batch durable even if nothing in it asked to be (fsync): counted as a change so

@@ -1,0 +1,379 @@
+//! The inode-level API: one server request per call at most, answered from the cache where a
+//! lease allows. Replies feed the cache only under the grants they carry (see `cache.rs`).
+
+use bytes::Bytes;
+use rustre_proto::msg::READDIR_ENTRIES_MAX;
+use rustre_proto::{
+    Attr, DirEntry, Errno, FileKind, Grant, Op, OpenFlags, RenameMode, Reply, SetAttrIn, StatFs, XattrMode,
+};
+use tokio::sync::watch;
+
+use crate::cache::Binding;
+use crate::error::{Error, Result};
+use crate::{Client, File};
+
+fn unexpected(reply: &Reply) -> Error {
+    Error::new(Errno::EPROTO, format!("unexpected reply {reply:?}"))
+}
+
+fn validate(name: &[u8]) -> Result<()> {
+    Ok(rustre_proto::name::validate_name(name)?)
+}
+
+/// Removes a finished (or abandoned) lookup from the in-flight table.
+struct InFlight<'a> {
+    client: &'a Client,
+    key: (u64, Vec<u8>),
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.client.inner.lookups.lock().expect("lookups lock").remove(&self.key);
+    }
+}
+
+impl Client {
+    /// Caches what a reply says of a name and of the inode it names, under the reply's grants.
+    fn remember(&self, parent: u64, name: &[u8], found: Option<&Attr>, grants: &[Grant]) {
+        let mut cache = self.inner.shared.cache();
+        cache.insert_name(parent, name, found.map(|attr| (attr.ino, attr.kind)), grants);
+        if let Some(attr) = found {
+            cache.insert_attr(attr, grants);
+        }
+    }
+
+    /// The inode `name` names in `parent`, with its attributes.
+    pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
+        validate(name)?;
+        let cached = {
+            let mut cache = self.inner.shared.cache();
+            match cache.name(parent, name) {
+                Some(None) => Some(Err(Error::from(Errno::ENOENT))),
+                Some(Some((ino, _))) => cache.attr(ino).map(Ok),
+                None => None,
+            }
+        };
+        if let Some(answer) = cached {
+            self.inner.shared.hit();
+            return answer;
+        }
+        self.inner.shared.miss();
+        self.lookup_shared(parent, name).await
+    }
+
+    /// Where `name` in `parent` leads (inode and kind): all a path walk needs of an inner
+    /// component, so a cached name is enough even without cached attributes.
+    pub(crate) async fn resolve_name(&self, parent: u64, name: &[u8]) -> Result<(u64, FileKind)> {
+        validate(name)?;
+        let cached: Option<Binding> = self.inner.shared.cache().name(parent, name);
+        match cached {
+            Some(Some(binding)) => {
+                self.inner.shared.hit();
+                Ok(binding)
+            }
+            Some(None) => {
+                self.inner.shared.hit();
+                Err(Errno::ENOENT.into())
+            }
+            None => {
+                self.inner.shared.miss();
+                let attr = self.lookup_shared(parent, name).await?;
+                Ok((attr.ino, attr.kind))
+            }
+        }
+    }
+
+    /// Asks the server, once per (parent, name) at a time: a lookup already in flight for the
+    /// same name is waited for instead of sent again (semantics.md, race 4).
+    async fn lookup_shared(&self, parent: u64, name: &[u8]) -> Result<Attr> {
+        let key = (parent, name.to_vec());
+        let (sender, waiting) = {
+            let mut lookups = self.inner.lookups.lock().expect("lookups lock");
+            match lookups.get(&key) {
+                Some(receiver) => (None, Some(receiver.clone())),
+                None => {
+                    let (sender, receiver) = watch::channel(None);
+                    let previous = lookups.insert(key.clone(), receiver);
+                    assert!(previous.is_none(), "at most one lookup in flight per (parent, name)");
+                    (Some(sender), None)
+                }
+            }
+        };
+        if let Some(mut receiver) = waiting {
+            self.inner.shared.counters.lookups_shared.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Ok(answer) = receiver.wait_for(Option::is_some).await {
+                return answer.clone().expect("waited for an answer");
+            }
+            // The task that asked gave up before its answer: ask ourselves (not shared).
+            return self.lookup_uncached(parent, name).await;
+        }
+        let sender = sender.expect("the first asker sends");
+        let _in_flight = InFlight { client: self, key };
+        let answer = self.lookup_uncached(parent, name).await;
+        let _ = sender.send(Some(answer.clone()));
+        answer
+    }
+
+    async fn lookup_uncached(&self, parent: u64, name: &[u8]) -> Result<Attr> {
+        let (header, _) = self.request(Op::Lookup { parent, name: name.to_vec() }, Bytes::new()).await?;
+        // Tests stop here to let a revocation arrive between the reply and the cache insert.
+        self.inner.shared.pause_points.pause("client.lookup.before_insert").await;
+        match header.result {
+            Ok(Reply::Entry { attr }) => {
+                self.remember(parent, name, Some(&attr), &header.grants);
+                Ok(attr)
+            }
+            Ok(other) => Err(unexpected(&other)),
+            Err(error) => {
+                if error.errno == Errno::ENOENT {
+                    self.remember(parent, name, None, &header.grants);
+                }
+                Err(error.into())
+            }
+        }
+    }
+
+    pub async fn getattr(&self, ino: u64) -> Result<Attr> {
+        let cached = self.inner.shared.cache().attr(ino);
+        if let Some(attr) = cached {
+            self.inner.shared.hit();
+            return Ok(attr);
+        }
+        self.inner.shared.miss();
+        let (header, _) = self.request(Op::GetAttr { ino }, Bytes::new()).await?;
+        match header.result {
+            Ok(Reply::Attr { attr }) => {
+                self.inner.shared.cache().insert_attr(&attr, &header.grants);
+                Ok(attr)
+            }
+            Ok(other) => Err(unexpected(&other)),
+            Err(error) => {
+                if error.errno == Errno::ESTALE {
+                    self.inner.shared.cache().forget_attr(ino);
+                }
+                Err(error.into())
+            }
+        }
+    }
+
+    pub async fn setattr(&self, ino: u64, set: SetAttrIn) -> Result<Attr> {
+        let (header, _) = self.request(Op::SetAttr { ino, set }, Bytes::new()).await?;
+        match header.result? {
+            Reply::Attr { attr } => {
+                self.inner.shared.cache().insert_attr(&attr, &header.grants);
+                Ok(attr)
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Opens `name` in `parent` in one atomic server step (creating it if `flags` say so).
+    pub async fn open_at(&self, parent: u64, name: &[u8], flags: OpenFlags, perm: u32) -> Result<File> {
+        validate(name)?;
+        let (header, _) = self.request(Op::Open { parent, name: name.to_vec(), flags, perm }, Bytes::new()).await?;
+        match header.result {
+            Ok(Reply::Opened { handle, attr, created }) => {
+                self.remember(parent, name, Some(&attr), &header.grants);
+                Ok(File::new(self.clone(), handle, attr, created, flags))
+            }
+            Ok(other) => Err(unexpected(&other)),
+            Err(error) => {
+                if error.errno == Errno::ENOENT {
+                    self.remember(parent, name, None, &header.grants);
+                }
+                Err(error.into())
+            }
+        }
+    }
+
+    pub async fn open_ino(&self, ino: u64, flags: OpenFlags) -> Result<File> {
+        let (header, _) = self.request(Op::OpenIno { ino, flags }, Bytes::new()).await?;
+        match header.result? {
+            Reply::Opened { handle, attr, created } => {
+                self.inner.shared.cache().insert_attr(&attr, &header.grants);
+                Ok(File::new(self.clone(), handle, attr, created, flags))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A change that makes a name (mkdir, symlink, link): the reply's inode is cached there.
+    async fn make_entry(&self, parent: u64, name: &[u8], op: Op) -> Result<Attr> {
+        validate(name)?;
+        let (header, _) = self.request(op, Bytes::new()).await?;
+        match header.result? {
+            Reply::Entry { attr } => {
+                self.remember(parent, name, Some(&attr), &header.grants);
+                Ok(attr)
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A change that removes a name (unlink, rmdir, rename's source): its absence is cached.
+    async fn remove_entry(&self, parent: u64, name: &[u8], op: Op) -> Result<()> {
+        let (header, _) = self.request(op, Bytes::new()).await?;
+        match header.result? {
+            Reply::Done => {
+                self.remember(parent, name, None, &header.grants);
+                Ok(())
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn mkdir_at(&self, parent: u64, name: &[u8], perm: u32) -> Result<Attr> {
+        self.make_entry(parent, name, Op::Mkdir { parent, name: name.to_vec(), perm }).await
+    }
+
+    pub async fn symlink_at(&self, parent: u64, name: &[u8], target: &[u8]) -> Result<Attr> {
+        self.make_entry(parent, name, Op::Symlink { parent, name: name.to_vec(), target: target.to_vec() }).await
+    }
+
+    pub async fn link_at(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> Result<Attr> {
+        self.make_entry(new_parent, new_name, Op::Link { ino, new_parent, new_name: new_name.to_vec() }).await
+    }
+
+    pub async fn unlink_at(&self, parent: u64, name: &[u8]) -> Result<()> {
+        validate(name)?;
+        self.remove_entry(parent, name, Op::Unlink { parent, name: name.to_vec() }).await
+    }
+
+    pub async fn rmdir_at(&self, parent: u64, name: &[u8]) -> Result<()> {
+        validate(name)?;
+        self.remove_entry(parent, name, Op::Rmdir { parent, name: name.to_vec() }).await
+    }
+
+    pub async fn rename_at(
+        &self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        mode: RenameMode,
+    ) -> Result<()> {
+        validate(name)?;
+        validate(new_name)?;
+        let op = Op::Rename { parent, name: name.to_vec(), new_parent, new_name: new_name.to_vec(), mode };
+        // The server grants the source's absence, except for an exchange (then it grants nothing).
+        self.remove_entry(parent, name, op).await
+    }
+
+    /// A symlink's target (it never changes, so it is remembered without a lease).
+    pub async fn readlink_ino(&self, ino: u64) -> Result<Vec<u8>> {
+        if let Some(target) = self.inner.shared.cache().target(ino) {
+            return Ok(target);
+        }
+        match self.call(Op::Readlink { ino }, Bytes::new()).await?.0 {
+            Reply::Target { target } => {
+                self.inner.shared.cache().insert_target(ino, &target);
+                Ok(target)
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// One page of a directory: entries after `cookie` (0 starts), whether it is the last, and
+    /// the grants of the reply.
+    async fn read_dir_page_granted(
+        &self,
+        ino: u64,
+        cookie: u64,
+        max_entries: u32,
+        with_attrs: bool,
+    ) -> Result<(Vec<DirEntry>, bool, Vec<Grant>)> {
+        let (header, _) = self.request(Op::ReadDir { ino, cookie, max_entries, with_attrs }, Bytes::new()).await?;
+        match header.result? {
+            Reply::Entries { entries, end } => Ok((entries, end, header.grants)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// One page of a directory: entries after `cookie` (0 starts), and whether it is the last.
+    pub async fn read_dir_page(
+        &self,
+        ino: u64,
+        cookie: u64,
+        max_entries: u32,
+        with_attrs: bool,
+    ) -> Result<(Vec<DirEntry>, bool)> {
+        let (entries, end, _) = self.read_dir_page_granted(ino, cookie, max_entries, with_attrs).await?;
+        Ok((entries, end))
+    }
+
+    /// All entries of a directory (without "." and ".."), in cookie order. A listing without
+    /// attributes is cached under the directory's listing lease.
+    pub async fn read_dir_ino(&self, ino: u64, with_attrs: bool) -> Result<Vec<DirEntry>> {
+        if !with_attrs {
+            let cached = self.inner.shared.cache().listing(ino);
+            if let Some(entries) = cached {
+                self.inner.shared.hit();
+                return Ok(entries);
+            }
+            self.inner.shared.miss();
+        }
+        let mut entries = Vec::new();
+        let mut cookie = 0;
+        let mut first_grants = None;
+        loop {
+            let (page, end, grants) = self.read_dir_page_granted(ino, cookie, READDIR_ENTRIES_MAX, with_attrs).await?;
+            first_grants.get_or_insert(grants);
+            if let Some(last) = page.last() {
+                assert!(last.cookie > cookie, "cookies grow along a directory");
+                cookie = last.cookie;
+            }
+            entries.extend(page);
+            if end {
+                break;
+            }
+        }
+        if !with_attrs {
+            // Cached only if the lease granted with the first page still stands: then no change
+            // touched the directory while the later pages were read.
+            let grants = first_grants.unwrap_or_default();
+            self.inner.shared.cache().insert_listing(ino, entries.clone(), &grants);
+        }
+        Ok(entries)
+    }
+
+    pub async fn statfs(&self) -> Result<StatFs> {
+        match self.call(Op::StatFs, Bytes::new()).await?.0 {
+            Reply::StatFs { statfs } => Ok(statfs),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn getxattr_ino(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
+        match self.call(Op::GetXattr { ino, name: name.to_vec() }, Bytes::new()).await? {
+            (Reply::Xattr, value) => Ok(value.to_vec()),
+            (other, _) => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn setxattr_ino(&self, ino: u64, name: &[u8], value: &[u8], mode: XattrMode) -> Result<()> {
+        let op = Op::SetXattr { ino, name: name.to_vec(), mode };
+        match self.call(op, Bytes::copy_from_slice(value)).await?.0 {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn listxattr_ino(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
+        match self.call(Op::ListXattr { ino }, Bytes::new()).await?.0 {
+            Reply::XattrNames { names } => Ok(names),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn removexattr_ino(&self, ino: u64, name: &[u8]) -> Result<()> {
+        match self.call(Op::RemoveXattr { ino, name: name.to_vec() }, Bytes::new()).await?.0 {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Caches the attributes a write returned (the writer's own change).
+    pub(crate) fn remember_attr(&self, attr: &Attr, grants: &[Grant]) {
+        self.inner.shared.cache().insert_attr(attr, grants);
+    }
+}

@@ -1,0 +1,366 @@
+//! The lease table: which session may cache what, and the ordering rules that keep every cache
+//! exact. See ARCHITECTURE.md, "Leases", for the design; in short:
+//!
+//! - A change *marks* the keys it touches, inside the commit thread and before its batch commits
+//!   (`mark`): the key's version moves, the change is *in flight* on the key, and every holder's
+//!   lease is taken out of the table to be revoked. After the commit the change revokes those
+//!   leases (waiting for acknowledgements or evicting), then *completes* (`complete`).
+//! - A read (`ReadTicket`) *observes* each key before it reads the state the key covers. Its
+//!   reply may reveal that state only once no change marked on the key so far is still in flight
+//!   (so nobody still caches what the change replaced), and it may grant a lease on the key only
+//!   if no change was in flight when it observed the key and none was marked since.
+//!
+//! **Architecture Invariant**: a grant is registered only for state no marked change has made
+//! stale; every lease on a key a change touches is out of the table, and revoked, before that
+//! change (or any read revealing its result) is answered.
+//!
+//! Locking: one std mutex, held for table operations only, never across an await. `mark` runs on
+//! the commit thread; everything else on request tasks.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use rustre_proto::{Grant, LeaseKey};
+use tokio::sync::Notify;
+
+/// Leases one session may hold; beyond this, replies carry no grants (the client just does not
+/// cache) until it gives some back.
+pub const LEASES_PER_SESSION_MAX: usize = 1 << 20;
+
+#[derive(Default)]
+struct KeyState {
+    /// The version of the last change marked on this key (0: none since the key was forgotten).
+    version: u64,
+    /// Versions of changes marked on this key whose revocations are not complete.
+    in_flight: Vec<u64>,
+    /// Session -> its newest grant id on this key.
+    holders: HashMap<u64, u64>,
+}
+
+#[derive(Default)]
+struct State {
+    keys: HashMap<LeaseKey, KeyState>,
+    sessions: HashMap<u64, HashSet<LeaseKey>>,
+    /// Global change counter; each change takes the next value as its version.
+    version: u64,
+    next_grant: u64,
+    /// Reads in progress, by the global version when they began. A key with no holders and no
+    /// change in flight is forgotten only if its last change is older than all of them, so a
+    /// read never mistakes a forgotten-and-recreated key for an unchanged one.
+    readers: BTreeMap<u64, usize>,
+    /// Idle keys kept only because a read in progress is older than their last change, by that
+    /// change's version: swept as the oldest reads finish, so the table stays bounded.
+    deferred: BTreeMap<u64, Vec<LeaseKey>>,
+}
+
+impl State {
+    fn oldest_reader(&self) -> u64 {
+        self.readers.keys().next().copied().unwrap_or(u64::MAX)
+    }
+
+    fn forget_if_idle(&mut self, key: &LeaseKey) {
+        let Some(state) = self.keys.get(key) else { return };
+        if !state.holders.is_empty() || !state.in_flight.is_empty() {
+            return;
+        }
+        if state.version < self.oldest_reader() {
+            self.keys.remove(key);
+        } else {
+            self.deferred.entry(state.version).or_default().push(key.clone());
+        }
+    }
+
+    /// Forgets the deferred keys no read in progress can still need.
+    fn sweep_deferred(&mut self) {
+        let oldest_reader = self.oldest_reader();
+        while let Some(entry) = self.deferred.first_entry() {
+            if *entry.key() >= oldest_reader {
+                break;
+            }
+            for key in entry.remove() {
+                if let Some(state) = self.keys.get(&key)
+                    && state.holders.is_empty()
+                    && state.in_flight.is_empty()
+                    && state.version < oldest_reader
+                {
+                    self.keys.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// A handle on the lease table; cloning shares it.
+#[derive(Clone, Default)]
+pub struct Leases {
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    /// Woken whenever a change completes.
+    completed: Notify,
+}
+
+/// What a change did to the table.
+pub struct Change {
+    version: u64,
+    /// Each key it marked, and whether another change was in flight on it at the time.
+    keys: Vec<(LeaseKey, bool)>,
+    /// The leases to revoke, by session.
+    pub revocations: HashMap<u64, Vec<Grant>>,
+}
+
+/// A read in progress. Dropping it without `finish` is fine (an error path).
+pub struct ReadTicket {
+    leases: Leases,
+    start: u64,
+    /// Key -> (version, a change was in flight) when observed.
+    seen: HashMap<LeaseKey, (u64, bool)>,
+    /// Keys changed by the reader's own request, with the version of that change.
+    own: HashMap<LeaseKey, u64>,
+    finished: bool,
+}
+
+impl Leases {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared.state.lock().expect("lease table lock")
+    }
+
+    /// Marks a change of `keys` (called on the commit thread, before the batch commits) and takes
+    /// every lease on them out of the table, to be revoked by the caller.
+    pub fn mark(&self, keys: Vec<LeaseKey>) -> Change {
+        let mut keys = keys;
+        keys.sort();
+        keys.dedup();
+        let mut state = self.state();
+        state.version += 1;
+        let version = state.version;
+        let mut revocations: HashMap<u64, Vec<Grant>> = HashMap::new();
+        let mut marked = Vec::with_capacity(keys.len());
+        for key in keys {
+            let entry = state.keys.entry(key.clone()).or_default();
+            let others_in_flight = !entry.in_flight.is_empty();
+            entry.in_flight.push(version);
+            entry.version = version;
+            let holders: Vec<(u64, u64)> = entry.holders.drain().collect();
+            for (session, id) in holders {
+                let held = state.sessions.get_mut(&session).map(|held| held.remove(&key));
+                debug_assert_eq!(held, Some(true), "the two indexes of the table agree");
+                revocations.entry(session).or_default().push(Grant { key: key.clone(), id });
+            }
+            marked.push((key, others_in_flight));
+        }
+        Change { version, keys: marked, revocations }
+    }
+
+    /// Ends a change: its revocations are acknowledged (or their holders evicted).
+    pub fn complete(&self, change: &Change) {
+        let mut state = self.state();
+        for (key, _) in &change.keys {
+            let entry = state.keys.get_mut(key).expect("a marked key stays until its change completes");
+            let position = entry.in_flight.iter().position(|&version| version == change.version);
+            entry.in_flight.swap_remove(position.expect("a change completes once"));
+            state.forget_if_idle(key);
+        }
+        drop(state);
+        self.shared.completed.notify_waiters();
+    }
+
+    pub fn begin_read(&self) -> ReadTicket {
+        let mut state = self.state();
+        let start = state.version;
+        *state.readers.entry(start).or_default() += 1;
+        ReadTicket { leases: self.clone(), start, seen: HashMap::new(), own: HashMap::new(), finished: false }
+    }
+
+    /// Gives back leases a client stopped caching; a newer grant than the one named stays.
+    pub fn release(&self, session: u64, grants: &[Grant]) {
+        let mut state = self.state();
+        for grant in grants {
+            let Some(entry) = state.keys.get_mut(&grant.key) else { continue };
+            if entry.holders.get(&session).is_some_and(|&id| id <= grant.id) {
+                entry.holders.remove(&session);
+                if let Some(held) = state.sessions.get_mut(&session) {
+                    held.remove(&grant.key);
+                }
+                state.forget_if_idle(&grant.key);
+            }
+        }
+    }
+
+    /// Drops every lease of a session that is gone (disconnected or evicted).
+    pub fn drop_session(&self, session: u64) {
+        let mut state = self.state();
+        let held = state.sessions.remove(&session).unwrap_or_default();
+        for key in held {
+            if let Some(entry) = state.keys.get_mut(&key) {
+                entry.holders.remove(&session);
+            }
+            state.forget_if_idle(&key);
+        }
+    }
+
+    /// Leases a session holds (for tests and statistics).
+    pub fn held_by(&self, session: u64) -> usize {
+        self.state().sessions.get(&session).map_or(0, HashSet::len)
+    }
+
+    /// Keys the table tracks (bounded: holders, changes in flight, reads in progress).
+    pub fn tracked_keys(&self) -> usize {
+        self.state().keys.len()
+    }
+}
+
+impl ReadTicket {
+    /// Records a key's state before the reader reads what it covers.
+    pub fn observe(&mut self, key: &LeaseKey) {
+        let state = self.leases.state();
+        let seen = state.keys.get(key).map_or((0, false), |entry| (entry.version, !entry.in_flight.is_empty()));
+        self.seen.insert(key.clone(), seen);
+    }
+
+    /// Records the keys the reader's own change marked, so it may be granted leases on the state
+    /// it made.
+    pub fn own_change(&mut self, change: &Change) {
+        for (key, others_in_flight) in &change.keys {
+            if !others_in_flight {
+                self.own.insert(key.clone(), change.version);
+            }
+        }
+    }
+
+    /// Waits until the state the reply reveals is safe to reveal (no change marked on `reveal`
+    /// so far is still revoking), then grants `session` leases on the keys of `grant` that nothing
+    /// changed since they were observed.
+    pub async fn finish(mut self, session: u64, reveal: &[LeaseKey], grant: &[LeaseKey]) -> Vec<Grant> {
+        let shared = self.leases.shared.clone();
+        let limit = self.leases.state().version;
+        loop {
+            let completed = shared.completed.notified();
+            tokio::pin!(completed);
+            completed.as_mut().enable();
+            let revoking = {
+                let state = self.leases.state();
+                reveal.iter().any(|key| {
+                    state.keys.get(key).is_some_and(|entry| entry.in_flight.iter().any(|&version| version <= limit))
+                })
+            };
+            if !revoking {
+                break;
+            }
+            completed.await;
+        }
+        let mut grants = Vec::new();
+        let leases = self.leases.clone();
+        let mut state = leases.state();
+        for key in grant {
+            let current = state.keys.get(key).map_or((0, false), |entry| (entry.version, !entry.in_flight.is_empty()));
+            let unchanged = match (self.own.get(key), self.seen.get(key)) {
+                (Some(&own_version), _) => current == (own_version, false),
+                (None, Some(&(version, in_flight))) => !in_flight && current == (version, false),
+                (None, None) => false,
+            };
+            let room = state.sessions.get(&session).map_or(0, HashSet::len) < LEASES_PER_SESSION_MAX;
+            if !unchanged || !room {
+                continue;
+            }
+            state.next_grant += 1;
+            let id = state.next_grant;
+            state.keys.entry(key.clone()).or_default().holders.insert(session, id);
+            state.sessions.entry(session).or_default().insert(key.clone());
+            grants.push(Grant { key: key.clone(), id });
+        }
+        self.unregister(&mut state);
+        grants
+    }
+
+    fn unregister(&mut self, state: &mut State) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let count = state.readers.get_mut(&self.start).expect("a read in progress is registered");
+        *count -= 1;
+        if *count == 0 {
+            state.readers.remove(&self.start);
+            state.sweep_deferred();
+        }
+    }
+}
+
+impl Drop for ReadTicket {
+    fn drop(&mut self) {
+        if !self.finished {
+            let leases = self.leases.clone();
+            let mut state = leases.state();
+            self.unregister(&mut state);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(text: &str) -> LeaseKey {
+        LeaseKey::Name { parent: 1, name: text.as_bytes().to_vec() }
+    }
+
+    // A read that observed a key before a change was marked on it gets no lease, and one that
+    // observes while the change is revoking waits for it before revealing anything.
+    #[tokio::test]
+    async fn no_grant_across_a_change_and_no_reveal_while_revoking() {
+        let leases = Leases::default();
+        let key = name("f");
+
+        let mut early = leases.begin_read();
+        early.observe(&key);
+        let change = leases.mark(vec![key.clone()]);
+        leases.complete(&change);
+        assert!(
+            early.finish(7, std::slice::from_ref(&key), std::slice::from_ref(&key)).await.is_empty(),
+            "stale read granted"
+        );
+
+        let mut fresh = leases.begin_read();
+        fresh.observe(&key);
+        let granted = fresh.finish(7, std::slice::from_ref(&key), std::slice::from_ref(&key)).await;
+        assert_eq!(granted.len(), 1);
+        assert_eq!(leases.held_by(7), 1);
+
+        // A change takes the lease out at once and names it for revocation.
+        let change = leases.mark(vec![key.clone()]);
+        assert_eq!(change.revocations.get(&7), Some(&granted));
+        assert_eq!(leases.held_by(7), 0);
+        let reader = leases.begin_read();
+        let waiting = tokio::spawn({
+            let key = key.clone();
+            async move { reader.finish(8, &[key], &[]).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "a read revealing a key being revoked waits");
+        leases.complete(&change);
+        waiting.await.unwrap();
+        assert_eq!(leases.tracked_keys(), 0, "idle keys are forgotten");
+    }
+
+    // Releases drop only the named or older grant; sessions that go drop everything.
+    #[tokio::test]
+    async fn release_and_drop_session() {
+        let leases = Leases::default();
+        let mut read = leases.begin_read();
+        read.observe(&name("a"));
+        read.observe(&name("b"));
+        let grants = read.finish(3, &[], &[name("a"), name("b")]).await;
+        assert_eq!(grants.len(), 2);
+        leases.release(3, &[Grant { key: name("a"), id: grants[0].id - 1 }]);
+        assert_eq!(leases.held_by(3), 2, "an older release does not drop a newer grant");
+        leases.release(3, &grants[..1]);
+        assert_eq!(leases.held_by(3), 1);
+        leases.drop_session(3);
+        assert_eq!(leases.held_by(3), 0);
+        assert_eq!(leases.tracked_keys(), 0);
+    }
+}
