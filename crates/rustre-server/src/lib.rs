@@ -25,6 +25,7 @@ use bytes::Bytes;
 use rustre_proto::clock::{Clock, SystemClock};
 use rustre_proto::frame::{Frame, FrameKind, encode_header, read_frame, write_frame};
 use rustre_proto::msg::{FILE_SIZE_MAX, IO_SIZE_MAX, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
+use rustre_proto::pause::PausePoints;
 use rustre_proto::rpc::{BoxFuture, Connection, Service};
 use rustre_proto::{
     Attr, Callback, CallbackReply, Errno, FileKind, Grant, HELLO_MAGIC, LeaseKey, Op, OpenFlags, ROOT_INO, RenameMode,
@@ -61,6 +62,8 @@ pub struct ServerConfig {
     /// Open handles one session may hold; the next open gets EMFILE.
     pub handles_per_session_max: usize,
     pub clock: Arc<dyn Clock>,
+    /// Pause points for tests that force races (unarmed, they cost one atomic load).
+    pub pause_points: Arc<PausePoints>,
 }
 
 impl ServerConfig {
@@ -73,6 +76,7 @@ impl ServerConfig {
             ping_timeout: Duration::from_secs(5),
             handles_per_session_max: HANDLES_PER_SESSION_MAX,
             clock: Arc::new(SystemClock),
+            pause_points: Arc::default(),
         }
     }
 }
@@ -729,7 +733,10 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
             let name_key = name_key(parent, &name);
             let mut ticket = inner.leases.begin_read();
             ticket.observe(&name_key);
-            match inner.store.read().and_then(|ns| ns.lookup(parent, &name)) {
+            let found = inner.store.read().and_then(|ns| ns.lookup(parent, &name));
+            // Tests stop here to let a change run between this read and its reply.
+            inner.config.pause_points.pause("server.lookup.after_read").await;
+            match found {
                 Ok(found) => {
                     // The attributes are read again, in a snapshot taken after their key is observed.
                     let attr_key = attr_key(found.ino);
