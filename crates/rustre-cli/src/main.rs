@@ -3,6 +3,8 @@
 //!
 //! Errors end the command with exit status 1 and one line on stderr, `rustre: <what failed>`.
 //! Commands taking several paths go on after a failing one, as their coreutils namesakes do.
+//! With `--client-stats`, a client command, once done (successful or not), also prints its
+//! client's counters on stderr.
 
 use std::ffi::OsStr;
 use std::io::{IsTerminal, Write};
@@ -29,6 +31,10 @@ struct Cli {
     /// Address of the server the client commands talk to.
     #[arg(long, global = true, env = "RUSTRE_SERVER", default_value = "127.0.0.1:7070", value_name = "ADDR")]
     server: String,
+
+    /// After a client command, print the client's counters (requests, cache hits) on stderr.
+    #[arg(long, global = true)]
+    client_stats: bool,
 
     #[command(subcommand)]
     command: Command,
@@ -62,8 +68,11 @@ enum Command {
         #[arg(default_value = "/")]
         path: PathBuf,
     },
-    /// Shows the attributes of what a path names (following symlinks).
-    Stat { path: PathBuf },
+    /// Shows the attributes of what each path names (following symlinks), one after another.
+    Stat {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Makes directories.
     Mkdir {
         /// Make missing parents too; existing directories are fine.
@@ -165,6 +174,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         command => {
             let client = Client::connect(&cli.server).await?;
             let result = client_command(&client, command).await;
+            if cli.client_stats {
+                // Read before the close: the cache empties once the session ends.
+                eprintln!("{}", client.stats());
+            }
             client.close();
             result
         }
@@ -175,7 +188,7 @@ async fn client_command(client: &Client, command: Command) -> anyhow::Result<()>
     match command {
         Command::Server { .. } | Command::Up { .. } => unreachable!("handled by run"),
         Command::Ls { long, path } => ls(client, &path, long).await,
-        Command::Stat { path } => stat(client, &path).await,
+        Command::Stat { paths } => for_each(&paths, |path| stat(client, path)).await,
         Command::Mkdir { parents, paths } => {
             for_each(&paths, |path| async move {
                 if parents {

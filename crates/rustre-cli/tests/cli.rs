@@ -272,6 +272,32 @@ fn ls_long_and_stat_show_attributes() {
     assert_eq!(field(&stat, "ino"), expected_ino.to_string());
 }
 
+// `stat` takes several paths on one client, and `--client-stats` shows what that client did: the
+// second stat of the same file is answered from the cache under the leases the first lookup got.
+#[test]
+fn stat_of_several_paths_shares_the_client_cache() {
+    let server = TestServer::start();
+    server.with_client(async |client| client.write("/x", b"contents").await.unwrap());
+
+    let output = server.run(&["--client-stats", "stat", "/x", "/x"]);
+    let stderr = String::from_utf8(output.stderr).expect("utf-8 stderr");
+    assert!(output.status.success(), "rustre stat failed ({}): {stderr}", output.status);
+    let stdout = String::from_utf8(output.stdout).expect("utf-8 stdout");
+    let paths: Vec<&str> = stdout.lines().filter(|line| line.starts_with("path: ")).collect();
+    assert_eq!(paths, ["path: /x", "path: /x"], "{stdout}");
+
+    let stat_line = |key: &str| {
+        let prefix = format!("{key}: ");
+        let line = stderr.lines().find(|line| line.starts_with(&prefix));
+        line.unwrap_or_else(|| panic!("no {key:?} in {stderr:?}"))[prefix.len()..].to_string()
+    };
+    let hits: u64 = stat_line("cache hits").parse().expect("a count");
+    assert!(hits >= 1, "the second stat came from the cache: {stderr}");
+    // The per-kind counts are indented under "requests sent": one lookup, for the first stat.
+    assert!(stderr.lines().any(|line| line == "  lookup: 1"), "{stderr}");
+    assert!(!stderr.lines().any(|line| line.starts_with("  getattr: ")), "{stderr}");
+}
+
 #[test]
 fn mv_renames_and_moves_into_directories() {
     let server = TestServer::start();

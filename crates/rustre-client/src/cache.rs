@@ -8,9 +8,10 @@
 //! revocation that arrived in between wins (semantics.md, race 11).
 //!
 //! A revocation can overtake the reply carrying the grant it revokes (the server may queue them
-//! in either order). Then the key is not held yet, and a tombstone remembers the revoked id so the
-//! late grant is refused. A tombstone lives until every request that was in flight when it was
-//! made has been answered: later requests get grants with larger ids.
+//! in either order). Whenever a revoked id is newer than the lease held on the key (or none is
+//! held), a tombstone remembers it so the late grant is refused. A tombstone lives until every
+//! request that was in flight when it was made has been answered: later requests get grants with
+//! larger ids.
 //!
 //! Locking: `State` sits behind one std mutex held for map operations only, never across an
 //! await; the reader task and application tasks both take it. The in-flight lookup table has its
@@ -158,16 +159,16 @@ impl State {
     pub(crate) fn on_revoke(&mut self, grants: &[Grant], next_request_id: u64) {
         self.contact();
         for grant in grants {
-            match self.leases.get(&grant.key) {
-                Some(held) if held.id <= grant.id => self.forget(&grant.key),
-                // We hold a newer grant: the revocation is of an older one.
-                Some(_) => {}
-                // Not held yet: its grant is still on its way (or was dropped here already).
-                None => {
-                    let tombstone = self.tombstones.entry(grant.key.clone()).or_insert((0, 0));
-                    tombstone.0 = tombstone.0.max(grant.id);
-                    tombstone.1 = next_request_id;
-                }
+            let held = self.leases.get(&grant.key).map(|held| held.id);
+            if held.is_some_and(|held| held <= grant.id) {
+                self.forget(&grant.key);
+            }
+            // A revoked id newer than any we hold names a grant still on its way to us (or one
+            // dropped here already): remember it, so that grant is refused when it comes.
+            if held.is_none_or(|held| held < grant.id) {
+                let tombstone = self.tombstones.entry(grant.key.clone()).or_insert((0, 0));
+                tombstone.0 = tombstone.0.max(grant.id);
+                tombstone.1 = next_request_id;
             }
         }
         if self.tombstones.len() > TOMBSTONES_MAX {
@@ -368,6 +369,21 @@ mod tests {
         assert!(state.tombstones.is_empty());
         state.insert_name(1, b"f", None, &[Grant { key: name("f"), id: 6 }]);
         assert_eq!(state.name(1, b"f"), Some(None));
+        state.check_invariants();
+    }
+
+    // Holding an old lease does not hide a newer grant still in flight: a revocation of that
+    // newer grant that overtakes it drops the old lease and refuses the new one.
+    #[tokio::test]
+    async fn a_revocation_overtaking_a_newer_grant_of_a_held_key_wins() {
+        let mut state = State::new(Duration::from_secs(60), 100);
+        state.on_reply(1, &[Grant { key: name("f"), id: 5 }], None);
+        state.insert_name(1, b"f", None, &[Grant { key: name("f"), id: 5 }]);
+        state.on_revoke(&[Grant { key: name("f"), id: 8 }], 3);
+        assert_eq!(state.name(1, b"f"), None, "the old lease went");
+        state.on_reply(2, &[Grant { key: name("f"), id: 8 }], Some(2));
+        state.insert_name(1, b"f", Some((4, FileKind::Regular)), &[Grant { key: name("f"), id: 8 }]);
+        assert_eq!(state.name(1, b"f"), None, "the revoked newer grant was refused");
         state.check_invariants();
     }
 

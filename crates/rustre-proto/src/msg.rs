@@ -419,7 +419,7 @@ pub enum Reply {
         len: u32,
         attr: Attr,
     },
-    /// Close, Fsync, Rmdir, Unlink, Rename, SetXattr, RemoveXattr.
+    /// Close, Fsync, Rmdir, Unlink, Rename, SetXattr, RemoveXattr, ReleaseLeases.
     Done,
     Target {
         target: Vec<u8>,

@@ -2,7 +2,7 @@
 //!
 //! Either side may send requests; each side numbers its own requests, and a reply carries the id
 //! of the request it answers, so both id spaces live on one connection without clashing. The
-//! server uses this to call its clients (liveness pings now, lease revocations later) on the
+//! server uses this to call its clients (liveness pings, lease revocations) on the
 //! connection they opened.
 //!
 //! Tasks: one reader and one writer per connection, plus one task per incoming request.

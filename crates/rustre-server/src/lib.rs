@@ -55,7 +55,8 @@ pub struct ServerConfig {
     /// dropped, its connection closed) and the change goes on.
     pub lease_timeout: Duration,
     /// How often the server pings each client on its connection (the heartbeat that keeps a
-    /// client's cache trusted; it must be well below `lease_timeout`).
+    /// client's cache trusted: clients stop trusting it after `lease_timeout / 2` without news, so
+    /// this must be well below that).
     pub ping_interval: Duration,
     /// A client that does not answer a ping within this is disconnected.
     pub ping_timeout: Duration,
