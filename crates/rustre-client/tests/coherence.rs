@@ -325,3 +325,82 @@ async fn contention_on_one_name_leaves_both_caches_exact() {
         client.check_cache_invariants();
     }
 }
+
+// Heartbeats keep a cache trusted; without news from the server for half the lease timeout the
+// client stops answering from its cache (the server may have evicted it meanwhile) and asks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_without_news_from_the_server_is_not_trusted() {
+    let server = TestServer::start_with(|config| {
+        config.lease_timeout = Duration::from_millis(1000);
+        config.ping_interval = Duration::from_secs(3600); // no heartbeat in this test
+    })
+    .await;
+    let a = server.client().await;
+    a.write("/f", b"x").await.unwrap();
+    a.stat("/f").await.unwrap();
+    let quiet = a.stats().requests_sent;
+    a.stat("/f").await.unwrap();
+    assert_eq!(a.stats().requests_sent, quiet, "trusted right after contact");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    a.stat("/f").await.unwrap();
+    assert!(a.stats().requests_sent > quiet, "after 800 ms of silence (trust: 500 ms) the client asked");
+}
+
+// Four clients churn a handful of names (create, rename over, unlink) while stat-ing and listing
+// them: nothing hangs, every answer is an errno a local file system could give, and at the end
+// every client's cached view equals the server's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_churning_few_names_stay_coherent() {
+    const CLIENTS: usize = 4;
+    const ROUNDS: usize = 150;
+    let server = TestServer::start().await;
+    let setup = server.client().await;
+    setup.mkdir("/d", 0o755).await.unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(server.client().await);
+    }
+    let tasks: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(index, client)| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for round in 0..ROUNDS {
+                    let name = format!("/d/n{}", (round + index) % 3);
+                    let result = match (round + index) % 5 {
+                        0 => client.write(&name, b"data").await,
+                        1 => client
+                            .write(format!("/d/tmp{index}"), b"new")
+                            .await
+                            .and(client.rename(format!("/d/tmp{index}"), &name).await),
+                        2 => client.remove_file(&name).await,
+                        3 => client.stat(&name).await.map(|_| ()),
+                        _ => client.read_dir("/d").await.map(|_| ()),
+                    };
+                    if let Err(error) = result {
+                        assert_eq!(error.errno, Errno::ENOENT, "client {index} round {round}: {error}");
+                    }
+                }
+            })
+        })
+        .collect();
+    let all = futures::future::join_all(tasks);
+    let done = tokio::time::timeout(Duration::from_secs(120), all).await.expect("no client hangs");
+    for task in done {
+        task.unwrap();
+    }
+    let truth = setup.read_dir_plus("/d").await.unwrap();
+    for client in &clients {
+        let listed = client.read_dir("/d").await.unwrap();
+        let names: Vec<_> = listed.iter().map(|entry| (entry.name.clone(), entry.ino)).collect();
+        let expected: Vec<_> = truth.iter().map(|entry| (entry.name.clone(), entry.ino)).collect();
+        assert_eq!(names, expected, "a cached listing differs from the server's");
+        for entry in &truth {
+            let path = format!("/d/{}", String::from_utf8_lossy(&entry.name));
+            assert_eq!(client.stat(&path).await.unwrap().ino, entry.ino);
+        }
+        client.check_cache_invariants();
+    }
+    assert_eq!(server.server().lease_stats().evictions, 0, "nobody was too slow to acknowledge");
+}
