@@ -404,3 +404,22 @@ async fn many_clients_churning_few_names_stay_coherent() {
     }
     assert_eq!(server.server().lease_stats().evictions, 0, "nobody was too slow to acknowledge");
 }
+
+// Cost: a client writing a file it opened for writing is never asked to revoke a lease of its own
+// (write replies and write-opens lease no attributes), so each write is one round trip; its stat
+// afterwards is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writing_costs_one_round_trip_per_write() {
+    let server = TestServer::start().await;
+    let a = server.client().await;
+    let before = a.stats();
+    let mut file = a.open("/f", OpenOptions::new().write(true).create(true)).await.unwrap();
+    for _ in 0..10 {
+        file.write_all(b"0123456789").await.unwrap();
+    }
+    file.close().await.unwrap();
+    let after = a.stats();
+    assert_eq!(after.revocations_received, before.revocations_received, "the writer revoked its own lease");
+    assert_eq!(after.requests_sent - before.requests_sent, 12, "open, ten writes, close");
+    assert_eq!(a.stat("/f").await.unwrap().size, 100);
+}

@@ -788,7 +788,7 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
             .await;
             match opened {
                 Ok(opened) => {
-                    let keys = [name_key, attr_key(opened.attr.ino)];
+                    let keys = open_grants(flags, name_key, opened.attr.ino);
                     let result = open_reply(inner, session, reservation, opened, flags).await;
                     answer(session, ticket, &keys, result.map(|reply| (reply, none()))).await
                 }
@@ -813,7 +813,8 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
             match opened {
                 Ok(opened) => {
                     let result = open_reply(inner, session, reservation, opened, flags).await;
-                    answer(session, ticket, &[attr_key(ino)], result.map(|reply| (reply, none()))).await
+                    let keys = open_grants(flags, None, ino);
+                    answer(session, ticket, &keys, result.map(|reply| (reply, none()))).await
                 }
                 Err(error) => Err(error).into(),
             }
@@ -832,8 +833,10 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
                 Ok(found) => found,
                 Err(error) => return Err(error).into(),
             };
-            let (result, ticket) = write(inner, ino, flags, offset, payload).await;
-            answer(session, ticket, &[attr_key(ino)], result.map(|reply| (reply, none()))).await
+            // No lease on the attributes a write returns: the writer's next write would have to
+            // revoke it from the writer itself, one more round trip per write.
+            let (result, _) = write(inner, ino, flags, offset, payload).await;
+            result.map(|reply| (reply, none())).into()
         }
         Op::Fsync { handle } => {
             let result = async {
@@ -946,6 +949,17 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
             Ok((Reply::Done, none())).into()
         }
     }
+}
+
+/// What an open reply leases: the name (if opened by name), and the attributes only when opened
+/// for reading. A writer changes the attributes with its first write, which would then have to
+/// revoke the writer's own lease: one more round trip for every file written.
+fn open_grants(flags: OpenFlags, name_key: impl Into<Option<LeaseKey>>, ino: u64) -> Vec<LeaseKey> {
+    let mut keys: Vec<LeaseKey> = name_key.into().into_iter().collect();
+    if !flags.contains(OpenFlags::WRITE) && !flags.contains(OpenFlags::APPEND) {
+        keys.push(attr_key(ino));
+    }
+    keys
 }
 
 /// The reply to a change that made a name (mkdir, symlink, link): leases on the name and its inode.
