@@ -2,7 +2,7 @@
 //! another actor run, so a race between two steps of an operation is forced deterministically
 //! instead of hoped for. Unarmed, a pause point costs one atomic load.
 //!
-//! ```ignore
+//! ```text
 //! let paused = points.arm("server.lookup.after_read");   // the next task to get there stops
 //! let lookup = tokio::spawn(async move { client_a.stat("/f").await });
 //! paused.reached().await;                                // it is there now

@@ -65,6 +65,10 @@ pub struct ServerConfig {
     pub clock: Arc<dyn Clock>,
     /// Pause points for tests that force races (unarmed, they cost one atomic load).
     pub pause_points: Arc<PausePoints>,
+    /// Fault injection, for proving that tools detect failures (`rustre race`'s control run):
+    /// every Nth open answers ESTALE, as a file system that trusts stale inode ids would.
+    /// Never set in production.
+    pub fault_estale_every_nth_open: Option<u64>,
 }
 
 impl ServerConfig {
@@ -78,6 +82,7 @@ impl ServerConfig {
             handles_per_session_max: HANDLES_PER_SESSION_MAX,
             clock: Arc::new(SystemClock),
             pause_points: Arc::default(),
+            fault_estale_every_nth_open: None,
         }
     }
 }
@@ -178,6 +183,7 @@ struct Inner {
     sessions: Mutex<HashMap<u64, Connection>>,
     leases: Leases,
     counters: Arc<ServerCounters>,
+    opens: AtomicU64,
     next_session: AtomicU64,
     shutdown: watch::Sender<bool>,
 }
@@ -217,6 +223,7 @@ impl Server {
                 sessions: Mutex::new(HashMap::new()),
                 leases: Leases::default(),
                 counters: Arc::default(),
+                opens: AtomicU64::new(0),
                 next_session: AtomicU64::new(boot << 32),
                 shutdown,
             }),
@@ -772,6 +779,12 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
             answer(session, ticket, &[attr_key(ino)], result.map(|attr| (Reply::Attr { attr }, none()))).await
         }
         Op::Open { parent, name, flags, perm } => {
+            if let Some(every) = inner.config.fault_estale_every_nth_open
+                && (inner.opens.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(every.max(1))
+            {
+                tracing::debug!("injected fault: ESTALE for an open");
+                return Err(errno(Errno::ESTALE)).into();
+            }
             let reservation = match session.reserve_handle() {
                 Ok(reservation) => reservation,
                 Err(error) => return Err(error).into(),
