@@ -1,5 +1,5 @@
-//! `rustre`: runs a server (`server`, `up`) and talks to one (`ls`, `stat`, `mkdir`, `put`, `get`,
-//! `cat`, `rm`, `mv`).
+//! `rustre`: runs a server (`server`, `up`), talks to one (`ls`, `stat`, `mkdir`, `put`, `get`,
+//! `cat`, `rm`, `mv`), and races clients on a few names to find contract violations (`race`).
 //!
 //! Errors end the command with exit status 1 and one line on stderr, `rustre: <what failed>`.
 //! Commands taking several paths go on after a failing one, as their coreutils namesakes do.
@@ -21,6 +21,8 @@ use rustre_client::{Client, Entry, OpenOptions};
 use rustre_server::{Server, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{Signal, SignalKind, signal};
+
+mod race;
 
 /// The most bytes one read or write of `put`, `get` and `cat` moves.
 const CHUNK: usize = 1 << 20;
@@ -50,6 +52,9 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
         listen: String,
+        /// Fault injection for control runs of `rustre race`: every Nth open answers ESTALE.
+        #[arg(long, hide = true, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        fault_estale_every: Option<u64>,
     },
     /// Starts a server, shows it working through a client, and serves until Ctrl-C.
     Up {
@@ -103,6 +108,13 @@ enum Command {
     },
     /// Renames SRC to DST, or moves it into DST when DST is a directory.
     Mv { src: PathBuf, dst: PathBuf },
+    /// Races clients on a few names for a while; reports ops/s, errnos and violations.
+    ///
+    /// Creators, exclusive creators, unlinkers, renamers and readers race in rustre through
+    /// several client sessions (`--server`, `--clients`), or in local directories (`--dirs`).
+    /// Exits 1 on any violation of the contract: ESTALE, EIO, a failed O_CREAT open, not exactly
+    /// one O_EXCL winner per round, ...
+    Race(race::RaceArgs),
 }
 
 impl Command {
@@ -169,8 +181,13 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Server { data, listen } => serve(&data, &listen).await,
+        Command::Server { data, listen, fault_estale_every } => {
+            let mut config = ServerConfig::new(&data);
+            config.fault_estale_every_nth_open = fault_estale_every;
+            serve(config, &listen).await
+        }
         Command::Up { data, listen } => up(&data, &listen).await,
+        Command::Race(args) => race::run(args, &cli.server, cli.client_stats).await,
         command => {
             let client = Client::connect(&cli.server).await?;
             let result = client_command(&client, command).await;
@@ -186,7 +203,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Server { .. } | Command::Up { .. } => unreachable!("handled by run"),
+        Command::Server { .. } | Command::Up { .. } | Command::Race(_) => unreachable!("handled by run"),
         Command::Ls { long, path } => ls(client, &path, long).await,
         Command::Stat { paths } => for_each(&paths, |path| stat(client, path)).await,
         Command::Mkdir { parents, paths } => {
@@ -251,8 +268,8 @@ impl StopSignals {
     }
 }
 
-async fn start_server(data: &Path, listen: &str) -> anyhow::Result<(Server, SocketAddr)> {
-    let server = Server::open(ServerConfig::new(data)).await?;
+async fn start_server(config: ServerConfig, listen: &str) -> anyhow::Result<(Server, SocketAddr)> {
+    let server = Server::open(config).await?;
     match server.listen(listen).await {
         Ok(address) => Ok((server, address)),
         Err(error) => {
@@ -269,17 +286,17 @@ async fn stop_server(server: Server, signals: &mut StopSignals) {
     tracing::info!("stopped");
 }
 
-async fn serve(data: &Path, listen: &str) -> anyhow::Result<()> {
+async fn serve(config: ServerConfig, listen: &str) -> anyhow::Result<()> {
     let mut signals = StopSignals::install()?;
     // `Server::listen` logs "serving" with the address.
-    let (server, _) = start_server(data, listen).await?;
+    let (server, _) = start_server(config, listen).await?;
     stop_server(server, &mut signals).await;
     Ok(())
 }
 
 async fn up(data: &Path, listen: &str) -> anyhow::Result<()> {
     let mut signals = StopSignals::install()?;
-    let (server, address) = start_server(data, listen).await?;
+    let (server, address) = start_server(ServerConfig::new(data), listen).await?;
     if let Err(error) = demonstrate(data, address).await {
         server.shutdown().await;
         return Err(error);

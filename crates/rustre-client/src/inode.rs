@@ -32,7 +32,42 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// A removal of (parent, name) in flight; creates of that name wait until it is dropped.
+struct Removal<'a> {
+    client: &'a Client,
+    key: (u64, Vec<u8>),
+    _done: watch::Sender<()>,
+}
+
+impl Drop for Removal<'_> {
+    fn drop(&mut self) {
+        let mut removals = self.client.inner.removals.lock().expect("removals lock");
+        // Only our own entry: a later removal of the same name may have replaced it.
+        if removals.get(&self.key).is_some_and(|receiver| receiver.same_channel(&self._done.subscribe())) {
+            removals.remove(&self.key);
+        }
+    }
+}
+
 impl Client {
+    /// Registers a removal of (parent, name) in flight.
+    fn removing(&self, parent: u64, name: &[u8]) -> Removal<'_> {
+        let key = (parent, name.to_vec());
+        let (done, receiver) = watch::channel(());
+        self.inner.removals.lock().expect("removals lock").insert(key.clone(), receiver);
+        Removal { client: self, key, _done: done }
+    }
+
+    /// Waits for removals of (parent, name) this client has in flight (bounded: each ends with
+    /// its reply or the connection).
+    async fn after_removals(&self, parent: u64, name: &[u8]) {
+        let pending = self.inner.removals.lock().expect("removals lock").get(&(parent, name.to_vec())).cloned();
+        if let Some(mut receiver) = pending {
+            // The sender goes with the removal; `changed` then fails, which is the signal.
+            while receiver.changed().await.is_ok() {}
+        }
+    }
+
     /// Caches what a reply says of a name and of the inode it names, under the reply's grants.
     fn remember(&self, parent: u64, name: &[u8], found: Option<&Attr>, grants: &[Grant]) {
         let mut cache = self.inner.shared.cache();
@@ -170,6 +205,9 @@ impl Client {
     /// Opens `name` in `parent` in one atomic server step (creating it if `flags` say so).
     pub async fn open_at(&self, parent: u64, name: &[u8], flags: OpenFlags, perm: u32) -> Result<File> {
         validate(name)?;
+        if flags.contains(OpenFlags::CREATE) {
+            self.after_removals(parent, name).await;
+        }
         let (header, _) = self.request(Op::Open { parent, name: name.to_vec(), flags, perm }, Bytes::new()).await?;
         match header.result {
             Ok(Reply::Opened { handle, attr, created }) => {
@@ -200,6 +238,7 @@ impl Client {
     /// A change that makes a name (mkdir, symlink, link): the reply's inode is cached there.
     async fn make_entry(&self, parent: u64, name: &[u8], op: Op) -> Result<Attr> {
         validate(name)?;
+        self.after_removals(parent, name).await;
         let (header, _) = self.request(op, Bytes::new()).await?;
         match header.result? {
             Reply::Entry { attr } => {
@@ -236,11 +275,13 @@ impl Client {
 
     pub async fn unlink_at(&self, parent: u64, name: &[u8]) -> Result<()> {
         validate(name)?;
+        let _removal = self.removing(parent, name);
         self.remove_entry(parent, name, Op::Unlink { parent, name: name.to_vec() }).await
     }
 
     pub async fn rmdir_at(&self, parent: u64, name: &[u8]) -> Result<()> {
         validate(name)?;
+        let _removal = self.removing(parent, name);
         self.remove_entry(parent, name, Op::Rmdir { parent, name: name.to_vec() }).await
     }
 

@@ -15,6 +15,7 @@ mod error;
 mod file;
 mod inode;
 mod path;
+mod retry;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -51,6 +52,9 @@ pub struct ClientConfig {
     pub cache_entries_max: usize,
     /// Pause points for tests that force races (unarmed, they cost one atomic load).
     pub pause_points: Arc<PausePoints>,
+    /// Retry by name after a stale inode id (`retry.rs`). Always on, except in control runs that
+    /// prove tests and tools notice the ESTALE an application would otherwise see.
+    pub retry_stale_by_name: bool,
 }
 
 impl Default for ClientConfig {
@@ -60,6 +64,7 @@ impl Default for ClientConfig {
             caller: Caller { uid: rustix::process::getuid().as_raw(), gid: rustix::process::getgid().as_raw() },
             cache_entries_max: cache::CACHE_ENTRIES_MAX,
             pause_points: Arc::default(),
+            retry_stale_by_name: true,
         }
     }
 }
@@ -81,6 +86,8 @@ pub struct ClientStats {
     pub revocation_handling_micros: u64,
     pub leases_held: u64,
     pub leases_released: u64,
+    /// Path calls retried by name after the server found an inode id stale.
+    pub stale_retries: u64,
 }
 
 impl std::fmt::Display for ClientStats {
@@ -96,7 +103,8 @@ impl std::fmt::Display for ClientStats {
         writeln!(f, "revocations received: {}", self.revocations_received)?;
         writeln!(f, "revocation handling: {} µs in total", self.revocation_handling_micros)?;
         writeln!(f, "leases held: {}", self.leases_held)?;
-        write!(f, "leases released: {}", self.leases_released)
+        writeln!(f, "leases released: {}", self.leases_released)?;
+        write!(f, "stale ids retried by name: {}", self.stale_retries)
     }
 }
 
@@ -111,6 +119,7 @@ struct Counters {
     revocations_received: AtomicU64,
     revocation_handling_micros: AtomicU64,
     leases_released: AtomicU64,
+    stale_retries: AtomicU64,
 }
 
 /// What the connection's reader task and the application tasks share.
@@ -123,6 +132,7 @@ struct Shared {
     /// Wakes the task that gives leases back.
     releases: Notify,
     pause_points: Arc<PausePoints>,
+    retry_stale_by_name: bool,
 }
 
 impl Shared {
@@ -139,6 +149,9 @@ impl Shared {
     }
 }
 
+/// Ends (its sender is dropped) when a removal in flight completes.
+type RemovalDone = watch::Receiver<()>;
+
 /// Where the tasks waiting for a shared lookup find its answer.
 type LookupAnswer = watch::Receiver<Option<Result<Attr>>>;
 
@@ -150,6 +163,9 @@ struct Inner {
     shared: Arc<Shared>,
     /// (parent, name) -> the lookup in flight for it; other tasks wait for its answer.
     lookups: Mutex<HashMap<(u64, Vec<u8>), LookupAnswer>>,
+    /// (parent, name) -> removals (unlink, rmdir) of it in flight; a create of the same name
+    /// waits for them (semantics.md race 10: in program order, never EEXIST, never lost data).
+    removals: Mutex<HashMap<(u64, Vec<u8>), RemovalDone>>,
 }
 
 /// A session with a rustre server. Cloning shares the session (and its cache).
@@ -257,6 +273,7 @@ impl Client {
             connection: OnceLock::new(),
             releases: Notify::new(),
             pause_points: config.pause_points.clone(),
+            retry_stale_by_name: config.retry_stale_by_name,
         });
         let service = Arc::new(CallbackService { shared: shared.clone() });
         let connection = Connection::start(stream, service, format!("server {peer}"));
@@ -268,6 +285,7 @@ impl Client {
             caller: config.caller,
             shared: shared.clone(),
             lookups: Mutex::new(HashMap::new()),
+            removals: Mutex::new(HashMap::new()),
         });
         tokio::spawn(give_leases_back(Arc::downgrade(&inner), shared.clone()));
         tokio::spawn(async move {
@@ -306,6 +324,7 @@ impl Client {
             revocation_handling_micros: load(&counters.revocation_handling_micros),
             leases_held: self.inner.shared.cache().leases_held() as u64,
             leases_released: load(&counters.leases_released),
+            stale_retries: load(&counters.stale_retries),
         }
     }
 
@@ -356,13 +375,57 @@ impl Client {
     /// Attributes of what `path` names, following symlinks.
     pub async fn stat(&self, path: impl AsRef<Path>) -> Result<Attr> {
         let path = path.as_ref();
-        self.resolve(bytes(path), true).await.map_err(|error| error.context(format!("stat {}", path.display())))
+        self.stat_path(bytes(path), true).await.map_err(|error| error.context(format!("stat {}", path.display())))
     }
 
     /// Attributes of what `path` names, not following a final symlink.
     pub async fn lstat(&self, path: impl AsRef<Path>) -> Result<Attr> {
         let path = path.as_ref();
-        self.resolve(bytes(path), false).await.map_err(|error| error.context(format!("lstat {}", path.display())))
+        self.stat_path(bytes(path), false).await.map_err(|error| error.context(format!("lstat {}", path.display())))
+    }
+
+    async fn stat_path(&self, path: &[u8], follow: bool) -> Result<Attr> {
+        let fast = self.resolve(path, follow).await;
+        if path::names_directory(path) || retry::split(path).is_err() {
+            // Paths that end on a directory of the walk itself ("/", "a/.."): the walk again.
+            return match fast {
+                Err(error) if error.errno == Errno::ESTALE => self.resolve(path, follow).await,
+                other => other,
+            };
+        }
+        self.or_by_name(
+            fast,
+            path,
+            None,
+            follow,
+            |name, _| Op::Lookup { parent: 0, name },
+            |reply| match reply {
+                Reply::Entry { attr } => Ok(attr),
+                other => Err(unexpected(&other)),
+            },
+        )
+        .await
+    }
+
+    /// Gives a path call's fast result, or, if the fast path met a stale inode id, the result of
+    /// the same call made by name on the server in one atomic step (see `retry.rs`).
+    async fn or_by_name<T>(
+        &self,
+        fast: Result<T>,
+        path: &[u8],
+        new_path: Option<&[u8]>,
+        follow_last: bool,
+        make_op: impl Fn(Vec<u8>, Option<Vec<u8>>) -> Op,
+        convert: impl FnOnce(Reply) -> Result<T>,
+    ) -> Result<T> {
+        match fast {
+            Err(error) if error.errno == Errno::ESTALE && self.inner.shared.retry_stale_by_name => {
+                let request =
+                    retry::ByName { path: path.to_vec(), new_path: new_path.map(<[u8]>::to_vec), follow_last };
+                convert(self.by_name(request, make_op).await?.0)
+            }
+            other => other,
+        }
     }
 
     /// Does `path` name something? (Errors other than ENOENT are errors.)
@@ -376,7 +439,25 @@ impl Client {
 
     pub async fn open(&self, path: impl AsRef<Path>, options: &OpenOptions) -> Result<File> {
         let path = path.as_ref();
-        self.open_path(bytes(path), options).await.map_err(|error| error.context(format!("open {}", path.display())))
+        let fast = self.open_path(bytes(path), options).await;
+        let flags = options.flags()?;
+        let perm = options.perm;
+        let opened = self
+            .or_by_name(
+                fast,
+                bytes(path),
+                None,
+                !options.no_follow,
+                |name, _| Op::Open { parent: 0, name, flags, perm },
+                |reply| match reply {
+                    Reply::Opened { handle, attr, created } => {
+                        Ok(File::new(self.clone(), handle, attr, created, flags))
+                    }
+                    other => Err(unexpected(&other)),
+                },
+            )
+            .await;
+        opened.map_err(|error| error.context(format!("open {}", path.display())))
     }
 
     async fn open_path(&self, path: &[u8], options: &OpenOptions) -> Result<File> {
@@ -461,15 +542,19 @@ impl Client {
 
     pub async fn mkdir(&self, path: impl AsRef<Path>, perm: u32) -> Result<Attr> {
         let path = path.as_ref();
-        self.with_parent("mkdir", path, |parent, name| async move { self.mkdir_at(parent, &name, perm).await })
-            .await
-            .map_err(|error| {
-                if components(bytes(path)).is_empty() {
-                    Error::from(Errno::EEXIST).context(format!("mkdir {}", path.display()))
-                } else {
-                    error
-                }
-            })
+        self.with_parent("mkdir", path, |parent, name| async move {
+            let fast = self.mkdir_at(parent, &name, perm).await;
+            let make = |name, _| Op::Mkdir { parent: 0, name, perm };
+            self.or_by_name(fast, bytes(path), None, false, make, expect_entry).await
+        })
+        .await
+        .map_err(|error| {
+            if components(bytes(path)).is_empty() {
+                Error::from(Errno::EEXIST).context(format!("mkdir {}", path.display()))
+            } else {
+                error
+            }
+        })
     }
 
     /// Makes a directory and any missing parents (`mkdir -p`); an existing directory is fine.
@@ -510,11 +595,20 @@ impl Client {
             };
             return Err(refusal.context(format!("unlink {}", path.display())));
         }
-        self.with_parent("unlink", path, |parent, name| async move { self.unlink_at(parent, &name).await }).await
+        self.with_parent("unlink", path, |parent, name| async move {
+            let fast = self.unlink_at(parent, &name).await;
+            self.or_by_name(fast, bytes(path), None, false, |name, _| Op::Unlink { parent: 0, name }, expect_done).await
+        })
+        .await
     }
 
     pub async fn remove_dir(&self, path: impl AsRef<Path>) -> Result<()> {
-        self.with_parent("rmdir", path.as_ref(), |parent, name| async move { self.rmdir_at(parent, &name).await }).await
+        let path = path.as_ref();
+        self.with_parent("rmdir", path, |parent, name| async move {
+            let fast = self.rmdir_at(parent, &name).await;
+            self.or_by_name(fast, bytes(path), None, false, |name, _| Op::Rmdir { parent: 0, name }, expect_done).await
+        })
+        .await
     }
 
     /// Removes a directory and everything below it (`rm -r`), or a single non-directory.
@@ -566,11 +660,22 @@ impl Client {
                     return Err(Errno::ENOTDIR.into());
                 }
             }
-            let mut source = Walk::root();
-            let name = self.walk_parent(&mut source, bytes(from)).await?;
-            let mut target = Walk::root();
-            let new_name = self.walk_parent(&mut target, bytes(to)).await?;
-            self.rename_at(source.directory(), &name, target.directory(), &new_name, mode).await
+            let fast = async {
+                let mut source = Walk::root();
+                let name = self.walk_parent(&mut source, bytes(from)).await?;
+                let mut target = Walk::root();
+                let new_name = self.walk_parent(&mut target, bytes(to)).await?;
+                self.rename_at(source.directory(), &name, target.directory(), &new_name, mode).await
+            };
+            let fast = fast.await;
+            let make = |name, new_name: Option<Vec<u8>>| Op::Rename {
+                parent: 0,
+                name,
+                new_parent: 0,
+                new_name: new_name.expect("a rename has a target"),
+                mode,
+            };
+            self.or_by_name(fast, bytes(from), Some(bytes(to)), false, make, expect_done).await
         };
         run.await.map_err(|error| error.context(format!("rename {} to {}", from.display(), to.display())))
     }
@@ -587,8 +692,11 @@ impl Client {
     /// Makes `link` a symlink pointing at `target` (stored as given).
     pub async fn symlink(&self, target: impl AsRef<Path>, link: impl AsRef<Path>) -> Result<Attr> {
         let target = bytes(target.as_ref()).to_vec();
-        self.with_parent("symlink", link.as_ref(), |parent, name| async move {
-            self.symlink_at(parent, &name, &target).await
+        let link = link.as_ref();
+        self.with_parent("symlink", link, |parent, name| async move {
+            let fast = self.symlink_at(parent, &name, &target).await;
+            let make = |name, _| Op::Symlink { parent: 0, name, target: target.clone() };
+            self.or_by_name(fast, bytes(link), None, false, make, expect_entry).await
         })
         .await
     }
@@ -700,5 +808,23 @@ impl Drop for Inner {
         // The last handle on the session is gone (files hold one too): end it, so the server
         // releases its handles and leases rather than keep them for a client nobody uses.
         self.connection.close("client dropped");
+    }
+}
+
+fn unexpected(reply: &Reply) -> Error {
+    Error::new(Errno::EPROTO, format!("unexpected reply {reply:?}"))
+}
+
+fn expect_entry(reply: Reply) -> Result<Attr> {
+    match reply {
+        Reply::Entry { attr } => Ok(attr),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn expect_done(reply: Reply) -> Result<()> {
+    match reply {
+        Reply::Done => Ok(()),
+        other => Err(unexpected(&other)),
     }
 }

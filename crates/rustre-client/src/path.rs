@@ -108,6 +108,8 @@ impl Client {
                 return Err(Errno::ENOTDIR.into());
             }
             walk.stack.push(ino);
+            // Tests stop here to let another client change the path under a resolved directory.
+            self.inner.shared.pause_points.pause("client.walk.after_directory").await;
         }
         // The path ends on a directory of the walk ("/", "a/..", or a symlink to a directory).
         self.getattr(walk.directory()).await
@@ -143,6 +145,8 @@ impl Client {
             // A parent path ending in ".." leaves the walk at that directory already.
             if walk.directory() != directory.ino {
                 walk.stack.push(directory.ino);
+                // Tests stop here to let another client change the path under a resolved directory.
+                self.inner.shared.pause_points.pause("client.walk.after_directory").await;
             }
         }
         Ok(last)

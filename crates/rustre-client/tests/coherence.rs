@@ -143,7 +143,7 @@ async fn a_change_during_a_server_lookup_is_never_cached() {
         let a = a.clone();
         async move { a.stat("/f").await }
     });
-    paused.reached().await;
+    reach(&paused).await;
     b.remove_file("/f").await.unwrap();
     paused.release();
     assert!(lookup.await.unwrap().is_ok(), "the lookup answers what it read before the unlink");
@@ -156,7 +156,7 @@ async fn a_change_during_a_server_lookup_is_never_cached() {
         let a = a.clone();
         async move { a.stat("/dir").await }
     });
-    paused.reached().await;
+    reach(&paused).await;
     b.rename("/dir", "/moved").await.unwrap();
     paused.release();
     assert!(lookup.await.unwrap().is_ok(), "the lookup answers what it read before the rename");
@@ -178,7 +178,7 @@ async fn a_revocation_between_reply_and_insert_wins() {
         let a = a.clone();
         async move { a.stat("/f").await }
     });
-    paused.reached().await;
+    reach(&paused).await;
     let revocations = a.stats().revocations_received;
     b.remove_file("/f").await.unwrap();
     assert!(a.stats().revocations_received > revocations, "the unlink waited for a's acknowledgement");
@@ -205,7 +205,7 @@ async fn parallel_lookups_of_one_name_send_one_request() {
             tokio::spawn(async move { a.lookup(rustre_proto::ROOT_INO, b"f").await })
         })
         .collect();
-    paused.reached().await;
+    reach(&paused).await;
     eventually("the other nine wait for the first", || a.stats().lookups_shared == 9).await;
     paused.release();
     let mut inos = Vec::new();

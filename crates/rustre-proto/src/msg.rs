@@ -297,6 +297,20 @@ pub enum Op {
     ReleaseLeases {
         leases: Vec<Grant>,
     },
+    /// Runs `op` (Lookup, Open, Mkdir, Symlink, Unlink, Rmdir or Rename) in the directory that
+    /// the path `dir` (names or `..`, from the root) leads to, resolved by name on the server in
+    /// the same atomic step as the op (Rename's target directory from `new_dir`). The op's
+    /// `parent`/`new_parent` fields are ignored. Nothing is addressed by an inode id, so this
+    /// never answers ESTALE: the client's retry after a stale id. A symlink on the way (or, for
+    /// Open, at the name itself) is answered `SymlinkOnPath`. Replies grant no leases.
+    AtPath {
+        dir: Vec<Vec<u8>>,
+        new_dir: Option<Vec<Vec<u8>>>,
+        /// For Lookup and Open: a symlink at the name itself is answered `SymlinkOnPath` (to be
+        /// followed) rather than looked up (lstat) or refused with ELOOP (O_NOFOLLOW).
+        follow_last: bool,
+        op: Box<Op>,
+    },
 }
 
 impl Op {
@@ -327,11 +341,12 @@ impl Op {
             Op::ListXattr { .. } => "listxattr",
             Op::RemoveXattr { .. } => "removexattr",
             Op::ReleaseLeases { .. } => "release_leases",
+            Op::AtPath { .. } => "at_path",
         }
     }
 
     /// Every kind, in variant order, for per-kind counters.
-    pub const KIND_NAMES: [&'static str; 24] = [
+    pub const KIND_NAMES: [&'static str; 25] = [
         "hello",
         "lookup",
         "getattr",
@@ -356,6 +371,7 @@ impl Op {
         "listxattr",
         "removexattr",
         "release_leases",
+        "at_path",
     ];
 
     /// The position of this op's kind in `KIND_NAMES`.
@@ -435,6 +451,13 @@ pub enum Reply {
     Xattr,
     XattrNames {
         names: Vec<Vec<u8>>,
+    },
+    /// AtPath met a symlink: at `index` of `dir` (or of `new_dir` when `in_new_dir`), or at the
+    /// op's name itself when `index` is the path's length. The client splices the target in.
+    SymlinkOnPath {
+        in_new_dir: bool,
+        index: u32,
+        target: Vec<u8>,
     },
 }
 

@@ -31,7 +31,7 @@ use rustre_proto::{
     Attr, Callback, CallbackReply, Errno, FileKind, Grant, HELLO_MAGIC, LeaseKey, Op, OpenFlags, ROOT_INO, RenameMode,
     Reply, ReplyHeader, Request, SetAttrIn, StatFs, WireError,
 };
-use rustre_store::{Committer, Ns, Opened, Store, StoreError};
+use rustre_store::{Committer, Ns, Opened, Store, StoreError, Walked};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -961,7 +961,177 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
             inner.leases.release(session.id, &leases);
             Ok((Reply::Done, none())).into()
         }
+        Op::AtPath { dir, new_dir, follow_last, op } => {
+            at_path(inner, session, caller, AtPaths { dir, new_dir, follow_last }, *op).await
+        }
     }
+}
+
+/// The paths of an `AtPath` request.
+struct AtPaths {
+    dir: Vec<Vec<u8>>,
+    new_dir: Option<Vec<Vec<u8>>>,
+    follow_last: bool,
+}
+
+/// Where the paths of an `AtPath` led.
+enum Resolved {
+    Parents(u64, Option<u64>),
+    /// A symlink on the way: the reply to give (`SymlinkOnPath`).
+    Symlink(Reply),
+}
+
+fn resolve_paths(
+    walk: impl Fn(&[Vec<u8>]) -> Result<Walked, StoreError>,
+    dir: &[Vec<u8>],
+    new_dir: Option<&[Vec<u8>]>,
+) -> Result<Resolved, StoreError> {
+    let symlink = |in_new_dir: bool, index: usize, target: Vec<u8>| {
+        Resolved::Symlink(Reply::SymlinkOnPath { in_new_dir, index: index as u32, target })
+    };
+    let parent = match walk(dir)? {
+        Walked::Directory(parent) => parent,
+        Walked::Symlink { index, target } => return Ok(symlink(false, index, target)),
+    };
+    let new_parent = match new_dir.map(&walk).transpose()? {
+        None => None,
+        Some(Walked::Directory(new_parent)) => Some(new_parent),
+        Some(Walked::Symlink { index, target }) => return Ok(symlink(true, index, target)),
+    };
+    Ok(Resolved::Parents(parent, new_parent))
+}
+
+/// `Op::AtPath`: the path is resolved by name in the same step as the op (for changes, in the
+/// same commit-thread closure), so no inode id a client held is used and ESTALE cannot happen.
+/// The reply reveals state like any other (it waits for revocations in flight) but grants no
+/// lease: the client does not know the ids the server resolved.
+async fn at_path(
+    inner: &Arc<Inner>,
+    session: &Session,
+    caller: rustre_proto::Caller,
+    paths: AtPaths,
+    op: Op,
+) -> Answer {
+    let AtPaths { dir, new_dir, follow_last } = paths;
+    let none = Bytes::new;
+    let reveal = |ticket: ReadTicket, keys: Vec<LeaseKey>| async move { ticket.finish(session.id, &keys, &[]).await };
+    match op {
+        Op::Lookup { name, .. } => {
+            let ticket = inner.leases.begin_read();
+            let found = inner.store.read().and_then(|ns| {
+                Ok(match resolve_paths(|path| ns.walk(path), &dir, None)? {
+                    Resolved::Symlink(reply) => Err(reply),
+                    Resolved::Parents(parent, _) => match ns.lookup(parent, &name) {
+                        Ok(attr) if follow_last && attr.kind == FileKind::Symlink => {
+                            let target = ns.readlink(attr.ino)?;
+                            Err(Reply::SymlinkOnPath { in_new_dir: false, index: dir.len() as u32, target })
+                        }
+                        looked_up => Ok((parent, looked_up)),
+                    },
+                })
+            });
+            match found {
+                Err(error) => Err(error).into(),
+                Ok(Err(symlink)) => Ok((symlink, none())).into(),
+                Ok(Ok((parent, Ok(attr)))) => {
+                    reveal(ticket, vec![name_key(parent, &name), attr_key(attr.ino)]).await;
+                    Ok((Reply::Entry { attr }, none())).into()
+                }
+                Ok(Ok((parent, Err(error)))) => {
+                    reveal(ticket, vec![name_key(parent, &name)]).await;
+                    Err(error).into()
+                }
+            }
+        }
+        Op::Open { name, flags, perm, .. } => {
+            let reservation = match session.reserve_handle() {
+                Ok(reservation) => reservation,
+                Err(error) => return Err(error).into(),
+            };
+            let (outcome, ticket) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
+                let parent = match resolve_paths(|path| ns.walk(path), &dir, None)? {
+                    Resolved::Symlink(reply) => return Ok(Err(reply)),
+                    Resolved::Parents(parent, _) => parent,
+                };
+                if let Some(entry) = ns.entry(parent, &name)?
+                    && entry.kind == FileKind::Symlink
+                    && follow_last
+                {
+                    // The server never follows a symlink; the client does (or refuses, O_NOFOLLOW).
+                    let target = ns.inode(entry.ino)?.map(|record| record.target).unwrap_or_default();
+                    return Ok(Err(Reply::SymlinkOnPath { in_new_dir: false, index: dir.len() as u32, target }));
+                }
+                let opened = ns.open(parent, &name, flags, perm, caller)?;
+                opens.acquire(opened.attr.ino);
+                Ok(Ok((parent, name, opened)))
+            })
+            .await;
+            match outcome {
+                Err(error) => Err(error).into(),
+                Ok(Err(symlink)) => Ok((symlink, none())).into(),
+                Ok(Ok((parent, name, opened))) => {
+                    if let Some(ticket) = ticket {
+                        reveal(ticket, vec![name_key(parent, &name), attr_key(opened.attr.ino)]).await;
+                    }
+                    open_reply(inner, session, reservation, opened, flags).await.map(|reply| (reply, none())).into()
+                }
+            }
+        }
+        Op::Mkdir { name, perm, .. } => at_path_change(inner, dir, None, move |ns, _, parent, _| {
+            ns.mkdir(parent, &name, perm, caller).map(|attr| Reply::Entry { attr })
+        })
+        .await
+        .into(),
+        Op::Symlink { name, target, .. } => at_path_change(inner, dir, None, move |ns, _, parent, _| {
+            ns.symlink(parent, &name, &target, caller).map(|attr| Reply::Entry { attr })
+        })
+        .await
+        .into(),
+        Op::Unlink { name, .. } => at_path_change(inner, dir, None, move |ns, opens, parent, _| {
+            ns.unlink(parent, &name)?;
+            reap(ns, opens).map(|()| Reply::Done)
+        })
+        .await
+        .into(),
+        Op::Rmdir { name, .. } => at_path_change(inner, dir, None, move |ns, opens, parent, _| {
+            ns.rmdir(parent, &name)?;
+            reap(ns, opens).map(|()| Reply::Done)
+        })
+        .await
+        .into(),
+        Op::Rename { name, new_name, mode, .. } => {
+            let new_dir = new_dir.unwrap_or_else(|| dir.clone());
+            at_path_change(inner, dir, Some(new_dir), move |ns, opens, parent, new_parent| {
+                ns.rename(parent, &name, new_parent.expect("a rename has a target directory"), &new_name, mode)?;
+                reap(ns, opens).map(|()| Reply::Done)
+            })
+            .await
+            .into()
+        }
+        other => Err(StoreError::Fs(Errno::EINVAL))
+            .inspect_err(|_| tracing::debug!(op = other.kind_name(), "AtPath does not carry this op"))
+            .into(),
+    }
+}
+
+/// A change under `AtPath`: resolve the paths and run `change` in one commit-thread closure.
+async fn at_path_change<F>(
+    inner: &Arc<Inner>,
+    dir: Vec<Vec<u8>>,
+    new_dir: Option<Vec<Vec<u8>>>,
+    change: F,
+) -> Result<(Reply, Bytes), StoreError>
+where
+    F: for<'txn> FnOnce(&mut Ns<'txn>, &mut OpenCounts, u64, Option<u64>) -> Result<Reply, StoreError> + Send + 'static,
+{
+    let (result, _) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
+        match resolve_paths(|path| ns.walk(path), &dir, new_dir.as_deref())? {
+            Resolved::Symlink(reply) => Ok(reply),
+            Resolved::Parents(parent, new_parent) => change(ns, opens, parent, new_parent),
+        }
+    })
+    .await;
+    result.map(|reply| (reply, Bytes::new()))
 }
 
 /// What an open reply leases: the name (if opened by name), and the attributes only when opened

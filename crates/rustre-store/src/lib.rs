@@ -18,7 +18,7 @@ use rustre_proto::clock::Clock;
 
 pub use commit::{COMMIT_BATCH_MAX, COMMIT_QUEUE_DEPTH, CommitStats, Committer};
 pub use error::{Result, StoreError};
-pub use namespace::{Dirent, LINK_COUNT_MAX, Ns, Opened, ReadNs};
+pub use namespace::{Dirent, LINK_COUNT_MAX, Ns, Opened, ReadNs, Walked};
 pub use objects::{LocalObjects, ObjectStore};
 pub use record::InodeRecord;
 

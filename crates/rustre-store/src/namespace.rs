@@ -148,6 +148,47 @@ fn read_dir_page(
     Ok((entries, end))
 }
 
+/// Where a path of directory names led.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Walked {
+    /// To this directory.
+    Directory(u64),
+    /// To a symlink at `index` of the path: the server never follows one; the client splices
+    /// its target into the path (by name) and asks again.
+    Symlink { index: usize, target: Vec<u8> },
+}
+
+/// Walks `components` (names, or `..`) from the root, by name only: nothing here is addressed
+/// by an inode id a client holds, so it cannot meet a stale one.
+fn walk_path(
+    inodes: &impl ReadableTable<u64, &'static [u8]>,
+    dirents: &impl ReadableTable<(u64, &'static [u8]), (u64, u8, u64)>,
+    components: &[Vec<u8>],
+) -> Result<Walked> {
+    let mut directory = ROOT_INO;
+    for (index, component) in components.iter().enumerate() {
+        if component == b".." {
+            let record = usable_directory(load_inode(inodes, directory)?)?;
+            directory = record.parent;
+            continue;
+        }
+        validate_name(component)?;
+        usable_directory(load_inode(inodes, directory)?)?;
+        let dirent = load_dirent(dirents, directory, component)?.ok_or(StoreError::Fs(Errno::ENOENT))?;
+        match dirent.kind {
+            FileKind::Directory => directory = dirent.ino,
+            FileKind::Symlink => {
+                let record = load_inode(inodes, dirent.ino)?
+                    .ok_or_else(|| StoreError::Corrupt(format!("entry points at missing inode {}", dirent.ino)))?;
+                return Ok(Walked::Symlink { index, target: record.target });
+            }
+            FileKind::Regular => return Err(Errno::ENOTDIR.into()),
+        }
+    }
+    usable_directory(load_inode(inodes, directory)?)?;
+    Ok(Walked::Directory(directory))
+}
+
 /// A consistent snapshot for read-only operations.
 pub struct ReadNs {
     inodes: ReadOnlyTable<u64, &'static [u8]>,
@@ -176,6 +217,11 @@ impl ReadNs {
 
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
         Ok(existing(self.inode(ino)?)?.attr(ino))
+    }
+
+    /// Resolves a path of directory names from the root, by name.
+    pub fn walk(&self, components: &[Vec<u8>]) -> Result<Walked> {
+        walk_path(&self.inodes, &self.dirents, components)
     }
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
@@ -312,6 +358,12 @@ impl<'txn> Ns<'txn> {
 
     pub fn entry(&self, parent: u64, name: &[u8]) -> Result<Option<Dirent>> {
         load_dirent(&self.dirents, parent, name)
+    }
+
+    /// Resolves a path of directory names from the root, by name, inside the batch (so atomic
+    /// with the operation that follows it in the same closure).
+    pub fn walk(&self, components: &[Vec<u8>]) -> Result<Walked> {
+        walk_path(&self.inodes, &self.dirents, components)
     }
 
     fn directory(&self, ino: u64) -> Result<InodeRecord> {

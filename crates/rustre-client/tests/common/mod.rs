@@ -75,3 +75,9 @@ pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     }
     panic!("timed out waiting for: {what}");
 }
+
+/// Waits (bounded) until a task stops at an armed pause point, so a broken test fails instead of
+/// hanging.
+pub async fn reach(paused: &rustre_proto::pause::Paused) {
+    tokio::time::timeout(Duration::from_secs(30), paused.reached()).await.expect("a task reached the pause point");
+}

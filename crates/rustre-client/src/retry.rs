@@ -1,0 +1,92 @@
+//! The retry by name (semantics.md, ESTALE discipline; promise 1).
+//!
+//! The fast path of a path call resolves its path from cached names and then addresses the
+//! directory (or inode) by id. If another client removed that inode meanwhile, the server answers
+//! ESTALE. The library then makes one more attempt, and only one: the whole path goes to the
+//! server with the operation (`Op::AtPath`) and is resolved there by name, in the same atomic
+//! step as the operation. That attempt addresses nothing by id, so it cannot be stale: it ends as
+//! the operation would on a local file system at that instant (success, ENOENT, EEXIST, ...).
+//!
+//! Why the bound cannot be reached by contention alone: the by-name attempt never answers ESTALE,
+//! whatever other clients do; its only loop is over symlinks met on the path (the server never
+//! follows one: it sends the target back to be spliced in by name), bounded by
+//! `SYMLINKS_FOLLOWED_MAX` exactly as Linux bounds a path walk (ELOOP), which depends on the
+//! namespace, not on how many changes race with the call.
+
+use bytes::Bytes;
+use rustre_proto::{Errno, Op, Reply};
+
+use crate::Client;
+use crate::error::{Error, Result};
+use crate::path::SYMLINKS_FOLLOWED_MAX;
+
+/// A path's components as the server walks them: names and `..` (`.` and empty parts dropped).
+pub(crate) fn walkable(path: &[u8]) -> Vec<Vec<u8>> {
+    path.split(|&byte| byte == b'/').filter(|part| !part.is_empty() && *part != b".").map(<[u8]>::to_vec).collect()
+}
+
+/// Splits a path into its directory's components and its last name, which must be a plain name.
+pub(crate) fn split(path: &[u8]) -> Result<(Vec<Vec<u8>>, Vec<u8>)> {
+    let mut parts = walkable(path);
+    match parts.pop() {
+        None => Err(Error::new(Errno::EBUSY, "the root directory has no parent")),
+        Some(last) if last == b".." || path.ends_with(b"/.") => Err(Errno::EINVAL.into()),
+        Some(last) => Ok((parts, last)),
+    }
+}
+
+/// Replaces the symlink at `index` of `dir` by its target.
+fn splice(dir: &[Vec<u8>], index: usize, target: &[u8]) -> Vec<Vec<u8>> {
+    let mut spliced = if target.starts_with(b"/") { Vec::new() } else { dir[..index].to_vec() };
+    spliced.extend(walkable(target));
+    spliced.extend_from_slice(&dir[(index + 1).min(dir.len())..]);
+    spliced
+}
+
+/// What an `AtPath` attempt asks for, with the names to put into the op.
+pub(crate) struct ByName {
+    pub path: Vec<u8>,
+    pub new_path: Option<Vec<u8>>,
+    /// Follow a symlink at the name itself (open without O_NOFOLLOW, stat).
+    pub follow_last: bool,
+}
+
+impl Client {
+    /// Runs `make_op(name, new_name)` at `request.path` (and `new_path`), resolved by name on the
+    /// server in one atomic step. See the module doc.
+    pub(crate) async fn by_name(
+        &self,
+        request: ByName,
+        make_op: impl Fn(Vec<u8>, Option<Vec<u8>>) -> Op,
+    ) -> Result<(Reply, Bytes)> {
+        self.inner.shared.counters.stale_retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (mut dir, mut name) = split(&request.path)?;
+        let mut target = request.new_path.as_deref().map(split).transpose()?;
+        for _ in 0..=SYMLINKS_FOLLOWED_MAX {
+            let op = make_op(name.clone(), target.as_ref().map(|(_, new_name)| new_name.clone()));
+            let new_dir = target.as_ref().map(|(new_dir, _)| new_dir.clone());
+            let at_path = Op::AtPath { dir: dir.clone(), new_dir, follow_last: request.follow_last, op: Box::new(op) };
+            let (reply, payload) = self.call(at_path, Bytes::new()).await?;
+            let Reply::SymlinkOnPath { in_new_dir, index, target: link } = reply else {
+                return Ok((reply, payload));
+            };
+            let index = index as usize;
+            match (&mut target, in_new_dir) {
+                (Some((new_dir, _)), true) => *new_dir = splice(new_dir, index, &link),
+                (_, false) if index < dir.len() => dir = splice(&dir, index, &link),
+                (_, false) if request.follow_last => {
+                    // The name itself is a symlink: go where it points.
+                    let mut path = if link.starts_with(b"/") { Vec::new() } else { dir.clone() };
+                    path.extend(walkable(&link));
+                    name = path.pop().ok_or_else(|| Error::new(Errno::EISDIR, "the symlink points at the root"))?;
+                    if name == b".." {
+                        return Err(Errno::EISDIR.into());
+                    }
+                    dir = path;
+                }
+                _ => return Err(Errno::ELOOP.into()),
+            }
+        }
+        Err(Errno::ELOOP.into())
+    }
+}

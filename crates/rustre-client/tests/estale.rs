@@ -1,0 +1,208 @@
+//! No ESTALE from a path (issue 4; semantics.md promise 1, races 1, 3, 9 and 10): the races of
+//! the seed forced deterministically between two library clients, and a control run showing the
+//! same races would surface ESTALE without the retry by name.
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use rustre_client::{Client, ClientConfig, OpenOptions};
+use rustre_proto::Errno;
+use rustre_proto::pause::PausePoints;
+
+async fn client_with(server: &TestServer, retry: bool) -> (Client, Arc<PausePoints>) {
+    let pauses = Arc::new(PausePoints::default());
+    let config = ClientConfig { pause_points: pauses.clone(), retry_stale_by_name: retry, ..ClientConfig::default() };
+    (Client::connect_with(&server.address, config).await.unwrap(), pauses)
+}
+
+fn create_rw() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true);
+    options
+}
+
+// Race 1, the seed: A has f cached, B unlinks f, A opens f with O_CREAT: a valid descriptor on a
+// new file, never ESTALE or ENOENT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_open_creat_after_a_remote_unlink_gets_a_new_file() {
+    let server = TestServer::start().await;
+    let a = server.client().await;
+    let b = server.client().await;
+    b.write("/f", b"old").await.unwrap();
+    let old = a.stat("/f").await.unwrap();
+    b.remove_file("/f").await.unwrap();
+    let mut file = a.open("/f", &create_rw()).await.unwrap();
+    assert!(file.created(), "a new file");
+    assert_ne!(file.ino(), old.ino);
+    file.write_all(b"new").await.unwrap();
+    file.close().await.unwrap();
+    assert_eq!(b.read("/f").await.unwrap(), b"new");
+}
+
+// The stale-id case, forced: A's open(O_CREAT) of /d/f has resolved /d when B removes /d and
+// makes a new /d. A's open by (old /d, f) meets a stale id; the library retries by name in one
+// atomic server step and creates f in the new /d. Never ESTALE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_creat_under_a_replaced_directory_retries_by_name() {
+    let server = TestServer::start().await;
+    let (a, pauses) = client_with(&server, true).await;
+    let b = server.client().await;
+    b.create_dir_all("/d").await.unwrap();
+    let paused = pauses.arm("client.walk.after_directory");
+    let open = tokio::spawn({
+        let a = a.clone();
+        async move { a.open("/d/f", &create_rw()).await }
+    });
+    reach(&paused).await;
+    b.remove_dir("/d").await.unwrap();
+    let new_directory = b.mkdir("/d", 0o755).await.unwrap();
+    paused.release();
+    let file = open.await.unwrap().expect("O_CREAT open succeeds");
+    assert!(file.created());
+    file.close().await.unwrap();
+    assert_eq!(a.stats().stale_retries, 1);
+    let names: Vec<_> = b.read_dir("/d").await.unwrap().into_iter().map(|entry| entry.name).collect();
+    assert_eq!(names, vec![b"f".to_vec()]);
+    assert_eq!(b.stat("/d").await.unwrap().ino, new_directory.ino);
+}
+
+// The same for stat, unlink, mkdir and rename: each meets a stale directory id and answers as a
+// local file system would at that instant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_calls_under_a_replaced_directory_never_answer_estale() {
+    let server = TestServer::start().await;
+    let (a, pauses) = client_with(&server, true).await;
+    let b = server.client().await;
+    for round in 0..4 {
+        b.create_dir_all("/d").await.unwrap();
+        b.write("/d/f", b"x").await.unwrap();
+        let paused = pauses.arm("client.walk.after_directory");
+        let call = tokio::spawn({
+            let a = a.clone();
+            async move {
+                match round {
+                    0 => a.stat("/d/f").await.map(|attr| attr.size),
+                    1 => a.remove_file("/d/f").await.map(|()| 0),
+                    2 => a.mkdir("/d/sub", 0o755).await.map(|_| 0),
+                    _ => a.rename("/d/f", "/d/g").await.map(|()| 0),
+                }
+            }
+        });
+        reach(&paused).await;
+        // Replace /d by a new directory holding a new f of another size.
+        b.remove_all("/d").await.unwrap();
+        b.mkdir("/d", 0o755).await.unwrap();
+        b.write("/d/f", b"new!").await.unwrap();
+        paused.release();
+        let answer = call.await.unwrap();
+        assert_eq!(answer, Ok(if round == 0 { 4 } else { 0 }), "round {round}");
+        let expected: &[&[u8]] = match round {
+            0 => &[b"f"],
+            1 => &[],
+            2 => &[b"f", b"sub"],
+            _ => &[b"g"],
+        };
+        let names: Vec<_> = b.read_dir("/d").await.unwrap().into_iter().map(|entry| entry.name).collect();
+        assert_eq!(names, expected.iter().map(|name| name.to_vec()).collect::<Vec<_>>(), "round {round}");
+        b.remove_all("/d").await.unwrap();
+    }
+    assert_eq!(a.stats().stale_retries, 4);
+}
+
+// Control: with the retry by name switched off, the forced race hands the application ESTALE.
+// This is what the test above would see if the retry broke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_without_the_retry_the_race_gives_estale() {
+    let server = TestServer::start().await;
+    let (a, pauses) = client_with(&server, false).await;
+    let b = server.client().await;
+    b.create_dir_all("/d").await.unwrap();
+    let paused = pauses.arm("client.walk.after_directory");
+    let open = tokio::spawn({
+        let a = a.clone();
+        async move { a.open("/d/f", &create_rw()).await.map(|_| ()) }
+    });
+    reach(&paused).await;
+    b.remove_dir("/d").await.unwrap();
+    b.mkdir("/d", 0o755).await.unwrap();
+    paused.release();
+    assert_errno(open.await.unwrap(), Errno::ESTALE);
+}
+
+// Race 3, sustained contention: B loops unlink, create and rename-over of f while A loops
+// open(f, O_CREAT|O_RDWR): every open succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sustained_contention_every_open_creat_succeeds() {
+    let server = TestServer::start().await;
+    let a = server.client().await;
+    let b = server.client().await;
+    let churn = tokio::spawn({
+        let b = b.clone();
+        async move {
+            for round in 0..300 {
+                let result = match round % 3 {
+                    0 => b.remove_file("/f").await,
+                    1 => b.write("/f", b"b").await,
+                    _ => match b.write("/tmp", b"r").await {
+                        Ok(()) => b.rename("/tmp", "/f").await,
+                        error => error,
+                    },
+                };
+                if let Err(error) = result {
+                    assert_eq!(error.errno, Errno::ENOENT, "{error}");
+                }
+            }
+        }
+    });
+    let mut opens = 0;
+    while !churn.is_finished() || opens < 100 {
+        let mut file = a.open("/f", &create_rw()).await.expect("every O_CREAT open succeeds");
+        file.write_all(b"a").await.unwrap();
+        file.close().await.unwrap();
+        opens += 1;
+    }
+    churn.await.unwrap();
+    assert_eq!(a.stats().stale_retries, 0, "opens by name never meet a stale id");
+}
+
+// Race 9, overwrite against unlink: A truncates and writes f while B removes it: both succeed,
+// and A's descriptor stays valid (the inode lives on as an orphan until A closes it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overwrite_against_unlink_both_succeed() {
+    let server = TestServer::start().await;
+    let a = server.client().await;
+    let b = server.client().await;
+    b.write("/f", b"old contents").await.unwrap();
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(true);
+    let mut file = a.open("/f", &options).await.unwrap();
+    b.remove_file("/f").await.unwrap();
+    file.write_all(b"x").await.unwrap();
+    assert_eq!(file.read_at(0, 100).await.unwrap().as_ref(), b"x");
+    assert_eq!(server.server().orphans().unwrap(), vec![file.ino()]);
+    file.close().await.unwrap();
+    assert!(server.server().orphans().unwrap().is_empty());
+    assert_errno(b.stat("/f").await, Errno::ENOENT);
+}
+
+// Race 10: an unlink and a create of one name in flight at once on one client take effect in
+// program order: the create waits for the unlink, so it never fails and its data is never lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlink_then_create_in_flight_keep_program_order() {
+    let server = TestServer::start().await;
+    let a = server.client().await;
+    for round in 0..100u32 {
+        a.write("/f", b"old").await.unwrap();
+        let unlink = a.remove_file("/f");
+        let create = async {
+            let mut file = a.open("/f", OpenOptions::new().write(true).create(true)).await?;
+            file.write_all(&round.to_le_bytes()).await?;
+            file.close().await
+        };
+        let (unlinked, created) = tokio::join!(unlink, create);
+        unlinked.unwrap();
+        created.unwrap();
+        assert_eq!(a.read("/f").await.unwrap(), round.to_le_bytes(), "round {round}: the new data is there");
+    }
+}
