@@ -43,6 +43,12 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// Lists orphans: files whose last name is gone but which open handles keep alive.
+    Orphans,
+}
+
+#[derive(Subcommand, Debug)]
 enum Command {
     /// Runs a server on a data directory until SIGINT or SIGTERM.
     Server {
@@ -108,6 +114,11 @@ enum Command {
     },
     /// Renames SRC to DST, or moves it into DST when DST is a directory.
     Mv { src: PathBuf, dst: PathBuf },
+    /// Administration of a server.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Races clients on a few names for a while; reports ops/s, errnos and violations.
     ///
     /// Creators, exclusive creators, unlinkers, renamers and readers race in rustre through
@@ -222,7 +233,19 @@ async fn client_command(client: &Client, command: Command) -> anyhow::Result<()>
         Command::Cat { paths } => for_each(&paths, |path| cat(client, path)).await,
         Command::Rm { recursive, force, paths } => for_each(&paths, |path| rm(client, path, recursive, force)).await,
         Command::Mv { src, dst } => mv(client, &src, &dst).await,
+        Command::Admin { command: AdminCommand::Orphans } => orphans(client).await,
     }
+}
+
+async fn orphans(client: &Client) -> anyhow::Result<()> {
+    let orphans = client.orphans().await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{:>20} {:>12} {:>6} {:>6} {:>12}", "ino", "size", "uid", "gid", "ctime")?;
+    for attr in &orphans {
+        writeln!(out, "{:>20} {:>12} {:>6} {:>6} {:>12}", attr.ino, attr.size, attr.uid, attr.gid, attr.ctime.secs)?;
+    }
+    writeln!(out, "{} orphan(s)", orphans.len())?;
+    Ok(())
 }
 
 /// Runs `action` on every path, reporting each failure and going on; fails if any failed.

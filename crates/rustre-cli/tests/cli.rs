@@ -513,3 +513,24 @@ fn up_serves_until_sigterm() {
 fn up_printed(stdout: &Path) -> bool {
     std::fs::read_to_string(stdout).is_ok_and(|out| out.contains("Ctrl-C"))
 }
+
+// `rustre admin orphans` lists a file that is unlinked while a client holds it open, and no
+// longer lists it once that client closes it.
+#[test]
+fn admin_orphans_lists_unlinked_open_files() {
+    let server = TestServer::start();
+    let (client, file) = server.runtime.block_on(async {
+        let client = rustre_client::Client::connect(&server.address).await.unwrap();
+        let file = client.create("/doomed").await.unwrap();
+        client.remove_file("/doomed").await.unwrap();
+        (client, file)
+    });
+    let listed = server.ok(&["admin", "orphans"]);
+    assert!(listed.contains(&file.ino().to_string()), "{listed}");
+    assert!(listed.contains("1 orphan(s)"), "{listed}");
+    server.runtime.block_on(async {
+        file.close().await.unwrap();
+        client.close();
+    });
+    assert!(server.ok(&["admin", "orphans"]).contains("0 orphan(s)"));
+}

@@ -377,6 +377,14 @@ impl Client {
         Ok(entries)
     }
 
+    /// Inodes whose last name is gone but which open handles keep alive (administration).
+    pub async fn orphans(&self) -> Result<Vec<Attr>> {
+        match self.call(Op::ListOrphans, Bytes::new()).await?.0 {
+            Reply::Orphans { orphans } => Ok(orphans),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     pub async fn statfs(&self) -> Result<StatFs> {
         match self.call(Op::StatFs, Bytes::new()).await?.0 {
             Reply::StatFs { statfs } => Ok(statfs),

@@ -704,7 +704,13 @@ impl Client {
     pub async fn read_link(&self, path: impl AsRef<Path>) -> Result<Vec<u8>> {
         let path = path.as_ref();
         let attr = self.lstat(path).await?;
-        self.readlink_ino(attr.ino).await.map_err(|error| error.context(format!("readlink {}", path.display())))
+        let fast = self.readlink_ino(attr.ino).await;
+        let convert = |reply, _| match reply {
+            Reply::Target { target } => Ok(target),
+            other => Err(unexpected(&other)),
+        };
+        let result = self.or_on_path(fast, bytes(path), false, Op::Readlink { ino: 0 }, Bytes::new(), convert).await;
+        result.map_err(|error| error.context(format!("readlink {}", path.display())))
     }
 
     /// All entries of a directory (without "." and ".."), in cookie order.
@@ -723,7 +729,33 @@ impl Client {
 
     async fn setattr_path(&self, verb: &str, path: &Path, set: SetAttrIn) -> Result<Attr> {
         let attr = self.stat(path).await?;
-        self.setattr(attr.ino, set).await.map_err(|error| error.context(format!("{verb} {}", path.display())))
+        // Tests stop here to let another client replace the file between its lookup and the change.
+        self.inner.shared.pause_points.pause("client.setattr.after_resolve").await;
+        let fast = self.setattr(attr.ino, set.clone()).await;
+        let op = Op::SetAttr { ino: 0, set };
+        self.or_on_path(fast, bytes(path), true, op, Bytes::new(), expect_attr)
+            .await
+            .map_err(|error| error.context(format!("{verb} {}", path.display())))
+    }
+
+    /// Gives a call's fast result, or, if it met a stale inode id, the result of `op` run on the
+    /// inode `path` names, found by name on the server in the same step (see `retry.rs`).
+    async fn or_on_path<T>(
+        &self,
+        fast: Result<T>,
+        path: &[u8],
+        follow_last: bool,
+        op: Op,
+        payload: Bytes,
+        convert: impl FnOnce(Reply, Bytes) -> Result<T>,
+    ) -> Result<T> {
+        match fast {
+            Err(error) if error.errno == Errno::ESTALE && self.inner.shared.retry_stale_by_name => {
+                let (reply, data) = self.on_path(path, follow_last, op, payload).await?;
+                convert(reply, data)
+            }
+            other => other,
+        }
     }
 
     pub async fn set_permissions(&self, path: impl AsRef<Path>, perm: u32) -> Result<Attr> {
@@ -748,31 +780,48 @@ impl Client {
     }
 
     pub async fn get_xattr(&self, path: impl AsRef<Path>, name: &[u8]) -> Result<Vec<u8>> {
-        let attr = self.stat(&path).await?;
-        self.getxattr_ino(attr.ino, name)
-            .await
-            .map_err(|error| error.context(format!("getxattr {}", path.as_ref().display())))
+        let path = path.as_ref();
+        let attr = self.stat(path).await?;
+        let fast = self.getxattr_ino(attr.ino, name).await;
+        let op = Op::GetXattr { ino: 0, name: name.to_vec() };
+        let convert = |reply, value: Bytes| match reply {
+            Reply::Xattr => Ok(value.to_vec()),
+            other => Err(unexpected(&other)),
+        };
+        let result = self.or_on_path(fast, bytes(path), true, op, Bytes::new(), convert).await;
+        result.map_err(|error| error.context(format!("getxattr {}", path.display())))
     }
 
     pub async fn set_xattr(&self, path: impl AsRef<Path>, name: &[u8], value: &[u8], mode: XattrMode) -> Result<()> {
-        let attr = self.stat(&path).await?;
-        self.setxattr_ino(attr.ino, name, value, mode)
-            .await
-            .map_err(|error| error.context(format!("setxattr {}", path.as_ref().display())))
+        let path = path.as_ref();
+        let attr = self.stat(path).await?;
+        let fast = self.setxattr_ino(attr.ino, name, value, mode).await;
+        let op = Op::SetXattr { ino: 0, name: name.to_vec(), mode };
+        let result = self
+            .or_on_path(fast, bytes(path), true, op, Bytes::copy_from_slice(value), |reply, _| expect_done(reply))
+            .await;
+        result.map_err(|error| error.context(format!("setxattr {}", path.display())))
     }
 
     pub async fn list_xattr(&self, path: impl AsRef<Path>) -> Result<Vec<Vec<u8>>> {
-        let attr = self.stat(&path).await?;
-        self.listxattr_ino(attr.ino)
-            .await
-            .map_err(|error| error.context(format!("listxattr {}", path.as_ref().display())))
+        let path = path.as_ref();
+        let attr = self.stat(path).await?;
+        let fast = self.listxattr_ino(attr.ino).await;
+        let convert = |reply, _| match reply {
+            Reply::XattrNames { names } => Ok(names),
+            other => Err(unexpected(&other)),
+        };
+        let result = self.or_on_path(fast, bytes(path), true, Op::ListXattr { ino: 0 }, Bytes::new(), convert).await;
+        result.map_err(|error| error.context(format!("listxattr {}", path.display())))
     }
 
     pub async fn remove_xattr(&self, path: impl AsRef<Path>, name: &[u8]) -> Result<()> {
-        let attr = self.stat(&path).await?;
-        self.removexattr_ino(attr.ino, name)
-            .await
-            .map_err(|error| error.context(format!("removexattr {}", path.as_ref().display())))
+        let path = path.as_ref();
+        let attr = self.stat(path).await?;
+        let fast = self.removexattr_ino(attr.ino, name).await;
+        let op = Op::RemoveXattr { ino: 0, name: name.to_vec() };
+        let result = self.or_on_path(fast, bytes(path), true, op, Bytes::new(), |reply, _| expect_done(reply)).await;
+        result.map_err(|error| error.context(format!("removexattr {}", path.display())))
     }
 }
 
@@ -825,6 +874,13 @@ fn expect_entry(reply: Reply) -> Result<Attr> {
 fn expect_done(reply: Reply) -> Result<()> {
     match reply {
         Reply::Done => Ok(()),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn expect_attr(reply: Reply, _: Bytes) -> Result<Attr> {
+    match reply {
+        Reply::Attr { attr } => Ok(attr),
         other => Err(unexpected(&other)),
     }
 }

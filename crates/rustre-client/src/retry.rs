@@ -90,3 +90,29 @@ impl Client {
         Err(Errno::ELOOP.into())
     }
 }
+
+impl Client {
+    /// Runs `op` on the inode `path` names, found by name on the server in the same atomic step
+    /// (`Op::OnPath`): the retry after a stale id for calls that act on an inode. Symlinks met
+    /// are spliced in by name, at most `SYMLINKS_FOLLOWED_MAX` times.
+    pub(crate) async fn on_path(
+        &self,
+        path: &[u8],
+        follow_last: bool,
+        op: Op,
+        payload: Bytes,
+    ) -> Result<(Reply, Bytes)> {
+        self.inner.shared.counters.stale_retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut components = walkable(path);
+        for _ in 0..=SYMLINKS_FOLLOWED_MAX {
+            let on_path = Op::OnPath { path: components.clone(), follow_last, op: Box::new(op.clone()) };
+            let (reply, data) = self.call(on_path, payload.clone()).await?;
+            let Reply::SymlinkOnPath { index, target, .. } = reply else {
+                return Ok((reply, data));
+            };
+            // The symlink at `index` (the last component included) is replaced by its target.
+            components = splice(&components, index as usize, &target);
+        }
+        Err(Errno::ELOOP.into())
+    }
+}

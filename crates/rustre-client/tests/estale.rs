@@ -206,3 +206,31 @@ async fn unlink_then_create_in_flight_keep_program_order() {
         assert_eq!(a.read("/f").await.unwrap(), round.to_le_bytes(), "round {round}: the new data is there");
     }
 }
+
+// Calls that act on an inode (chmod here) after resolving it: A has found /f when B replaces it
+// by a new file. A's chmod by id meets a stale id, and is retried on whatever /f names now, found
+// by name in the same server step. Without the retry (control), A would get ESTALE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chmod_of_a_replaced_file_retries_on_the_new_one() {
+    let server = TestServer::start().await;
+    let b = server.client().await;
+    for retry in [true, false] {
+        let (a, pauses) = client_with(&server, retry).await;
+        b.write("/f", b"old").await.unwrap();
+        let paused = pauses.arm("client.setattr.after_resolve");
+        let chmod = tokio::spawn({
+            let a = a.clone();
+            async move { a.set_permissions("/f", 0o600).await }
+        });
+        reach(&paused).await;
+        b.remove_file("/f").await.unwrap();
+        b.write("/f", b"new").await.unwrap();
+        paused.release();
+        if retry {
+            assert_eq!(chmod.await.unwrap().unwrap().perm, 0o600);
+            assert_eq!(b.stat("/f").await.unwrap().perm, 0o600, "the new /f got the mode");
+        } else {
+            assert_errno(chmod.await.unwrap(), Errno::ESTALE);
+        }
+    }
+}

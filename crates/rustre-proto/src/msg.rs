@@ -311,6 +311,18 @@ pub enum Op {
         follow_last: bool,
         op: Box<Op>,
     },
+    /// Runs `op` (GetAttr, SetAttr, Readlink, GetXattr, SetXattr, ListXattr or RemoveXattr) on
+    /// the inode that `path` (from the root) names, resolved by name on the server in the same
+    /// atomic step; the op's `ino` is ignored. Like `AtPath`, it never answers ESTALE; symlinks
+    /// met (and one at the end, when `follow_last`) are answered `SymlinkOnPath`.
+    OnPath {
+        path: Vec<Vec<u8>>,
+        follow_last: bool,
+        op: Box<Op>,
+    },
+    /// Administration: the orphans (inodes whose last name is gone, kept alive by open handles).
+    /// Answered `Orphans`.
+    ListOrphans,
 }
 
 impl Op {
@@ -342,11 +354,13 @@ impl Op {
             Op::RemoveXattr { .. } => "removexattr",
             Op::ReleaseLeases { .. } => "release_leases",
             Op::AtPath { .. } => "at_path",
+            Op::OnPath { .. } => "on_path",
+            Op::ListOrphans => "list_orphans",
         }
     }
 
     /// Every kind, in variant order, for per-kind counters.
-    pub const KIND_NAMES: [&'static str; 25] = [
+    pub const KIND_NAMES: [&'static str; 27] = [
         "hello",
         "lookup",
         "getattr",
@@ -372,6 +386,8 @@ impl Op {
         "removexattr",
         "release_leases",
         "at_path",
+        "on_path",
+        "list_orphans",
     ];
 
     /// The position of this op's kind in `KIND_NAMES`.
@@ -458,6 +474,10 @@ pub enum Reply {
         in_new_dir: bool,
         index: u32,
         target: Vec<u8>,
+    },
+    /// ListOrphans: each orphan's attributes (nlink 0).
+    Orphans {
+        orphans: Vec<Attr>,
     },
 }
 

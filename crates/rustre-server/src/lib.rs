@@ -31,7 +31,7 @@ use rustre_proto::{
     Attr, Callback, CallbackReply, Errno, FileKind, Grant, HELLO_MAGIC, LeaseKey, Op, OpenFlags, ROOT_INO, RenameMode,
     Reply, ReplyHeader, Request, SetAttrIn, StatFs, WireError,
 };
-use rustre_store::{Committer, Ns, Opened, Store, StoreError, Walked};
+use rustre_store::{Committer, Ns, Opened, ReadNs, Store, StoreError, Walked};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -961,6 +961,8 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
             inner.leases.release(session.id, &leases);
             Ok((Reply::Done, none())).into()
         }
+        Op::OnPath { path, follow_last, op } => on_path(inner, path, follow_last, *op, payload).await,
+        Op::ListOrphans => orphan_attrs(inner).map(|orphans| (Reply::Orphans { orphans }, none())).into(),
         Op::AtPath { dir, new_dir, follow_last, op } => {
             at_path(inner, session, caller, AtPaths { dir, new_dir, follow_last }, *op).await
         }
@@ -1114,6 +1116,120 @@ async fn at_path(
     }
 }
 
+/// Resolves a whole path to the inode it names (following a final symlink only when asked):
+/// `Ok(ino)`, or the `SymlinkOnPath` reply to give.
+fn resolve_object(
+    walk: impl Fn(&[Vec<u8>]) -> Result<Walked, StoreError>,
+    entry: impl Fn(u64, &[u8]) -> Result<Option<rustre_store::Dirent>, StoreError>,
+    target: impl Fn(u64) -> Result<Vec<u8>, StoreError>,
+    path: &[Vec<u8>],
+    follow_last: bool,
+) -> Result<Result<u64, Reply>, StoreError> {
+    let Some((last, dir)) = path.split_last() else { return Ok(Ok(ROOT_INO)) };
+    if last == b".." {
+        // A path ending in "..": the directory it walks to.
+        return Ok(match walk(path)? {
+            Walked::Directory(ino) => Ok(ino),
+            Walked::Symlink { index, target } => {
+                Err(Reply::SymlinkOnPath { in_new_dir: false, index: index as u32, target })
+            }
+        });
+    }
+    rustre_proto::name::validate_name(last)?;
+    let parent = match resolve_paths(&walk, dir, None)? {
+        Resolved::Symlink(reply) => return Ok(Err(reply)),
+        Resolved::Parents(parent, _) => parent,
+    };
+    let found = entry(parent, last)?.ok_or(StoreError::Fs(Errno::ENOENT))?;
+    if found.kind == FileKind::Symlink && follow_last {
+        let target = target(found.ino)?;
+        return Ok(Err(Reply::SymlinkOnPath { in_new_dir: false, index: dir.len() as u32, target }));
+    }
+    Ok(Ok(found.ino))
+}
+
+/// How `OnPath` answers a read once the object is found.
+type ReadAnswer<'a> = dyn Fn(&ReadNs, u64) -> Result<(Reply, Bytes), StoreError> + 'a;
+
+/// `Op::OnPath`: the object is found by name in the same step as the op runs on it, so no inode
+/// id a client held is used and ESTALE cannot happen.
+async fn on_path(inner: &Arc<Inner>, path: Vec<Vec<u8>>, follow_last: bool, op: Op, payload: Bytes) -> Answer {
+    let none = Bytes::new;
+    // Reads: one snapshot resolves and answers.
+    let read = |answer: &ReadAnswer<'_>| {
+        inner.store.read().and_then(|ns| {
+            let target = |ino| ns.readlink(ino);
+            match resolve_object(
+                |path| ns.walk(path),
+                |parent, name| ns.entry(parent, name),
+                target,
+                &path,
+                follow_last,
+            )? {
+                Err(symlink) => Ok((symlink, none())),
+                Ok(ino) => answer(&ns, ino),
+            }
+        })
+    };
+    let result = match op {
+        Op::GetAttr { .. } => read(&|ns, ino| Ok((Reply::Attr { attr: ns.getattr(ino)? }, none()))),
+        Op::Readlink { .. } => read(&|ns, ino| Ok((Reply::Target { target: ns.readlink(ino)? }, none()))),
+        Op::GetXattr { name, .. } => read(&|ns, ino| Ok((Reply::Xattr, Bytes::from(ns.getxattr(ino, &name)?)))),
+        Op::ListXattr { .. } => read(&|ns, ino| Ok((Reply::XattrNames { names: ns.listxattr(ino)? }, none()))),
+        Op::SetAttr { set, .. } if set.size.is_none() => {
+            on_path_change(inner, path, follow_last, move |ns, ino| Ok(Reply::Attr { attr: ns.setattr(ino, &set)?.0 }))
+                .await
+        }
+        Op::SetXattr { name, mode, .. } => {
+            on_path_change(inner, path, follow_last, move |ns, ino| {
+                ns.setxattr(ino, &name, &payload, mode).map(|()| Reply::Done)
+            })
+            .await
+        }
+        Op::RemoveXattr { name, .. } => {
+            on_path_change(inner, path, follow_last, move |ns, ino| ns.removexattr(ino, &name).map(|()| Reply::Done))
+                .await
+        }
+        // A size change needs the file's data lock, taken before the commit thread: it resolves
+        // the path first, then truncates by id; if that id went stale meanwhile the file was
+        // destroyed, and the truncate of a file nobody can reach is answered as if it came first.
+        Op::SetAttr { set, .. } => match read(&|ns, ino| Ok((Reply::Attr { attr: ns.getattr(ino)? }, none()))) {
+            Ok((Reply::Attr { attr }, _)) => match set_size(inner, attr.ino, set).await.0 {
+                Ok(attr) => Ok((Reply::Attr { attr }, none())),
+                Err(StoreError::Fs(Errno::ESTALE)) => Err(StoreError::Fs(Errno::ENOENT)),
+                Err(error) => Err(error),
+            },
+            other => other,
+        },
+        other => {
+            tracing::debug!(op = other.kind_name(), "OnPath does not carry this op");
+            Err(StoreError::Fs(Errno::EINVAL))
+        }
+    };
+    result.into()
+}
+
+/// A change under `OnPath`: resolve the object and run `change` on it in one commit-thread closure.
+async fn on_path_change<F>(
+    inner: &Arc<Inner>,
+    path: Vec<Vec<u8>>,
+    follow_last: bool,
+    change: F,
+) -> Result<(Reply, Bytes), StoreError>
+where
+    F: for<'txn> FnOnce(&mut Ns<'txn>, u64) -> Result<Reply, StoreError> + Send + 'static,
+{
+    let (result, _) = apply(inner, inner.leases.begin_read(), move |ns, _, _| {
+        let target = |ino| ns.inode(ino).map(|record| record.map(|record| record.target).unwrap_or_default());
+        match resolve_object(|path| ns.walk(path), |parent, name| ns.entry(parent, name), target, &path, follow_last)? {
+            Err(symlink) => Ok(symlink),
+            Ok(ino) => change(ns, ino),
+        }
+    })
+    .await;
+    result.map(|reply| (reply, Bytes::new()))
+}
+
 /// A change under `AtPath`: resolve the paths and run `change` in one commit-thread closure.
 async fn at_path_change<F>(
     inner: &Arc<Inner>,
@@ -1252,6 +1368,11 @@ async fn open_reply(
         }
     }
     Ok(Reply::Opened { handle, attr, created: opened.created })
+}
+
+fn orphan_attrs(inner: &Inner) -> Result<Vec<Attr>, StoreError> {
+    let ns = inner.store.read()?;
+    ns.orphans()?.into_iter().map(|ino| ns.getattr(ino)).collect()
 }
 
 /// Space figures from the file system holding the data directory; inode figures from the store.

@@ -224,6 +224,11 @@ impl ReadNs {
         walk_path(&self.inodes, &self.dirents, components)
     }
 
+    /// The entry `name` in `parent`, if any (no checks on the directory).
+    pub fn entry(&self, parent: u64, name: &[u8]) -> Result<Option<Dirent>> {
+        load_dirent(&self.dirents, parent, name)
+    }
+
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
         validate_name(name)?;
         usable_directory(self.inode(parent)?)?;
