@@ -386,25 +386,14 @@ impl Client {
 
     async fn stat_path(&self, path: &[u8], follow: bool) -> Result<Attr> {
         let fast = self.resolve(path, follow).await;
-        if path::names_directory(path) || retry::split(path).is_err() {
-            // Paths that end on a directory of the walk itself ("/", "a/.."): the walk again.
-            return match fast {
-                Err(error) if error.errno == Errno::ESTALE => self.resolve(path, follow).await,
-                other => other,
-            };
+        // A trailing slash follows a final symlink and asks for a directory (as in `resolve`).
+        let directory_only = path::names_directory(path);
+        let op = Op::GetAttr { ino: 0 };
+        let attr = self.or_on_path(fast, path, follow || directory_only, op, Bytes::new(), expect_attr).await?;
+        if directory_only && attr.kind != FileKind::Directory {
+            return Err(Errno::ENOTDIR.into());
         }
-        self.or_by_name(
-            fast,
-            path,
-            None,
-            follow,
-            |name, _| Op::Lookup { parent: 0, name },
-            |reply| match reply {
-                Reply::Entry { attr } => Ok(attr),
-                other => Err(unexpected(&other)),
-            },
-        )
-        .await
+        Ok(attr)
     }
 
     /// Gives a path call's fast result, or, if the fast path met a stale inode id, the result of

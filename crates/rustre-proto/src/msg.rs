@@ -302,7 +302,8 @@ pub enum Op {
     /// the same atomic step as the op (Rename's target directory from `new_dir`). The op's
     /// `parent`/`new_parent` fields are ignored. Nothing is addressed by an inode id, so this
     /// never answers ESTALE: the client's retry after a stale id. A symlink on the way (or, for
-    /// Open, at the name itself) is answered `SymlinkOnPath`. Replies grant no leases.
+    /// Lookup and Open with `follow_last`, at the name itself) is answered `SymlinkOnPath`.
+    /// Replies grant no leases.
     AtPath {
         dir: Vec<Vec<u8>>,
         new_dir: Option<Vec<Vec<u8>>>,
@@ -468,8 +469,9 @@ pub enum Reply {
     XattrNames {
         names: Vec<Vec<u8>>,
     },
-    /// AtPath met a symlink: at `index` of `dir` (or of `new_dir` when `in_new_dir`), or at the
-    /// op's name itself when `index` is the path's length. The client splices the target in.
+    /// AtPath or OnPath met a symlink. AtPath: at `index` of `dir` (or of `new_dir` when
+    /// `in_new_dir`), or at the op's name itself when `index` is the length of `dir`. OnPath: at
+    /// `index` of `path` (the last component included). The client splices the target in.
     SymlinkOnPath {
         in_new_dir: bool,
         index: u32,

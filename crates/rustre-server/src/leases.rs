@@ -168,6 +168,31 @@ impl Leases {
         self.shared.completed.notify_waiters();
     }
 
+    /// Waits until every change marked before `change` on any of its keys has completed. A change
+    /// answers only then: otherwise its reply could reveal a state that an earlier change's
+    /// revocations have not yet taken out of every cache. Versions only grow, so a change waits
+    /// only for older ones: no cycle.
+    pub async fn wait_prior(&self, change: &Change) {
+        loop {
+            let completed = self.shared.completed.notified();
+            tokio::pin!(completed);
+            completed.as_mut().enable();
+            let earlier_in_flight = {
+                let state = self.state();
+                change.keys.iter().any(|(key, _)| {
+                    state
+                        .keys
+                        .get(key)
+                        .is_some_and(|entry| entry.in_flight.iter().any(|&version| version < change.version))
+                })
+            };
+            if !earlier_in_flight {
+                return;
+            }
+            completed.await;
+        }
+    }
+
     pub fn begin_read(&self) -> ReadTicket {
         let mut state = self.state();
         let start = state.version;
@@ -344,6 +369,29 @@ mod tests {
         leases.complete(&change);
         waiting.await.unwrap();
         assert_eq!(leases.tracked_keys(), 0, "idle keys are forgotten");
+    }
+
+    // A change answers only after every earlier change on its keys has completed (otherwise its
+    // reply could reveal state still cached elsewhere); an earlier one never waits for it.
+    #[tokio::test]
+    async fn a_change_waits_for_earlier_changes_on_its_keys() {
+        let leases = Leases::default();
+        let earlier = leases.mark(vec![name("f"), name("g")]);
+        let later = Arc::new(leases.mark(vec![name("g")]));
+        let unrelated = leases.mark(vec![name("h")]);
+        leases.wait_prior(&earlier).await;
+        leases.wait_prior(&unrelated).await;
+        leases.complete(&later);
+        let waiting = tokio::spawn({
+            let leases = leases.clone();
+            let later = later.clone();
+            async move { leases.wait_prior(&later).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "the later change waits for the earlier one");
+        leases.complete(&earlier);
+        waiting.await.unwrap();
+        leases.complete(&unrelated);
     }
 
     // Releases drop only the named or older grant; sessions that go drop everything.

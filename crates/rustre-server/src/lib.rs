@@ -512,6 +512,7 @@ where
         // Even if the batch failed, the holders are out of the table: they must drop their copies.
         revoke(inner, &change).await;
         inner.leases.complete(&change);
+        inner.leases.wait_prior(&change).await;
     }
     match outcome {
         Ok((result, ticket)) => (result, Some(ticket)),
@@ -961,7 +962,7 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
             inner.leases.release(session.id, &leases);
             Ok((Reply::Done, none())).into()
         }
-        Op::OnPath { path, follow_last, op } => on_path(inner, path, follow_last, *op, payload).await,
+        Op::OnPath { path, follow_last, op } => on_path(inner, session, path, follow_last, *op, payload).await,
         Op::ListOrphans => orphan_attrs(inner).map(|orphans| (Reply::Orphans { orphans }, none())).into(),
         Op::AtPath { dir, new_dir, follow_last, op } => {
             at_path(inner, session, caller, AtPaths { dir, new_dir, follow_last }, *op).await
@@ -983,30 +984,68 @@ enum Resolved {
     Symlink(Reply),
 }
 
+fn symlink_reply(in_new_dir: bool, index: usize, target: Vec<u8>) -> Reply {
+    Reply::SymlinkOnPath { in_new_dir, index: index as u32, target }
+}
+
+/// Resolves `AtPath`'s directories by name; every name gone through is added to `revealed`.
 fn resolve_paths(
-    walk: impl Fn(&[Vec<u8>]) -> Result<Walked, StoreError>,
+    mut walk: impl FnMut(&[Vec<u8>], &mut Vec<LeaseKey>) -> Result<Walked, StoreError>,
     dir: &[Vec<u8>],
     new_dir: Option<&[Vec<u8>]>,
+    revealed: &mut Vec<LeaseKey>,
 ) -> Result<Resolved, StoreError> {
-    let symlink = |in_new_dir: bool, index: usize, target: Vec<u8>| {
-        Resolved::Symlink(Reply::SymlinkOnPath { in_new_dir, index: index as u32, target })
-    };
-    let parent = match walk(dir)? {
+    let parent = match walk(dir, revealed)? {
         Walked::Directory(parent) => parent,
-        Walked::Symlink { index, target } => return Ok(symlink(false, index, target)),
+        Walked::Symlink { index, target } => return Ok(Resolved::Symlink(symlink_reply(false, index, target))),
     };
-    let new_parent = match new_dir.map(&walk).transpose()? {
+    let new_parent = match new_dir {
         None => None,
-        Some(Walked::Directory(new_parent)) => Some(new_parent),
-        Some(Walked::Symlink { index, target }) => return Ok(symlink(true, index, target)),
+        Some(path) => match walk(path, revealed)? {
+            Walked::Directory(new_parent) => Some(new_parent),
+            Walked::Symlink { index, target } => return Ok(Resolved::Symlink(symlink_reply(true, index, target))),
+        },
     };
     Ok(Resolved::Parents(parent, new_parent))
 }
 
+/// Resolves a whole path (`OnPath`) to the inode it names, following a final symlink only when
+/// asked: `Ok(ino)`, or the `SymlinkOnPath` reply to give. Names gone through go to `revealed`.
+fn resolve_object(
+    walk: impl FnMut(&[Vec<u8>], &mut Vec<LeaseKey>) -> Result<Walked, StoreError>,
+    entry: impl Fn(u64, &[u8]) -> Result<Option<rustre_store::Dirent>, StoreError>,
+    target: impl Fn(u64) -> Result<Vec<u8>, StoreError>,
+    path: &[Vec<u8>],
+    follow_last: bool,
+    revealed: &mut Vec<LeaseKey>,
+) -> Result<Result<u64, Reply>, StoreError> {
+    let Some((last, dir)) = path.split_last() else { return Ok(Ok(ROOT_INO)) };
+    let mut walk = walk;
+    if last == b".." {
+        // A path ending in "..": the directory it walks to.
+        return Ok(match walk(path, revealed)? {
+            Walked::Directory(ino) => Ok(ino),
+            Walked::Symlink { index, target } => Err(symlink_reply(false, index, target)),
+        });
+    }
+    rustre_proto::name::validate_name(last)?;
+    let parent = match resolve_paths(walk, dir, None, revealed)? {
+        Resolved::Symlink(reply) => return Ok(Err(reply)),
+        Resolved::Parents(parent, _) => parent,
+    };
+    revealed.push(name_key(parent, last));
+    let found = entry(parent, last)?.ok_or(StoreError::Fs(Errno::ENOENT))?;
+    if found.kind == FileKind::Symlink && follow_last {
+        return Ok(Err(symlink_reply(false, dir.len(), target(found.ino)?)));
+    }
+    revealed.push(attr_key(found.ino));
+    Ok(Ok(found.ino))
+}
+
 /// `Op::AtPath`: the path is resolved by name in the same step as the op (for changes, in the
 /// same commit-thread closure), so no inode id a client held is used and ESTALE cannot happen.
-/// The reply reveals state like any other (it waits for revocations in flight) but grants no
-/// lease: the client does not know the ids the server resolved.
+/// Like any reply, it waits until the state it reveals (the names walked, the name and inode
+/// answered) has no revocation in flight; it grants no lease (the client does not know the ids).
 async fn at_path(
     inner: &Arc<Inner>,
     session: &Session,
@@ -1016,33 +1055,31 @@ async fn at_path(
 ) -> Answer {
     let AtPaths { dir, new_dir, follow_last } = paths;
     let none = Bytes::new;
-    let reveal = |ticket: ReadTicket, keys: Vec<LeaseKey>| async move { ticket.finish(session.id, &keys, &[]).await };
     match op {
         Op::Lookup { name, .. } => {
             let ticket = inner.leases.begin_read();
+            let mut revealed = Vec::new();
             let found = inner.store.read().and_then(|ns| {
-                Ok(match resolve_paths(|path| ns.walk(path), &dir, None)? {
-                    Resolved::Symlink(reply) => Err(reply),
-                    Resolved::Parents(parent, _) => match ns.lookup(parent, &name) {
-                        Ok(attr) if follow_last && attr.kind == FileKind::Symlink => {
-                            let target = ns.readlink(attr.ino)?;
-                            Err(Reply::SymlinkOnPath { in_new_dir: false, index: dir.len() as u32, target })
-                        }
-                        looked_up => Ok((parent, looked_up)),
-                    },
+                let parent = match resolve_paths(|path, keys| ns.walk(path, keys), &dir, None, &mut revealed)? {
+                    Resolved::Symlink(reply) => return Ok(Ok(reply)),
+                    Resolved::Parents(parent, _) => parent,
+                };
+                revealed.push(name_key(parent, &name));
+                Ok(match ns.lookup(parent, &name) {
+                    Ok(attr) if follow_last && attr.kind == FileKind::Symlink => {
+                        Ok(symlink_reply(false, dir.len(), ns.readlink(attr.ino)?))
+                    }
+                    Ok(attr) => {
+                        revealed.push(attr_key(attr.ino));
+                        Ok(Reply::Entry { attr })
+                    }
+                    Err(error) => Err(error),
                 })
             });
+            ticket.finish(session.id, &revealed, &[]).await;
             match found {
-                Err(error) => Err(error).into(),
-                Ok(Err(symlink)) => Ok((symlink, none())).into(),
-                Ok(Ok((parent, Ok(attr)))) => {
-                    reveal(ticket, vec![name_key(parent, &name), attr_key(attr.ino)]).await;
-                    Ok((Reply::Entry { attr }, none())).into()
-                }
-                Ok(Ok((parent, Err(error)))) => {
-                    reveal(ticket, vec![name_key(parent, &name)]).await;
-                    Err(error).into()
-                }
+                Ok(Ok(reply)) => Ok((reply, none())).into(),
+                Ok(Err(error)) | Err(error) => Err(error).into(),
             }
         }
         Op::Open { name, flags, perm, .. } => {
@@ -1051,51 +1088,59 @@ async fn at_path(
                 Err(error) => return Err(error).into(),
             };
             let (outcome, ticket) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
-                let parent = match resolve_paths(|path| ns.walk(path), &dir, None)? {
-                    Resolved::Symlink(reply) => return Ok(Err(reply)),
+                let mut revealed = Vec::new();
+                let parent = match resolve_paths(|path, keys| ns.walk(path, keys), &dir, None, &mut revealed)? {
+                    Resolved::Symlink(reply) => return Ok((Err(reply), revealed)),
                     Resolved::Parents(parent, _) => parent,
                 };
+                revealed.push(name_key(parent, &name));
                 if let Some(entry) = ns.entry(parent, &name)?
                     && entry.kind == FileKind::Symlink
                     && follow_last
                 {
                     // The server never follows a symlink; the client does (or refuses, O_NOFOLLOW).
                     let target = ns.inode(entry.ino)?.map(|record| record.target).unwrap_or_default();
-                    return Ok(Err(Reply::SymlinkOnPath { in_new_dir: false, index: dir.len() as u32, target }));
+                    return Ok((Err(symlink_reply(false, dir.len(), target)), revealed));
                 }
                 let opened = ns.open(parent, &name, flags, perm, caller)?;
                 opens.acquire(opened.attr.ino);
-                Ok(Ok((parent, name, opened)))
+                revealed.push(attr_key(opened.attr.ino));
+                Ok((Ok(opened), revealed))
             })
             .await;
             match outcome {
                 Err(error) => Err(error).into(),
-                Ok(Err(symlink)) => Ok((symlink, none())).into(),
-                Ok(Ok((parent, name, opened))) => {
+                Ok((opened, revealed)) => {
                     if let Some(ticket) = ticket {
-                        reveal(ticket, vec![name_key(parent, &name), attr_key(opened.attr.ino)]).await;
+                        ticket.finish(session.id, &revealed, &[]).await;
                     }
-                    open_reply(inner, session, reservation, opened, flags).await.map(|reply| (reply, none())).into()
+                    match opened {
+                        Err(symlink) => Ok((symlink, none())).into(),
+                        Ok(opened) => open_reply(inner, session, reservation, opened, flags)
+                            .await
+                            .map(|reply| (reply, none()))
+                            .into(),
+                    }
                 }
             }
         }
-        Op::Mkdir { name, perm, .. } => at_path_change(inner, dir, None, move |ns, _, parent, _| {
+        Op::Mkdir { name, perm, .. } => at_path_change(inner, session, dir, None, move |ns, _, parent, _| {
             ns.mkdir(parent, &name, perm, caller).map(|attr| Reply::Entry { attr })
         })
         .await
         .into(),
-        Op::Symlink { name, target, .. } => at_path_change(inner, dir, None, move |ns, _, parent, _| {
+        Op::Symlink { name, target, .. } => at_path_change(inner, session, dir, None, move |ns, _, parent, _| {
             ns.symlink(parent, &name, &target, caller).map(|attr| Reply::Entry { attr })
         })
         .await
         .into(),
-        Op::Unlink { name, .. } => at_path_change(inner, dir, None, move |ns, opens, parent, _| {
+        Op::Unlink { name, .. } => at_path_change(inner, session, dir, None, move |ns, opens, parent, _| {
             ns.unlink(parent, &name)?;
             reap(ns, opens).map(|()| Reply::Done)
         })
         .await
         .into(),
-        Op::Rmdir { name, .. } => at_path_change(inner, dir, None, move |ns, opens, parent, _| {
+        Op::Rmdir { name, .. } => at_path_change(inner, session, dir, None, move |ns, opens, parent, _| {
             ns.rmdir(parent, &name)?;
             reap(ns, opens).map(|()| Reply::Done)
         })
@@ -1103,97 +1148,123 @@ async fn at_path(
         .into(),
         Op::Rename { name, new_name, mode, .. } => {
             let new_dir = new_dir.unwrap_or_else(|| dir.clone());
-            at_path_change(inner, dir, Some(new_dir), move |ns, opens, parent, new_parent| {
+            at_path_change(inner, session, dir, Some(new_dir), move |ns, opens, parent, new_parent| {
                 ns.rename(parent, &name, new_parent.expect("a rename has a target directory"), &new_name, mode)?;
                 reap(ns, opens).map(|()| Reply::Done)
             })
             .await
             .into()
         }
-        other => Err(StoreError::Fs(Errno::EINVAL))
-            .inspect_err(|_| tracing::debug!(op = other.kind_name(), "AtPath does not carry this op"))
-            .into(),
+        other => {
+            tracing::debug!(op = other.kind_name(), "AtPath does not carry this op");
+            Err(StoreError::Fs(Errno::EINVAL)).into()
+        }
     }
 }
 
-/// Resolves a whole path to the inode it names (following a final symlink only when asked):
-/// `Ok(ino)`, or the `SymlinkOnPath` reply to give.
-fn resolve_object(
-    walk: impl Fn(&[Vec<u8>]) -> Result<Walked, StoreError>,
-    entry: impl Fn(u64, &[u8]) -> Result<Option<rustre_store::Dirent>, StoreError>,
-    target: impl Fn(u64) -> Result<Vec<u8>, StoreError>,
-    path: &[Vec<u8>],
-    follow_last: bool,
-) -> Result<Result<u64, Reply>, StoreError> {
-    let Some((last, dir)) = path.split_last() else { return Ok(Ok(ROOT_INO)) };
-    if last == b".." {
-        // A path ending in "..": the directory it walks to.
-        return Ok(match walk(path)? {
-            Walked::Directory(ino) => Ok(ino),
-            Walked::Symlink { index, target } => {
-                Err(Reply::SymlinkOnPath { in_new_dir: false, index: index as u32, target })
-            }
-        });
+/// A change under `AtPath`: resolve the paths and run `change` in one commit-thread closure;
+/// then wait until the names walked have no revocation in flight, before answering.
+async fn at_path_change<F>(
+    inner: &Arc<Inner>,
+    session: &Session,
+    dir: Vec<Vec<u8>>,
+    new_dir: Option<Vec<Vec<u8>>>,
+    change: F,
+) -> Result<(Reply, Bytes), StoreError>
+where
+    F: for<'txn> FnOnce(&mut Ns<'txn>, &mut OpenCounts, u64, Option<u64>) -> Result<Reply, StoreError> + Send + 'static,
+{
+    let (result, ticket) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
+        let mut revealed = Vec::new();
+        let reply = match resolve_paths(|path, keys| ns.walk(path, keys), &dir, new_dir.as_deref(), &mut revealed)? {
+            Resolved::Symlink(reply) => reply,
+            Resolved::Parents(parent, new_parent) => change(ns, opens, parent, new_parent)?,
+        };
+        Ok((reply, revealed))
+    })
+    .await;
+    finish_path_reply(session, result, ticket).await
+}
+
+/// Waits for the revocations in flight on what a path reply reveals, then gives the reply.
+async fn finish_path_reply(
+    session: &Session,
+    result: Result<(Reply, Vec<LeaseKey>), StoreError>,
+    ticket: Option<ReadTicket>,
+) -> Result<(Reply, Bytes), StoreError> {
+    let (reply, revealed) = result?;
+    if let Some(ticket) = ticket {
+        ticket.finish(session.id, &revealed, &[]).await;
     }
-    rustre_proto::name::validate_name(last)?;
-    let parent = match resolve_paths(&walk, dir, None)? {
-        Resolved::Symlink(reply) => return Ok(Err(reply)),
-        Resolved::Parents(parent, _) => parent,
-    };
-    let found = entry(parent, last)?.ok_or(StoreError::Fs(Errno::ENOENT))?;
-    if found.kind == FileKind::Symlink && follow_last {
-        let target = target(found.ino)?;
-        return Ok(Err(Reply::SymlinkOnPath { in_new_dir: false, index: dir.len() as u32, target }));
-    }
-    Ok(Ok(found.ino))
+    Ok((reply, Bytes::new()))
 }
 
 /// How `OnPath` answers a read once the object is found.
-type ReadAnswer<'a> = dyn Fn(&ReadNs, u64) -> Result<(Reply, Bytes), StoreError> + 'a;
+type ReadAnswer<'a> = dyn Fn(&ReadNs, u64) -> Result<(Reply, Bytes), StoreError> + Send + Sync + 'a;
 
 /// `Op::OnPath`: the object is found by name in the same step as the op runs on it, so no inode
-/// id a client held is used and ESTALE cannot happen.
-async fn on_path(inner: &Arc<Inner>, path: Vec<Vec<u8>>, follow_last: bool, op: Op, payload: Bytes) -> Answer {
+/// id a client held is used and ESTALE cannot happen. Its reply waits, like any other, until what
+/// it reveals has no revocation in flight.
+async fn on_path(
+    inner: &Arc<Inner>,
+    session: &Session,
+    path: Vec<Vec<u8>>,
+    follow_last: bool,
+    op: Op,
+    payload: Bytes,
+) -> Answer {
     let none = Bytes::new;
-    // Reads: one snapshot resolves and answers.
-    let read = |answer: &ReadAnswer<'_>| {
-        inner.store.read().and_then(|ns| {
-            let target = |ino| ns.readlink(ino);
-            match resolve_object(
-                |path| ns.walk(path),
-                |parent, name| ns.entry(parent, name),
-                target,
-                &path,
-                follow_last,
-            )? {
-                Err(symlink) => Ok((symlink, none())),
-                Ok(ino) => answer(&ns, ino),
-            }
-        })
-    };
     let result = match op {
-        Op::GetAttr { .. } => read(&|ns, ino| Ok((Reply::Attr { attr: ns.getattr(ino)? }, none()))),
-        Op::Readlink { .. } => read(&|ns, ino| Ok((Reply::Target { target: ns.readlink(ino)? }, none()))),
-        Op::GetXattr { name, .. } => read(&|ns, ino| Ok((Reply::Xattr, Bytes::from(ns.getxattr(ino, &name)?)))),
-        Op::ListXattr { .. } => read(&|ns, ino| Ok((Reply::XattrNames { names: ns.listxattr(ino)? }, none()))),
+        Op::GetAttr { .. } => {
+            on_path_read(inner, session, &path, follow_last, &|ns, ino| {
+                Ok((Reply::Attr { attr: ns.getattr(ino)? }, none()))
+            })
+            .await
+        }
+        Op::Readlink { .. } => {
+            on_path_read(inner, session, &path, follow_last, &|ns, ino| {
+                Ok((Reply::Target { target: ns.readlink(ino)? }, none()))
+            })
+            .await
+        }
+        Op::GetXattr { name, .. } => {
+            on_path_read(inner, session, &path, follow_last, &|ns, ino| {
+                Ok((Reply::Xattr, Bytes::from(ns.getxattr(ino, &name)?)))
+            })
+            .await
+        }
+        Op::ListXattr { .. } => {
+            on_path_read(inner, session, &path, follow_last, &|ns, ino| {
+                Ok((Reply::XattrNames { names: ns.listxattr(ino)? }, none()))
+            })
+            .await
+        }
         Op::SetAttr { set, .. } if set.size.is_none() => {
-            on_path_change(inner, path, follow_last, move |ns, ino| Ok(Reply::Attr { attr: ns.setattr(ino, &set)?.0 }))
-                .await
+            on_path_change(inner, session, path, follow_last, move |ns, ino| {
+                Ok(Reply::Attr { attr: ns.setattr(ino, &set)?.0 })
+            })
+            .await
         }
         Op::SetXattr { name, mode, .. } => {
-            on_path_change(inner, path, follow_last, move |ns, ino| {
+            on_path_change(inner, session, path, follow_last, move |ns, ino| {
                 ns.setxattr(ino, &name, &payload, mode).map(|()| Reply::Done)
             })
             .await
         }
         Op::RemoveXattr { name, .. } => {
-            on_path_change(inner, path, follow_last, move |ns, ino| ns.removexattr(ino, &name).map(|()| Reply::Done))
-                .await
+            on_path_change(inner, session, path, follow_last, move |ns, ino| {
+                ns.removexattr(ino, &name).map(|()| Reply::Done)
+            })
+            .await
         }
         // A size change needs the file's data lock, taken before the commit thread: it resolves
-        // the path first, then truncates by id; if that id went stale meanwhile the file was
-        // destroyed, and the truncate of a file nobody can reach is answered as if it came first.
-        Op::SetAttr { set, .. } => match read(&|ns, ino| Ok((Reply::Attr { attr: ns.getattr(ino)? }, none()))) {
+        // the path first, then truncates by id. If the file was destroyed in between, the answer
+        // is ENOENT, as if the truncate came after the removal (which it did).
+        Op::SetAttr { set, .. } => match on_path_read(inner, session, &path, follow_last, &|ns, ino| {
+            Ok((Reply::Attr { attr: ns.getattr(ino)? }, none()))
+        })
+        .await
+        {
             Ok((Reply::Attr { attr }, _)) => match set_size(inner, attr.ino, set).await.0 {
                 Ok(attr) => Ok((Reply::Attr { attr }, none())),
                 Err(StoreError::Fs(Errno::ESTALE)) => Err(StoreError::Fs(Errno::ENOENT)),
@@ -1209,9 +1280,33 @@ async fn on_path(inner: &Arc<Inner>, path: Vec<Vec<u8>>, follow_last: bool, op: 
     result.into()
 }
 
-/// A change under `OnPath`: resolve the object and run `change` on it in one commit-thread closure.
+/// A read under `OnPath`: one snapshot resolves the object and answers.
+async fn on_path_read(
+    inner: &Inner,
+    session: &Session,
+    path: &[Vec<u8>],
+    follow_last: bool,
+    answer: &ReadAnswer<'_>,
+) -> Result<(Reply, Bytes), StoreError> {
+    let ticket = inner.leases.begin_read();
+    let mut revealed = Vec::new();
+    let result = inner.store.read().and_then(|ns| {
+        let target = |ino| ns.readlink(ino);
+        let walk = |path: &[Vec<u8>], keys: &mut Vec<LeaseKey>| ns.walk(path, keys);
+        match resolve_object(walk, |parent, name| ns.entry(parent, name), target, path, follow_last, &mut revealed)? {
+            Err(symlink) => Ok((symlink, Bytes::new())),
+            Ok(ino) => answer(&ns, ino),
+        }
+    });
+    ticket.finish(session.id, &revealed, &[]).await;
+    result
+}
+
+/// A change under `OnPath`: resolve the object and run `change` on it in one commit-thread
+/// closure; then wait until what the reply reveals has no revocation in flight.
 async fn on_path_change<F>(
     inner: &Arc<Inner>,
+    session: &Session,
     path: Vec<Vec<u8>>,
     follow_last: bool,
     change: F,
@@ -1219,35 +1314,20 @@ async fn on_path_change<F>(
 where
     F: for<'txn> FnOnce(&mut Ns<'txn>, u64) -> Result<Reply, StoreError> + Send + 'static,
 {
-    let (result, _) = apply(inner, inner.leases.begin_read(), move |ns, _, _| {
+    let (result, ticket) = apply(inner, inner.leases.begin_read(), move |ns, _, _| {
+        let mut revealed = Vec::new();
         let target = |ino| ns.inode(ino).map(|record| record.map(|record| record.target).unwrap_or_default());
-        match resolve_object(|path| ns.walk(path), |parent, name| ns.entry(parent, name), target, &path, follow_last)? {
-            Err(symlink) => Ok(symlink),
-            Ok(ino) => change(ns, ino),
-        }
+        let walk = |path: &[Vec<u8>], keys: &mut Vec<LeaseKey>| ns.walk(path, keys);
+        let found =
+            resolve_object(walk, |parent, name| ns.entry(parent, name), target, &path, follow_last, &mut revealed)?;
+        let reply = match found {
+            Err(symlink) => symlink,
+            Ok(ino) => change(ns, ino)?,
+        };
+        Ok((reply, revealed))
     })
     .await;
-    result.map(|reply| (reply, Bytes::new()))
-}
-
-/// A change under `AtPath`: resolve the paths and run `change` in one commit-thread closure.
-async fn at_path_change<F>(
-    inner: &Arc<Inner>,
-    dir: Vec<Vec<u8>>,
-    new_dir: Option<Vec<Vec<u8>>>,
-    change: F,
-) -> Result<(Reply, Bytes), StoreError>
-where
-    F: for<'txn> FnOnce(&mut Ns<'txn>, &mut OpenCounts, u64, Option<u64>) -> Result<Reply, StoreError> + Send + 'static,
-{
-    let (result, _) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
-        match resolve_paths(|path| ns.walk(path), &dir, new_dir.as_deref())? {
-            Resolved::Symlink(reply) => Ok(reply),
-            Resolved::Parents(parent, new_parent) => change(ns, opens, parent, new_parent),
-        }
-    })
-    .await;
-    result.map(|reply| (reply, Bytes::new()))
+    finish_path_reply(session, result, ticket).await
 }
 
 /// What an open reply leases: the name (if opened by name), and the attributes only when opened

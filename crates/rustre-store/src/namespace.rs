@@ -164,6 +164,7 @@ fn walk_path(
     inodes: &impl ReadableTable<u64, &'static [u8]>,
     dirents: &impl ReadableTable<(u64, &'static [u8]), (u64, u8, u64)>,
     components: &[Vec<u8>],
+    traversed: &mut Vec<LeaseKey>,
 ) -> Result<Walked> {
     let mut directory = ROOT_INO;
     for (index, component) in components.iter().enumerate() {
@@ -174,6 +175,7 @@ fn walk_path(
         }
         validate_name(component)?;
         usable_directory(load_inode(inodes, directory)?)?;
+        traversed.push(LeaseKey::Name { parent: directory, name: component.clone() });
         let dirent = load_dirent(dirents, directory, component)?.ok_or(StoreError::Fs(Errno::ENOENT))?;
         match dirent.kind {
             FileKind::Directory => directory = dirent.ino,
@@ -219,9 +221,10 @@ impl ReadNs {
         Ok(existing(self.inode(ino)?)?.attr(ino))
     }
 
-    /// Resolves a path of directory names from the root, by name.
-    pub fn walk(&self, components: &[Vec<u8>]) -> Result<Walked> {
-        walk_path(&self.inodes, &self.dirents, components)
+    /// Resolves a path of directory names from the root, by name; the names it went through
+    /// are added to `traversed` (their state is revealed by whoever answers from this walk).
+    pub fn walk(&self, components: &[Vec<u8>], traversed: &mut Vec<LeaseKey>) -> Result<Walked> {
+        walk_path(&self.inodes, &self.dirents, components, traversed)
     }
 
     /// The entry `name` in `parent`, if any (no checks on the directory).
@@ -366,9 +369,9 @@ impl<'txn> Ns<'txn> {
     }
 
     /// Resolves a path of directory names from the root, by name, inside the batch (so atomic
-    /// with the operation that follows it in the same closure).
-    pub fn walk(&self, components: &[Vec<u8>]) -> Result<Walked> {
-        walk_path(&self.inodes, &self.dirents, components)
+    /// with the operation that follows it in the same closure); see `ReadNs::walk`.
+    pub fn walk(&self, components: &[Vec<u8>], traversed: &mut Vec<LeaseKey>) -> Result<Walked> {
+        walk_path(&self.inodes, &self.dirents, components, traversed)
     }
 
     fn directory(&self, ino: u64) -> Result<InodeRecord> {
