@@ -671,11 +671,26 @@ impl Client {
 
     /// Makes `link` a new name of the file at `original` (not following a final symlink).
     pub async fn hard_link(&self, original: impl AsRef<Path>, link: impl AsRef<Path>) -> Result<Attr> {
-        let original = self.lstat(original).await?;
-        self.with_parent("link", link.as_ref(), |parent, name| async move {
-            self.link_at(original.ino, parent, &name).await
-        })
-        .await
+        let (original, link) = (original.as_ref(), link.as_ref());
+        let source = self.lstat(original).await?;
+        // Tests stop here to let another client replace the source between its lookup and the link.
+        self.inner.shared.pause_points.pause("client.link.after_resolve").await;
+        let fast = self
+            .with_parent("link", link, |parent, name| async move { self.link_at(source.ino, parent, &name).await })
+            .await;
+        match fast {
+            // ENOENT too: the inode found may have lost its name (an orphan) to a newer file.
+            Err(error)
+                if (error.errno == Errno::ESTALE || error.errno == Errno::ENOENT)
+                    && self.inner.shared.retry_stale_by_name =>
+            {
+                self.link_by_name(bytes(original), bytes(link))
+                    .await
+                    .and_then(expect_entry)
+                    .map_err(|error| error.context(format!("link {}", link.display())))
+            }
+            other => other,
+        }
     }
 
     /// Makes `link` a symlink pointing at `target` (stored as given).

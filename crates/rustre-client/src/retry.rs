@@ -116,3 +116,31 @@ impl Client {
         Err(Errno::ELOOP.into())
     }
 }
+
+impl Client {
+    /// `link(original, link)` resolved by name on the server in one step (`AtPath` carrying Link:
+    /// the source's whole path, not followed at its end, and the new name's directory).
+    pub(crate) async fn link_by_name(&self, original: &[u8], link: &[u8]) -> Result<Reply> {
+        self.inner.shared.counters.stale_retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut source = walkable(original);
+        let (mut new_dir, new_name) = split(link)?;
+        for _ in 0..=SYMLINKS_FOLLOWED_MAX {
+            let op = Op::Link { ino: 0, new_parent: 0, new_name: new_name.clone() };
+            let at_path = Op::AtPath {
+                dir: source.clone(),
+                new_dir: Some(new_dir.clone()),
+                follow_last: false,
+                op: Box::new(op),
+            };
+            let (reply, _) = self.call(at_path, Bytes::new()).await?;
+            match reply {
+                Reply::SymlinkOnPath { in_new_dir: true, index, target } => {
+                    new_dir = splice(&new_dir, index as usize, &target)
+                }
+                Reply::SymlinkOnPath { index, target, .. } => source = splice(&source, index as usize, &target),
+                other => return Ok(other),
+            }
+        }
+        Err(Errno::ELOOP.into())
+    }
+}

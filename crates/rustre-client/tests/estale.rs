@@ -234,3 +234,33 @@ async fn chmod_of_a_replaced_file_retries_on_the_new_one() {
         }
     }
 }
+
+// hard_link: A has found /f when B replaces it by a new file. A's link of the old inode meets a
+// stale id and is retried by name in one step: /l is a new name of the new /f. The control
+// (retry off) shows the ESTALE an application would otherwise get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_of_a_replaced_file_links_the_new_one() {
+    let server = TestServer::start().await;
+    let b = server.client().await;
+    for retry in [true, false] {
+        let (a, pauses) = client_with(&server, retry).await;
+        b.write("/f", b"old").await.unwrap();
+        let paused = pauses.arm("client.link.after_resolve");
+        let link = tokio::spawn({
+            let a = a.clone();
+            async move { a.hard_link("/f", "/l").await }
+        });
+        reach(&paused).await;
+        b.remove_file("/f").await.unwrap();
+        b.write("/f", b"new").await.unwrap();
+        paused.release();
+        if retry {
+            let linked = link.await.unwrap().unwrap();
+            assert_eq!(linked.ino, b.stat("/f").await.unwrap().ino);
+            assert_eq!(b.read("/l").await.unwrap(), b"new");
+            b.remove_file("/l").await.unwrap();
+        } else {
+            assert_errno(link.await.unwrap(), Errno::ESTALE);
+        }
+    }
+}

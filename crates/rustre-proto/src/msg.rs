@@ -297,9 +297,10 @@ pub enum Op {
     ReleaseLeases {
         leases: Vec<Grant>,
     },
-    /// Runs `op` (Lookup, Open, Mkdir, Symlink, Unlink, Rmdir or Rename) in the directory that
+    /// Runs `op` (Lookup, Open, Mkdir, Symlink, Unlink, Rmdir, Rename or Link) in the directory that
     /// the path `dir` (names or `..`, from the root) leads to, resolved by name on the server in
-    /// the same atomic step as the op (Rename's target directory from `new_dir`). The op's
+    /// the same atomic step as the op (Rename's target directory from `new_dir`; for Link, `dir`
+    /// is the source's whole path, not followed at its end, and `new_dir` the new name's). The op's
     /// `parent`/`new_parent` fields are ignored. Nothing is addressed by an inode id, so this
     /// never answers ESTALE: the client's retry after a stale id. A symlink on the way (or, for
     /// Lookup and Open with `follow_last`, at the name itself) is answered `SymlinkOnPath`.

@@ -1146,6 +1146,34 @@ async fn at_path(
         })
         .await
         .into(),
+        // For Link, `dir` is the whole path of the source (not followed if a symlink, as link(2)),
+        // and `new_dir` the directory of the new name.
+        Op::Link { new_name, .. } => {
+            let Some(new_dir) = new_dir else { return Err(StoreError::Fs(Errno::EINVAL)).into() };
+            let (result, ticket) = apply(inner, inner.leases.begin_read(), move |ns, _, _| {
+                let mut revealed = Vec::new();
+                let target = |ino| ns.inode(ino).map(|record| record.map(|record| record.target).unwrap_or_default());
+                let walk = |path: &[Vec<u8>], keys: &mut Vec<LeaseKey>| ns.walk(path, keys);
+                let ino = match resolve_object(
+                    walk,
+                    |parent, name| ns.entry(parent, name),
+                    target,
+                    &dir,
+                    false,
+                    &mut revealed,
+                )? {
+                    Err(symlink) => return Ok((symlink, revealed)),
+                    Ok(ino) => ino,
+                };
+                let new_parent = match ns.walk(&new_dir, &mut revealed)? {
+                    Walked::Directory(new_parent) => new_parent,
+                    Walked::Symlink { index, target } => return Ok((symlink_reply(true, index, target), revealed)),
+                };
+                Ok((Reply::Entry { attr: ns.link(ino, new_parent, &new_name)? }, revealed))
+            })
+            .await;
+            finish_path_reply(session, result, ticket).await.into()
+        }
         Op::Rename { name, new_name, mode, .. } => {
             let new_dir = new_dir.unwrap_or_else(|| dir.clone());
             at_path_change(inner, session, dir, Some(new_dir), move |ns, opens, parent, new_parent| {
