@@ -377,6 +377,22 @@ impl Client {
         Ok(entries)
     }
 
+    /// Keeps an inode alive for this session, as an open handle would (ESTALE if it is gone).
+    pub async fn pin(&self, ino: u64) -> Result<()> {
+        match self.call(Op::Pin { ino }, Bytes::new()).await?.0 {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Gives back `count` pins of an inode.
+    pub async fn unpin(&self, ino: u64, count: u64) -> Result<()> {
+        match self.call(Op::Unpin { ino, count }, Bytes::new()).await?.0 {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Inodes whose last name is gone but which open handles keep alive (administration).
     pub async fn orphans(&self) -> Result<Vec<Attr>> {
         match self.call(Op::ListOrphans, Bytes::new()).await?.0 {

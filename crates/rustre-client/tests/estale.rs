@@ -264,3 +264,38 @@ async fn link_of_a_replaced_file_links_the_new_one() {
         }
     }
 }
+
+// Pins (what a mount holds for the kernel's references): a pinned inode whose last name goes
+// lives on as an orphan, can still be opened by id, and goes when the last pin does. Unpinning
+// more than held is refused. A session that ends gives its pins back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_inode_outlives_its_name() {
+    let server = TestServer::start().await;
+    let a = server.client().await;
+    let b = server.client().await;
+    b.write("/f", b"pinned").await.unwrap();
+    let ino = a.stat("/f").await.unwrap().ino;
+    a.pin(ino).await.unwrap();
+    a.pin(ino).await.unwrap();
+    b.remove_file("/f").await.unwrap();
+    assert_eq!(server.server().orphans().unwrap(), vec![ino]);
+    let file = a.open_ino(ino, rustre_proto::OpenFlags::READ).await.unwrap();
+    assert_eq!(file.read_at(0, 100).await.unwrap().as_ref(), b"pinned");
+    file.close().await.unwrap();
+    assert_errno(a.unpin(ino, 3).await, Errno::EINVAL);
+    a.unpin(ino, 1).await.unwrap();
+    assert_eq!(server.server().orphans().unwrap(), vec![ino], "one pin left");
+    a.unpin(ino, 1).await.unwrap();
+    assert!(server.server().orphans().unwrap().is_empty(), "the last pin destroyed it");
+    assert_errno(a.open_ino(ino, rustre_proto::OpenFlags::READ).await.map(|_| ()), Errno::ESTALE);
+    assert_errno(a.pin(ino).await, Errno::ESTALE);
+
+    // A session that ends gives its pins back.
+    b.write("/g", b"x").await.unwrap();
+    let ino = a.stat("/g").await.unwrap().ino;
+    a.pin(ino).await.unwrap();
+    b.remove_file("/g").await.unwrap();
+    assert_eq!(server.server().orphans().unwrap(), vec![ino]);
+    a.close();
+    eventually("the closed session's pins are released", || server.server().orphans().unwrap().is_empty()).await;
+}

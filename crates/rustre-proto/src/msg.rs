@@ -325,6 +325,17 @@ pub enum Op {
     /// Administration: the orphans (inodes whose last name is gone, kept alive by open handles).
     /// Answered `Orphans`.
     ListOrphans,
+    /// Keeps an inode alive for this session, as an open handle does, without opening it (a
+    /// FUSE mount mirrors the kernel's lookup count as pins). ESTALE if it is gone. `Done`.
+    Pin {
+        ino: u64,
+    },
+    /// Gives back `count` pins of an inode (the kernel's forget). The last one may destroy an
+    /// orphan. Giving back more than held is refused (EINVAL) and changes nothing. `Done`.
+    Unpin {
+        ino: u64,
+        count: u64,
+    },
 }
 
 impl Op {
@@ -358,11 +369,13 @@ impl Op {
             Op::AtPath { .. } => "at_path",
             Op::OnPath { .. } => "on_path",
             Op::ListOrphans => "list_orphans",
+            Op::Pin { .. } => "pin",
+            Op::Unpin { .. } => "unpin",
         }
     }
 
     /// Every kind, in variant order, for per-kind counters.
-    pub const KIND_NAMES: [&'static str; 27] = [
+    pub const KIND_NAMES: [&'static str; 29] = [
         "hello",
         "lookup",
         "getattr",
@@ -390,6 +403,8 @@ impl Op {
         "at_path",
         "on_path",
         "list_orphans",
+        "pin",
+        "unpin",
     ];
 
     /// The position of this op's kind in `KIND_NAMES`.

@@ -171,6 +171,8 @@ struct Handles {
 
 struct Session {
     id: u64,
+    /// Inode -> pins this session holds on it (each counted in `OpenCounts` like a handle).
+    pins: Mutex<HashMap<u64, u64>>,
     handles_max: usize,
     handles: Mutex<Handles>,
 }
@@ -282,6 +284,7 @@ impl Server {
         };
         let session = Arc::new(Session {
             id: session_id,
+            pins: Mutex::new(HashMap::new()),
             handles_max: self.inner.config.handles_per_session_max,
             handles: Mutex::new(Handles { closed: false, next: 1, map: HashMap::new(), reserved: 0 }),
         });
@@ -448,14 +451,29 @@ async fn close_session_handles(inner: &Arc<Inner>, session: &Session) -> usize {
             tracing::error!(ino = handle.ino, %error, "releasing a handle of a closed session");
         }
     }
+    let pins: Vec<(u64, u64)> = session.pins.lock().expect("pins lock").drain().collect();
+    for (ino, pinned) in pins {
+        if let Err(error) = release_opens(inner, ino, pinned).await {
+            tracing::error!(ino, %error, "releasing the pins of a closed session");
+        }
+    }
     count
 }
 
 /// Drops one open of `ino`; the last one destroys an unlinked inode.
 async fn release_handle(inner: &Arc<Inner>, ino: u64) -> Result<(), StoreError> {
+    release_opens(inner, ino, 1).await
+}
+
+/// Drops `count` opens (handles or pins) of `ino`; the last one destroys an unlinked inode.
+async fn release_opens(inner: &Arc<Inner>, ino: u64, count: u64) -> Result<(), StoreError> {
     let ticket = inner.leases.begin_read();
     let (result, _) = apply(inner, ticket, move |ns, opens, _| {
-        if opens.release(ino) {
+        let mut last = false;
+        for _ in 0..count {
+            last = opens.release(ino);
+        }
+        if last {
             ns.newly_unlinked.extend(ns.inode(ino)?.filter(|record| record.nlink == 0).map(|_| ino));
             reap(ns, opens)?;
         }
@@ -463,6 +481,42 @@ async fn release_handle(inner: &Arc<Inner>, ino: u64) -> Result<(), StoreError> 
     })
     .await;
     result
+}
+
+/// `Op::Pin`: counts the inode open for this session (ESTALE if it is gone already).
+async fn pin(inner: &Arc<Inner>, session: &Session, ino: u64) -> Result<(Reply, Bytes), StoreError> {
+    let ticket = inner.leases.begin_read();
+    let (result, _) = apply(inner, ticket, move |ns, opens, _| {
+        if ns.inode(ino)?.is_none() {
+            return Err(StoreError::Fs(Errno::ESTALE));
+        }
+        opens.acquire(ino);
+        Ok(())
+    })
+    .await;
+    result?;
+    let closed = session.handles.lock().expect("handles lock").closed;
+    if closed {
+        // The session's teardown has run: nobody is left to unpin.
+        release_opens(inner, ino, 1).await?;
+        return Err(StoreError::Fs(Errno::ENOTCONN));
+    }
+    *session.pins.lock().expect("pins lock").entry(ino).or_insert(0) += 1;
+    Ok((Reply::Done, Bytes::new()))
+}
+
+/// `Op::Unpin`: gives back pins; more than held is refused and changes nothing.
+async fn unpin(inner: &Arc<Inner>, session: &Session, ino: u64, count: u64) -> Result<(Reply, Bytes), StoreError> {
+    {
+        let mut pins = session.pins.lock().expect("pins lock");
+        let held = pins.get_mut(&ino).filter(|held| **held >= count).ok_or(StoreError::Fs(Errno::EINVAL))?;
+        *held -= count;
+        if *held == 0 {
+            pins.remove(&ino);
+        }
+    }
+    release_opens(inner, ino, count).await?;
+    Ok((Reply::Done, Bytes::new()))
 }
 
 /// Runs a change on the commit thread inside the lease protocol (see `leases.rs`): the keys the
@@ -964,6 +1018,8 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
         }
         Op::OnPath { path, follow_last, op } => on_path(inner, session, path, follow_last, *op, payload).await,
         Op::ListOrphans => orphan_attrs(inner).map(|orphans| (Reply::Orphans { orphans }, none())).into(),
+        Op::Pin { ino } => pin(inner, session, ino).await.into(),
+        Op::Unpin { ino, count } => unpin(inner, session, ino, count).await.into(),
         Op::AtPath { dir, new_dir, follow_last, op } => {
             at_path(inner, session, caller, AtPaths { dir, new_dir, follow_last }, *op).await
         }
