@@ -1098,6 +1098,18 @@ fn resolve_object(
     Ok(Ok(found.ino))
 }
 
+/// `resolve_object` inside a commit-thread batch (changes under `AtPath` and `OnPath`).
+fn resolve_object_in_batch(
+    ns: &Ns<'_>,
+    path: &[Vec<u8>],
+    follow_last: bool,
+    revealed: &mut Vec<LeaseKey>,
+) -> Result<Result<u64, Reply>, StoreError> {
+    let target = |ino| ns.inode(ino).map(|record| record.map(|record| record.target).unwrap_or_default());
+    let walk = |path: &[Vec<u8>], keys: &mut Vec<LeaseKey>| ns.walk(path, keys);
+    resolve_object(walk, |parent, name| ns.entry(parent, name), target, path, follow_last, revealed)
+}
+
 /// `Op::AtPath`: the path is resolved by name in the same step as the op (for changes, in the
 /// same commit-thread closure), so no inode id a client held is used and ESTALE cannot happen.
 /// Like any reply, it waits until the state it reveals (the names walked, the name and inode
@@ -1208,16 +1220,7 @@ async fn at_path(
             let Some(new_dir) = new_dir else { return Err(StoreError::Fs(Errno::EINVAL)).into() };
             let (result, ticket) = apply(inner, inner.leases.begin_read(), move |ns, _, _| {
                 let mut revealed = Vec::new();
-                let target = |ino| ns.inode(ino).map(|record| record.map(|record| record.target).unwrap_or_default());
-                let walk = |path: &[Vec<u8>], keys: &mut Vec<LeaseKey>| ns.walk(path, keys);
-                let ino = match resolve_object(
-                    walk,
-                    |parent, name| ns.entry(parent, name),
-                    target,
-                    &dir,
-                    false,
-                    &mut revealed,
-                )? {
+                let ino = match resolve_object_in_batch(ns, &dir, false, &mut revealed)? {
                     Err(symlink) => return Ok((symlink, revealed)),
                     Ok(ino) => ino,
                 };
@@ -1400,10 +1403,7 @@ where
 {
     let (result, ticket) = apply(inner, inner.leases.begin_read(), move |ns, _, _| {
         let mut revealed = Vec::new();
-        let target = |ino| ns.inode(ino).map(|record| record.map(|record| record.target).unwrap_or_default());
-        let walk = |path: &[Vec<u8>], keys: &mut Vec<LeaseKey>| ns.walk(path, keys);
-        let found =
-            resolve_object(walk, |parent, name| ns.entry(parent, name), target, &path, follow_last, &mut revealed)?;
+        let found = resolve_object_in_batch(ns, &path, follow_last, &mut revealed)?;
         let reply = match found {
             Err(symlink) => symlink,
             Ok(ino) => change(ns, ino)?,
