@@ -58,6 +58,10 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
         listen: String,
+        /// Seconds that orphans left by the previous run (files open or pinned when it stopped)
+        /// wait for their clients to claim them before they are destroyed.
+        #[arg(long, default_value_t = rustre_server::ORPHAN_GRACE_DEFAULT.as_secs(), value_name = "SECONDS")]
+        orphan_grace: u64,
         /// Fault injection for control runs of `rustre race`: every Nth open answers ESTALE.
         #[arg(long, hide = true, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         fault_estale_every: Option<u64>,
@@ -192,8 +196,9 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Server { data, listen, fault_estale_every } => {
+        Command::Server { data, listen, orphan_grace, fault_estale_every } => {
             let mut config = ServerConfig::new(&data);
+            config.orphan_grace = std::time::Duration::from_secs(orphan_grace);
             config.fault_estale_every_nth_open = fault_estale_every;
             serve(config, &listen).await
         }

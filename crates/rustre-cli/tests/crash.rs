@@ -17,11 +17,16 @@ struct ServerProcess {
 
 impl ServerProcess {
     fn spawn(data: &std::path::Path, address: &str) -> ServerProcess {
+        ServerProcess::spawn_with(data, address, &[])
+    }
+
+    fn spawn_with(data: &std::path::Path, address: &str, extra: &[&str]) -> ServerProcess {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(data.with_extension("log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_rustre"))
             .args(["server", "--data"])
             .arg(data)
             .args(["--listen", address])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -238,10 +243,10 @@ async fn acknowledged_changes_survive_sigkill() {
     }
 }
 
-// An inode unlinked while open is an orphan on disk when the server dies; the next server start
-// reclaims it (no session can come back for it yet).
+// An inode unlinked while open is an orphan on disk when the server dies; the next server keeps
+// it for the grace period (listed, readable by id) and reclaims it when nobody claimed it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orphans_of_a_killed_server_are_reclaimed_at_start() {
+async fn orphans_of_a_killed_server_survive_the_restart_then_are_reclaimed() {
     let scratch = tempfile::tempdir().unwrap();
     let data = scratch.path().join("data");
     let address = free_address();
@@ -259,9 +264,21 @@ async fn orphans_of_a_killed_server_are_reclaimed_at_start() {
         assert_eq!(store.read().unwrap().orphans().unwrap().len(), 1, "the orphan is on disk");
     }
     let address = free_address();
-    let mut server = ServerProcess::spawn(&data, &address);
+    let mut server = ServerProcess::spawn_with(&data, &address, &["--orphan-grace", "2"]);
     let client = connect(&address).await;
     assert_eq!(client.stat("/doomed").await.unwrap_err().errno, Errno::ENOENT);
+    let orphans = client.orphans().await.unwrap();
+    assert_eq!(orphans.len(), 1, "the orphan survived the restart");
+    assert_eq!(client.getattr(orphans[0].ino).await.unwrap().size, 14, "an unclaimed orphan is still there");
+    let mut left = orphans.len();
+    for _ in 0..100 {
+        left = client.orphans().await.unwrap().len();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "the grace period ended and the orphan was reclaimed");
     client.close();
     server.kill();
     let store = rustre_store::Store::open(&data, &rustre_proto::clock::SystemClock).unwrap();

@@ -403,14 +403,17 @@ impl Client {
         fast: Result<T>,
         path: &[u8],
         new_path: Option<&[u8]>,
-        follow_last: bool,
         make_op: impl Fn(Vec<u8>, Option<Vec<u8>>) -> Op,
         convert: impl FnOnce(Reply) -> Result<T>,
     ) -> Result<T> {
         match fast {
             Err(error) if error.errno == Errno::ESTALE && self.inner.shared.retry_stale_by_name => {
-                let request =
-                    retry::ByName { path: path.to_vec(), new_path: new_path.map(<[u8]>::to_vec), follow_last };
+                let request = retry::ByName {
+                    path: path.to_vec(),
+                    new_path: new_path.map(<[u8]>::to_vec),
+                    follow_last: false,
+                    at_directory: None,
+                };
                 convert(self.by_name(request, make_op).await?.0)
             }
             other => other,
@@ -429,23 +432,12 @@ impl Client {
     pub async fn open(&self, path: impl AsRef<Path>, options: &OpenOptions) -> Result<File> {
         let path = path.as_ref();
         let fast = self.open_path(bytes(path), options).await;
-        let flags = options.flags()?;
-        let perm = options.perm;
-        let opened = self
-            .or_by_name(
-                fast,
-                bytes(path),
-                None,
-                !options.no_follow,
-                |name, _| Op::Open { parent: 0, name, flags, perm },
-                |reply| match reply {
-                    Reply::Opened { handle, attr, created } => {
-                        Ok(File::new(self.clone(), handle, attr, created, flags))
-                    }
-                    other => Err(unexpected(&other)),
-                },
-            )
-            .await;
+        let opened = match fast {
+            Err(error) if error.errno == Errno::ESTALE && self.inner.shared.retry_stale_by_name => {
+                self.open_by_name(bytes(path), options.flags()?, options.perm, !options.no_follow).await
+            }
+            other => other,
+        };
         opened.map_err(|error| error.context(format!("open {}", path.display())))
     }
 
@@ -461,7 +453,11 @@ impl Client {
                 }
                 Err(error) => Err(error),
                 Ok(_) if writing => Err(Errno::EISDIR.into()),
-                Ok(attr) => self.open_ino(attr.ino, flags | OpenFlags::DIRECTORY).await,
+                Ok(attr) => {
+                    // Tests stop here to let another client replace the directory.
+                    self.inner.shared.pause_points.pause("client.open.after_resolve").await;
+                    self.open_ino(attr.ino, flags | OpenFlags::DIRECTORY).await
+                }
             };
         }
         let mut walk = Walk::root();
@@ -534,7 +530,7 @@ impl Client {
         self.with_parent("mkdir", path, |parent, name| async move {
             let fast = self.mkdir_at(parent, &name, perm).await;
             let make = |name, _| Op::Mkdir { parent: 0, name, perm };
-            self.or_by_name(fast, bytes(path), None, false, make, expect_entry).await
+            self.or_by_name(fast, bytes(path), None, make, expect_entry).await
         })
         .await
         .map_err(|error| {
@@ -586,7 +582,7 @@ impl Client {
         }
         self.with_parent("unlink", path, |parent, name| async move {
             let fast = self.unlink_at(parent, &name).await;
-            self.or_by_name(fast, bytes(path), None, false, |name, _| Op::Unlink { parent: 0, name }, expect_done).await
+            self.or_by_name(fast, bytes(path), None, |name, _| Op::Unlink { parent: 0, name }, expect_done).await
         })
         .await
     }
@@ -595,7 +591,7 @@ impl Client {
         let path = path.as_ref();
         self.with_parent("rmdir", path, |parent, name| async move {
             let fast = self.rmdir_at(parent, &name).await;
-            self.or_by_name(fast, bytes(path), None, false, |name, _| Op::Rmdir { parent: 0, name }, expect_done).await
+            self.or_by_name(fast, bytes(path), None, |name, _| Op::Rmdir { parent: 0, name }, expect_done).await
         })
         .await
     }
@@ -664,7 +660,7 @@ impl Client {
                 new_name: new_name.expect("a rename has a target"),
                 mode,
             };
-            self.or_by_name(fast, bytes(from), Some(bytes(to)), false, make, expect_done).await
+            self.or_by_name(fast, bytes(from), Some(bytes(to)), make, expect_done).await
         };
         run.await.map_err(|error| error.context(format!("rename {} to {}", from.display(), to.display())))
     }
@@ -700,7 +696,7 @@ impl Client {
         self.with_parent("symlink", link, |parent, name| async move {
             let fast = self.symlink_at(parent, &name, &target).await;
             let make = |name, _| Op::Symlink { parent: 0, name, target: target.clone() };
-            self.or_by_name(fast, bytes(link), None, false, make, expect_entry).await
+            self.or_by_name(fast, bytes(link), None, make, expect_entry).await
         })
         .await
     }
@@ -719,16 +715,38 @@ impl Client {
 
     /// All entries of a directory (without "." and ".."), in cookie order.
     pub async fn read_dir(&self, path: impl AsRef<Path>) -> Result<Vec<DirEntry>> {
-        let path = path.as_ref();
-        let attr = self.stat(path).await?;
-        self.read_dir_ino(attr.ino, false).await.map_err(|error| error.context(format!("readdir {}", path.display())))
+        self.read_dir_path(path.as_ref(), false).await
     }
 
     /// All entries of a directory with their attributes.
     pub async fn read_dir_plus(&self, path: impl AsRef<Path>) -> Result<Vec<DirEntry>> {
-        let path = path.as_ref();
-        let attr = self.stat(path).await?;
-        self.read_dir_ino(attr.ino, true).await.map_err(|error| error.context(format!("readdir {}", path.display())))
+        self.read_dir_path(path.as_ref(), true).await
+    }
+
+    async fn read_dir_path(&self, path: &Path, with_attrs: bool) -> Result<Vec<DirEntry>> {
+        let fast = match self.stat(path).await {
+            Ok(attr) if attr.kind != FileKind::Directory => Err(Errno::ENOTDIR.into()),
+            Ok(attr) => {
+                // Tests stop here to let another client replace the directory before it is listed.
+                self.inner.shared.pause_points.pause("client.readdir.after_resolve").await;
+                self.read_dir_ino(attr.ino, with_attrs).await
+            }
+            Err(error) => Err(error),
+        };
+        let listed = match fast {
+            // The directory the walk found was removed before (or while) it was listed. List what
+            // the path names now through a handle, opened by name in one step: the handle keeps
+            // the directory alive to the last page (an orphan, if removed meanwhile), so the
+            // pages cannot go stale, and the listing is that of an opendir at that instant.
+            Err(error) if error.errno == Errno::ESTALE && self.inner.shared.retry_stale_by_name => {
+                let directory = self.open_by_name(bytes(path), OpenFlags::READ | OpenFlags::DIRECTORY, 0, true).await?;
+                let listed = self.read_dir_ino(directory.ino(), with_attrs).await;
+                let closed = directory.close().await;
+                listed.and_then(|entries| closed.map(|()| entries))
+            }
+            other => other,
+        };
+        listed.map_err(|error| error.context(format!("readdir {}", path.display())))
     }
 
     async fn setattr_path(&self, verb: &str, path: &Path, set: SetAttrIn) -> Result<Attr> {

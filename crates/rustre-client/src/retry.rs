@@ -14,11 +14,13 @@
 //! namespace, not on how many changes race with the call.
 
 use bytes::Bytes;
-use rustre_proto::{Errno, Op, Reply};
+use rustre_proto::{Errno, Op, OpenFlags, Reply};
 
-use crate::Client;
 use crate::error::{Error, Result};
+use crate::file::File;
 use crate::path::SYMLINKS_FOLLOWED_MAX;
+use crate::path::names_directory;
+use crate::{Client, unexpected};
 
 /// A path's components as the server walks them: names and `..` (`.` and empty parts dropped).
 pub(crate) fn walkable(path: &[u8]) -> Vec<Vec<u8>> {
@@ -47,8 +49,18 @@ fn splice(dir: &[Vec<u8>], index: usize, target: &[u8]) -> Vec<Vec<u8>> {
 pub(crate) struct ByName {
     pub path: Vec<u8>,
     pub new_path: Option<Vec<u8>>,
-    /// Follow a symlink at the name itself (open without O_NOFOLLOW, stat).
+    /// Follow a symlink at the name itself (open without O_NOFOLLOW).
     pub follow_last: bool,
+    /// What to run (`OnPath`) if a followed symlink leads to a directory rather than a name in
+    /// one (its target is `/`, or ends in `/`, `.` or `..`); without it such a path is EISDIR.
+    pub at_directory: Option<Op>,
+}
+
+/// Does `path` end at a directory itself rather than at a name in one: `/`, `.`, `..`, or a
+/// trailing `/`, `/.` or `/..`? Such a path is opened with `OnPath`, as it has no last name.
+pub(crate) fn ends_at_directory(path: &[u8]) -> bool {
+    let last = path.rsplit(|&byte| byte == b'/').next().unwrap_or_default();
+    path.ends_with(b"/") || last == b"." || last == b".."
 }
 
 impl Client {
@@ -78,10 +90,15 @@ impl Client {
                     // The name itself is a symlink: go where it points.
                     let mut path = if link.starts_with(b"/") { Vec::new() } else { dir.clone() };
                     path.extend(walkable(&link));
-                    name = path.pop().ok_or_else(|| Error::new(Errno::EISDIR, "the symlink points at the root"))?;
-                    if name == b".." {
-                        return Err(Errno::EISDIR.into());
+                    if ends_at_directory(&link) {
+                        let Some(op) = request.at_directory else {
+                            return Err(Error::new(Errno::EISDIR, "the symlink points at a directory"));
+                        };
+                        // The target names a directory: it is found and acted on in one step too.
+                        return self.on_components(path, true, op, Bytes::new()).await;
                     }
+                    // (An empty target names nothing, as on Linux.)
+                    name = path.pop().ok_or_else(|| Error::new(Errno::ENOENT, "the symlink's target is empty"))?;
                     dir = path;
                 }
                 _ => return Err(Errno::ELOOP.into()),
@@ -103,7 +120,17 @@ impl Client {
         payload: Bytes,
     ) -> Result<(Reply, Bytes)> {
         self.inner.shared.counters.stale_retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut components = walkable(path);
+        self.on_components(walkable(path), follow_last, op, payload).await
+    }
+
+    /// `on_path` with the path already split into the components the server walks.
+    async fn on_components(
+        &self,
+        mut components: Vec<Vec<u8>>,
+        follow_last: bool,
+        op: Op,
+        payload: Bytes,
+    ) -> Result<(Reply, Bytes)> {
         for _ in 0..=SYMLINKS_FOLLOWED_MAX {
             let on_path = Op::OnPath { path: components.clone(), follow_last, op: Box::new(op.clone()) };
             let (reply, data) = self.call(on_path, payload.clone()).await?;
@@ -142,5 +169,36 @@ impl Client {
             }
         }
         Err(Errno::ELOOP.into())
+    }
+}
+
+impl Client {
+    /// `open` resolved by name on the server in one atomic step: `Op::AtPath` carrying Open for a
+    /// path ending in a name, `Op::OnPath` carrying OpenIno for one ending at a directory
+    /// (`/`, `..`, `dir/`), where there is no name to open by.
+    pub(crate) async fn open_by_name(&self, path: &[u8], flags: OpenFlags, perm: u32, follow: bool) -> Result<File> {
+        let directory_only = names_directory(path);
+        let reply = if directory_only || ends_at_directory(path) {
+            // "dir/" opens only a directory (ENOTDIR otherwise), and can never create one.
+            let flags = if directory_only { flags | OpenFlags::DIRECTORY } else { flags };
+            match self.on_path(path, true, Op::OpenIno { ino: 0, flags }, Bytes::new()).await {
+                Err(error) if error.errno == Errno::ENOENT && directory_only && flags.contains(OpenFlags::CREATE) => {
+                    return Err(Errno::EISDIR.into());
+                }
+                other => other?.0,
+            }
+        } else {
+            let request = ByName {
+                path: path.to_vec(),
+                new_path: None,
+                follow_last: follow,
+                at_directory: Some(Op::OpenIno { ino: 0, flags }),
+            };
+            self.by_name(request, |name, _| Op::Open { parent: 0, name, flags, perm }).await?.0
+        };
+        match reply {
+            Reply::Opened { handle, attr, created } => Ok(File::new(self.clone(), handle, attr, created, flags)),
+            other => Err(unexpected(&other)),
+        }
     }
 }

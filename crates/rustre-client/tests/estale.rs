@@ -299,3 +299,111 @@ async fn a_pinned_inode_outlives_its_name() {
     a.close();
     eventually("the closed session's pins are released", || server.server().orphans().unwrap().is_empty()).await;
 }
+
+// Listing a path: A has resolved /d when B replaces it by a new directory holding other names.
+// A's listing by the old id meets a stale id; the library opens what /d names now, by name in one
+// step, and lists it through that handle: the new directory's names, never ESTALE. The control
+// (retry off) shows the ESTALE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_dir_of_a_replaced_directory_lists_the_new_one() {
+    let server = TestServer::start().await;
+    let b = server.client().await;
+    for (retry, plus) in [(true, false), (true, true), (false, false)] {
+        let (a, pauses) = client_with(&server, retry).await;
+        b.create_dir_all("/d").await.unwrap();
+        b.write("/d/old", b"x").await.unwrap();
+        let paused = pauses.arm("client.readdir.after_resolve");
+        let list = tokio::spawn({
+            let a = a.clone();
+            async move { if plus { a.read_dir_plus("/d").await } else { a.read_dir("/d").await } }
+        });
+        reach(&paused).await;
+        b.remove_all("/d").await.unwrap();
+        b.mkdir("/d", 0o755).await.unwrap();
+        b.write("/d/new", b"yz").await.unwrap();
+        paused.release();
+        if retry {
+            let entries = list.await.unwrap().expect("listing by name");
+            let names: Vec<_> = entries.iter().map(|entry| entry.name.clone()).collect();
+            assert_eq!(names, vec![b"new".to_vec()]);
+            if plus {
+                assert_eq!(entries[0].attr.as_ref().expect("readdirplus gives attributes").size, 2);
+            }
+            assert_eq!(a.stats().stale_retries, 1);
+            assert!(server.server().orphans().unwrap().is_empty(), "the listing's handle was closed");
+        } else {
+            assert_errno(list.await.unwrap(), Errno::ESTALE);
+        }
+        b.remove_all("/d").await.unwrap();
+    }
+}
+
+// Opening "dir/": A has resolved /d when B replaces it, first by a new directory (A opens the new
+// one), then by a file (ENOTDIR, as a local "d/" naming a file). Never ESTALE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_of_dir_slash_after_a_replace_opens_what_the_path_names() {
+    let server = TestServer::start().await;
+    let b = server.client().await;
+    let (a, pauses) = client_with(&server, true).await;
+    for replace_by_file in [false, true] {
+        b.create_dir_all("/d").await.unwrap();
+        let paused = pauses.arm("client.open.after_resolve");
+        let open = tokio::spawn({
+            let a = a.clone();
+            async move { a.open("/d/", OpenOptions::new().read(true)).await }
+        });
+        reach(&paused).await;
+        b.remove_dir("/d").await.unwrap();
+        let new = if replace_by_file {
+            b.write("/d", b"file").await.unwrap();
+            None
+        } else {
+            Some(b.mkdir("/d", 0o755).await.unwrap())
+        };
+        paused.release();
+        match new {
+            Some(new) => {
+                let directory = open.await.unwrap().expect("opens the new directory");
+                assert_eq!(directory.ino(), new.ino);
+                directory.close().await.unwrap();
+                b.remove_dir("/d").await.unwrap();
+            }
+            None => {
+                assert_errno(open.await.unwrap().map(|_| ()), Errno::ENOTDIR);
+                b.remove_file("/d").await.unwrap();
+            }
+        }
+    }
+    assert_eq!(a.stats().stale_retries, 2);
+}
+
+// The retry by name through a symlink to the root: A opens /d/l (l -> "/") after resolving /d,
+// B replaces /d by a new one with the same symlink. The retry meets the symlink on the server,
+// and its target names a directory, not a name in one: it is opened on its path in one step
+// (before, this answered EISDIR).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_retried_through_a_symlink_to_the_root_opens_the_root() {
+    let server = TestServer::start().await;
+    let b = server.client().await;
+    let (a, pauses) = client_with(&server, true).await;
+    for target in ["/", "/d/..", "."] {
+        b.create_dir_all("/d").await.unwrap();
+        b.symlink(target, "/d/l").await.unwrap();
+        let paused = pauses.arm("client.walk.after_directory");
+        let open = tokio::spawn({
+            let a = a.clone();
+            async move { a.open("/d/l", OpenOptions::new().read(true)).await }
+        });
+        reach(&paused).await;
+        b.remove_all("/d").await.unwrap();
+        b.mkdir("/d", 0o755).await.unwrap();
+        b.symlink(target, "/d/l").await.unwrap();
+        paused.release();
+        let directory = open.await.unwrap().unwrap_or_else(|error| panic!("open through {target}: {error}"));
+        let expected = if target == "." { b.stat("/d").await.unwrap().ino } else { rustre_proto::ROOT_INO };
+        assert_eq!(directory.ino(), expected, "through {target}");
+        directory.close().await.unwrap();
+        b.remove_all("/d").await.unwrap();
+    }
+    assert_eq!(a.stats().stale_retries, 3, "each open went through the retry by name");
+}

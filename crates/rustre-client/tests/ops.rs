@@ -2488,7 +2488,8 @@ async fn tree_survives_restart() {
     assert_eq!(client.read("/p/dir/deep/n0").await.unwrap(), b"rewritten");
 }
 
-// Proves a file that was open and unlinked when the server stopped is reclaimed at the next start: no orphan, no inode, no data object.
+// Proves a file that was open and unlinked when the server stopped is reclaimed once the grace
+// period after the next start ends unclaimed: no orphan, no inode, no data object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphan_is_reclaimed_after_restart() {
     let mut server = TestServer::start().await;
@@ -2503,11 +2504,12 @@ async fn orphan_is_reclaimed_after_restart() {
     assert_eq!(file.read_at(0, 10).await.unwrap(), &pattern(10_000, 4)[..10]);
     // The handle is still open when the server goes down.
     std::mem::forget(file);
-    server.restart().await;
+    server.restart_with(|config| config.orphan_grace = Duration::from_millis(300)).await;
     client.close();
 
     let client = server.client().await;
-    assert_eq!(server.server().orphans().unwrap(), Vec::<u64>::new());
+    assert_eq!(server.server().orphans().unwrap(), vec![o], "kept through the grace period");
+    eventually("the unclaimed orphan is reclaimed", || server.server().orphans().unwrap().is_empty()).await;
     assert_errno(client.getattr(o).await, Errno::ESTALE);
     assert_errno(client.open_ino(o, OpenFlags::READ).await.map(|file| file.ino()), Errno::ESTALE);
     assert_eq!(client.statfs().await.unwrap().files, files);
@@ -2515,4 +2517,32 @@ async fn orphan_is_reclaimed_after_restart() {
     eventually("the orphan's data object is removed", || !object.exists()).await;
     assert_eq!(client.read("/keep").await.unwrap(), b"kept");
     assert_eq!(names(&client.read_dir("/").await.unwrap()), vec![b"keep".to_vec()]);
+}
+
+// Proves an orphan of the previous run survives the restart: during the grace period a new
+// session can claim it by id (open, pin), read it, and it lives until the last claim goes; the
+// grace period ending does not destroy a claimed orphan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_claimed_after_restart_lives_until_released() {
+    let mut server = TestServer::start().await;
+    let client = server.client().await;
+    client.write("/o", b"orphaned data").await.unwrap();
+    let file = client.open("/o", &read_write()).await.unwrap();
+    let o = file.ino();
+    client.remove_file("/o").await.unwrap();
+    std::mem::forget(file);
+    server.restart_with(|config| config.orphan_grace = Duration::from_millis(500)).await;
+    client.close();
+
+    let client = server.client().await;
+    let claimed = client.open_ino(o, OpenFlags::READ).await.expect("the orphan survived the restart");
+    client.pin(o).await.unwrap();
+    assert_eq!(claimed.read_at(0, 100).await.unwrap().as_ref(), b"orphaned data");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(server.server().orphans().unwrap(), vec![o], "claimed: the grace period's end keeps it");
+    claimed.close().await.unwrap();
+    assert_eq!(server.server().orphans().unwrap(), vec![o], "still pinned");
+    client.unpin(o, 1).await.unwrap();
+    assert!(server.server().orphans().unwrap().is_empty(), "the last claim destroyed it");
+    assert_errno(client.getattr(o).await, Errno::ESTALE);
 }

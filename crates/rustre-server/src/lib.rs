@@ -41,6 +41,8 @@ use crate::locks::InodeLocks;
 
 /// Open handles one session may hold by default; the next open gets EMFILE.
 pub const HANDLES_PER_SESSION_MAX: usize = 65536;
+/// How long orphans of the previous run wait at start for their sessions to claim them.
+pub const ORPHAN_GRACE_DEFAULT: Duration = Duration::from_secs(30);
 /// How long a new connection has to send its hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for connection tasks to let go of the store.
@@ -65,6 +67,10 @@ pub struct ServerConfig {
     pub clock: Arc<dyn Clock>,
     /// Pause points for tests that force races (unarmed, they cost one atomic load).
     pub pause_points: Arc<PausePoints>,
+    /// Orphans found at start (inodes that were open or pinned, without a name, when the previous
+    /// run ended) are kept this long, for the sessions that held them to claim them again (by
+    /// opening or pinning them by id); those still unclaimed are then destroyed.
+    pub orphan_grace: Duration,
     /// Fault injection, for proving that tools detect failures (`rustre race`'s control run):
     /// every Nth open answers ESTALE, as a file system that trusts stale inode ids would.
     /// Never set in production.
@@ -83,6 +89,7 @@ impl ServerConfig {
             clock: Arc::new(SystemClock),
             pause_points: Arc::default(),
             fault_estale_every_nth_open: None,
+            orphan_grace: ORPHAN_GRACE_DEFAULT,
         }
     }
 }
@@ -197,26 +204,15 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the store and reclaims orphans left by the previous run (no session survives a
-    /// restart yet, so nothing can still hold them).
+    /// Opens the store. Orphans left by the previous run are kept for `orphan_grace`, then
+    /// those nobody claimed are destroyed (see `reclaim_orphans`).
     pub async fn open(config: ServerConfig) -> Result<Server, ServerError> {
         let store = Store::open(&config.data_dir, config.clock.as_ref())?;
         let committer = store.start_committer(config.clock.clone(), OpenCounts::default());
-        let leftover = committer
-            .run(|ns, _| {
-                let orphans = ns.orphans()?;
-                for &ino in &orphans {
-                    ns.destroy(ino)?;
-                }
-                Ok(orphans.len())
-            })
-            .await?;
-        if leftover > 0 {
-            tracing::info!(count = leftover, "reclaimed orphans of the previous run");
-        }
+        let leftover = store.read()?.orphans()?;
         let boot = store.boot();
         let (shutdown, _) = watch::channel(false);
-        Ok(Server {
+        let server = Server {
             inner: Arc::new(Inner {
                 config,
                 store,
@@ -229,7 +225,27 @@ impl Server {
                 next_session: AtomicU64::new(boot << 32),
                 shutdown,
             }),
-        })
+        };
+        if !leftover.is_empty() {
+            let grace = server.inner.config.orphan_grace;
+            tracing::info!(count = leftover.len(), ?grace, "orphans of the previous run wait to be claimed");
+            if grace.is_zero() {
+                reclaim_orphans(&server.inner, leftover).await?;
+            } else {
+                let inner = server.inner.clone();
+                let mut shutdown = inner.shutdown.subscribe();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = tokio::time::sleep(grace) => {}
+                        _ = shutdown.wait_for(|stop| *stop) => return,
+                    }
+                    if let Err(error) = reclaim_orphans(&inner, leftover).await {
+                        tracing::error!(%error, "reclaiming the orphans of the previous run");
+                    }
+                });
+            }
+        }
+        Ok(server)
     }
 
     /// Binds `address` and serves it until `shutdown`. Returns the bound address.
@@ -299,6 +315,14 @@ impl Server {
         self.inner.sessions.lock().expect("sessions lock").remove(&session_id);
         // A session that is gone caches nothing any more.
         self.inner.leases.drop_session(session_id);
+        if *self.inner.shutdown.borrow() {
+            // The server stops, not the client: the session's handles and pins are not given
+            // back, so what only they keep alive stays on disk as orphans, for the client to
+            // claim within the next start's grace period (`orphan_grace`).
+            session.handles.lock().expect("handles lock").closed = true;
+            tracing::info!(%peer, session = format_args!("{session_id:#x}"), "session closed by shutdown");
+            return;
+        }
         let released = close_session_handles(&self.inner, &session).await;
         tracing::info!(%peer, session = format_args!("{session_id:#x}"), released, %reason, "session closed");
     }
@@ -461,6 +485,25 @@ async fn close_session_handles(inner: &Arc<Inner>, session: &Session) -> usize {
 }
 
 /// Drops one open of `ino`; the last one destroys an unlinked inode.
+/// Destroys the orphans of the previous run that no session claimed (opened or pinned) during
+/// the grace period. One that was claimed goes when its last handle or pin does, as any orphan.
+async fn reclaim_orphans(inner: &Arc<Inner>, leftover: Vec<u64>) -> Result<(), StoreError> {
+    let (reclaimed, _) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
+        let mut reclaimed = 0;
+        for ino in leftover {
+            let unlinked = ns.inode(ino)?.is_some_and(|record| record.nlink == 0);
+            if unlinked && !opens.is_open(ino) {
+                ns.destroy(ino)?;
+                reclaimed += 1;
+            }
+        }
+        Ok(reclaimed)
+    })
+    .await;
+    tracing::info!(count = reclaimed?, "reclaimed unclaimed orphans of the previous run");
+    Ok(())
+}
+
 async fn release_handle(inner: &Arc<Inner>, ino: u64) -> Result<(), StoreError> {
     release_opens(inner, ino, 1).await
 }
@@ -1359,12 +1402,46 @@ async fn on_path(
             },
             other => other,
         },
+        // Open what the path names (a directory's "dir/", "/", "a/..", or a listing's handle):
+        // found and opened in one commit-thread step, so the handle holds what the path named.
+        Op::OpenIno { flags, .. } => return on_path_open(inner, session, path, follow_last, flags).await.into(),
         other => {
             tracing::debug!(op = other.kind_name(), "OnPath does not carry this op");
             Err(StoreError::Fs(Errno::EINVAL))
         }
     };
     result.into()
+}
+
+/// `OnPath` carrying `OpenIno`: resolve the object and open it in one commit-thread closure
+/// (the open count is taken there, so the object cannot be destroyed before the handle exists).
+async fn on_path_open(
+    inner: &Arc<Inner>,
+    session: &Session,
+    path: Vec<Vec<u8>>,
+    follow_last: bool,
+    flags: OpenFlags,
+) -> Result<(Reply, Bytes), StoreError> {
+    let reservation = session.reserve_handle()?;
+    let (outcome, ticket) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
+        let mut revealed = Vec::new();
+        let ino = match resolve_object_in_batch(ns, &path, follow_last, &mut revealed)? {
+            Err(symlink) => return Ok((Err(symlink), revealed)),
+            Ok(ino) => ino,
+        };
+        let opened = ns.open_existing(ino, flags)?;
+        opens.acquire(ino);
+        Ok((Ok(opened), revealed))
+    })
+    .await;
+    let (opened, revealed) = outcome?;
+    if let Some(ticket) = ticket {
+        ticket.finish(session.id, &revealed, &[]).await;
+    }
+    match opened {
+        Err(symlink) => Ok((symlink, Bytes::new())),
+        Ok(opened) => Ok((open_reply(inner, session, reservation, opened, flags).await?, Bytes::new())),
+    }
 }
 
 /// A read under `OnPath`: one snapshot resolves the object and answers.

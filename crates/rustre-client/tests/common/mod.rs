@@ -43,8 +43,15 @@ impl TestServer {
 
     /// Stops the server and starts a new one on the same data directory (a new port).
     pub async fn restart(&mut self) {
+        self.restart_with(|_| {}).await
+    }
+
+    /// `restart`, letting the test adjust the new server's configuration first.
+    pub async fn restart_with(&mut self, adjust: impl FnOnce(&mut ServerConfig)) {
         self.stop().await;
-        let server = Server::open(ServerConfig::new(self.data.path())).await.expect("server reopens");
+        let mut config = ServerConfig::new(self.data.path());
+        adjust(&mut config);
+        let server = Server::open(config).await.expect("server reopens");
         self.address = server.listen("127.0.0.1:0").await.expect("server listens").to_string();
         self.server = Some(server);
     }
