@@ -92,6 +92,11 @@ impl State {
         self.connected && self.last_contact.elapsed() < self.validity
     }
 
+    /// How long since anything arrived from the server.
+    pub(crate) fn silent_for(&self) -> Duration {
+        self.last_contact.elapsed()
+    }
+
     pub(crate) fn contact(&mut self) {
         self.last_contact = Instant::now();
     }

@@ -149,6 +149,30 @@ impl Shared {
     }
 }
 
+/// The least silence after which a client gives up on its server (see `watch_server`).
+pub const SERVER_SILENCE_MIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Closes the connection once the server has been silent for `silence_max` (twice its lease
+/// timeout, at least `SERVER_SILENCE_MIN`; a server pings every second, and has evicted us long
+/// before), so calls waiting on a dead server or across a partition fail with ENOTCONN instead
+/// of hanging. Ends with the connection.
+async fn watch_server(connection: Connection, shared: Arc<Shared>, silence_max: std::time::Duration) {
+    let period = silence_max / 4;
+    loop {
+        tokio::select! {
+            biased;
+            _ = connection.closed() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let silent = shared.cache().silent_for();
+        if silent >= silence_max {
+            tracing::warn!(connection = connection.name(), ?silent, "server silent; closing the session");
+            connection.close(format!("server silent for {silent:?}"));
+            return;
+        }
+    }
+}
+
 /// Ends (its sender is dropped) when a removal in flight completes.
 type RemovalDone = watch::Receiver<()>;
 
@@ -288,6 +312,8 @@ impl Client {
             removals: Mutex::new(HashMap::new()),
         });
         tokio::spawn(give_leases_back(Arc::downgrade(&inner), shared.clone()));
+        let silence_max = (validity * 4).max(SERVER_SILENCE_MIN);
+        tokio::spawn(watch_server(connection.clone(), shared.clone(), silence_max));
         tokio::spawn(async move {
             connection.closed().await;
             // A session that is gone holds no lease: nothing cached may be trusted.
@@ -460,6 +486,7 @@ impl Client {
                 }
             };
         }
+        let original = path;
         let mut walk = Walk::root();
         let mut path = path.to_vec();
         for _ in 0..=path::SYMLINKS_FOLLOWED_MAX {
@@ -476,10 +503,17 @@ impl Client {
             match self.open_at(walk.directory(), &name, flags, options.perm).await {
                 Err(error) if error.errno == Errno::ELOOP && !options.no_follow => {
                     // The name is a symlink: the server never follows one, we do.
-                    let attr = self.lookup(walk.directory(), &name).await?;
-                    if attr.kind != FileKind::Symlink {
-                        continue; // replaced meanwhile: open by name again
-                    }
+                    self.inner.shared.pause_points.pause("client.open.after_eloop").await;
+                    let attr = match self.lookup(walk.directory(), &name).await {
+                        Ok(attr) if attr.kind == FileKind::Symlink => attr,
+                        // Removed or replaced since the open saw a symlink there (an O_CREAT open
+                        // must then create, not fail): open by name on the server, where finding
+                        // the symlink and reading its target are one step.
+                        Ok(_) | Err(Error { errno: Errno::ENOENT, .. }) => {
+                            return self.open_by_name(original, flags, options.perm, true).await;
+                        }
+                        Err(error) => return Err(error),
+                    };
                     path = self.readlink_ino(attr.ino).await?;
                     if path.starts_with(b"/") {
                         walk = Walk::root();
@@ -525,15 +559,36 @@ impl Client {
         run.await.map_err(|error| error.context(format!("{verb} {}", path.display())))
     }
 
+    /// A namespace change at `path`'s parent: the fast path walks to the parent with cached names
+    /// and runs `fast` there by id; if anything on the way (the walk included: a directory or
+    /// symlink it went through may be gone) met a stale id, the change is made by name (`make`).
+    async fn change_at_parent<T, F, Fut>(
+        &self,
+        verb: &str,
+        path: &Path,
+        fast: F,
+        make: impl Fn(Vec<u8>, Option<Vec<u8>>) -> Op,
+        convert: impl FnOnce(Reply) -> Result<T>,
+    ) -> Result<T>
+    where
+        F: FnOnce(u64, Vec<u8>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let fast = async {
+            let mut walk = Walk::root();
+            let name = self.walk_parent(&mut walk, bytes(path)).await?;
+            fast(walk.directory(), name).await
+        };
+        let fast = fast.await;
+        let result = self.or_by_name(fast, bytes(path), None, make, convert).await;
+        result.map_err(|error| error.context(format!("{verb} {}", path.display())))
+    }
+
     pub async fn mkdir(&self, path: impl AsRef<Path>, perm: u32) -> Result<Attr> {
         let path = path.as_ref();
-        self.with_parent("mkdir", path, |parent, name| async move {
-            let fast = self.mkdir_at(parent, &name, perm).await;
-            let make = |name, _| Op::Mkdir { parent: 0, name, perm };
-            self.or_by_name(fast, bytes(path), None, make, expect_entry).await
-        })
-        .await
-        .map_err(|error| {
+        let fast = |parent, name: Vec<u8>| async move { self.mkdir_at(parent, &name, perm).await };
+        let make = |name, _| Op::Mkdir { parent: 0, name, perm };
+        self.change_at_parent("mkdir", path, fast, make, expect_entry).await.map_err(|error| {
             if components(bytes(path)).is_empty() {
                 Error::from(Errno::EEXIST).context(format!("mkdir {}", path.display()))
             } else {
@@ -580,20 +635,14 @@ impl Client {
             };
             return Err(refusal.context(format!("unlink {}", path.display())));
         }
-        self.with_parent("unlink", path, |parent, name| async move {
-            let fast = self.unlink_at(parent, &name).await;
-            self.or_by_name(fast, bytes(path), None, |name, _| Op::Unlink { parent: 0, name }, expect_done).await
-        })
-        .await
+        let fast = |parent, name: Vec<u8>| async move { self.unlink_at(parent, &name).await };
+        self.change_at_parent("unlink", path, fast, |name, _| Op::Unlink { parent: 0, name }, expect_done).await
     }
 
     pub async fn remove_dir(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        self.with_parent("rmdir", path, |parent, name| async move {
-            let fast = self.rmdir_at(parent, &name).await;
-            self.or_by_name(fast, bytes(path), None, |name, _| Op::Rmdir { parent: 0, name }, expect_done).await
-        })
-        .await
+        let fast = |parent, name: Vec<u8>| async move { self.rmdir_at(parent, &name).await };
+        self.change_at_parent("rmdir", path, fast, |name, _| Op::Rmdir { parent: 0, name }, expect_done).await
     }
 
     /// Removes a directory and everything below it (`rm -r`), or a single non-directory.
@@ -693,12 +742,12 @@ impl Client {
     pub async fn symlink(&self, target: impl AsRef<Path>, link: impl AsRef<Path>) -> Result<Attr> {
         let target = bytes(target.as_ref()).to_vec();
         let link = link.as_ref();
-        self.with_parent("symlink", link, |parent, name| async move {
-            let fast = self.symlink_at(parent, &name, &target).await;
-            let make = |name, _| Op::Symlink { parent: 0, name, target: target.clone() };
-            self.or_by_name(fast, bytes(link), None, make, expect_entry).await
-        })
-        .await
+        let fast = |parent, name: Vec<u8>| {
+            let target = target.clone();
+            async move { self.symlink_at(parent, &name, &target).await }
+        };
+        let make = |name, _| Op::Symlink { parent: 0, name, target: target.clone() };
+        self.change_at_parent("symlink", link, fast, make, expect_entry).await
     }
 
     pub async fn read_link(&self, path: impl AsRef<Path>) -> Result<Vec<u8>> {

@@ -407,3 +407,77 @@ async fn open_retried_through_a_symlink_to_the_root_opens_the_root() {
     }
     assert_eq!(a.stats().stale_retries, 3, "each open went through the retry by name");
 }
+
+// Found by the simulator (rustre sim, seed 208 of the first runs): an O_CREAT open meets a
+// symlink (the server answers ELOOP, the client follows), and another client unlinks the
+// symlink before the client reads it. The open must then create the name, as a local O_CREAT
+// open after the unlink would; it answered ENOENT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_creat_of_a_symlink_unlinked_meanwhile_creates_the_name() {
+    let server = TestServer::start().await;
+    let b = server.client().await;
+    let (a, pauses) = client_with(&server, true).await;
+    b.symlink("/target", "/l").await.unwrap();
+    let paused = pauses.arm("client.open.after_eloop");
+    let open = tokio::spawn({
+        let a = a.clone();
+        async move { a.open("/l", &create_rw()).await }
+    });
+    reach(&paused).await;
+    b.remove_file("/l").await.unwrap();
+    paused.release();
+    let file = open.await.unwrap().expect("the O_CREAT open creates /l");
+    assert!(file.created());
+    file.close().await.unwrap();
+    let made = b.lstat("/l").await.unwrap();
+    assert_eq!(made.kind, rustre_proto::FileKind::Regular, "a new file, not a symlink");
+    assert_errno(b.stat("/target").await, Errno::ENOENT);
+}
+
+// Found by the simulator (rustre sim --clients 6 --steps 150 --no-faults, seed 15): a stale id
+// met during the walk to the parent (not in the change itself) escaped as ESTALE. A's mkdir of
+// /d/e/x has gone through /d when B replaces the whole tree; A's next lookup, in the old /d,
+// meets a stale id, and the mkdir is made by name in the new tree. Same for unlink, rmdir and
+// symlink, which share the path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_directory_met_during_the_walk_retries_by_name() {
+    let server = TestServer::start().await;
+    let b = server.client().await;
+    let (a, pauses) = client_with(&server, true).await;
+    for round in 0..4 {
+        b.create_dir_all("/d/e").await.unwrap();
+        b.write("/d/e/x", b"old").await.unwrap();
+        if round == 2 {
+            b.remove_file("/d/e/x").await.unwrap();
+            b.mkdir("/d/e/x", 0o755).await.unwrap();
+        }
+        a.stat("/d/e").await.unwrap(); // cached, so the walk uses the old ids
+        let paused = pauses.arm("client.walk.after_directory");
+        let call = tokio::spawn({
+            let a = a.clone();
+            async move {
+                match round {
+                    0 => a.mkdir("/d/e/y", 0o755).await.map(|_| ()),
+                    1 => a.remove_file("/d/e/x").await,
+                    2 => a.remove_dir("/d/e/x").await,
+                    _ => a.symlink("/t", "/d/e/y").await.map(|_| ()),
+                }
+            }
+        });
+        reach(&paused).await;
+        b.remove_all("/d").await.unwrap();
+        b.create_dir_all("/d/e").await.unwrap();
+        if round == 1 {
+            b.write("/d/e/x", b"new").await.unwrap();
+        }
+        if round == 2 {
+            b.mkdir("/d/e/x", 0o755).await.unwrap();
+        }
+        paused.release();
+        call.await.unwrap().unwrap_or_else(|error| panic!("round {round}: {error}"));
+        let names: Vec<_> = b.read_dir("/d/e").await.unwrap().into_iter().map(|entry| entry.name).collect();
+        let expected: Vec<Vec<u8>> = if round == 0 || round == 3 { vec![b"y".to_vec()] } else { vec![] };
+        assert_eq!(names, expected, "round {round}");
+        b.remove_all("/d").await.unwrap();
+    }
+}

@@ -109,7 +109,7 @@ pub struct Change {
     /// Each key it marked, and whether another change was in flight on it at the time.
     keys: Vec<(LeaseKey, bool)>,
     /// The leases to revoke, by session.
-    pub revocations: HashMap<u64, Vec<Grant>>,
+    pub revocations: BTreeMap<u64, Vec<Grant>>,
 }
 
 /// A read in progress. Dropping it without `finish` is fine (an error path).
@@ -137,7 +137,7 @@ impl Leases {
         let mut state = self.state();
         state.version += 1;
         let version = state.version;
-        let mut revocations: HashMap<u64, Vec<Grant>> = HashMap::new();
+        let mut revocations: BTreeMap<u64, Vec<Grant>> = BTreeMap::new();
         let mut marked = Vec::with_capacity(keys.len());
         for key in keys {
             let entry = state.keys.entry(key.clone()).or_default();

@@ -71,6 +71,13 @@ pub struct ServerConfig {
     /// run ended) are kept this long, for the sessions that held them to claim them again (by
     /// opening or pinning them by id); those still unclaimed are then destroyed.
     pub orphan_grace: Duration,
+    /// Commit on the request's own task, one operation per transaction, instead of on the group
+    /// commit thread: for the deterministic simulator (`rustre-sim`), where no thread may run
+    /// outside the simulated schedule. Slower; never set in production.
+    pub inline_commits: bool,
+    /// A planted bug, for proving the simulator's checker finds it: a change answers before its
+    /// revocations are acknowledged. Never set outside those tests.
+    pub fault_ack_before_revoke: bool,
     /// Fault injection, for proving that tools detect failures (`rustre race`'s control run):
     /// every Nth open answers ESTALE, as a file system that trusts stale inode ids would.
     /// Never set in production.
@@ -90,6 +97,8 @@ impl ServerConfig {
             pause_points: Arc::default(),
             fault_estale_every_nth_open: None,
             orphan_grace: ORPHAN_GRACE_DEFAULT,
+            inline_commits: false,
+            fault_ack_before_revoke: false,
         }
     }
 }
@@ -208,7 +217,11 @@ impl Server {
     /// those nobody claimed are destroyed (see `reclaim_orphans`).
     pub async fn open(config: ServerConfig) -> Result<Server, ServerError> {
         let store = Store::open(&config.data_dir, config.clock.as_ref())?;
-        let committer = store.start_committer(config.clock.clone(), OpenCounts::default());
+        let committer = if config.inline_commits {
+            store.start_inline_committer(config.clock.clone(), OpenCounts::default())
+        } else {
+            store.start_committer(config.clock.clone(), OpenCounts::default())
+        };
         let leftover = store.read()?.orphans()?;
         let boot = store.boot();
         let (shutdown, _) = watch::channel(false);
@@ -605,7 +618,16 @@ where
         })
         .await;
     let change = marked.lock().expect("change slot").take();
-    if let Some(change) = change {
+    if inner.config.fault_ack_before_revoke
+        && let Some(change) = change
+    {
+        // A planted bug (simulator tests only): answer before the holders have dropped their copies.
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            revoke(&inner, &change).await;
+            inner.leases.complete(&change);
+        });
+    } else if let Some(change) = change {
         // Even if the batch failed, the holders are out of the table: they must drop their copies.
         revoke(inner, &change).await;
         inner.leases.complete(&change);

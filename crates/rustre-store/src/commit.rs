@@ -10,6 +10,10 @@
 //! Replies: an operation that changed nothing, and ran before any change in its batch, is answered
 //! at once: it saw only committed state. Every other reply waits for the commit.
 //!
+//! Inline mode (deterministic simulation): no thread; each operation runs as its own batch on the
+//! caller's task, under the writer's lock, before `run` returns. Same ordering and failure rules,
+//! no group commit, and no thread for a simulator's scheduler to lose control of.
+//!
 //! Failure: a storage error (in an operation or at commit) rolls the whole batch back, fails every
 //! operation of it still waiting for the commit, and stops the committer for good (fail-stop): the
 //! server must be restarted on a store it re-reads from disk. Operations answered at once saw only
@@ -62,16 +66,28 @@ struct Counters {
     durable_commits: AtomicU64,
 }
 
-/// A handle to the writer thread; cloning shares it.
+/// A handle to the writer (its thread, or itself in inline mode); cloning shares it.
 pub struct Committer<S> {
-    queue: mpsc::Sender<Message<S>>,
-    thread: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+    mode: Mode<S>,
     counters: Arc<Counters>,
+}
+
+enum Mode<S> {
+    Thread {
+        queue: mpsc::Sender<Message<S>>,
+        thread: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+    },
+    /// `None` once stopped.
+    Inline(Arc<std::sync::Mutex<Option<Writer<S>>>>),
 }
 
 impl<S> Clone for Committer<S> {
     fn clone(&self) -> Self {
-        Committer { queue: self.queue.clone(), thread: self.thread.clone(), counters: self.counters.clone() }
+        let mode = match &self.mode {
+            Mode::Thread { queue, thread } => Mode::Thread { queue: queue.clone(), thread: thread.clone() },
+            Mode::Inline(writer) => Mode::Inline(writer.clone()),
+        };
+        Committer { mode, counters: self.counters.clone() }
     }
 }
 
@@ -92,8 +108,8 @@ impl<S: Send + 'static> Committer<S> {
         clock: Arc<dyn Clock>,
         boot: u64,
         state: S,
+        inline: bool,
     ) -> Committer<S> {
-        let (queue, receiver) = mpsc::channel(COMMIT_QUEUE_DEPTH);
         let counters = Arc::new(Counters::default());
         let writer = Writer {
             counters: counters.clone(),
@@ -102,15 +118,18 @@ impl<S: Send + 'static> Committer<S> {
             clock,
             boot,
             state,
-            receiver,
             stopped: false,
             non_durable_batches: 0,
         };
+        if inline {
+            return Committer { mode: Mode::Inline(Arc::new(std::sync::Mutex::new(Some(writer)))), counters };
+        }
+        let (queue, receiver) = mpsc::channel(COMMIT_QUEUE_DEPTH);
         let thread = std::thread::Builder::new()
             .name("rustre-commit".into())
-            .spawn(move || writer.run())
+            .spawn(move || writer.run(receiver))
             .expect("spawning the commit thread");
-        Committer { queue, thread: Arc::new(std::sync::Mutex::new(Some(thread))), counters }
+        Committer { mode: Mode::Thread { queue, thread: Arc::new(std::sync::Mutex::new(Some(thread))) }, counters }
     }
 
     /// Runs `operation` in the next batch and returns its result once it is safe to reply.
@@ -146,16 +165,27 @@ impl<S: Send + 'static> Committer<S> {
                 let _ = sender.send(outcome);
             })
         });
-        self.queue.send(Message::Run(job)).await.map_err(|_| StoreError::Stopped)?;
+        match &self.mode {
+            Mode::Thread { queue, .. } => queue.send(Message::Run(job)).await.map_err(|_| StoreError::Stopped)?,
+            Mode::Inline(writer) => match writer.lock().expect("inline writer lock").as_mut() {
+                Some(writer) => writer.run_batch(vec![job]),
+                None => return Err(StoreError::Stopped),
+            },
+        }
         receiver.await.map_err(|_| StoreError::Stopped)?
     }
 
     /// Stops the writer after what is queued, and waits for it (the store can then be reopened).
     pub async fn stop(&self) {
-        let _ = self.queue.send(Message::Stop).await;
-        let thread = self.thread.lock().expect("commit thread lock").take();
-        if let Some(thread) = thread {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        match &self.mode {
+            Mode::Thread { queue, thread } => {
+                let _ = queue.send(Message::Stop).await;
+                let thread = thread.lock().expect("commit thread lock").take();
+                if let Some(thread) = thread {
+                    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+                }
+            }
+            Mode::Inline(writer) => drop(writer.lock().expect("inline writer lock").take()),
         }
     }
 }
@@ -166,18 +196,17 @@ struct Writer<S> {
     clock: Arc<dyn Clock>,
     boot: u64,
     state: S,
-    receiver: mpsc::Receiver<Message<S>>,
     stopped: bool,
     non_durable_batches: u32,
     counters: Arc<Counters>,
 }
 
 impl<S> Writer<S> {
-    fn run(mut self) {
-        while let Some(first) = self.receiver.blocking_recv() {
+    fn run(mut self, mut receiver: mpsc::Receiver<Message<S>>) {
+        while let Some(first) = receiver.blocking_recv() {
             let mut batch = Vec::new();
             let mut stop = false;
-            for message in std::iter::once(first).chain(std::iter::from_fn(|| self.receiver.try_recv().ok())) {
+            for message in std::iter::once(first).chain(std::iter::from_fn(|| receiver.try_recv().ok())) {
                 match message {
                     Message::Run(job) => batch.push(job),
                     Message::Stop => {

@@ -68,7 +68,13 @@ impl Store {
 
     /// Starts the writer thread, which owns `state` from now on.
     pub fn start_committer<S: Send + 'static>(&self, clock: Arc<dyn Clock>, state: S) -> Committer<S> {
-        Committer::start(self.db.clone(), self.objects.clone(), clock, self.boot, state)
+        Committer::start(self.db.clone(), self.objects.clone(), clock, self.boot, state, false)
+    }
+
+    /// The writer without a thread: each operation is committed on the caller's task, alone
+    /// (deterministic simulation; see `commit.rs`).
+    pub fn start_inline_committer<S: Send + 'static>(&self, clock: Arc<dyn Clock>, state: S) -> Committer<S> {
+        Committer::start(self.db.clone(), self.objects.clone(), clock, self.boot, state, true)
     }
 }
 
