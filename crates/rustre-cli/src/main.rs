@@ -23,6 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 mod race;
+mod sim;
 
 /// The most bytes one read or write of `put`, `get` and `cat` moves.
 const CHUNK: usize = 1 << 20;
@@ -130,6 +131,9 @@ enum Command {
     /// Exits 1 on any violation of the contract: ESTALE, EIO, a failed O_CREAT open, not exactly
     /// one O_EXCL winner per round, ...
     Race(race::RaceArgs),
+    /// Runs the deterministic simulator: real server and clients on a simulated network with
+    /// faults, every answer checked for linearizability. One seed replays a run exactly.
+    Sim(sim::SimArgs),
 }
 
 impl Command {
@@ -152,7 +156,12 @@ impl std::error::Error for Reported {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if cli.command.runs_server() { "info" } else { "warn" };
+    // The simulator breaks connections on purpose: what the hosts log of it is noise there.
+    let default_level = match &cli.command {
+        Command::Sim(_) => "off",
+        command if command.runs_server() => "info",
+        _ => "warn",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
@@ -161,6 +170,17 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
+    if let Command::Sim(args) = cli.command {
+        // The simulator runs its own runtimes (one per simulated host), never inside ours.
+        return match sim::run(args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(error) => {
+                eprintln!("rustre: {}", one_line(&error));
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -219,7 +239,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Server { .. } | Command::Up { .. } | Command::Race(_) => unreachable!("handled by run"),
+        Command::Server { .. } | Command::Up { .. } | Command::Race(_) | Command::Sim(_) => {
+            unreachable!("handled by run and main")
+        }
         Command::Ls { long, path } => ls(client, &path, long).await,
         Command::Stat { paths } => for_each(&paths, |path| stat(client, path)).await,
         Command::Mkdir { parents, paths } => {

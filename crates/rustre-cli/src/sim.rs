@@ -1,0 +1,218 @@
+//! `rustre sim`: runs the deterministic simulator (`rustre-sim`) for one seed (a replay) or a
+//! range of seeds (exploration), and says which seeds failed and how to replay them.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use rustre_sim::{Bugs, Faults, SimConfig, SimReport};
+
+#[derive(Args, Debug)]
+pub struct SimArgs {
+    /// Run this one seed (a replay: the same seed gives the same run).
+    #[arg(long, conflicts_with = "seeds")]
+    seed: Option<u64>,
+    /// Explore a range of seeds, `A..B` (B excluded); the default is 0..100.
+    #[arg(long, value_name = "A..B")]
+    seeds: Option<String>,
+    /// Calls each client makes.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    steps: u32,
+    /// Simulated clients (each a host with its own sessions).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=32))]
+    clients: u32,
+    /// Most think time of a client between two calls, in milliseconds.
+    #[arg(long, default_value_t = rustre_sim::THINK_MAX_DEFAULT.as_millis() as u64, value_name = "MS")]
+    think_ms: u64,
+    /// Most latency of one message, in milliseconds.
+    #[arg(long, default_value_t = 20, value_name = "MS")]
+    latency_ms: u64,
+    /// Chance per simulated second that a client is cut off from the server.
+    #[arg(long, default_value_t = 0.1, value_name = "P")]
+    partition_rate: f64,
+    /// Longest partition, in seconds (the lease timeout is 5).
+    #[arg(long, default_value_t = 15, value_name = "S")]
+    partition_max: u64,
+    /// Chance per write on a client's connection that it breaks.
+    #[arg(long, default_value_t = 0.002, value_name = "P")]
+    break_rate: f64,
+    /// Chance per call that the client crashes first (drops its session, files open).
+    #[arg(long, default_value_t = 0.005, value_name = "P")]
+    crash_rate: f64,
+    /// No partitions, breaks or crashes (latency still varies up to --latency-ms).
+    #[arg(long)]
+    no_faults: bool,
+    /// Print every call of the run with its outcome (with --seed).
+    #[arg(long, requires = "seed")]
+    history: bool,
+    /// Run each seed twice and fail if the two histories differ (determinism check).
+    #[arg(long)]
+    twice: bool,
+    /// Plant a bug, to see the checker find it (tests of the simulator).
+    #[arg(long, value_enum, hide = true)]
+    plant: Option<Plant>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Plant {
+    /// The server answers a change before its revocations are acknowledged.
+    AckBeforeRevoke,
+    /// The library does not retry by name after a stale inode id.
+    NoStaleRetry,
+}
+
+fn parse_range(text: &str) -> anyhow::Result<std::ops::Range<u64>> {
+    let (start, end) = text.split_once("..").context("--seeds takes A..B")?;
+    let start: u64 = start.trim().parse().context("--seeds: the start is not a number")?;
+    let end: u64 = end.trim().parse().context("--seeds: the end is not a number")?;
+    if end <= start {
+        bail!("--seeds {text}: the range is empty");
+    }
+    Ok(start..end)
+}
+
+impl SimArgs {
+    fn config(&self, seed: u64) -> SimConfig {
+        let faults = if self.no_faults {
+            Faults { latency_max: Duration::from_millis(self.latency_ms), ..Faults::none() }
+        } else {
+            Faults {
+                latency_max: Duration::from_millis(self.latency_ms),
+                partition_rate: self.partition_rate,
+                partition_max: Duration::from_secs(self.partition_max),
+                break_rate: self.break_rate,
+                crash_rate: self.crash_rate,
+            }
+        };
+        let bugs = Bugs {
+            ack_before_revoke: matches!(self.plant, Some(Plant::AckBeforeRevoke)),
+            no_stale_retry: matches!(self.plant, Some(Plant::NoStaleRetry)),
+        };
+        let think_max = Duration::from_millis(self.think_ms);
+        SimConfig { seed, clients: self.clients, steps: self.steps, think_max, faults, bugs }
+    }
+
+    /// The command line that replays `seed` with the same options.
+    fn replay(&self, seed: u64) -> String {
+        let mut line = format!(
+            "rustre sim --seed {seed} --steps {} --clients {} --think-ms {}",
+            self.steps, self.clients, self.think_ms
+        );
+        if self.no_faults {
+            line += &format!(" --no-faults --latency-ms {}", self.latency_ms);
+        } else {
+            line += &format!(
+                " --latency-ms {} --partition-rate {} --partition-max {} --break-rate {} --crash-rate {}",
+                self.latency_ms, self.partition_rate, self.partition_max, self.break_rate, self.crash_rate
+            );
+        }
+        if let Some(plant) = self.plant {
+            line += &format!(" --plant {}", plant.to_possible_value().expect("a visible value").get_name());
+        }
+        line
+    }
+}
+
+/// Runs one seed; a panic inside the simulation (an assertion of the server, client or cache)
+/// is a failure of that seed, not of the tool.
+fn run_seed(args: &SimArgs, seed: u64) -> Result<SimReport, String> {
+    let config = args.config(seed);
+    let run = std::panic::catch_unwind(|| rustre_sim::run(&config));
+    let report = match run {
+        Ok(Ok(report)) => report,
+        Ok(Err(error)) => return Err(error.to_string()),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|text| text.to_string()))
+                .unwrap_or_else(|| "a panic".into());
+            return Err(format!("panicked: {message}"));
+        }
+    };
+    if args.twice {
+        let again = rustre_sim::run(&config).map_err(|error| error.to_string())?;
+        if again.fingerprint() != report.fingerprint() {
+            return Err(format!("not deterministic: two runs of seed {seed} gave different histories"));
+        }
+    }
+    Ok(report)
+}
+
+/// Runs outside any async runtime: every simulated host has its own.
+pub fn run(args: SimArgs) -> anyhow::Result<bool> {
+    let seeds = match (&args.seed, &args.seeds) {
+        (Some(seed), _) => *seed..*seed + 1,
+        (None, Some(range)) => parse_range(range)?,
+        (None, None) => 0..100,
+    };
+    let started = Instant::now();
+    let (mut passed, mut failed) = (0u64, Vec::new());
+    let mut totals = rustre_sim::SimStats::default();
+    for seed in seeds.clone() {
+        match run_seed(&args, seed) {
+            Ok(report) => {
+                let stats = &report.stats;
+                if args.seed.is_some() {
+                    if args.history {
+                        for event in &report.history {
+                            println!("{event:?}");
+                        }
+                    }
+                    println!(
+                        "seed {seed}: {} calls ({} ok, {} errors, {} unknown), {} sessions, {} partitions, {} broken connections, {} crashes, {:.1} s simulated, history {:016x}",
+                        stats.calls,
+                        stats.ok,
+                        stats.errors,
+                        stats.unknown,
+                        stats.sessions,
+                        stats.partitions,
+                        stats.breaks,
+                        stats.crashes,
+                        stats.simulated.as_secs_f64(),
+                        report.fingerprint()
+                    );
+                }
+                totals.calls += stats.calls;
+                totals.ok += stats.ok;
+                totals.errors += stats.errors;
+                totals.unknown += stats.unknown;
+                totals.partitions += stats.partitions;
+                totals.breaks += stats.breaks;
+                totals.crashes += stats.crashes;
+                totals.simulated += stats.simulated;
+                if report.passed() {
+                    passed += 1;
+                } else {
+                    println!("seed {seed}: FAILED");
+                    for violation in &report.violations {
+                        println!("  {violation}");
+                    }
+                    println!("  replay: {}", args.replay(seed));
+                    failed.push(seed);
+                }
+            }
+            Err(error) => {
+                println!("seed {seed}: FAILED: {error}");
+                println!("  replay: {}", args.replay(seed));
+                failed.push(seed);
+            }
+        }
+    }
+    println!(
+        "{} seeds in {:.1} s: {passed} passed, {} failed; {} calls ({} unknown), {} partitions, {} broken connections, {} crashes, {:.0} s simulated",
+        seeds.end - seeds.start,
+        started.elapsed().as_secs_f64(),
+        failed.len(),
+        totals.calls,
+        totals.unknown,
+        totals.partitions,
+        totals.breaks,
+        totals.crashes,
+        totals.simulated.as_secs_f64()
+    );
+    if !failed.is_empty() {
+        println!("failed seeds: {failed:?}");
+    }
+    Ok(failed.is_empty())
+}

@@ -1,0 +1,296 @@
+//! Deterministic simulation of rustre: the real server and several real library clients run on
+//! turmoil's simulated network and clock, with faults, and every answer a client saw is checked
+//! against a sequential model of the namespace (linearizability, `checker.rs`).
+//!
+//! One seed decides everything: the workload of every client, the network's latencies, the
+//! faults and their timing. All hosts run on one OS thread, the server commits inline (no commit
+//! thread), timestamps come from the simulated clock, and every `select!` on the way is biased,
+//! so `run` with the same configuration gives the same history, event for event.
+//!
+//! Faults (each with its own rate in `Faults`):
+//! - latency: every message takes a random 0..=`latency_max` (so messages on different
+//!   connections overtake each other: a reply to one client against a revocation to another);
+//! - partitions: a client is cut off from the server for a random time, often past the lease
+//!   timeout, so the server evicts it and the client's watchdog gives up on the server;
+//! - broken connections: our own transport layer (`FaultyStream`) fails a client's connection
+//!   on a random write; the client opens a new session;
+//! - client crashes: a client drops its session with files open, and starts a new one.
+//!
+//! Server crashes and restarts are not simulated yet: without session reconnection (issue 8)
+//! a restart ends every session, which the workload would see only as broken connections.
+
+pub mod checker;
+pub mod history;
+pub mod model;
+mod phases;
+mod workload;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use history::Event;
+
+pub use workload::Rng;
+
+/// The port the simulated server listens on.
+pub const SERVER_PORT: u16 = 7070;
+/// The hostname of the simulated server.
+pub const SERVER_HOST: &str = "server";
+/// A call of a connected client must finish within this much simulated time; past it the run
+/// reports a hang (a deadlock, or a lost wake-up). Well above the lease timeout plus the client's
+/// silence limit, which bound every legitimate wait.
+pub const CALL_TIME_MAX: Duration = Duration::from_secs(60);
+/// Simulated time a run may take at most (turmoil stops it with an error past this).
+pub const SIMULATED_TIME_MAX: Duration = Duration::from_secs(4 * 3600);
+/// Think time of a client between calls, at most (see `SimConfig::think_max`).
+pub const THINK_MAX_DEFAULT: Duration = Duration::from_millis(50);
+/// The simulated wall clock starts here (2027-01-15), so timestamps replay too.
+const EPOCH_SECONDS: u64 = 1_800_000_000;
+
+/// Fault rates. Zero everywhere is a fault-free run (latency still varies).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Faults {
+    /// Most latency of one message.
+    pub latency_max: Duration,
+    /// Chance, per simulated second, that a partition starts between one client and the server.
+    pub partition_rate: f64,
+    /// Longest partition; lengths are uniform up to this (the lease timeout is 5 s).
+    pub partition_max: Duration,
+    /// Chance, per write on a client's connection, that the connection breaks.
+    pub break_rate: f64,
+    /// Chance, per call, that a client crashes before it (drops its session, files open).
+    pub crash_rate: f64,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            latency_max: Duration::from_millis(20),
+            partition_rate: 0.1,
+            partition_max: Duration::from_secs(15),
+            break_rate: 0.002,
+            crash_rate: 0.005,
+        }
+    }
+}
+
+impl Faults {
+    pub fn none() -> Faults {
+        Faults {
+            latency_max: Duration::from_millis(5),
+            partition_rate: 0.0,
+            partition_max: Duration::ZERO,
+            break_rate: 0.0,
+            crash_rate: 0.0,
+        }
+    }
+}
+
+/// Bugs planted on purpose, to show the checker finds them (tests only).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bugs {
+    /// The server answers a change before its revocations are acknowledged.
+    pub ack_before_revoke: bool,
+    /// The library trusts a cached name for a call by id, without the retry by name.
+    pub no_stale_retry: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub clients: u32,
+    /// Calls each client makes.
+    pub steps: u32,
+    /// Most think time of a client between two calls (simulated; uniform up to this), so runs
+    /// last long enough for partitions and lease timeouts to matter.
+    pub think_max: Duration,
+    pub faults: Faults,
+    pub bugs: Bugs,
+}
+
+impl SimConfig {
+    pub fn new(seed: u64) -> SimConfig {
+        SimConfig {
+            seed,
+            clients: 3,
+            steps: 100,
+            think_max: THINK_MAX_DEFAULT,
+            faults: Faults::default(),
+            bugs: Bugs::default(),
+        }
+    }
+}
+
+/// What one run did and what the checks found.
+#[derive(Debug)]
+pub struct SimReport {
+    pub seed: u64,
+    pub history: Vec<Event>,
+    /// Everything wrong, in plain words; empty for a good run.
+    pub violations: Vec<String>,
+    pub stats: SimStats,
+}
+
+impl SimReport {
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// A digest of the history: equal for two runs of one configuration.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        for event in &self.history {
+            format!("{event:?}").hash(&mut hasher);
+        }
+        hasher.finish()
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SimStats {
+    pub calls: u64,
+    pub ok: u64,
+    pub errors: u64,
+    pub unknown: u64,
+    pub partitions: u64,
+    pub breaks: u64,
+    pub crashes: u64,
+    pub sessions: u64,
+    pub simulated: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("creating the server's data directory: {0}")]
+    DataDir(std::io::Error),
+    #[error("the simulation failed: {0}")]
+    Turmoil(String),
+}
+
+/// What the hosts of a run share: the history being recorded and the fault counters. All
+/// hosts run on the simulation's one thread, so the order of `invoke`/`finish` calls is the
+/// real-time order of the calls.
+#[derive(Default)]
+pub(crate) struct Recorder {
+    next: u64,
+    pub(crate) history: Vec<Event>,
+    pub(crate) violations: Vec<String>,
+    pub(crate) stats: SimStats,
+}
+
+impl Recorder {
+    pub(crate) fn tick(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+}
+
+pub(crate) type Shared = Arc<Mutex<Recorder>>;
+
+/// Timestamps from the simulated clock.
+struct SimClock;
+
+impl rustre_proto::clock::Clock for SimClock {
+    fn now(&self) -> SystemTime {
+        let since_epoch = turmoil::since_epoch().unwrap_or_else(|| Duration::from_secs(EPOCH_SECONDS));
+        SystemTime::UNIX_EPOCH + since_epoch
+    }
+}
+
+/// Runs one simulation and checks it.
+pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
+    let scratch = scratch_dir().map_err(SimError::DataDir)?;
+    let data: PathBuf = scratch.path().join("data");
+    let recorder: Shared = Arc::default();
+
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(config.seed)
+        .epoch(SystemTime::UNIX_EPOCH + Duration::from_secs(EPOCH_SECONDS))
+        .simulation_duration(SIMULATED_TIME_MAX)
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::ZERO)
+        .max_message_latency(config.faults.latency_max)
+        .build();
+
+    let bugs = config.bugs;
+    sim.host(SERVER_HOST, move || serve(data.clone(), bugs));
+    for client in 0..config.clients {
+        let plan = workload::Plan {
+            client,
+            steps: config.steps,
+            seed: config.seed,
+            faults: config.faults.clone(),
+            bugs,
+            think_max: config.think_max,
+            recorder: recorder.clone(),
+        };
+        sim.client(workload::host_name(client), workload::run(plan));
+    }
+
+    let mut faults = Rng::new(config.seed ^ 0xfa17_5eed);
+    let mut partitions: Vec<(u32, Duration)> = Vec::new();
+    loop {
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(error) => return Err(SimError::Turmoil(error.to_string())),
+        }
+        let now = sim.elapsed();
+        // Heal the partitions that are over.
+        partitions.retain(|&(client, until)| {
+            if now >= until {
+                sim.repair(workload::host_name(client), SERVER_HOST);
+                false
+            } else {
+                true
+            }
+        });
+        // Once per simulated 100 ms, maybe start one.
+        if now.as_millis() % 100 == 0
+            && config.faults.partition_rate > 0.0
+            && config.clients > 0
+            && faults.chance(config.faults.partition_rate / 10.0)
+        {
+            let client = faults.below(u64::from(config.clients)) as u32;
+            if !partitions.iter().any(|&(cut, _)| cut == client) {
+                let length = config.faults.partition_max.mul_f64(faults.unit());
+                sim.partition(workload::host_name(client), SERVER_HOST);
+                partitions.push((client, now + length));
+                recorder.lock().expect("recorder").stats.partitions += 1;
+            }
+        }
+    }
+
+    let mut recorder = std::mem::take(&mut *recorder.lock().expect("recorder"));
+    recorder.stats.simulated = sim.elapsed();
+    drop(sim);
+    let mut violations = std::mem::take(&mut recorder.violations);
+    if let Err(error) = checker::check(&phases::split(&recorder.history)) {
+        violations.push(error.to_string());
+    }
+    Ok(SimReport { seed: config.seed, history: recorder.history, violations, stats: recorder.stats })
+}
+
+/// Where a run keeps its server's store: memory-backed if the machine has it (fsync is then
+/// cheap, and a run's speed does not depend on a disk).
+fn scratch_dir() -> std::io::Result<tempfile::TempDir> {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() { tempfile::Builder::new().prefix("rustre-sim").tempdir_in(shm) } else { tempfile::tempdir() }
+}
+
+/// The server host: the real server on the store in `data`, serving simulated TCP.
+async fn serve(data: PathBuf, bugs: Bugs) -> turmoil::Result {
+    let mut config = rustre_server::ServerConfig::new(&data);
+    config.inline_commits = true;
+    config.clock = Arc::new(SimClock);
+    config.fault_ack_before_revoke = bugs.ack_before_revoke;
+    let server = rustre_server::Server::open(config).await?;
+    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", SERVER_PORT)).await?;
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let server = server.clone();
+        tokio::spawn(async move { server.serve_connection(stream, peer.to_string()).await });
+    }
+}

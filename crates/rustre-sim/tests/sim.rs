@@ -1,0 +1,79 @@
+//! The simulator in CI: a few hundred seeds with every fault, a replay, and planted bugs that
+//! the checker must find. A failure names its seed; `rustre sim --seed N` replays it.
+
+use rustre_sim::{Bugs, Faults, SimConfig, SimReport};
+
+fn run(config: &SimConfig) -> SimReport {
+    rustre_sim::run(config).unwrap_or_else(|error| panic!("seed {}: {error}", config.seed))
+}
+
+fn failures(reports: &[SimReport]) -> Vec<String> {
+    reports
+        .iter()
+        .filter(|report| !report.passed())
+        .map(|report| format!("seed {}: {}", report.seed, report.violations.join("; ")))
+        .collect()
+}
+
+/// Seeds CI explores with every fault on; `rustre sim --seeds A..B` explores more.
+const CI_SEEDS: u64 = 300;
+
+#[test]
+fn a_few_hundred_seeds_with_faults_are_linearizable() {
+    let reports: Vec<SimReport> = (0..CI_SEEDS).map(|seed| run(&SimConfig::new(seed))).collect();
+    let failed = failures(&reports);
+    assert!(failed.is_empty(), "{} of {CI_SEEDS} seeds failed:\n{}", failed.len(), failed.join("\n"));
+    // The runs did meet the faults they are meant to survive.
+    let total = |stat: fn(&SimReport) -> u64| reports.iter().map(stat).sum::<u64>();
+    assert!(total(|report| report.stats.partitions) > 0, "no partition in {CI_SEEDS} seeds");
+    assert!(total(|report| report.stats.breaks) > 0, "no broken connection in {CI_SEEDS} seeds");
+    assert!(total(|report| report.stats.crashes) > 0, "no client crash in {CI_SEEDS} seeds");
+    assert!(total(|report| report.stats.unknown) > 0, "no call lost to a fault in {CI_SEEDS} seeds");
+}
+
+#[test]
+fn fault_free_seeds_are_linearizable_with_many_clients() {
+    let reports: Vec<SimReport> = (0..40)
+        .map(|seed| run(&SimConfig { clients: 6, steps: 150, faults: Faults::none(), ..SimConfig::new(seed) }))
+        .collect();
+    let failed = failures(&reports);
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+#[test]
+fn one_seed_replays_exactly() {
+    for seed in [7, 1234] {
+        let first = run(&SimConfig::new(seed));
+        let second = run(&SimConfig::new(seed));
+        assert_eq!(format!("{:?}", first.history), format!("{:?}", second.history), "seed {seed}");
+        assert_eq!(first.stats, second.stats, "seed {seed}");
+        assert!(first.history.len() > 100, "seed {seed} did something");
+    }
+    let other = run(&SimConfig::new(8));
+    assert_ne!(other.fingerprint(), run(&SimConfig::new(7)).fingerprint(), "another seed, another run");
+}
+
+/// Seeds within which each planted bug must be found.
+const PLANTED_SEEDS_MAX: u64 = 60;
+
+fn first_failing_seed(bugs: Bugs, faults: Faults) -> Option<u64> {
+    // Five clients and little think time: more caches, and more calls close together, for a
+    // premature answer to be seen stale.
+    let think_max = std::time::Duration::from_millis(5);
+    let config = |seed| SimConfig { bugs, faults: faults.clone(), clients: 5, think_max, ..SimConfig::new(seed) };
+    (0..PLANTED_SEEDS_MAX).find(|&seed| !run(&config(seed)).passed())
+}
+
+#[test]
+fn the_checker_finds_a_change_acknowledged_before_its_revocations() {
+    let bugs = Bugs { ack_before_revoke: true, ..Bugs::default() };
+    let found = first_failing_seed(bugs, Faults::none());
+    assert!(found.is_some(), "no seed below {PLANTED_SEEDS_MAX} found the planted bug");
+}
+
+#[test]
+fn the_checker_finds_a_missing_retry_by_name() {
+    let bugs = Bugs { no_stale_retry: true, ..Bugs::default() };
+    let found = first_failing_seed(bugs, Faults::none());
+    assert!(found.is_some(), "no seed below {PLANTED_SEEDS_MAX} found the planted bug");
+}
