@@ -13,8 +13,9 @@
 //! request that was in flight when it was made has been answered: later requests get grants with
 //! larger ids.
 //!
-//! Locking: `State` sits behind one std mutex held for map operations only, never across an
-//! await; the reader task and application tasks both take it. The in-flight lookup table has its
+//! Locking: `State` sits behind one mutex (std's; shuttle's in unit tests, through `sync.rs`)
+//! held for map operations only, never across an await; the reader task and application tasks
+//! both take it. The in-flight lookup table has its
 //! own mutex, never taken while holding the state's.
 
 use std::collections::{BTreeMap, HashMap};
@@ -430,5 +431,139 @@ mod tests {
         assert_eq!(state.name(1, b"f"), None, "not trusted after the validity window");
         state.contact();
         assert_eq!(state.name(1, b"f"), Some(None), "trusted again once the server is heard");
+    }
+}
+
+/// The cache's concurrency, model-checked with shuttle through the `sync` facade: the reader
+/// task applies a reply's grants and the server's revocations in wire order, while the
+/// application task that made the request inserts what the reply said, whenever it gets to run.
+/// Every interleaving must end with nothing cached under a revoked lease.
+#[cfg(test)]
+mod interleavings {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::sync::Mutex;
+
+    /// Random schedules explored per test (each a different interleaving of the threads).
+    const SCHEDULES: usize = 2000;
+
+    fn name(text: &str) -> LeaseKey {
+        LeaseKey::Name { parent: 1, name: text.as_bytes().to_vec() }
+    }
+
+    /// The application task: waits until its reply was seen by the reader (it only gets the
+    /// reply after that), then inserts what the reply said under the reply's grants.
+    fn application(cache: Arc<Mutex<State>>, replied: Arc<AtomicBool>, binding: Binding, grants: Vec<Grant>) {
+        while !replied.load(Ordering::Acquire) {
+            shuttle::thread::yield_now();
+        }
+        cache.lock().expect("cache lock").insert_name(1, b"f", binding, &grants);
+    }
+
+    fn cached(cache: &Mutex<State>) -> Option<Binding> {
+        let mut state = cache.lock().expect("cache lock");
+        state.check_invariants();
+        state.name(1, b"f")
+    }
+
+    // A lookup's reply grants a lease; the server revokes it (a change elsewhere) while the
+    // application task has not inserted yet, or has: either way nothing stays cached.
+    #[test]
+    fn interleavings_a_revocation_after_the_grant_always_wins() {
+        shuttle::check_random(
+            || {
+                let cache = Arc::new(Mutex::new(State::new(Duration::from_secs(60), 100)));
+                let replied = Arc::new(AtomicBool::new(false));
+                let grant = Grant { key: name("f"), id: 5 };
+                let app = {
+                    let (cache, replied, grant) = (cache.clone(), replied.clone(), grant.clone());
+                    shuttle::thread::spawn(move || {
+                        application(cache, replied, Some((7, FileKind::Regular)), vec![grant])
+                    })
+                };
+                let reader = {
+                    let cache = cache.clone();
+                    shuttle::thread::spawn(move || {
+                        cache.lock().expect("cache lock").on_reply(1, std::slice::from_ref(&grant), None);
+                        replied.store(true, Ordering::Release);
+                        cache.lock().expect("cache lock").on_revoke(&[grant], 2);
+                    })
+                };
+                reader.join().expect("reader");
+                app.join().expect("application");
+                assert_eq!(cached(&cache), None, "nothing stays cached under a revoked lease");
+            },
+            SCHEDULES,
+        );
+    }
+
+    // The revocation overtakes the reply that carries its grant: the late grant is refused, and
+    // so is the insertion, in every interleaving.
+    #[test]
+    fn interleavings_a_revocation_overtaking_its_grant_always_wins() {
+        shuttle::check_random(
+            || {
+                let cache = Arc::new(Mutex::new(State::new(Duration::from_secs(60), 100)));
+                let replied = Arc::new(AtomicBool::new(false));
+                let grant = Grant { key: name("f"), id: 5 };
+                let app = {
+                    let (cache, replied, grant) = (cache.clone(), replied.clone(), grant.clone());
+                    shuttle::thread::spawn(move || application(cache, replied, None, vec![grant]))
+                };
+                let reader = {
+                    let cache = cache.clone();
+                    shuttle::thread::spawn(move || {
+                        cache.lock().expect("cache lock").on_revoke(std::slice::from_ref(&grant), 2);
+                        cache.lock().expect("cache lock").on_reply(1, &[grant], Some(1));
+                        replied.store(true, Ordering::Release);
+                    })
+                };
+                reader.join().expect("reader");
+                app.join().expect("application");
+                assert_eq!(cached(&cache), None, "the overtaken grant was refused");
+            },
+            SCHEDULES,
+        );
+    }
+
+    // Two lookups of one name in flight from two tasks: the older grant is revoked, the newer is
+    // not. Whatever the interleaving, what stays cached is the newer reply's answer, never the
+    // older one's (which the revocation says may be stale).
+    #[test]
+    fn interleavings_only_the_unrevoked_answer_stays() {
+        shuttle::check_random(
+            || {
+                let cache = Arc::new(Mutex::new(State::new(Duration::from_secs(60), 100)));
+                let (old, new) = (Grant { key: name("f"), id: 5 }, Grant { key: name("f"), id: 6 });
+                let replied = [Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false))];
+                let apps: Vec<_> = [(None, old.clone()), (Some((9, FileKind::Regular)), new.clone())]
+                    .into_iter()
+                    .zip(replied.clone())
+                    .map(|((binding, grant), replied)| {
+                        let cache = cache.clone();
+                        shuttle::thread::spawn(move || application(cache, replied, binding, vec![grant]))
+                    })
+                    .collect();
+                let reader = {
+                    let cache = cache.clone();
+                    shuttle::thread::spawn(move || {
+                        cache.lock().expect("cache lock").on_reply(1, std::slice::from_ref(&old), Some(1));
+                        replied[0].store(true, Ordering::Release);
+                        cache.lock().expect("cache lock").on_revoke(&[old], 3);
+                        cache.lock().expect("cache lock").on_reply(2, &[new], None);
+                        replied[1].store(true, Ordering::Release);
+                    })
+                };
+                reader.join().expect("reader");
+                for app in apps {
+                    app.join().expect("application");
+                }
+                let cached = cached(&cache);
+                assert_ne!(cached, Some(None), "the revoked (older) answer never stays");
+            },
+            SCHEDULES,
+        );
     }
 }

@@ -16,6 +16,7 @@ mod file;
 mod inode;
 mod path;
 mod retry;
+mod sync;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -124,7 +125,8 @@ struct Counters {
 
 /// What the connection's reader task and the application tasks share.
 struct Shared {
-    cache: Mutex<cache::State>,
+    /// Behind the `sync` facade, so the cache's interleavings can be model-checked.
+    cache: sync::Mutex<cache::State>,
     counters: Counters,
     /// Set right after the connection starts; the reader may see a frame before that (it then
     /// has no request of ours to order against).
@@ -136,7 +138,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn cache(&self) -> std::sync::MutexGuard<'_, cache::State> {
+    fn cache(&self) -> sync::MutexGuard<'_, cache::State> {
         self.cache.lock().expect("cache lock")
     }
 
@@ -292,7 +294,7 @@ impl Client {
         };
         let validity = std::time::Duration::from_millis(lease_timeout_ms) / 2;
         let shared = Arc::new(Shared {
-            cache: Mutex::new(cache::State::new(validity, config.cache_entries_max)),
+            cache: sync::Mutex::new(cache::State::new(validity, config.cache_entries_max)),
             counters: Counters::default(),
             connection: OnceLock::new(),
             releases: Notify::new(),
@@ -546,17 +548,23 @@ impl Client {
         written.map_err(|error| error.context(format!("write {}", path.as_ref().display())))
     }
 
+    /// Walks to `path`'s parent with cached names and runs `action` on (parent, last name).
+    async fn at_parent<T, F, Fut>(&self, path: &Path, action: F) -> Result<T>
+    where
+        F: FnOnce(u64, Vec<u8>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut walk = Walk::root();
+        let name = self.walk_parent(&mut walk, bytes(path)).await?;
+        action(walk.directory(), name).await
+    }
+
     async fn with_parent<T, F, Fut>(&self, verb: &str, path: &Path, action: F) -> Result<T>
     where
         F: FnOnce(u64, Vec<u8>) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        let run = async {
-            let mut walk = Walk::root();
-            let name = self.walk_parent(&mut walk, bytes(path)).await?;
-            action(walk.directory(), name).await
-        };
-        run.await.map_err(|error| error.context(format!("{verb} {}", path.display())))
+        self.at_parent(path, action).await.map_err(|error| error.context(format!("{verb} {}", path.display())))
     }
 
     /// A namespace change at `path`'s parent: the fast path walks to the parent with cached names
@@ -574,12 +582,7 @@ impl Client {
         F: FnOnce(u64, Vec<u8>) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        let fast = async {
-            let mut walk = Walk::root();
-            let name = self.walk_parent(&mut walk, bytes(path)).await?;
-            fast(walk.directory(), name).await
-        };
-        let fast = fast.await;
+        let fast = self.at_parent(path, fast).await;
         let result = self.or_by_name(fast, bytes(path), None, make, convert).await;
         result.map_err(|error| error.context(format!("{verb} {}", path.display())))
     }

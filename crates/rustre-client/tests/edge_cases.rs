@@ -132,3 +132,21 @@ async fn refused_size_changes_touch_no_data_object() {
         assert!(!object.exists(), "{} exists", object.display());
     }
 }
+
+// A rename that does nothing (onto itself, or onto another hard link of the same file) must not
+// leave the renaming client believing the source name is gone (reported in review of the
+// simulator's model).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_that_does_nothing_leaves_the_source_visible() {
+    let server = TestServer::start().await;
+    let a = server.client().await;
+    a.write("/f", b"x").await.unwrap();
+    a.hard_link("/f", "/g").await.unwrap();
+    a.rename("/f", "/g").await.unwrap();
+    assert_eq!(a.stat("/f").await.unwrap().nlink, 2, "both links are still there");
+    a.rename("/f", "/f").await.unwrap();
+    assert_eq!(a.stat("/f").await.unwrap().size, 1);
+    let names: Vec<_> = a.read_dir("/").await.unwrap().into_iter().map(|entry| entry.name).collect();
+    assert_eq!(names, vec![b"f".to_vec(), b"g".to_vec()]);
+    a.check_cache_invariants();
+}
