@@ -39,6 +39,9 @@ pub struct SimArgs {
     /// Chance per call that the client crashes first (drops its session, files open).
     #[arg(long, default_value_t = 0.005, value_name = "P")]
     crash_rate: f64,
+    /// Chance per simulated second that the server crashes (it restarts from its store).
+    #[arg(long, default_value_t = 0.02, value_name = "P")]
+    server_crash_rate: f64,
     /// No partitions, breaks or crashes (latency still varies up to --latency-ms).
     #[arg(long)]
     no_faults: bool,
@@ -82,6 +85,8 @@ impl SimArgs {
                 partition_max: Duration::from_secs(self.partition_max),
                 break_rate: self.break_rate,
                 crash_rate: self.crash_rate,
+                server_crash_rate: self.server_crash_rate,
+                server_down_max: Duration::from_secs(2),
             }
         };
         let bugs = Bugs {
@@ -102,8 +107,13 @@ impl SimArgs {
             line += &format!(" --no-faults --latency-ms {}", self.latency_ms);
         } else {
             line += &format!(
-                " --latency-ms {} --partition-rate {} --partition-max {} --break-rate {} --crash-rate {}",
-                self.latency_ms, self.partition_rate, self.partition_max, self.break_rate, self.crash_rate
+                " --latency-ms {} --partition-rate {} --partition-max {} --break-rate {} --crash-rate {} --server-crash-rate {}",
+                self.latency_ms,
+                self.partition_rate,
+                self.partition_max,
+                self.break_rate,
+                self.crash_rate,
+                self.server_crash_rate
             );
         }
         if let Some(plant) = self.plant {
@@ -160,7 +170,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<bool> {
                         }
                     }
                     println!(
-                        "seed {seed}: {} calls ({} ok, {} errors, {} unknown), {} sessions, {} partitions, {} broken connections, {} crashes, {:.1} s simulated, history {:016x}",
+                        "seed {seed}: {} calls ({} ok, {} errors, {} unknown), {} sessions, {} partitions, {} broken connections, {} client crashes, {} server crashes, {:.1} s simulated, history {:016x}",
                         stats.calls,
                         stats.ok,
                         stats.errors,
@@ -169,6 +179,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<bool> {
                         stats.partitions,
                         stats.breaks,
                         stats.crashes,
+                        stats.server_crashes,
                         stats.simulated.as_secs_f64(),
                         report.fingerprint()
                     );
@@ -180,6 +191,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<bool> {
                 totals.partitions += stats.partitions;
                 totals.breaks += stats.breaks;
                 totals.crashes += stats.crashes;
+                totals.server_crashes += stats.server_crashes;
                 totals.simulated += stats.simulated;
                 if report.passed() {
                     passed += 1;
@@ -200,7 +212,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<bool> {
         }
     }
     println!(
-        "{} seeds in {:.1} s: {passed} passed, {} failed; {} calls ({} unknown), {} partitions, {} broken connections, {} crashes, {:.0} s simulated",
+        "{} seeds in {:.1} s: {passed} passed, {} failed; {} calls ({} unknown), {} partitions, {} broken connections, {} client crashes, {} server crashes, {:.0} s simulated",
         seeds.end - seeds.start,
         started.elapsed().as_secs_f64(),
         failed.len(),
@@ -209,6 +221,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<bool> {
         totals.partitions,
         totals.breaks,
         totals.crashes,
+        totals.server_crashes,
         totals.simulated.as_secs_f64()
     );
     if !failed.is_empty() {

@@ -24,7 +24,7 @@ pub enum Call {
     /// `exclusive` O_EXCL (with `create`), `truncate` O_TRUNC (with `write`). On success the
     /// file is known as `handle` to later calls.
     Open { path: String, write: bool, create: bool, exclusive: bool, truncate: bool, handle: HandleId },
-    /// `File::write_at(0, data)` on a handle opened for writing.
+    /// `File::write_at(0, data)` on a handle opened for writing, then `File::fsync`.
     Write { handle: HandleId, data: Vec<u8> },
     /// `File::read_at(0, READ_LEN)`.
     Read { handle: HandleId },
@@ -49,6 +49,8 @@ pub enum Call {
     /// Not a client call: the first step of a path call the checker splits (`phases.rs`), the
     /// walk to `path`'s parent directory (or, `whole`, to what `path` names), kept in `slot`.
     Resolve { path: String, whole: bool, follow: bool, slot: HandleId },
+    /// Not a client call: the walk in `slot` goes one step further (through its next symlink).
+    Hop { slot: HandleId },
     /// Not a client call: a step of a split open between its walk and its act. If the name kept
     /// in slot `from` is a symlink, its target's parent is walked to and kept, with the target's
     /// last name, in slot `to`; otherwise `from` moves to `to` as it is. (The client follows a

@@ -14,10 +14,12 @@
 //!   timeout, so the server evicts it and the client's watchdog gives up on the server;
 //! - broken connections: our own transport layer (`FaultyStream`) fails a client's connection
 //!   on a random write; the client opens a new session;
-//! - client crashes: a client drops its session with files open, and starts a new one.
-//!
-//! Server crashes and restarts are not simulated yet: without session reconnection (issue 8)
-//! a restart ends every session, which the workload would see only as broken connections.
+//! - client crashes: a client drops its session with files open, and starts a new one;
+//! - server crashes: the server host stops (every task and connection gone) and restarts on its
+//!   store a little later; every acknowledged change must still be there (the model goes on
+//!   from the state before the crash). Clients open new sessions: there is no reconnection with
+//!   reclaim yet (issue 8). The store is closed as the host's tasks are dropped, so a crash in
+//!   the middle of a commit is not simulated yet (that needs a storage backend of our own).
 
 pub mod checker;
 pub mod history;
@@ -61,6 +63,10 @@ pub struct Faults {
     pub break_rate: f64,
     /// Chance, per call, that a client crashes before it (drops its session, files open).
     pub crash_rate: f64,
+    /// Chance, per simulated second, that the server crashes; it restarts from its store after
+    /// up to `server_down_max`. Every session ends with it (calls in flight are `Unknown`).
+    pub server_crash_rate: f64,
+    pub server_down_max: Duration,
 }
 
 impl Default for Faults {
@@ -71,6 +77,8 @@ impl Default for Faults {
             partition_max: Duration::from_secs(15),
             break_rate: 0.002,
             crash_rate: 0.005,
+            server_crash_rate: 0.02,
+            server_down_max: Duration::from_secs(2),
         }
     }
 }
@@ -83,6 +91,8 @@ impl Faults {
             partition_max: Duration::ZERO,
             break_rate: 0.0,
             crash_rate: 0.0,
+            server_crash_rate: 0.0,
+            server_down_max: Duration::ZERO,
         }
     }
 }
@@ -157,6 +167,7 @@ pub struct SimStats {
     pub partitions: u64,
     pub breaks: u64,
     pub crashes: u64,
+    pub server_crashes: u64,
     pub sessions: u64,
     pub simulated: Duration,
 }
@@ -231,6 +242,7 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
 
     let mut faults = Rng::new(config.seed ^ 0xfa17_5eed);
     let mut partitions: Vec<(u32, Duration)> = Vec::new();
+    let mut server_down_until: Option<Duration> = None;
     loop {
         match sim.step() {
             Ok(true) => break,
@@ -247,6 +259,18 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
                 true
             }
         });
+        if server_down_until.is_some_and(|until| now >= until) {
+            sim.bounce(SERVER_HOST);
+            server_down_until = None;
+        }
+        if now.as_millis() % 100 == 50
+            && server_down_until.is_none()
+            && faults.chance(config.faults.server_crash_rate / 10.0)
+        {
+            sim.crash(SERVER_HOST);
+            server_down_until = Some(now + config.faults.server_down_max.mul_f64(faults.unit()));
+            recorder.lock().expect("recorder").stats.server_crashes += 1;
+        }
         // Once per simulated 100 ms, maybe start one.
         if now.as_millis() % 100 == 0
             && config.faults.partition_rate > 0.0

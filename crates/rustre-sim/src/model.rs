@@ -33,6 +33,9 @@ type NodeId = u32;
 
 const ROOT: NodeId = 0;
 
+/// Handle ids from here up are slots of split calls (`phases.rs`), not file handles.
+pub(crate) const SLOTS_MIN: HandleId = 1 << 62;
+
 /// Most symlinks the client follows in one walk (its `SYMLINKS_FOLLOWED_MAX`, Linux's
 /// `MAXSYMLINKS`).
 const SYMLINKS_FOLLOWED_MAX: u32 = 40;
@@ -168,8 +171,11 @@ pub struct Model {
     /// (Those that succeeded are kept in `handles`, under their slot, so the node stays alive and
     /// renumbering follows it.)
     failed: BTreeMap<HandleId, i32>,
-    /// The last name a split open's walk (or follow step) stopped before, by slot.
+    /// The last name a split call's walk (or an open's follow step) stopped before, by slot.
     names: BTreeMap<HandleId, String>,
+    /// Walks of split calls still under way (one symlink is followed per step), by slot; where
+    /// each stands is kept in `handles` under the same slot.
+    walking: BTreeMap<HandleId, Walking>,
     origins: Origins,
     trace: Trace,
 }
@@ -212,6 +218,20 @@ fn top(walk: &Walk) -> NodeId {
     *walk.last().expect("a walk holds the root at least")
 }
 
+/// A walk under way: the components still to walk (the workload's paths and symlink targets
+/// have no `..`), the symlinks followed so far, and what the walk is for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Walking {
+    pending: VecDeque<String>,
+    followed: u32,
+    /// Follow a symlink at the last component (a whole walk that follows).
+    follow_last: bool,
+    /// The walk goes to what the path names (else to its parent directory).
+    whole: bool,
+    /// For a walk to the parent: the last name, for the act.
+    name: Option<String>,
+}
+
 /// The flags of an open, as `OpenOptions::flags` makes them.
 #[derive(Clone, Copy, Debug)]
 struct OpenFlags {
@@ -230,6 +250,7 @@ impl Model {
             handles: BTreeMap::new(),
             failed: BTreeMap::new(),
             names: BTreeMap::new(),
+            walking: BTreeMap::new(),
             origins: Origins { of: vec![0], next: 1 },
             trace: Trace::default(),
         }
@@ -262,6 +283,13 @@ impl Model {
             Call::ReadDir { path } => self.read_dir(path),
             Call::Resolve { path, whole, follow, slot } => {
                 self.resolve_step(path, *whole, *follow, *slot);
+                Ok(Value::Done)
+            }
+            Call::Hop { slot } => {
+                if !self.handles.contains_key(slot) && !self.failed.contains_key(slot) {
+                    return Outcome::Unknown; // its walk has not started: not possible here
+                }
+                self.hop(*slot);
                 Ok(Value::Done)
             }
             Call::Follow { from, to } => match self.follow_step(*from, *to) {
@@ -583,13 +611,84 @@ impl Model {
     /// The walk of a split path call: to `path`'s parent, or (`whole`) to what it names. What it
     /// found is kept in `slot` for the call's act.
     fn resolve_step(&mut self, path: &str, whole: bool, follow: bool, slot: HandleId) {
-        let found = if whole {
-            self.resolve(path, follow).map(|node| (node, None))
-        } else {
-            let mut walk = vec![ROOT];
-            self.walk_parent(&mut walk, path).map(|name| (top(&walk), Some(name)))
+        let mut pending: VecDeque<String> = components(path)
+            .into_iter()
+            .map(|component| match component {
+                Component::Name(name) => name,
+                Component::Parent => panic!("split paths have no '..': {path:?}"),
+            })
+            .collect();
+        let name = if whole { None } else { pending.pop_back() };
+        let walking = Walking { pending, followed: 0, follow_last: !whole || follow, whole, name };
+        self.handles.insert(slot, Handle { node: ROOT, writable: false });
+        self.walking.insert(slot, walking);
+        self.hop(slot);
+    }
+
+    /// Takes the walk in `slot` one step further: up to and including the next symlink it
+    /// follows, or to its end. (The client reads each symlink in a step of its own, so a walk
+    /// through symlinks can see each at another instant.)
+    fn hop(&mut self, slot: HandleId) {
+        let Some(mut walking) = self.walking.remove(&slot) else { return };
+        let mut top = self.handles.get(&slot).expect("a walk under way has a position").node;
+        let failed = loop {
+            let Some(name) = walking.pending.pop_front() else { break None };
+            let last = walking.pending.is_empty();
+            if let Err(errno) = validate(&name) {
+                break Some(errno);
+            }
+            let Some(id) = self.lookup(top, &name) else { break Some(Errno::ENOENT) };
+            if let Some(target) = self.symlink_target(id)
+                && (!last || walking.follow_last)
+            {
+                walking.followed += 1;
+                if walking.followed > SYMLINKS_FOLLOWED_MAX {
+                    break Some(Errno::ELOOP);
+                }
+                if target.starts_with('/') {
+                    top = ROOT;
+                }
+                let mut spliced: VecDeque<String> = components(&target)
+                    .into_iter()
+                    .filter_map(|component| match component {
+                        Component::Name(name) => Some(name),
+                        Component::Parent => None,
+                    })
+                    .collect();
+                spliced.extend(walking.pending.drain(..));
+                walking.pending = spliced;
+                self.handles.insert(slot, Handle { node: top, writable: false });
+                self.walking.insert(slot, walking);
+                return;
+            }
+            if last && walking.whole {
+                top = id;
+                break None;
+            }
+            if !self.is_directory(id) {
+                break Some(Errno::ENOTDIR);
+            }
+            top = id;
         };
-        self.keep(slot, found);
+        match failed {
+            Some(errno) => {
+                self.handles.remove(&slot);
+                self.failed.insert(slot, errno.0);
+            }
+            None => {
+                self.handles.insert(slot, Handle { node: top, writable: false });
+                if let Some(name) = walking.name {
+                    self.names.insert(slot, name);
+                }
+            }
+        }
+    }
+
+    /// Ends the walk in `slot`, whatever steps are left, now.
+    fn finish_walk(&mut self, slot: HandleId) {
+        while self.walking.contains_key(&slot) {
+            self.hop(slot);
+        }
     }
 
     fn keep(&mut self, slot: HandleId, found: Result<(NodeId, Option<String>), Errno>) {
@@ -608,6 +707,10 @@ impl Model {
 
     /// A follow step of a split open (`Call::Follow`); `None` if it cannot happen here.
     fn follow_step(&mut self, from: HandleId, to: HandleId) -> Option<()> {
+        if !self.handles.contains_key(&from) && !self.failed.contains_key(&from) {
+            return None;
+        }
+        self.finish_walk(from);
         if let Some(errno) = self.failed.remove(&from) {
             self.failed.insert(to, errno);
             return Some(());
@@ -644,6 +747,9 @@ impl Model {
         if !used.iter().all(|slot| self.handles.contains_key(slot) || self.failed.contains_key(slot)) {
             return None;
         }
+        for &slot in &used {
+            self.finish_walk(slot);
+        }
         let failure = used.iter().find_map(|slot| self.failed.get(slot).copied());
         let mut at = [ROOT; 2];
         let kept_name = used.first().and_then(|slot| self.names.get(slot).cloned());
@@ -657,8 +763,23 @@ impl Model {
         if let Some(errno) = failure {
             return Some(Err(Errno(errno)));
         }
-        if !at[..used.len()].iter().all(|&node| self.reachable(node)) {
-            return None;
+        for &node in &at[..used.len()] {
+            if self.reachable(node) {
+                continue;
+            }
+            if !self.held_open(node) {
+                // Destroyed on the server: the client met a stale id and retried by name.
+                return None;
+            }
+            // Gone from the tree, but a file handle keeps it (an orphan): the server acts on it.
+            // A dead directory holds no name and takes none (ENOENT); a stat or a listing sees
+            // the orphan itself; a link of it fails, and the client retries that by name.
+            return match call {
+                Call::Stat { .. } => Some(Ok(self.attr(node))),
+                Call::ReadDir { .. } => Some(self.list(node)),
+                Call::Link { .. } if node == at[0] => None,
+                _ => Some(Err(Errno::ENOENT)),
+            };
         }
         let walk = |node: NodeId| if node == ROOT { vec![ROOT] } else { vec![ROOT, node] };
         let last = |path: &str| match components(path).pop_back() {
@@ -680,9 +801,7 @@ impl Model {
             Call::Rmdir { path } => self.rmdir_from(walk(at[0]), &last(path)),
             Call::Mkdir { path } => self.mkdir_from(walk(at[0]), &last(path)),
             Call::Symlink { target, path } => self.symlink_from(target, walk(at[0]), &last(path)),
-            Call::Stat { path } => {
-                self.walk(&mut walk(at[0]), components(&last(path)), true).map(|node| self.attr(node))
-            }
+            Call::Stat { .. } => Ok(self.attr(at[0])),
             Call::ReadDir { .. } => self.list(at[0]),
             Call::Rename { from, to, noreplace } => {
                 self.rename_from(walk(at[0]), &last(from), walk(at[1]), &last(to), *noreplace)
@@ -690,6 +809,11 @@ impl Model {
             Call::Link { to, .. } => self.link_from(at[0], walk(at[1]), &last(to)),
             other => panic!("{other:?} is never split"),
         })
+    }
+
+    /// Is `node` kept alive by a file handle of the workload (not by a walk's slot)?
+    fn held_open(&self, node: NodeId) -> bool {
+        self.handles.iter().any(|(&id, handle)| id < SLOTS_MIN && handle.node == node)
     }
 
     /// Does a name in the tree still lead to `node`?

@@ -14,7 +14,7 @@
 use crate::history::{Call, Event, Outcome, Value};
 
 /// Resolution slots: far above any workload handle (those are `client << 32 | n`).
-const SLOT_BASE: u64 = 1 << 62;
+const SLOT_BASE: u64 = crate::model::SLOTS_MIN;
 
 /// What a `Resolve` step answers: it always succeeds (a failed walk is kept for the act to
 /// answer).
@@ -22,45 +22,37 @@ pub(crate) fn resolved() -> Outcome {
     Outcome::Ok(Value::Done)
 }
 
-/// The directories of `path` are more than the root, and the path ends in a plain name.
-fn walks(path: &str) -> bool {
-    let parts: Vec<&str> = path.split('/').filter(|part| !part.is_empty() && *part != ".").collect();
-    parts.len() > 1 && !path.ends_with('/') && !path.ends_with("/.") && parts.iter().all(|part| *part != "..")
+/// Can `path`'s walk be split: no `..` (the model's step-wise walk has no stack) and no
+/// trailing `/` or `/.` (those calls have rules of their own, checked whole)?
+fn splittable(path: &str) -> bool {
+    !path.ends_with('/') && !path.ends_with("/.") && path.split('/').all(|part| part != "..")
 }
 
-/// Splits every path call of `events` whose walk can interleave with other calls.
+/// Splits every path call of `events` whose walk can interleave with other calls. Each walk is
+/// a `Resolve` and a `Hop` (a walk through symlinks is seen in up to two steps; the act finishes
+/// what is left at once).
 pub(crate) fn split(events: &[Event]) -> Vec<Event> {
-    let mut out = Vec::with_capacity(events.len() * 2);
+    let mut out = Vec::with_capacity(events.len() * 3);
     for (index, event) in events.iter().enumerate() {
         if event.outcome == Outcome::Unknown {
             out.push(event.clone());
             continue;
         }
         let slot = |k: u64| SLOT_BASE | ((index as u64) << 2) | k;
-        let resolve = |path: &str, whole: bool, follow: bool, k: u64| Event {
-            call: Call::Resolve { path: path.to_string(), whole, follow, slot: slot(k) },
-            outcome: resolved(),
-            ..event.clone()
+        let step = |call: Call| Event { call, outcome: resolved(), ..event.clone() };
+        let mut walk = |path: &str, whole: bool, follow: bool, k: u64| {
+            out.push(step(Call::Resolve { path: path.to_string(), whole, follow, slot: slot(k) }));
+            out.push(step(Call::Hop { slot: slot(k) }));
         };
         let act =
             |slots: [u64; 2]| Event { call: Call::Act { call: Box::new(event.call.clone()), slots }, ..event.clone() };
         match &event.call {
-            // An open may also follow a final symlink (twice here) in steps of their own; an
-            // exclusive create never follows one.
-            Call::Open { path, exclusive: false, .. }
-                if !path.ends_with('/') && !path.ends_with("/.") && !path.ends_with("..") =>
-            {
-                out.push(resolve(path, false, true, 0));
-                out.push(Event {
-                    call: Call::Follow { from: slot(0), to: slot(1) },
-                    outcome: resolved(),
-                    ..event.clone()
-                });
-                out.push(Event {
-                    call: Call::Follow { from: slot(1), to: slot(2) },
-                    outcome: resolved(),
-                    ..event.clone()
-                });
+            // An open also follows a final symlink (twice here) in steps of its own; an exclusive
+            // create never follows one.
+            Call::Open { path, exclusive: false, .. } if splittable(path) => {
+                walk(path, false, true, 0);
+                out.push(step(Call::Follow { from: slot(0), to: slot(1) }));
+                out.push(step(Call::Follow { from: slot(1), to: slot(2) }));
                 out.push(act([slot(2), 0]));
             }
             Call::Open { path, .. }
@@ -68,24 +60,23 @@ pub(crate) fn split(events: &[Event]) -> Vec<Event> {
             | Call::Mkdir { path }
             | Call::Rmdir { path }
             | Call::Symlink { path, .. }
-            | Call::Stat { path }
-                if walks(path) =>
+                if splittable(path) =>
             {
-                out.push(resolve(path, false, true, 0));
+                walk(path, false, true, 0);
                 out.push(act([slot(0), 0]));
             }
-            Call::ReadDir { path } if walks(path) => {
-                out.push(resolve(path, true, true, 0));
+            Call::Stat { path } | Call::ReadDir { path } if splittable(path) => {
+                walk(path, true, true, 0);
                 out.push(act([slot(0), 0]));
             }
-            Call::Rename { from, to, .. } if walks(from) || walks(to) => {
-                out.push(resolve(from, false, true, 0));
-                out.push(resolve(to, false, true, 1));
+            Call::Rename { from, to, .. } if splittable(from) && splittable(to) => {
+                walk(from, false, true, 0);
+                walk(to, false, true, 1);
                 out.push(act([slot(0), slot(1)]));
             }
-            Call::Link { from, to } => {
-                out.push(resolve(from, true, false, 0));
-                out.push(resolve(to, false, true, 1));
+            Call::Link { from, to } if splittable(from) && splittable(to) => {
+                walk(from, true, false, 0);
+                walk(to, false, true, 1);
                 out.push(act([slot(0), slot(1)]));
             }
             _ => out.push(event.clone()),

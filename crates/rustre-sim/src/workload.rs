@@ -255,8 +255,12 @@ async fn perform(client: &Client, call: &Call, handles: &mut Vec<Open>) -> Outco
             })
         }
         Call::Write { handle, data } => {
+            // Written and synced: acknowledged data must survive a server crash.
             let open = handles.iter_mut().find(|open| open.id == *handle).expect("a held handle");
-            open.file.write_at(0, data).await.map(|_| Value::Done)
+            match open.file.write_at(0, data).await {
+                Ok(_) => open.file.fsync().await.map(|()| Value::Done),
+                Err(error) => Err(error),
+            }
         }
         Call::Read { handle } => {
             let open = handles.iter().find(|open| open.id == *handle).expect("a held handle");
@@ -276,7 +280,7 @@ async fn perform(client: &Client, call: &Call, handles: &mut Vec<Open>) -> Outco
         Call::Link { from, to } => client.hard_link(from, to).await.map(|made| attr(&made)),
         Call::Symlink { target, path } => client.symlink(target, path).await.map(|made| attr(&made)),
         Call::Stat { path } => client.stat(path).await.map(|found| attr(&found)),
-        Call::Resolve { .. } | Call::Follow { .. } | Call::Act { .. } => {
+        Call::Resolve { .. } | Call::Hop { .. } | Call::Follow { .. } | Call::Act { .. } => {
             unreachable!("the workload makes only client calls")
         }
         Call::ReadDir { path } => client.read_dir(path).await.map(|entries| {
