@@ -423,3 +423,34 @@ async fn writing_costs_one_round_trip_per_write() {
     assert_eq!(after.requests_sent - before.requests_sent, 12, "open, ten writes, close");
     assert_eq!(a.stat("/f").await.unwrap().size, 100);
 }
+
+// Found by the simulator (rustre sim, seed 1799): a refused change (mkdir answering EEXIST) told
+// its caller that a name exists while another client's cache, whose revocation was still in
+// flight, could answer that it does not: the refusal did not wait for earlier revocations on
+// the name, as every other reply does. Here A caches /d as absent and holds back its
+// acknowledgement of B's mkdir; C's mkdir of /d must not answer (EEXIST) before A has dropped
+// its copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_change_waits_for_revocations_in_flight_on_its_name() {
+    let server = TestServer::start().await;
+    let (a, pauses) = client_with_pauses(&server).await;
+    let b = server.client().await;
+    let c = server.client().await;
+    assert_errno(a.stat("/d").await, Errno::ENOENT); // cached: absent
+    let paused = pauses.arm("client.revoke.before_ack");
+    let made = tokio::spawn({
+        let b = b.clone();
+        async move { b.mkdir("/d", 0o755).await }
+    });
+    reach(&paused).await;
+    let refused = tokio::spawn({
+        let c = c.clone();
+        async move { c.mkdir("/d", 0o755).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!refused.is_finished(), "the refusal waits while A may still answer from its cache");
+    paused.release();
+    made.await.unwrap().unwrap();
+    assert_errno(refused.await.unwrap(), Errno::EEXIST);
+    assert_eq!(a.stat("/d").await.unwrap().kind, rustre_proto::FileKind::Directory);
+}

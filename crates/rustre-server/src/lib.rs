@@ -838,6 +838,17 @@ fn attr_key(ino: u64) -> LeaseKey {
     LeaseKey::Attr { ino }
 }
 
+/// A change refused (EEXIST, ENOTEMPTY, ...): the refusal reveals the state of `reveal` (a name
+/// exists, a directory has entries), so, like any reply, it waits until no revocation of an
+/// earlier change on those keys is in flight; otherwise a cache not yet revoked could still
+/// answer the older state after this answer (found by the simulator, seed 1799). Grants nothing.
+async fn refusal(session: &Session, ticket: Option<ReadTicket>, reveal: &[LeaseKey], error: StoreError) -> Answer {
+    if let Some(ticket) = ticket {
+        ticket.finish(session.id, reveal, &[]).await;
+    }
+    Err(error).into()
+}
+
 /// Finishes a reply: reveals and grants `keys` (if the ticket survived), around `result`.
 async fn answer(
     session: &Session,
@@ -928,6 +939,7 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
                 Err(StoreError::Fs(Errno::ENOENT)) => {
                     answer(session, ticket, &[name_key], Err(errno(Errno::ENOENT))).await
                 }
+                Err(error @ StoreError::Fs(_)) => refusal(session, ticket, &[name_key], error).await,
                 Err(error) => Err(error).into(),
             }
         }
@@ -1026,13 +1038,19 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
         Op::Rename { parent, name, new_parent, new_name, mode } => {
             // The source name is gone (unless exchanged); that absence can be cached.
             let key = name_key(parent, &name);
+            let target = name_key(new_parent, &new_name);
             let (result, ticket) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
                 ns.rename(parent, &name, new_parent, &new_name, mode)?;
                 reap(ns, opens)
             })
             .await;
-            let keys = if mode == RenameMode::Exchange { vec![] } else { vec![key] };
-            answer(session, ticket, &keys, result.map(|()| (Reply::Done, none()))).await
+            match result {
+                Err(error @ StoreError::Fs(_)) => refusal(session, ticket, &[key, target], error).await,
+                result => {
+                    let keys = if mode == RenameMode::Exchange { vec![] } else { vec![key] };
+                    answer(session, ticket, &keys, result.map(|()| (Reply::Done, none()))).await
+                }
+            }
         }
         Op::Readlink { ino } => {
             // A symlink's target never changes: nothing to lease.
@@ -1536,6 +1554,7 @@ async fn entry_answer(
             let keys = [key, attr_key(attr.ino)];
             answer(session, ticket, &keys, Ok((Reply::Entry { attr }, Bytes::new()))).await
         }
+        Err(error @ StoreError::Fs(_)) => refusal(session, ticket, &[key], error).await,
         Err(error) => Err(error).into(),
     }
 }
