@@ -385,6 +385,27 @@ impl Client {
         }
     }
 
+    /// Looks `name` up in `parent` on the server (never from the cache) and pins the inode it
+    /// names in the same atomic step: the inode answered lives (an orphan, if its names go) until
+    /// this session unpins it. A FUSE mount answers the kernel's lookups this way.
+    pub async fn lookup_pinned(&self, parent: u64, name: &[u8]) -> Result<Attr> {
+        validate(name)?;
+        let (header, _) = self.request(Op::PinName { parent, name: name.to_vec() }, Bytes::new()).await?;
+        match header.result {
+            Ok(Reply::Entry { attr }) => {
+                self.remember(parent, name, Some(&attr), &header.grants);
+                Ok(attr)
+            }
+            Ok(other) => Err(unexpected(&other)),
+            Err(error) => {
+                if error.errno == Errno::ENOENT {
+                    self.remember(parent, name, None, &header.grants);
+                }
+                Err(error.into())
+            }
+        }
+    }
+
     /// Gives back `count` pins of an inode.
     pub async fn unpin(&self, ino: u64, count: u64) -> Result<()> {
         match self.call(Op::Unpin { ino, count }, Bytes::new()).await?.0 {

@@ -481,3 +481,35 @@ async fn a_stale_directory_met_during_the_walk_retries_by_name() {
         b.remove_all("/d").await.unwrap();
     }
 }
+
+// `lookup_pinned` (Op::PinName, what a mount answers the kernel's lookups with): it asks the
+// server even when the name is cached, answers what the name names now, and pins that inode in
+// the same step, so it outlives a remote unlink until unpinned. A missing name is ENOENT and
+// pins nothing; its absence is cached like a lookup's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookup_pinned_resolves_and_pins_in_one_step() {
+    let server = TestServer::start().await;
+    let a = server.client().await;
+    let b = server.client().await;
+    b.write("/f", b"first").await.unwrap();
+    let old = a.stat("/f").await.unwrap().ino; // cached on A
+    b.remove_file("/f").await.unwrap();
+    b.write("/f", b"second").await.unwrap();
+    let before = a.stats().requests_sent;
+    let pinned = a.lookup_pinned(rustre_proto::ROOT_INO, b"f").await.unwrap();
+    assert_eq!(a.stats().requests_sent - before, 1, "one request, never the cache");
+    assert_ne!(pinned.ino, old, "the file the name has now");
+    b.remove_file("/f").await.unwrap();
+    assert_eq!(server.server().orphans().unwrap(), vec![pinned.ino], "pinned: an orphan, not destroyed");
+    let file = a.open_ino(pinned.ino, rustre_proto::OpenFlags::READ).await.unwrap();
+    assert_eq!(file.read_at(0, 100).await.unwrap().as_ref(), b"second");
+    file.close().await.unwrap();
+    a.unpin(pinned.ino, 1).await.unwrap();
+    assert!(server.server().orphans().unwrap().is_empty());
+
+    assert_errno(a.lookup_pinned(rustre_proto::ROOT_INO, b"f").await, Errno::ENOENT);
+    let before = a.stats().requests_sent;
+    assert_errno(a.stat("/f").await, Errno::ENOENT);
+    assert_eq!(a.stats().requests_sent, before, "the absence was cached");
+    a.check_cache_invariants();
+}

@@ -336,6 +336,13 @@ pub enum Op {
         ino: u64,
         count: u64,
     },
+    /// Resolves `name` in `parent` and pins the inode it names (as `Pin`), in one atomic step:
+    /// what a FUSE mount answers the kernel's lookup with, so that an inode the kernel holds is
+    /// one no other client can destroy. Answered `Entry`, with leases as a `Lookup`'s.
+    PinName {
+        parent: u64,
+        name: Vec<u8>,
+    },
 }
 
 impl Op {
@@ -371,11 +378,12 @@ impl Op {
             Op::ListOrphans => "list_orphans",
             Op::Pin { .. } => "pin",
             Op::Unpin { .. } => "unpin",
+            Op::PinName { .. } => "pin_name",
         }
     }
 
     /// Every kind, in variant order, for per-kind counters.
-    pub const KIND_NAMES: [&'static str; 29] = [
+    pub const KIND_NAMES: [&'static str; 30] = [
         "hello",
         "lookup",
         "getattr",
@@ -405,6 +413,7 @@ impl Op {
         "list_orphans",
         "pin",
         "unpin",
+        "pin_name",
     ];
 
     /// The position of this op's kind in `KIND_NAMES`.

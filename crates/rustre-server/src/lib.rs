@@ -551,6 +551,13 @@ async fn pin(inner: &Arc<Inner>, session: &Session, ino: u64) -> Result<(Reply, 
     })
     .await;
     result?;
+    count_pin(inner, session, ino).await?;
+    Ok((Reply::Done, Bytes::new()))
+}
+
+/// Records a pin the commit thread has just taken for `session`, so that the session's end gives
+/// it back; if that end has run already, gives it back at once (ENOTCONN).
+async fn count_pin(inner: &Arc<Inner>, session: &Session, ino: u64) -> Result<(), StoreError> {
     let closed = session.handles.lock().expect("handles lock").closed;
     if closed {
         // The session's teardown has run: nobody is left to unpin.
@@ -558,7 +565,34 @@ async fn pin(inner: &Arc<Inner>, session: &Session, ino: u64) -> Result<(Reply, 
         return Err(StoreError::Fs(Errno::ENOTCONN));
     }
     *session.pins.lock().expect("pins lock").entry(ino).or_insert(0) += 1;
-    Ok((Reply::Done, Bytes::new()))
+    Ok(())
+}
+
+/// `Op::PinName`: a lookup that pins what it finds, in one step on the commit thread (where
+/// changes are ordered), so the inode answered cannot be destroyed before it is pinned.
+async fn pin_name(inner: &Arc<Inner>, session: &Session, parent: u64, name: Vec<u8>) -> Answer {
+    let name_key = name_key(parent, &name);
+    let mut ticket = inner.leases.begin_read();
+    ticket.observe(&name_key);
+    let (found, ticket) = apply(inner, ticket, move |ns, opens, ticket| {
+        let attr = ns.lookup(parent, &name)?;
+        ticket.observe(&attr_key(attr.ino));
+        opens.acquire(attr.ino);
+        Ok(attr)
+    })
+    .await;
+    match found {
+        Ok(attr) => {
+            if let Err(error) = count_pin(inner, session, attr.ino).await {
+                return Err(error).into();
+            }
+            let keys = [name_key, attr_key(attr.ino)];
+            answer(session, ticket, &keys, Ok((Reply::Entry { attr }, Bytes::new()))).await
+        }
+        Err(StoreError::Fs(Errno::ENOENT)) => answer(session, ticket, &[name_key], Err(errno(Errno::ENOENT))).await,
+        Err(error @ StoreError::Fs(_)) => refusal(session, ticket, &[name_key], error).await,
+        Err(error) => Err(error).into(),
+    }
 }
 
 /// `Op::Unpin`: gives back pins; more than held is refused and changes nothing.
@@ -1103,6 +1137,7 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
         Op::ListOrphans => orphan_attrs(inner).map(|orphans| (Reply::Orphans { orphans }, none())).into(),
         Op::Pin { ino } => pin(inner, session, ino).await.into(),
         Op::Unpin { ino, count } => unpin(inner, session, ino, count).await.into(),
+        Op::PinName { parent, name } => pin_name(inner, session, parent, name).await,
         Op::AtPath { dir, new_dir, follow_last, op } => {
             at_path(inner, session, caller, AtPaths { dir, new_dir, follow_last }, *op).await
         }

@@ -378,6 +378,14 @@ impl<'txn> Ns<'txn> {
         usable_directory(self.inode(ino)?)
     }
 
+    /// `ReadNs::lookup` inside the batch, atomic with what the closure does next (a pin).
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
+        validate_name(name)?;
+        self.directory(parent)?;
+        let dirent = self.entry(parent, name)?.ok_or(StoreError::Fs(Errno::ENOENT))?;
+        self.getattr(dirent.ino)
+    }
+
     pub fn read_dir(&self, ino: u64, cookie: u64, max_entries: u32, with_attrs: bool) -> Result<(Vec<DirEntry>, bool)> {
         read_dir_page(&self.inodes, &self.dirents, &self.cookies, ino, cookie, max_entries, with_attrs)
     }
