@@ -190,27 +190,35 @@ impl File {
     /// Writes all of `data` at `offset` (ignored for append handles). Returns the attributes
     /// after the last piece.
     pub async fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<Attr> {
+        let attr = self.pwrite(offset, data).await?;
+        self.attr = attr.clone();
+        Ok(attr)
+    }
+
+    /// `write_at` through a shared handle (several writers at once, as the kernel sends them):
+    /// the attributes after the last piece are returned, not kept in the handle.
+    pub async fn pwrite(&self, offset: u64, data: &[u8]) -> Result<Attr> {
         let mut done = 0;
         loop {
             let piece = &data[done..(done + IO_SIZE_MAX as usize).min(data.len())];
             let op = Op::Write { handle: self.handle, offset: offset + done as u64 };
             let (header, _) = self.client.request(op, Bytes::copy_from_slice(piece)).await?;
-            match header.result? {
+            let attr = match header.result? {
                 Reply::Written { len, attr } => {
                     if len as usize != piece.len() {
                         return Err(Error::new(Errno::EIO, format!("short write: {len} of {}", piece.len())));
                     }
                     // The writer's own change: its reply leases the new attributes to this client.
                     self.client.remember_attr(&attr, &header.grants);
-                    self.attr = attr;
+                    attr
                 }
                 other => {
                     return Err(Error::new(Errno::EPROTO, format!("unexpected reply {other:?}")));
                 }
-            }
+            };
             done += piece.len();
             if done >= data.len() {
-                return Ok(self.attr.clone());
+                return Ok(attr);
             }
         }
     }

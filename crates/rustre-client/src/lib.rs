@@ -198,6 +198,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// Stamped on this handle's requests; `as_caller` makes a handle for another identity.
+    caller: Caller,
 }
 
 /// Answers the server's calls on our connection, and sees our replies before their callers do.
@@ -322,7 +324,13 @@ impl Client {
             shared.cache().disconnected();
             shared.releases.notify_one();
         });
-        Ok(Client { inner })
+        Ok(Client { caller: inner.caller, inner })
+    }
+
+    /// The same session (cache, connection) making calls as `caller`: the owner of what they
+    /// create. A FUSE mount stamps each kernel request's uid and gid this way.
+    pub fn as_caller(&self, caller: Caller) -> Client {
+        Client { inner: self.inner.clone(), caller }
     }
 
     pub fn session(&self) -> u64 {
@@ -379,7 +387,7 @@ impl Client {
         counters.requests_sent.fetch_add(1, Ordering::Relaxed);
         counters.requests_by_kind[op.kind_index()].fetch_add(1, Ordering::Relaxed);
         let kind = op.kind_name();
-        let header = encode_header(&Request { caller: self.inner.caller, op });
+        let header = encode_header(&Request { caller: self.caller, op });
         let frame = self
             .inner
             .connection
@@ -913,7 +921,7 @@ async fn give_leases_back(inner: std::sync::Weak<Inner>, shared: Arc<Shared>) {
                 break;
             }
             let Some(inner) = inner.upgrade() else { return };
-            let client = Client { inner };
+            let client = Client { caller: inner.caller, inner };
             let count = batch.len() as u64;
             if client.call(Op::ReleaseLeases { leases: batch }, Bytes::new()).await.is_err() {
                 return; // the session is gone, and its leases with it
