@@ -84,6 +84,10 @@ pub struct RaceArgs {
     /// How long the race runs; every thread stops by itself then.
     #[arg(long, default_value_t = 10, value_name = "S", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     seconds: u64,
+    /// A call that takes longer than this counts as a violation (a stall: a hang or a
+    /// deadlock in the file system under test).
+    #[arg(long, default_value_t = 10, value_name = "S", value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    stall_seconds: u64,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -214,10 +218,20 @@ struct OpStats {
 #[derive(Default)]
 struct Tally {
     ops: BTreeMap<(Role, Op), OpStats>,
+    /// When this thread last finished a call, and the longest time between two of its calls
+    /// finishing: a bound from above on its slowest call (a thread does nothing else between
+    /// calls), measured without timing each call.
+    last: Option<Instant>,
+    slowest: Duration,
 }
 
 impl Tally {
     fn record<T>(&mut self, role: Role, op: Op, result: Result<T, Failure>) -> Option<T> {
+        let now = Instant::now();
+        if let Some(last) = self.last {
+            self.slowest = self.slowest.max(now - last);
+        }
+        self.last = Some(now);
         let stats = self.ops.entry((role, op)).or_default();
         stats.count += 1;
         match result {
@@ -349,6 +363,8 @@ struct Plan {
     names: u32,
     threads: [u32; 5],
     seconds: u64,
+    /// A call slower than this is a violation.
+    stall: Duration,
     /// Tells this run's exclusive names and temporary files from any other run's.
     run: String,
 }
@@ -410,6 +426,11 @@ struct Report {
     /// Threads still running at the hard cap (`--seconds` + 30 s), and threads that panicked.
     hung_threads: u64,
     panicked_threads: u64,
+    /// The slowest call of any thread (bounded from above: the longest time between two calls of
+    /// one thread finishing), and the threads with a call slower than `stall_seconds`.
+    slowest_call_seconds: f64,
+    stall_seconds: u64,
+    stalled_threads: u64,
     /// Violations of all ops, by errno.
     violations_by_errno: BTreeMap<String, u64>,
     /// Every violation: failed ops not allowed, bad rounds, hung or panicked threads.
@@ -458,8 +479,13 @@ struct Outcome {
 
 fn report(plan: &Plan, outcome: &Outcome, closes: bool, target: Target) -> Report {
     let mut total = BTreeMap::new();
+    let mut slowest = Duration::ZERO;
+    let mut stalled_threads = 0;
     for tally in &outcome.tallies {
-        tally.lock().expect("tally lock").merge_into(&mut total);
+        let tally = tally.lock().expect("tally lock");
+        tally.merge_into(&mut total);
+        slowest = slowest.max(tally.slowest);
+        stalled_threads += u64::from(tally.slowest > plan.stall);
     }
     // Every op of every role that ran shows, even one that was never made.
     for role in Role::ALL {
@@ -494,7 +520,7 @@ fn report(plan: &Plan, outcome: &Outcome, closes: bool, target: Target) -> Repor
         })
         .collect();
     let rounds = outcome.rounds.report();
-    violations += rounds.no_winner + rounds.several_winners + outcome.hung + outcome.panicked;
+    violations += rounds.no_winner + rounds.several_winners + outcome.hung + outcome.panicked + stalled_threads;
     let (target, server, clients, dir, dirs) = match target {
         Target::Rustre { server, clients, dir } => {
             ("rustre", Some(server.to_string()), Some(clients), Some(dir.display().to_string()), Vec::new())
@@ -516,6 +542,9 @@ fn report(plan: &Plan, outcome: &Outcome, closes: bool, target: Target) -> Repor
         stale_retries: outcome.stale_retries,
         hung_threads: outcome.hung,
         panicked_threads: outcome.panicked,
+        slowest_call_seconds: (slowest.as_secs_f64() * 1000.0).round() / 1000.0,
+        stall_seconds: plan.stall.as_secs(),
+        stalled_threads,
         violations_by_errno,
         violations,
     }
@@ -580,6 +609,11 @@ fn human(report: &Report) -> String {
     if let Some(retries) = report.stale_retries {
         let _ = writeln!(out, "stale ids the library retried by name (not violations): {retries}");
     }
+    let _ = writeln!(
+        out,
+        "slowest call: {:.3} s (threads with a call over {} s: {})",
+        report.slowest_call_seconds, report.stall_seconds, report.stalled_threads
+    );
     if report.hung_threads > 0 || report.panicked_threads > 0 {
         let _ = writeln!(
             out,
@@ -621,6 +655,7 @@ pub async fn run(args: RaceArgs, server: &str, client_stats: bool) -> anyhow::Re
             per_role(args.readers),
         ],
         seconds: args.seconds,
+        stall: Duration::from_secs(args.stall_seconds),
         run: run_id(),
     });
     if plan.threads.iter().all(|count| *count == 0) {
