@@ -67,14 +67,26 @@ enum Command {
         #[arg(long, hide = true, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         fault_estale_every: Option<u64>,
     },
-    /// Starts a server, shows it working through a client, and serves until Ctrl-C.
+    /// Starts a server and mounts it on MOUNTPOINT (created if missing) until Ctrl-C, then
+    /// unmounts and stops. Without a mountpoint, serves and shows it working through a client.
     Up {
+        /// Where to mount (a directory; created if missing).
+        mountpoint: Option<PathBuf>,
         /// The data directory (created if missing).
         #[arg(long, env = "RUSTRE_DATA", default_value = "./rustre-data", value_name = "DIR")]
         data: PathBuf,
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
         listen: String,
+    },
+    /// Mounts the file system of the server at SERVER (host:port) on MOUNTPOINT with FUSE, until
+    /// SIGINT, SIGTERM or `umount MOUNTPOINT`. Several mounts of one server stay coherent.
+    Mount {
+        server: String,
+        mountpoint: PathBuf,
+        /// Threads reading kernel requests.
+        #[arg(long, default_value_t = rustre_fuse::THREADS_DEFAULT)]
+        threads: usize,
     },
     /// Lists a directory (or shows a single non-directory).
     Ls {
@@ -138,7 +150,7 @@ enum Command {
 
 impl Command {
     fn runs_server(&self) -> bool {
-        matches!(self, Command::Server { .. } | Command::Up { .. })
+        matches!(self, Command::Server { .. } | Command::Up { .. } | Command::Mount { .. })
     }
 }
 
@@ -222,7 +234,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config.fault_estale_every_nth_open = fault_estale_every;
             serve(config, &listen).await
         }
-        Command::Up { data, listen } => up(&data, &listen).await,
+        Command::Up { mountpoint: None, data, listen } => up(&data, &listen).await,
+        Command::Up { mountpoint: Some(mountpoint), data, listen } => up_mounted(&data, &listen, &mountpoint).await,
+        Command::Mount { server, mountpoint, threads } => mount(&server, &mountpoint, threads).await,
         Command::Race(args) => race::run(args, &cli.server, cli.client_stats).await,
         command => {
             let client = Client::connect(&cli.server).await?;
@@ -239,7 +253,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Server { .. } | Command::Up { .. } | Command::Race(_) | Command::Sim(_) => {
+        Command::Server { .. } | Command::Up { .. } | Command::Mount { .. } | Command::Race(_) | Command::Sim(_) => {
             unreachable!("handled by run and main")
         }
         Command::Ls { long, path } => ls(client, &path, long).await,
@@ -352,6 +366,63 @@ async fn up(data: &Path, listen: &str) -> anyhow::Result<()> {
         return Err(error);
     }
     stop_server(server, &mut signals).await;
+    Ok(())
+}
+
+/// `rustre up MOUNTPOINT`: a server on the data directory, mounted through a client of its own;
+/// on a signal, unmounts (lazily if busy), closes the session and stops the server.
+async fn up_mounted(data: &Path, listen: &str, mountpoint: &Path) -> anyhow::Result<()> {
+    let mut signals = StopSignals::install()?;
+    let (server, address) = start_server(ServerConfig::new(data), listen).await?;
+    let target = reachable(address).to_string();
+    let served = mount_and_serve(&target, mountpoint, rustre_fuse::THREADS_DEFAULT, &mut signals).await;
+    server.shutdown().await;
+    tracing::info!("stopped");
+    served
+}
+
+/// `rustre mount SERVER MOUNTPOINT`.
+async fn mount(server: &str, mountpoint: &Path, threads: usize) -> anyhow::Result<()> {
+    let mut signals = StopSignals::install()?;
+    mount_and_serve(server, mountpoint, threads, &mut signals).await
+}
+
+/// Mounts the server at `target` on `mountpoint` and serves the mount until it is unmounted
+/// from outside or a signal comes (then unmounts it); the session ends with it.
+async fn mount_and_serve(
+    target: &str,
+    mountpoint: &Path,
+    threads: usize,
+    signals: &mut StopSignals,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(mountpoint).with_context(|| format!("making the mountpoint {}", mountpoint.display()))?;
+    let client = Client::connect(target).await?;
+    let config = rustre_fuse::MountConfig { fsname: format!("rustre@{target}"), threads, ..Default::default() };
+    let runtime = tokio::runtime::Handle::current();
+    let mountpoint = mountpoint.to_path_buf();
+    let mounted = {
+        let client = client.clone();
+        let mountpoint = mountpoint.clone();
+        // Mounting waits for the kernel's INIT: off the runtime's threads.
+        tokio::task::spawn_blocking(move || rustre_fuse::mount(client, runtime, &mountpoint, &config)).await??
+    };
+    println!("rustre: {target} mounted on {} (Ctrl-C or umount to stop)", mountpoint.display());
+    let unmounter = mounted.unmounter();
+    let mut session = tokio::task::spawn_blocking(move || mounted.wait());
+    let ended = tokio::select! {
+        ended = &mut session => Some(ended),
+        name = signals.wait() => {
+            tracing::info!(signal = name, "unmounting");
+            unmounter.unmount()?;
+            None
+        }
+    };
+    let ended = match ended {
+        Some(ended) => ended,
+        None => session.await,
+    };
+    client.close();
+    ended??;
     Ok(())
 }
 

@@ -1,0 +1,1022 @@
+//! rustre through the kernel: a FUSE file system over the client library.
+//!
+//! The adapter is thin on purpose. Every kernel request is turned into calls of one
+//! [`rustre_client::Client`] (one server session per mount), on the tokio runtime the mount is
+//! given; the fuser threads only decode requests and spawn. The cache, the leases and the retry
+//! rules live in the client library, where they are tested without a kernel.
+//!
+//! ## Coherence through the kernel (semantics.md, promise 2)
+//! The kernel is told to cache nothing: every entry and attribute goes out with a time-to-live of
+//! zero, so every path walk asks the mount (`FUSE_LOOKUP` per component, `FUSE_GETATTR` for a
+//! stat). The mount answers those from the library's cache, which is exact (leases revoked
+//! before any conflicting change is acknowledged) and costs no network round trip. A syscall
+//! that starts after a change returned anywhere therefore never sees the old name, the old
+//! negative entry or the old attributes. Because the kernel holds nothing that can go stale, the
+//! mount never has to send it an invalidation: no notification, so no notification deadlock.
+//! File data: the page cache is dropped at every open (no `FOPEN_KEEP_CACHE`), and the kernel
+//! drops it too when a getattr shows a new size or mtime (`FUSE_AUTO_INVAL_DATA`): close-to-open
+//! consistency at the least.
+//!
+//! ## No ESTALE (semantics.md, "ESTALE discipline")
+//! The kernel's lookup counts are mirrored ([`refs::KernelRefs`]). A lookup the mount answers is
+//! pinned on the server in the same atomic step as the name's resolution (`Op::PinName`), unless
+//! this mount holds a pin on that inode already (then it costs nothing). So an inode the kernel
+//! found by a walk lives on the server (as an orphan, if another client removes its name) until
+//! the kernel forgets it: the `FUSE_OPEN` by id that follows a walk cannot meet ESTALE. Inodes the
+//! mount made itself (create, mkdir, ...) or listed (readdirplus) are referenced but not pinned;
+//! if one is destroyed by another client, a request by its id answers ESTALE, the kernel walks
+//! again with `LOOKUP_REVAL`, and that walk's lookups pin: the second pass cannot go stale.
+//! Requests by (directory, name) are resolved by name on the server in one atomic step (create
+//! is the server's atomic open-or-create).
+
+pub mod refs;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, Config, Errno as KernelErrno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags as KernelOpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, Session, SessionACL, SessionUnmounter, TimeOrNow, WriteFlags,
+};
+use rustre_client::rustre_proto::{
+    Attr, Caller, DirEntry, Errno, FileKind, OpenFlags, RenameMode, SetAttrIn, TimeSet, Timestamp, XattrMode,
+};
+use rustre_client::{Client, File};
+
+use refs::KernelRefs;
+
+/// What the kernel may cache of an entry or of attributes: nothing (see the crate docs).
+const TTL: Duration = Duration::ZERO;
+
+/// Entries asked of the server per readdir page (the kernel's buffer takes what fits; the rest
+/// is served from the directory handle's page).
+const READDIR_PAGE_ENTRIES: u32 = 512;
+
+/// fuser threads reading `/dev/fuse` (handlers only decode and spawn, so a few are enough).
+pub const THREADS_DEFAULT: usize = 4;
+
+/// Errors of mounting and unmounting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MountError {
+    #[error("mounting {mountpoint}: {source}")]
+    Mount { mountpoint: PathBuf, source: std::io::Error },
+    #[error("unmounting {mountpoint}: {source}")]
+    Unmount { mountpoint: PathBuf, source: std::io::Error },
+    #[error("the FUSE session on {mountpoint} ended with an error: {source}")]
+    Session { mountpoint: PathBuf, source: std::io::Error },
+}
+
+/// How to mount.
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    /// Shown as the mount's source in `/proc/mounts` (`fsname`).
+    pub fsname: String,
+    /// fuser threads reading requests.
+    pub threads: usize,
+    /// Let users other than the mounter in (`allow_other`); permissions are then checked by the
+    /// kernel against the mode bits, owner and group (`default_permissions`).
+    pub allow_other: bool,
+    /// Pin what the kernel looks up (`Op::PinName`). Always on, except in control runs that
+    /// prove the tests notice the ESTALE an application would otherwise see.
+    pub pin_lookups: bool,
+}
+
+impl Default for MountConfig {
+    fn default() -> Self {
+        MountConfig { fsname: "rustre".to_string(), threads: THREADS_DEFAULT, allow_other: true, pin_lookups: true }
+    }
+}
+
+/// A mounted file system. Dropping it unmounts (lazily if it is busy) and waits for the session.
+pub struct Mounted {
+    mountpoint: PathBuf,
+    unmounter: Arc<Mutex<SessionUnmounter>>,
+    session: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    shared: Arc<Shared>,
+}
+
+/// Counters of a mount, for tests and `--client-stats`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MountStats {
+    /// Inodes the kernel references.
+    pub kernel_inodes: usize,
+    /// Pins this mount holds on the server (summed over inodes).
+    pub pins: u64,
+    /// Open file and directory handles.
+    pub handles: usize,
+}
+
+/// Mounts `client`'s file system on `mountpoint` (which must be an existing directory) and
+/// serves it on `runtime` until it is unmounted. Blocks until the kernel's INIT is answered.
+pub fn mount(
+    client: Client,
+    runtime: tokio::runtime::Handle,
+    mountpoint: &Path,
+    config: &MountConfig,
+) -> Result<Mounted, MountError> {
+    let shared = Arc::new(Shared {
+        client,
+        runtime,
+        pin_lookups: config.pin_lookups,
+        refs: Mutex::default(),
+        files: Mutex::default(),
+        dirs: Mutex::default(),
+    });
+    let mut options = Config::default();
+    options.mount_options = vec![
+        MountOption::FSName(config.fsname.clone()),
+        MountOption::Subtype("rustre".to_string()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+    ];
+    options.acl = if config.allow_other { SessionACL::All } else { SessionACL::Owner };
+    options.n_threads = Some(config.threads.max(1));
+    let failed = |source| MountError::Mount { mountpoint: mountpoint.to_path_buf(), source };
+    let mut session = Session::new(RustreFs { shared: shared.clone() }, mountpoint, &options).map_err(failed)?;
+    let unmounter = Arc::new(Mutex::new(session.unmount_callable()));
+    let thread =
+        std::thread::Builder::new().name("rustre-fuse".to_string()).spawn(move || session.run()).map_err(failed)?;
+    tracing::info!(mountpoint = %mountpoint.display(), "mounted");
+    Ok(Mounted { mountpoint: mountpoint.to_path_buf(), unmounter, session: Some(thread), shared })
+}
+
+/// Unmounts a mount from anywhere (a signal handler's task, another thread).
+#[derive(Clone)]
+pub struct Unmounter {
+    mountpoint: PathBuf,
+    unmounter: Arc<Mutex<SessionUnmounter>>,
+}
+
+impl Unmounter {
+    /// Unmounts; if the file system is busy (a process has a file open or its working directory
+    /// there), detaches it lazily: it is gone from the namespace at once, and the session ends
+    /// when its last user goes.
+    pub fn unmount(&self) -> Result<(), MountError> {
+        let result = self.unmounter.lock().expect("unmounter lock").unmount();
+        match result {
+            Ok(()) => Ok(()),
+            Err(error) if error.raw_os_error() == Some(libc::EBUSY) => {
+                tracing::warn!(mountpoint = %self.mountpoint.display(), "busy: detaching lazily");
+                detach(&self.mountpoint)
+                    .map_err(|source| MountError::Unmount { mountpoint: self.mountpoint.clone(), source })
+            }
+            Err(source) => Err(MountError::Unmount { mountpoint: self.mountpoint.clone(), source }),
+        }
+    }
+}
+
+/// `umount2(MNT_DETACH)`.
+fn detach(mountpoint: &Path) -> std::io::Result<()> {
+    let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())?;
+    // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
+    let result = unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+    if result == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+impl Mounted {
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    pub fn unmounter(&self) -> Unmounter {
+        Unmounter { mountpoint: self.mountpoint.clone(), unmounter: self.unmounter.clone() }
+    }
+
+    /// The client session this mount serves through.
+    pub fn client(&self) -> &Client {
+        &self.shared.client
+    }
+
+    pub fn stats(&self) -> MountStats {
+        let (kernel_inodes, pins) = {
+            let refs = self.shared.refs.lock().expect("refs lock");
+            refs.check_invariants();
+            (refs.len(), refs.pinned_total())
+        };
+        let handles =
+            self.shared.files.lock().expect("files lock").len() + self.shared.dirs.lock().expect("dirs lock").len();
+        MountStats { kernel_inodes, pins, handles }
+    }
+
+    /// Waits until the file system is unmounted (by `Unmounter::unmount`, `umount` or
+    /// `fusermount3 -u`) and the session has ended.
+    pub fn wait(mut self) -> Result<(), MountError> {
+        self.join()
+    }
+
+    /// Unmounts and waits for the session to end.
+    pub fn unmount(mut self) -> Result<(), MountError> {
+        self.unmounter().unmount()?;
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<(), MountError> {
+        let Some(thread) = self.session.take() else { return Ok(()) };
+        let result = thread.join().unwrap_or_else(|_| Err(std::io::Error::other("the FUSE session thread panicked")));
+        tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted");
+        result.map_err(|source| MountError::Session { mountpoint: self.mountpoint.clone(), source })
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if self.session.is_some() {
+            if let Err(error) = self.unmounter().unmount() {
+                tracing::error!(%error, "unmounting on drop");
+            }
+            if let Err(error) = self.join() {
+                tracing::error!(%error, "waiting for the session on drop");
+            }
+        }
+    }
+}
+
+/// State shared by the fuser threads and the tasks they spawn. Lock order: each std mutex is a
+/// leaf, held for one map operation, never across an await or a call into the kernel.
+struct Shared {
+    client: Client,
+    runtime: tokio::runtime::Handle,
+    pin_lookups: bool,
+    refs: Mutex<KernelRefs>,
+    /// Open files by handle (the server's handle number is the kernel's `fh`).
+    files: Mutex<HashMap<u64, Arc<File>>>,
+    /// Open directories by handle.
+    dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirHandle>>>>,
+}
+
+/// An open directory: a server handle (which keeps the directory alive to the last page, as an
+/// orphan if it is removed meanwhile) and the last page read, from which the kernel's next
+/// readdir calls are served.
+struct DirHandle {
+    file: Option<File>,
+    ino: u64,
+    /// The cookie the page was read after, its entries (cookies growing), and whether it ends
+    /// the directory.
+    page: Option<(u64, Vec<DirEntry>, bool, bool)>,
+}
+
+struct RustreFs {
+    shared: Arc<Shared>,
+}
+
+/// The kernel's errno for a library error.
+fn kernel_errno(error: &rustre_client::Error) -> KernelErrno {
+    KernelErrno::from_i32(error.errno().0)
+}
+
+fn kind(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::Regular => FileType::RegularFile,
+        FileKind::Directory => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+    }
+}
+
+fn file_attr(attr: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(attr.ino),
+        size: attr.size,
+        blocks: attr.blocks,
+        atime: attr.atime.to_system_time(),
+        mtime: attr.mtime.to_system_time(),
+        ctime: attr.ctime.to_system_time(),
+        crtime: attr.ctime.to_system_time(),
+        kind: kind(attr.kind),
+        perm: (attr.perm & 0o7777) as u16,
+        nlink: attr.nlink,
+        uid: attr.uid,
+        gid: attr.gid,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+/// rustre's open flags for the kernel's `O_*` flags (access mode, append, truncate).
+fn open_flags(flags: i32) -> OpenFlags {
+    let mut out = match flags & libc::O_ACCMODE {
+        libc::O_RDONLY => OpenFlags::READ,
+        libc::O_WRONLY => OpenFlags::WRITE,
+        _ => OpenFlags::READ | OpenFlags::WRITE,
+    };
+    if flags & libc::O_APPEND != 0 {
+        out = out | OpenFlags::APPEND;
+    }
+    if flags & libc::O_TRUNC != 0 {
+        out = out | OpenFlags::TRUNCATE;
+    }
+    out
+}
+
+fn time_set(time: TimeOrNow) -> TimeSet {
+    match time {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(time) => TimeSet::At(Timestamp::from_system_time(time)),
+    }
+}
+
+fn name_bytes(name: &OsStr) -> Vec<u8> {
+    name.as_bytes().to_vec()
+}
+
+impl Shared {
+    /// The session acting as the kernel request's caller (owner of what it creates).
+    fn client_for(&self, request: &Request) -> Client {
+        self.client.as_caller(Caller { uid: request.uid(), gid: request.gid() })
+    }
+
+    /// Answers the kernel's lookup of `name` in `parent`: from the cache when this mount holds
+    /// a pin on the inode found, else by `lookup_pinned` (resolve and pin in one server step).
+    /// Either way one kernel reference is counted before the reply goes out, so a forget of it
+    /// can never arrive first.
+    async fn lookup(&self, parent: u64, name: &[u8]) -> rustre_client::Result<Attr> {
+        let cached = self.client.lookup(parent, name).await?;
+        if self.refs.lock().expect("refs lock").add_if_pinned(cached.ino) {
+            return Ok(cached);
+        }
+        if !self.pin_lookups {
+            self.refs.lock().expect("refs lock").add(cached.ino);
+            return Ok(cached);
+        }
+        let attr = self.client.lookup_pinned(parent, name).await?;
+        self.refs.lock().expect("refs lock").add_pinned(attr.ino);
+        Ok(attr)
+    }
+
+    /// Counts the kernel reference an entry reply (create, mkdir, ...) gives, and sends it.
+    fn reply_entry(&self, reply: ReplyEntry, attr: &Attr) {
+        self.refs.lock().expect("refs lock").add(attr.ino);
+        reply.entry(&TTL, &file_attr(attr), Generation(attr.generation));
+    }
+
+    fn forget(self: &Arc<Self>, ino: u64, count: u64) {
+        if ino == INodeNo::ROOT.0 {
+            return;
+        }
+        let unpin = self.refs.lock().expect("refs lock").forget(ino, count);
+        if let Some((ino, pins)) = unpin {
+            // Given back from a task of its own: forget has no reply, and nothing waits on it.
+            let client = self.client.clone();
+            self.runtime.spawn(async move {
+                if let Err(error) = client.unpin(ino, pins).await {
+                    tracing::warn!(ino, pins, %error, "giving back pins after the kernel's forget");
+                }
+            });
+        }
+    }
+
+    fn file(&self, handle: FileHandle) -> Option<Arc<File>> {
+        self.files.lock().expect("files lock").get(&handle.0).cloned()
+    }
+
+    /// Reads one page of a directory after `cookie`, or serves it from the page the handle
+    /// holds. Returns the entries after `cookie` and whether they end the directory.
+    async fn dir_entries(
+        &self,
+        handle: FileHandle,
+        cookie: u64,
+        with_attrs: bool,
+    ) -> rustre_client::Result<(Vec<DirEntry>, bool)> {
+        let dir = self.dirs.lock().expect("dirs lock").get(&handle.0).cloned();
+        let Some(dir) = dir else { return Err(Errno::EBADF.into()) };
+        let mut dir = dir.lock().await;
+        // A rewind (cookie 0) always reads afresh: rewinddir shows the directory as it is now.
+        if cookie > 0
+            && let Some((from, entries, end, attrs)) = &dir.page
+            && *from <= cookie
+            && *attrs == with_attrs
+            && (*end || entries.last().is_some_and(|last| last.cookie > cookie))
+        {
+            let rest: Vec<DirEntry> = entries.iter().filter(|entry| entry.cookie > cookie).cloned().collect();
+            return Ok((rest, *end));
+        }
+        let (entries, end) = self.client.read_dir_page(dir.ino, cookie, READDIR_PAGE_ENTRIES, with_attrs).await?;
+        dir.page = Some((cookie, entries.clone(), end, with_attrs));
+        Ok((entries, end))
+    }
+}
+
+/// The kernel's readdir offsets: 1 is ".", 2 is "..", and an entry's is its cookie plus 2, so
+/// the kernel's offset of the last entry it took is where the next call goes on.
+const OFFSET_DOT: u64 = 1;
+const OFFSET_DOTDOT: u64 = 2;
+
+fn entry_offset(entry: &DirEntry) -> u64 {
+    entry.cookie + OFFSET_DOTDOT
+}
+
+fn cookie_after(offset: u64) -> u64 {
+    offset.saturating_sub(OFFSET_DOTDOT)
+}
+
+impl Filesystem for RustreFs {
+    fn init(&mut self, _request: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Each separately: a kernel without one of them still mounts.
+        for wanted in [
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_AUTO_INVAL_DATA,
+            InitFlags::FUSE_BIG_WRITES,
+            InitFlags::FUSE_MAX_PAGES,
+        ] {
+            if config.add_capabilities(wanted).is_err() {
+                tracing::info!(?wanted, "the kernel lacks a FUSE capability");
+            }
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _request: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let shared = self.shared.clone();
+        let name = name_bytes(name);
+        self.shared.runtime.spawn(async move {
+            match shared.lookup(parent.0, &name).await {
+                Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(attr.generation)),
+                Err(error) => reply.error(kernel_errno(&error)),
+            }
+        });
+    }
+
+    // BATCH_FORGET: fuser's default calls this for each node (its `ForgetOne` is private).
+    fn forget(&self, _request: &Request, ino: INodeNo, nlookup: u64) {
+        self.shared.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _request: &Request, ino: INodeNo, _handle: Option<FileHandle>, reply: ReplyAttr) {
+        let client = self.shared.client.clone();
+        self.shared.runtime.spawn(async move {
+            match client.getattr(ino.0).await {
+                Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+                Err(error) => reply.error(kernel_errno(&error)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        request: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _handle: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let client = self.shared.client_for(request);
+        let set = SetAttrIn {
+            perm: mode.map(|mode| mode & 0o7777),
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_set),
+            mtime: mtime.map(time_set),
+        };
+        self.shared.runtime.spawn(async move {
+            match client.setattr(ino.0, set).await {
+                Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+                Err(error) => reply.error(kernel_errno(&error)),
+            }
+        });
+    }
+
+    fn readlink(&self, _request: &Request, ino: INodeNo, reply: ReplyData) {
+        let client = self.shared.client.clone();
+        self.shared.runtime.spawn(async move {
+            match client.readlink_ino(ino.0).await {
+                Ok(target) => reply.data(&target),
+                Err(error) => reply.error(kernel_errno(&error)),
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        request: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            // Devices, FIFOs and sockets are not stored by rustre.
+            reply.error(KernelErrno::EPERM);
+            return;
+        }
+        let shared = self.shared.clone();
+        let client = self.shared.client_for(request);
+        let name = name_bytes(name);
+        let perm = mode & !umask & 0o7777;
+        self.shared.runtime.spawn(async move {
+            let flags = OpenFlags::READ | OpenFlags::CREATE | OpenFlags::EXCLUSIVE;
+            match client.open_at(parent.0, &name, flags, perm).await {
+                Ok(file) => {
+                    let attr = file.cached_attr().clone();
+                    if let Err(error) = file.close().await {
+                        tracing::warn!(%error, "closing after mknod");
+                    }
+                    shared.reply_entry(reply, &attr);
+                }
+                Err(error) => reply.error(kernel_errno(&error)),
+            }
+        });
+    }
+
+    fn mkdir(&self, request: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let shared = self.shared.clone();
+        let client = self.shared.client_for(request);
+        let name = name_bytes(name);
+        let perm = mode & !umask & 0o7777;
+        self.shared.runtime.spawn(async move {
+            match client.mkdir_at(parent.0, &name, perm).await {
+                Ok(attr) => shared.reply_entry(reply, &attr),
+                Err(error) => reply.error(kernel_errno(&error)),
+            }
+        });
+    }
+
+    fn unlink(&self, request: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let client = self.shared.client_for(request);
+        let name = name_bytes(name);
+        self.shared.runtime.spawn(async move {
+            match client.unlink_at(parent.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(error) => reply.error(kernel_errno(&error)),
+            }
+        });
+    }
+
+    fn rmdir(&self, request: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let client = self.shared.client_for(request);
+        let name = name_bytes(name);
+        self.shared.runtime.spawn(async move {
+            match client.rmdir_at(parent.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(error) => reply.error(kernel_errno(&error)),
+            }
+        });
+    }
+
+    fn symlink(&self, request: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let shared = self.shared.clone();
+        let client = self.shared.client_for(request);
+        let name = name_bytes(link_name);
+        let target = target.as_os_str().as_bytes().to_vec();
+        self.shared.runtime.spawn(async move {
+            match client.symlink_at(parent.0, &name, &target).await {
+                Ok(attr) => shared.reply_entry(reply, &attr),
+                Err(error) => reply.error(kernel_errno(&error)),
+            }
+        });
+    }
+
+    fn rename(
+        &self,
+        request: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        new_parent: INodeNo,
+        new_name: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let mode = if flags.is_empty() {
+            RenameMode::Replace
+        } else if flags == RenameFlags::RENAME_NOREPLACE {
+            RenameMode::NoReplace
+        } else if flags == RenameFlags::RENAME_EXCHANGE {
+            RenameMode::Exchange
+        } else {
+            // RENAME_WHITEOUT (overlayfs) and combinations.
+            reply.error(KernelErrno::EINVAL);
+            return;
+        };
+        let client = self.shared.client_for(request);
+        let (name, new_name) = (name_bytes(name), name_bytes(new_name));
+        self.shared.runtime.spawn(async move {
+            match client.rename_at(parent.0, &name, new_parent.0, &new_name, mode).await {
+                Ok(()) => reply.ok(),
+                Err(error) => reply.error(kernel_errno(&error)),
+            }
+        });
+    }
+
+    fn link(&self, request: &Request, ino: INodeNo, new_parent: INodeNo, new_name: &OsStr, reply: ReplyEntry) {
+        let shared = self.shared.clone();
+        let client = self.shared.client_for(request);
+        let new_name = name_bytes(new_name);
+        self.shared.runtime.spawn(async move {
+            match client.link_at(ino.0, new_parent.0, &new_name).await {
+                Ok(attr) => shared.reply_entry(reply, &attr),
+                Err(error) => reply.error(kernel_errno(&error)),
+            }
+        });
+    }
+
+    fn open(&self, request: &Request, ino: INodeNo, flags: KernelOpenFlags, reply: ReplyOpen) {
+        let shared = self.shared.clone();
+        let client = self.shared.client_for(request);
+        self.shared.runtime.spawn(async move {
+            match client.open_ino(ino.0, open_flags(flags.0)).await {
+                Ok(file) => {
+                    let handle = file.handle();
+                    shared.files.lock().expect("files lock").insert(handle, Arc::new(file));
+                    // No FOPEN_KEEP_CACHE: the kernel drops this file's pages now (close-to-open).
+                    reply.opened(FileHandle(handle), FopenFlags::empty());
+                }
+                Err(error) => reply.error(kernel_errno(&error)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _request: &Request,
+        _ino: INodeNo,
+        handle: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: KernelOpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(file) = self.shared.file(handle) else {
+            reply.error(KernelErrno::EBADF);
+            return;
+        };
+        self.shared.runtime.spawn(async move {
+            match file.read_at(offset, size as usize).await {
+                Ok(data) => reply.data(&data),
+                Err(error) => reply.error(kernel_errno(&error)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _request: &Request,
+        _ino: INodeNo,
+        handle: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: KernelOpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let Some(file) = self.shared.file(handle) else {
+            reply.error(KernelErrno::EBADF);
+            return;
+        };
+        let data = data.to_vec();
+        self.shared.runtime.spawn(async move {
+            match file.pwrite(offset, &data).await {
+                Ok(_) => reply.written(data.len() as u32),
+                Err(error) => reply.error(kernel_errno(&error)),
+            }
+        });
+    }
+
+    fn flush(&self, _request: &Request, _ino: INodeNo, _handle: FileHandle, _owner: LockOwner, reply: ReplyEmpty) {
+        // Writes go to the server as they are made (no write-back cache): nothing to flush.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _request: &Request,
+        _ino: INodeNo,
+        handle: FileHandle,
+        _flags: KernelOpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let file = self.shared.files.lock().expect("files lock").remove(&handle.0);
+        let Some(file) = file else {
+            reply.error(KernelErrno::EBADF);
+            return;
+        };
+        self.shared.runtime.spawn(async move {
+            // A read or write of this handle still running holds a clone; then dropping ours
+            // lets the last one close it in the background.
+            match Arc::try_unwrap(file) {
+                Ok(file) => match file.close().await {
+                    Ok(()) => reply.ok(),
+                    Err(error) => reply.error(kernel_errno(&error)),
+                },
+                Err(_) => reply.ok(),
+            }
+        });
+    }
+
+    fn fsync(&self, _request: &Request, _ino: INodeNo, handle: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let Some(file) = self.shared.file(handle) else {
+            reply.error(KernelErrno::EBADF);
+            return;
+        };
+        self.shared.runtime.spawn(async move {
+            match file.fsync().await {
+                Ok(()) => reply.ok(),
+                Err(error) => reply.error(kernel_errno(&error)),
+            }
+        });
+    }
+
+    fn opendir(&self, request: &Request, ino: INodeNo, _flags: KernelOpenFlags, reply: ReplyOpen) {
+        let shared = self.shared.clone();
+        let client = self.shared.client_for(request);
+        self.shared.runtime.spawn(async move {
+            match client.open_ino(ino.0, OpenFlags::READ | OpenFlags::DIRECTORY).await {
+                Ok(file) => {
+                    let handle = file.handle();
+                    let dir = DirHandle { file: Some(file), ino: ino.0, page: None };
+                    shared.dirs.lock().expect("dirs lock").insert(handle, Arc::new(tokio::sync::Mutex::new(dir)));
+                    reply.opened(FileHandle(handle), FopenFlags::empty());
+                }
+                Err(error) => reply.error(kernel_errno(&error)),
+            }
+        });
+    }
+
+    fn readdir(&self, _request: &Request, ino: INodeNo, handle: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let shared = self.shared.clone();
+        self.shared.runtime.spawn(async move {
+            if offset < OFFSET_DOT && reply.add(ino, OFFSET_DOT, FileType::Directory, ".") {
+                return reply.ok();
+            }
+            if offset < OFFSET_DOTDOT && reply.add(INodeNo::ROOT, OFFSET_DOTDOT, FileType::Directory, "..") {
+                return reply.ok();
+            }
+            match shared.dir_entries(handle, cookie_after(offset), false).await {
+                Ok((entries, _)) => {
+                    for entry in &entries {
+                        let name = OsStr::from_bytes(&entry.name);
+                        if reply.add(INodeNo(entry.ino), entry_offset(entry), kind(entry.kind), name) {
+                            break;
+                        }
+                    }
+                    reply.ok();
+                }
+                Err(error) => reply.error(kernel_errno(&error)),
+            }
+        });
+    }
+
+    fn readdirplus(
+        &self,
+        _request: &Request,
+        ino: INodeNo,
+        handle: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let shared = self.shared.clone();
+        self.shared.runtime.spawn(async move {
+            // "." and ".." take no lookup count in the kernel; they are sent without attributes
+            // the kernel would use, so their attributes need not be fetched.
+            let dot = |ino: INodeNo| FileAttr { ino, ..file_attr(&placeholder_dir()) };
+            if offset < OFFSET_DOT && reply.add(ino, OFFSET_DOT, ".", &TTL, &dot(ino), Generation(0)) {
+                return reply.ok();
+            }
+            if offset < OFFSET_DOTDOT
+                && reply.add(INodeNo::ROOT, OFFSET_DOTDOT, "..", &TTL, &dot(INodeNo::ROOT), Generation(0))
+            {
+                return reply.ok();
+            }
+            match shared.dir_entries(handle, cookie_after(offset), true).await {
+                Ok((entries, _)) => {
+                    for entry in &entries {
+                        let Some(attr) = &entry.attr else { continue };
+                        let name = OsStr::from_bytes(&entry.name);
+                        let generation = Generation(attr.generation);
+                        let offset = entry_offset(entry);
+                        if reply.add(INodeNo(entry.ino), offset, name, &TTL, &file_attr(attr), generation) {
+                            break; // full: this one is not sent
+                        }
+                        // Counted before the reply goes, like every entry the kernel is given.
+                        shared.refs.lock().expect("refs lock").add(attr.ino);
+                    }
+                    reply.ok();
+                }
+                Err(error) => reply.error(kernel_errno(&error)),
+            }
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _request: &Request,
+        _ino: INodeNo,
+        handle: FileHandle,
+        _flags: KernelOpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        let dir = self.shared.dirs.lock().expect("dirs lock").remove(&handle.0);
+        let Some(dir) = dir else {
+            reply.error(KernelErrno::EBADF);
+            return;
+        };
+        self.shared.runtime.spawn(async move {
+            let file = dir.lock().await.file.take();
+            match file {
+                Some(file) => match file.close().await {
+                    Ok(()) => reply.ok(),
+                    Err(error) => reply.error(kernel_errno(&error)),
+                },
+                None => reply.ok(),
+            }
+        });
+    }
+
+    fn fsyncdir(&self, _request: &Request, _ino: INodeNo, _handle: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        // Every namespace change is durable before it is acknowledged.
+        reply.ok();
+    }
+
+    fn statfs(&self, _request: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let client = self.shared.client.clone();
+        self.shared.runtime.spawn(async move {
+            match client.statfs().await {
+                Ok(statfs) => reply.statfs(
+                    statfs.blocks,
+                    statfs.blocks_free,
+                    statfs.blocks_available,
+                    statfs.files,
+                    statfs.files_free,
+                    statfs.block_size,
+                    statfs.name_len_max,
+                    statfs.block_size,
+                ),
+                Err(error) => reply.error(kernel_errno(&error)),
+            }
+        });
+    }
+
+    fn setxattr(
+        &self,
+        request: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let mode = match flags {
+            0 => XattrMode::Either,
+            libc::XATTR_CREATE => XattrMode::Create,
+            libc::XATTR_REPLACE => XattrMode::Replace,
+            _ => {
+                reply.error(KernelErrno::EINVAL);
+                return;
+            }
+        };
+        let client = self.shared.client_for(request);
+        let (name, value) = (name_bytes(name), value.to_vec());
+        self.shared.runtime.spawn(async move {
+            match client.setxattr_ino(ino.0, &name, &value, mode).await {
+                Ok(()) => reply.ok(),
+                Err(error) => reply.error(kernel_errno(&error)),
+            }
+        });
+    }
+
+    fn getxattr(&self, _request: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let client = self.shared.client.clone();
+        let name = name_bytes(name);
+        self.shared.runtime.spawn(async move {
+            match client.getxattr_ino(ino.0, &name).await {
+                Ok(value) => reply_xattr(reply, size, &value),
+                Err(error) => reply.error(kernel_errno(&error)),
+            }
+        });
+    }
+
+    fn listxattr(&self, _request: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let client = self.shared.client.clone();
+        self.shared.runtime.spawn(async move {
+            match client.listxattr_ino(ino.0).await {
+                Ok(names) => {
+                    let mut list = Vec::new();
+                    for name in names {
+                        list.extend_from_slice(&name);
+                        list.push(0);
+                    }
+                    reply_xattr(reply, size, &list);
+                }
+                Err(error) => reply.error(kernel_errno(&error)),
+            }
+        });
+    }
+
+    fn removexattr(&self, request: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let client = self.shared.client_for(request);
+        let name = name_bytes(name);
+        self.shared.runtime.spawn(async move {
+            match client.removexattr_ino(ino.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(error) => reply.error(kernel_errno(&error)),
+            }
+        });
+    }
+
+    fn access(&self, _request: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // With `default_permissions` the kernel checks the mode bits itself; this only says
+        // whether the inode is there.
+        let client = self.shared.client.clone();
+        self.shared.runtime.spawn(async move {
+            match client.getattr(ino.0).await {
+                Ok(_) => reply.ok(),
+                Err(error) => reply.error(kernel_errno(&error)),
+            }
+        });
+    }
+
+    fn create(
+        &self,
+        request: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let shared = self.shared.clone();
+        let client = self.shared.client_for(request);
+        let name = name_bytes(name);
+        let perm = mode & !umask & 0o7777;
+        let mut open = open_flags(flags) | OpenFlags::CREATE;
+        if flags & libc::O_EXCL != 0 {
+            open = open | OpenFlags::EXCLUSIVE;
+        }
+        self.shared.runtime.spawn(async move {
+            // One atomic step on the server: open the file the name has now, or create it
+            // (EEXIST only with O_EXCL).
+            match client.open_at(parent.0, &name, open, perm).await {
+                Ok(file) => {
+                    let attr = file.cached_attr().clone();
+                    let handle = file.handle();
+                    shared.files.lock().expect("files lock").insert(handle, Arc::new(file));
+                    shared.refs.lock().expect("refs lock").add(attr.ino);
+                    reply.created(
+                        &TTL,
+                        &file_attr(&attr),
+                        Generation(attr.generation),
+                        FileHandle(handle),
+                        FopenFlags::empty(),
+                    );
+                }
+                Err(error) => reply.error(kernel_errno(&error)),
+            }
+        });
+    }
+}
+
+/// Attributes for "." and ".." in readdirplus replies, which the kernel does not use.
+fn placeholder_dir() -> Attr {
+    Attr {
+        ino: INodeNo::ROOT.0,
+        generation: 0,
+        kind: FileKind::Directory,
+        perm: 0o755,
+        nlink: 2,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        blocks: 0,
+        atime: Timestamp::default(),
+        mtime: Timestamp::default(),
+        ctime: Timestamp::default(),
+    }
+}
+
+/// An xattr value or list: its size when asked with size 0, ERANGE when it does not fit.
+fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(KernelErrno::ERANGE);
+    } else {
+        reply.data(value);
+    }
+}

@@ -1,0 +1,103 @@
+//! Real mounts of a real server for tests: a server on a free loopback port with a temporary data
+//! directory, and FUSE mounts of it, each through its own client session (so two mounts are two
+//! clients, as two machines would be). Everything unmounts when the fixture is dropped, also
+//! when a test fails (`Mounted`'s drop unmounts, lazily if a file is still open).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustre_client::{Client, ClientConfig};
+use rustre_fuse::{MountConfig, Mounted};
+use rustre_server::{Server, ServerConfig};
+
+pub struct Fixture {
+    // Fields drop in order: the mounts first, then the server, then the runtime serving both.
+    pub mounts: Vec<Mounted>,
+    mountpoints: Vec<tempfile::TempDir>,
+    pub server: Option<Server>,
+    pub address: String,
+    data: tempfile::TempDir,
+    pub runtime: tokio::runtime::Runtime,
+}
+
+impl Fixture {
+    /// A server and `count` mounts of it.
+    pub fn new(count: usize) -> Fixture {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().expect("runtime");
+        let data = tempfile::tempdir().expect("data directory");
+        let server = runtime.block_on(Server::open(ServerConfig::new(data.path()))).expect("server opens");
+        let address = runtime.block_on(server.listen("127.0.0.1:0")).expect("server listens").to_string();
+        let mut fixture =
+            Fixture { mounts: Vec::new(), mountpoints: Vec::new(), server: Some(server), address, data, runtime };
+        for _ in 0..count {
+            fixture.mount();
+        }
+        fixture
+    }
+
+    /// One more mount, through a new client session.
+    pub fn mount(&mut self) -> PathBuf {
+        let client = self.client();
+        let mountpoint = tempfile::tempdir().expect("mountpoint");
+        let config = MountConfig { fsname: format!("rustre-test@{}", self.address), ..Default::default() };
+        let mounted =
+            rustre_fuse::mount(client, self.runtime.handle().clone(), mountpoint.path(), &config).expect("mounts");
+        let path = mountpoint.path().to_path_buf();
+        self.mounts.push(mounted);
+        self.mountpoints.push(mountpoint);
+        path
+    }
+
+    /// A library client of the same server (another session).
+    pub fn client(&self) -> Client {
+        let config = ClientConfig { client_name: "fuse test".to_string(), ..Default::default() };
+        self.runtime.block_on(Client::connect_with(&self.address, config)).expect("client connects")
+    }
+
+    /// Mount `index`'s root.
+    pub fn root(&self, index: usize) -> &Path {
+        self.mounts[index].mountpoint()
+    }
+
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("server running")
+    }
+}
+
+/// The errno of a failed std call.
+#[track_caller]
+pub fn errno_of<T: std::fmt::Debug>(result: std::io::Result<T>) -> i32 {
+    match result {
+        Ok(value) => panic!("expected an error, got Ok({value:?})"),
+        Err(error) => error.raw_os_error().expect("an OS error"),
+    }
+}
+
+/// Bounded wait for something that happens in the background (no timing asserts).
+#[track_caller]
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if condition() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// Asks the kernel to drop unused dentries and inodes, so it sends FORGET for them.
+pub fn drop_kernel_caches() {
+    std::fs::write("/proc/sys/vm/drop_caches", "2").expect("drop_caches (tests run as root)");
+}
+
+pub fn c_path(path: &Path) -> std::ffi::CString {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes()).expect("no NUL in test paths")
+}
+
+/// `Err(errno)` of a libc call that returned -1.
+pub fn check(result: libc::c_int) -> Result<libc::c_int, i32> {
+    if result < 0 { Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)) } else { Ok(result) }
+}
