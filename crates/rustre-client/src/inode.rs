@@ -153,6 +153,12 @@ impl Client {
         let (header, _) = self.request(Op::Lookup { parent, name: name.to_vec() }, Bytes::new()).await?;
         // Tests stop here to let a revocation arrive between the reply and the cache insert.
         self.inner.shared.pause_points.pause("client.lookup.before_insert").await;
+        self.name_answer(parent, name, header)
+    }
+
+    /// What a reply about one name (`Entry`, or ENOENT) says, cached under its grants: the inode
+    /// the name names, or its absence.
+    fn name_answer(&self, parent: u64, name: &[u8], header: rustre_proto::ReplyHeader) -> Result<Attr> {
         match header.result {
             Ok(Reply::Entry { attr }) => {
                 self.remember(parent, name, Some(&attr), &header.grants);
@@ -391,19 +397,7 @@ impl Client {
     pub async fn lookup_pinned(&self, parent: u64, name: &[u8]) -> Result<Attr> {
         validate(name)?;
         let (header, _) = self.request(Op::PinName { parent, name: name.to_vec() }, Bytes::new()).await?;
-        match header.result {
-            Ok(Reply::Entry { attr }) => {
-                self.remember(parent, name, Some(&attr), &header.grants);
-                Ok(attr)
-            }
-            Ok(other) => Err(unexpected(&other)),
-            Err(error) => {
-                if error.errno == Errno::ENOENT {
-                    self.remember(parent, name, None, &header.grants);
-                }
-                Err(error.into())
-            }
-        }
+        self.name_answer(parent, name, header)
     }
 
     /// Gives back `count` pins of an inode.

@@ -271,6 +271,46 @@ fn kernel_errno(error: &rustre_client::Error) -> KernelErrno {
     KernelErrno::from_i32(error.errno().0)
 }
 
+/// A kernel reply that can carry an errno instead.
+trait KernelReply {
+    fn fail(self, errno: KernelErrno);
+}
+
+macro_rules! kernel_replies {
+    ($($reply:ty),*) => {
+        $(impl KernelReply for $reply {
+            fn fail(self, errno: KernelErrno) {
+                self.error(errno);
+            }
+        })*
+    };
+}
+
+kernel_replies!(
+    ReplyAttr,
+    ReplyCreate,
+    ReplyData,
+    ReplyEmpty,
+    ReplyEntry,
+    ReplyOpen,
+    ReplyStatfs,
+    ReplyWrite,
+    ReplyXattr
+);
+
+/// Answers the kernel with `ok` on success, with the library error's errno otherwise.
+fn answer<R: KernelReply, T>(reply: R, result: rustre_client::Result<T>, ok: impl FnOnce(R, T)) {
+    match result {
+        Ok(value) => ok(reply, value),
+        Err(error) => reply.fail(kernel_errno(&error)),
+    }
+}
+
+/// `answer` for calls that return nothing.
+fn done(reply: ReplyEmpty, result: rustre_client::Result<()>) {
+    answer(reply, result, |reply, ()| reply.ok());
+}
+
 fn kind(kind: FileKind) -> FileType {
     match kind {
         FileKind::Regular => FileType::RegularFile,
@@ -439,10 +479,9 @@ impl Filesystem for RustreFs {
         let shared = self.shared.clone();
         let name = name_bytes(name);
         self.shared.runtime.spawn(async move {
-            match shared.lookup(parent.0, &name).await {
-                Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(attr.generation)),
-                Err(error) => reply.error(kernel_errno(&error)),
-            }
+            answer(reply, shared.lookup(parent.0, &name).await, |reply, attr| {
+                reply.entry(&TTL, &file_attr(&attr), Generation(attr.generation))
+            })
         });
     }
 
@@ -454,10 +493,7 @@ impl Filesystem for RustreFs {
     fn getattr(&self, _request: &Request, ino: INodeNo, _handle: Option<FileHandle>, reply: ReplyAttr) {
         let client = self.shared.client.clone();
         self.shared.runtime.spawn(async move {
-            match client.getattr(ino.0).await {
-                Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
-                Err(error) => reply.error(kernel_errno(&error)),
-            }
+            answer(reply, client.getattr(ino.0).await, |reply, attr| reply.attr(&TTL, &file_attr(&attr)))
         });
     }
 
@@ -489,21 +525,15 @@ impl Filesystem for RustreFs {
             mtime: mtime.map(time_set),
         };
         self.shared.runtime.spawn(async move {
-            match client.setattr(ino.0, set).await {
-                Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
-                Err(error) => reply.error(kernel_errno(&error)),
-            }
+            answer(reply, client.setattr(ino.0, set).await, |reply, attr| reply.attr(&TTL, &file_attr(&attr)))
         });
     }
 
     fn readlink(&self, _request: &Request, ino: INodeNo, reply: ReplyData) {
         let client = self.shared.client.clone();
-        self.shared.runtime.spawn(async move {
-            match client.readlink_ino(ino.0).await {
-                Ok(target) => reply.data(&target),
-                Err(error) => reply.error(kernel_errno(&error)),
-            }
-        });
+        self.shared
+            .runtime
+            .spawn(async move { answer(reply, client.readlink_ino(ino.0).await, |reply, target| reply.data(&target)) });
     }
 
     fn mknod(
@@ -546,33 +576,20 @@ impl Filesystem for RustreFs {
         let name = name_bytes(name);
         let perm = mode & !umask & 0o7777;
         self.shared.runtime.spawn(async move {
-            match client.mkdir_at(parent.0, &name, perm).await {
-                Ok(attr) => shared.reply_entry(reply, &attr),
-                Err(error) => reply.error(kernel_errno(&error)),
-            }
+            answer(reply, client.mkdir_at(parent.0, &name, perm).await, |reply, attr| shared.reply_entry(reply, &attr))
         });
     }
 
     fn unlink(&self, request: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let client = self.shared.client_for(request);
         let name = name_bytes(name);
-        self.shared.runtime.spawn(async move {
-            match client.unlink_at(parent.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(error) => reply.error(kernel_errno(&error)),
-            }
-        });
+        self.shared.runtime.spawn(async move { done(reply, client.unlink_at(parent.0, &name).await) });
     }
 
     fn rmdir(&self, request: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let client = self.shared.client_for(request);
         let name = name_bytes(name);
-        self.shared.runtime.spawn(async move {
-            match client.rmdir_at(parent.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(error) => reply.error(kernel_errno(&error)),
-            }
-        });
+        self.shared.runtime.spawn(async move { done(reply, client.rmdir_at(parent.0, &name).await) });
     }
 
     fn symlink(&self, request: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
@@ -581,10 +598,9 @@ impl Filesystem for RustreFs {
         let name = name_bytes(link_name);
         let target = target.as_os_str().as_bytes().to_vec();
         self.shared.runtime.spawn(async move {
-            match client.symlink_at(parent.0, &name, &target).await {
-                Ok(attr) => shared.reply_entry(reply, &attr),
-                Err(error) => reply.error(kernel_errno(&error)),
-            }
+            answer(reply, client.symlink_at(parent.0, &name, &target).await, |reply, attr| {
+                shared.reply_entry(reply, &attr)
+            })
         });
     }
 
@@ -611,12 +627,9 @@ impl Filesystem for RustreFs {
         };
         let client = self.shared.client_for(request);
         let (name, new_name) = (name_bytes(name), name_bytes(new_name));
-        self.shared.runtime.spawn(async move {
-            match client.rename_at(parent.0, &name, new_parent.0, &new_name, mode).await {
-                Ok(()) => reply.ok(),
-                Err(error) => reply.error(kernel_errno(&error)),
-            }
-        });
+        self.shared
+            .runtime
+            .spawn(async move { done(reply, client.rename_at(parent.0, &name, new_parent.0, &new_name, mode).await) });
     }
 
     fn link(&self, request: &Request, ino: INodeNo, new_parent: INodeNo, new_name: &OsStr, reply: ReplyEntry) {
@@ -624,10 +637,9 @@ impl Filesystem for RustreFs {
         let client = self.shared.client_for(request);
         let new_name = name_bytes(new_name);
         self.shared.runtime.spawn(async move {
-            match client.link_at(ino.0, new_parent.0, &new_name).await {
-                Ok(attr) => shared.reply_entry(reply, &attr),
-                Err(error) => reply.error(kernel_errno(&error)),
-            }
+            answer(reply, client.link_at(ino.0, new_parent.0, &new_name).await, |reply, attr| {
+                shared.reply_entry(reply, &attr)
+            })
         });
     }
 
@@ -663,10 +675,7 @@ impl Filesystem for RustreFs {
             return;
         };
         self.shared.runtime.spawn(async move {
-            match file.read_at(offset, size as usize).await {
-                Ok(data) => reply.data(&data),
-                Err(error) => reply.error(kernel_errno(&error)),
-            }
+            answer(reply, file.read_at(offset, size as usize).await, |reply, data| reply.data(&data))
         });
     }
 
@@ -688,10 +697,7 @@ impl Filesystem for RustreFs {
         };
         let data = data.to_vec();
         self.shared.runtime.spawn(async move {
-            match file.pwrite(offset, &data).await {
-                Ok(_) => reply.written(data.len() as u32),
-                Err(error) => reply.error(kernel_errno(&error)),
-            }
+            answer(reply, file.pwrite(offset, &data).await, |reply, _| reply.written(data.len() as u32))
         });
     }
 
@@ -719,10 +725,7 @@ impl Filesystem for RustreFs {
             // A read or write of this handle still running holds a clone; then dropping ours
             // lets the last one close it in the background.
             match Arc::try_unwrap(file) {
-                Ok(file) => match file.close().await {
-                    Ok(()) => reply.ok(),
-                    Err(error) => reply.error(kernel_errno(&error)),
-                },
+                Ok(file) => done(reply, file.close().await),
                 Err(_) => reply.ok(),
             }
         });
@@ -733,12 +736,7 @@ impl Filesystem for RustreFs {
             reply.error(KernelErrno::EBADF);
             return;
         };
-        self.shared.runtime.spawn(async move {
-            match file.fsync().await {
-                Ok(()) => reply.ok(),
-                Err(error) => reply.error(kernel_errno(&error)),
-            }
-        });
+        self.shared.runtime.spawn(async move { done(reply, file.fsync().await) });
     }
 
     fn opendir(&self, request: &Request, ino: INodeNo, _flags: KernelOpenFlags, reply: ReplyOpen) {
@@ -838,10 +836,7 @@ impl Filesystem for RustreFs {
         self.shared.runtime.spawn(async move {
             let file = dir.lock().await.file.take();
             match file {
-                Some(file) => match file.close().await {
-                    Ok(()) => reply.ok(),
-                    Err(error) => reply.error(kernel_errno(&error)),
-                },
+                Some(file) => done(reply, file.close().await),
                 None => reply.ok(),
             }
         });
@@ -892,22 +887,14 @@ impl Filesystem for RustreFs {
         };
         let client = self.shared.client_for(request);
         let (name, value) = (name_bytes(name), value.to_vec());
-        self.shared.runtime.spawn(async move {
-            match client.setxattr_ino(ino.0, &name, &value, mode).await {
-                Ok(()) => reply.ok(),
-                Err(error) => reply.error(kernel_errno(&error)),
-            }
-        });
+        self.shared.runtime.spawn(async move { done(reply, client.setxattr_ino(ino.0, &name, &value, mode).await) });
     }
 
     fn getxattr(&self, _request: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let client = self.shared.client.clone();
         let name = name_bytes(name);
         self.shared.runtime.spawn(async move {
-            match client.getxattr_ino(ino.0, &name).await {
-                Ok(value) => reply_xattr(reply, size, &value),
-                Err(error) => reply.error(kernel_errno(&error)),
-            }
+            answer(reply, client.getxattr_ino(ino.0, &name).await, |reply, value| reply_xattr(reply, size, &value))
         });
     }
 
@@ -931,24 +918,14 @@ impl Filesystem for RustreFs {
     fn removexattr(&self, request: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let client = self.shared.client_for(request);
         let name = name_bytes(name);
-        self.shared.runtime.spawn(async move {
-            match client.removexattr_ino(ino.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(error) => reply.error(kernel_errno(&error)),
-            }
-        });
+        self.shared.runtime.spawn(async move { done(reply, client.removexattr_ino(ino.0, &name).await) });
     }
 
     fn access(&self, _request: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // With `default_permissions` the kernel checks the mode bits itself; this only says
         // whether the inode is there.
         let client = self.shared.client.clone();
-        self.shared.runtime.spawn(async move {
-            match client.getattr(ino.0).await {
-                Ok(_) => reply.ok(),
-                Err(error) => reply.error(kernel_errno(&error)),
-            }
-        });
+        self.shared.runtime.spawn(async move { answer(reply, client.getattr(ino.0).await, |reply, _| reply.ok()) });
     }
 
     fn create(
