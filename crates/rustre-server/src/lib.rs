@@ -655,12 +655,13 @@ where
     if inner.config.fault_ack_before_revoke
         && let Some(change) = change
     {
-        // A planted bug (simulator tests only): answer before the holders have dropped their copies.
+        // A planted bug (simulator tests only): answer before the holders have dropped their
+        // copies. The change counts as complete at once, or the reply would still wait for its
+        // revocations in `ReadTicket::finish` (the reply reveals the change's own keys), and the
+        // bug would hide behind that second guard.
+        inner.leases.complete(&change);
         let inner = inner.clone();
-        tokio::spawn(async move {
-            revoke(&inner, &change).await;
-            inner.leases.complete(&change);
-        });
+        tokio::spawn(async move { revoke(&inner, &change).await });
     } else if let Some(change) = change {
         // Even if the batch failed, the holders are out of the table: they must drop their copies.
         revoke(inner, &change).await;
