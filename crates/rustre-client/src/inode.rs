@@ -79,7 +79,20 @@ impl Client {
 
     /// The inode `name` names in `parent`, with its attributes.
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
-        validate(name)?;
+        if let Some(answer) = self.lookup_cached(parent, name) {
+            return answer;
+        }
+        self.inner.shared.miss();
+        self.lookup_shared(parent, name).await
+    }
+
+    /// `lookup` answered from the cache alone, without waiting: `None` when the cache cannot
+    /// answer (then `lookup` asks the server). A FUSE mount answers the kernel with it on the
+    /// thread that read the request, with no task hand-off.
+    pub fn lookup_cached(&self, parent: u64, name: &[u8]) -> Option<Result<Attr>> {
+        if let Err(error) = validate(name) {
+            return Some(Err(error));
+        }
         let cached = {
             let mut cache = self.inner.shared.cache();
             match cache.name(parent, name) {
@@ -88,12 +101,19 @@ impl Client {
                 None => None,
             }
         };
-        if let Some(answer) = cached {
+        if cached.is_some() {
             self.inner.shared.hit();
-            return answer;
         }
-        self.inner.shared.miss();
-        self.lookup_shared(parent, name).await
+        cached
+    }
+
+    /// `getattr` answered from the cache alone, without waiting (see `lookup_cached`).
+    pub fn getattr_cached(&self, ino: u64) -> Option<Attr> {
+        let cached = self.inner.shared.cache().attr(ino);
+        if cached.is_some() {
+            self.inner.shared.hit();
+        }
+        cached
     }
 
     /// Where `name` in `parent` leads (inode and kind): all a path walk needs of an inner
@@ -175,9 +195,7 @@ impl Client {
     }
 
     pub async fn getattr(&self, ino: u64) -> Result<Attr> {
-        let cached = self.inner.shared.cache().attr(ino);
-        if let Some(attr) = cached {
-            self.inner.shared.hit();
+        if let Some(attr) = self.getattr_cached(ino) {
             return Ok(attr);
         }
         self.inner.shared.miss();

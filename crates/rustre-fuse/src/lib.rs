@@ -476,6 +476,15 @@ impl Filesystem for RustreFs {
     }
 
     fn lookup(&self, _request: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        // The common case, a cached name whose inode this mount has pinned already, is answered
+        // here: no hand-off to a task (which costs more than the answer).
+        match self.shared.client.lookup_cached(parent.0, name.as_bytes()) {
+            Some(Err(error)) => return reply.error(kernel_errno(&error)),
+            Some(Ok(attr)) if self.shared.refs.lock().expect("refs lock").add_if_pinned(attr.ino) => {
+                return reply.entry(&TTL, &file_attr(&attr), Generation(attr.generation));
+            }
+            _ => {}
+        }
         let shared = self.shared.clone();
         let name = name_bytes(name);
         self.shared.runtime.spawn(async move {
@@ -491,6 +500,9 @@ impl Filesystem for RustreFs {
     }
 
     fn getattr(&self, _request: &Request, ino: INodeNo, _handle: Option<FileHandle>, reply: ReplyAttr) {
+        if let Some(attr) = self.shared.client.getattr_cached(ino.0) {
+            return reply.attr(&TTL, &file_attr(&attr)); // cached: answered on this thread
+        }
         let client = self.shared.client.clone();
         self.shared.runtime.spawn(async move {
             answer(reply, client.getattr(ino.0).await, |reply, attr| reply.attr(&TTL, &file_attr(&attr)))
