@@ -170,6 +170,32 @@ fn race_across_two_mounts_thirty_seconds_without_violation_or_stall() {
     assert!(report["elapsed_seconds"].as_f64().unwrap() >= 30.0);
 }
 
+/// Two mount processes of one server (two clients, as two machines): a change returned on one
+/// is seen by the very next call on the other: names, negative names, attributes, contents.
+#[test]
+fn two_mount_processes_see_each_others_changes_at_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = tempfile::tempdir().unwrap();
+    let (_server, address) = spawn_server(scratch.path());
+    let (one, two) = (scratch.path().join("m1"), scratch.path().join("m2"));
+    let _first = Process::mount(&address, &one, scratch.path(), "mount1");
+    let _second = Process::mount(&address, &two, scratch.path(), "mount2");
+    let absent =
+        |path: PathBuf| std::fs::metadata(path).is_err_and(|error| error.kind() == std::io::ErrorKind::NotFound);
+    for round in 0..20 {
+        let name = format!("f{round}");
+        assert!(absent(two.join(&name)), "round {round}");
+        std::fs::write(one.join(&name), format!("one {round}")).unwrap();
+        assert_eq!(std::fs::read_to_string(two.join(&name)).unwrap(), format!("one {round}"));
+        std::fs::set_permissions(two.join(&name), std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(std::fs::metadata(one.join(&name)).unwrap().permissions().mode() & 0o777, 0o600);
+        std::fs::write(two.join(&name), format!("two {round}")).unwrap();
+        assert_eq!(std::fs::read_to_string(one.join(&name)).unwrap(), format!("two {round}"));
+        std::fs::remove_file(one.join(&name)).unwrap();
+        assert!(absent(two.join(&name)), "round {round}: the unlink is seen at once");
+    }
+}
+
 /// A way to stop a mount process.
 type Stop = Box<dyn Fn(&Process)>;
 
