@@ -42,6 +42,10 @@ pub struct SimArgs {
     /// Chance per simulated second that the server crashes (it restarts from its store).
     #[arg(long, default_value_t = 0.02, value_name = "P")]
     server_crash_rate: f64,
+    /// Share of the server crashes that are power losses in the middle of a commit (the disk
+    /// keeps what was synced and part of the rest).
+    #[arg(long, default_value_t = 0.5, value_name = "P")]
+    power_loss_share: f64,
     /// No partitions, breaks or crashes (latency still varies up to --latency-ms).
     #[arg(long)]
     no_faults: bool,
@@ -62,6 +66,8 @@ enum Plant {
     AckBeforeRevoke,
     /// The library does not retry by name after a stale inode id.
     NoStaleRetry,
+    /// The server acknowledges changes it never makes durable.
+    AckBeforeDurable,
 }
 
 fn parse_range(text: &str) -> anyhow::Result<std::ops::Range<u64>> {
@@ -87,11 +93,13 @@ impl SimArgs {
                 crash_rate: self.crash_rate,
                 server_crash_rate: self.server_crash_rate,
                 server_down_max: Duration::from_secs(2),
+                power_loss_share: self.power_loss_share,
             }
         };
         let bugs = Bugs {
             ack_before_revoke: matches!(self.plant, Some(Plant::AckBeforeRevoke)),
             no_stale_retry: matches!(self.plant, Some(Plant::NoStaleRetry)),
+            ack_before_durable: matches!(self.plant, Some(Plant::AckBeforeDurable)),
         };
         let think_max = Duration::from_millis(self.think_ms);
         SimConfig { seed, clients: self.clients, steps: self.steps, think_max, faults, bugs }
@@ -107,13 +115,14 @@ impl SimArgs {
             line += &format!(" --no-faults --latency-ms {}", self.latency_ms);
         } else {
             line += &format!(
-                " --latency-ms {} --partition-rate {} --partition-max {} --break-rate {} --crash-rate {} --server-crash-rate {}",
+                " --latency-ms {} --partition-rate {} --partition-max {} --break-rate {} --crash-rate {} --server-crash-rate {} --power-loss-share {}",
                 self.latency_ms,
                 self.partition_rate,
                 self.partition_max,
                 self.break_rate,
                 self.crash_rate,
-                self.server_crash_rate
+                self.server_crash_rate,
+                self.power_loss_share
             );
         }
         if let Some(plant) = self.plant {
@@ -170,7 +179,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<bool> {
                         }
                     }
                     println!(
-                        "seed {seed}: {} calls ({} ok, {} errors, {} unknown), {} sessions, {} partitions, {} broken connections, {} client crashes, {} server crashes, {:.1} s simulated, history {:016x}",
+                        "seed {seed}: {} calls ({} ok, {} errors, {} unknown), {} sessions, {} partitions, {} broken connections, {} client crashes, {} server crashes ({} power losses), {:.1} s simulated, history {:016x}",
                         stats.calls,
                         stats.ok,
                         stats.errors,
@@ -180,6 +189,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<bool> {
                         stats.breaks,
                         stats.crashes,
                         stats.server_crashes,
+                        stats.power_losses,
                         stats.simulated.as_secs_f64(),
                         report.fingerprint()
                     );
@@ -192,6 +202,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<bool> {
                 totals.breaks += stats.breaks;
                 totals.crashes += stats.crashes;
                 totals.server_crashes += stats.server_crashes;
+                totals.power_losses += stats.power_losses;
                 totals.simulated += stats.simulated;
                 if report.passed() {
                     passed += 1;
@@ -212,7 +223,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<bool> {
         }
     }
     println!(
-        "{} seeds in {:.1} s: {passed} passed, {} failed; {} calls ({} unknown), {} partitions, {} broken connections, {} client crashes, {} server crashes, {:.0} s simulated",
+        "{} seeds in {:.1} s: {passed} passed, {} failed; {} calls ({} unknown), {} partitions, {} broken connections, {} client crashes, {} server crashes ({} power losses), {:.0} s simulated",
         seeds.end - seeds.start,
         started.elapsed().as_secs_f64(),
         failed.len(),
@@ -222,6 +233,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<bool> {
         totals.breaks,
         totals.crashes,
         totals.server_crashes,
+        totals.power_losses,
         totals.simulated.as_secs_f64()
     );
     if !failed.is_empty() {

@@ -78,6 +78,12 @@ pub struct ServerConfig {
     /// A planted bug, for proving the simulator's checker finds it: a change answers before its
     /// revocations are acknowledged. Never set outside those tests.
     pub fault_ack_before_revoke: bool,
+    /// A planted bug, for proving the simulator's power losses find it: changes are acknowledged
+    /// without ever being made durable. Never set outside those tests.
+    pub fault_ack_before_durable: bool,
+    /// The metadata database's storage, when not the data directory's `meta.redb` file: the
+    /// simulator's disk, which can lose power in the middle of a commit. Never set in production.
+    pub metadata_backend: Option<rustre_store::MetadataBackend>,
     /// Fault injection, for proving that tools detect failures (`rustre race`'s control run):
     /// every Nth open answers ESTALE, as a file system that trusts stale inode ids would.
     /// Never set in production.
@@ -99,6 +105,8 @@ impl ServerConfig {
             orphan_grace: ORPHAN_GRACE_DEFAULT,
             inline_commits: false,
             fault_ack_before_revoke: false,
+            fault_ack_before_durable: false,
+            metadata_backend: None,
         }
     }
 }
@@ -216,12 +224,16 @@ impl Server {
     /// Opens the store. Orphans left by the previous run are kept for `orphan_grace`, then
     /// those nobody claimed are destroyed (see `reclaim_orphans`).
     pub async fn open(config: ServerConfig) -> Result<Server, ServerError> {
-        let store = Store::open(&config.data_dir, config.clock.as_ref())?;
+        let backend = config.metadata_backend.as_ref().map(|make| make());
+        let store = Store::open_with(&config.data_dir, config.clock.as_ref(), backend)?;
         let committer = if config.inline_commits {
             store.start_inline_committer(config.clock.clone(), OpenCounts::default())
         } else {
             store.start_committer(config.clock.clone(), OpenCounts::default())
         };
+        if config.fault_ack_before_durable {
+            committer.plant_never_durable();
+        }
         let leftover = store.read()?.orphans()?;
         let boot = store.boot();
         let (shutdown, _) = watch::channel(false);

@@ -18,10 +18,13 @@
 //! - server crashes: the server host stops (every task and connection gone) and restarts on its
 //!   store a little later; every acknowledged change must still be there (the model goes on
 //!   from the state before the crash). Clients open new sessions: there is no reconnection with
-//!   reclaim yet (issue 8). The store is closed as the host's tasks are dropped, so a crash in
-//!   the middle of a commit is not simulated yet (that needs a storage backend of our own).
+//!   reclaim yet (issue 8). Some of these crashes are power losses in the middle of a commit:
+//!   the metadata database sits on a simulated disk (`disk.rs`) that loses its power after a few
+//!   more writes and syncs, keeping only what was synced and a seeded part of the rest; the
+//!   server answers nothing more, and restarts on what survived.
 
 pub mod checker;
+mod disk;
 pub mod history;
 pub mod model;
 mod phases;
@@ -34,6 +37,10 @@ use std::time::{Duration, SystemTime};
 use history::Event;
 
 pub use workload::Rng;
+
+/// Longest wait, in simulated time, for the writes inside which an armed power loss happens;
+/// past it the power goes between two commits.
+const POWER_LOSS_WAIT_MAX: Duration = Duration::from_secs(1);
 
 /// The port the simulated server listens on.
 pub const SERVER_PORT: u16 = 7070;
@@ -67,6 +74,9 @@ pub struct Faults {
     /// up to `server_down_max`. Every session ends with it (calls in flight are `Unknown`).
     pub server_crash_rate: f64,
     pub server_down_max: Duration,
+    /// Share of the server crashes that are power losses, mostly in the middle of a commit (the
+    /// rest are process crashes, which keep every write).
+    pub power_loss_share: f64,
 }
 
 impl Default for Faults {
@@ -79,6 +89,7 @@ impl Default for Faults {
             crash_rate: 0.005,
             server_crash_rate: 0.02,
             server_down_max: Duration::from_secs(2),
+            power_loss_share: 0.5,
         }
     }
 }
@@ -93,6 +104,7 @@ impl Faults {
             crash_rate: 0.0,
             server_crash_rate: 0.0,
             server_down_max: Duration::ZERO,
+            power_loss_share: 0.0,
         }
     }
 }
@@ -104,6 +116,8 @@ pub struct Bugs {
     pub ack_before_revoke: bool,
     /// The library trusts a cached name for a call by id, without the retry by name.
     pub no_stale_retry: bool,
+    /// The server acknowledges changes it never makes durable (found only by power losses).
+    pub ack_before_durable: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -168,6 +182,9 @@ pub struct SimStats {
     pub breaks: u64,
     pub crashes: u64,
     pub server_crashes: u64,
+    /// Server crashes that were power losses (in the middle of a commit, or between two when the
+    /// server wrote nothing for a while).
+    pub power_losses: u64,
     pub sessions: u64,
     pub simulated: Duration,
 }
@@ -226,7 +243,9 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
         .build();
 
     let bugs = config.bugs;
-    sim.host(SERVER_HOST, move || serve(data.clone(), bugs));
+    let medium = disk::Medium::new(config.seed ^ 0xd15c_0000);
+    let disk = medium.clone();
+    sim.host(SERVER_HOST, move || serve(data.clone(), bugs, disk.clone()));
     for client in 0..config.clients {
         let plan = workload::Plan {
             client,
@@ -243,6 +262,8 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
     let mut faults = Rng::new(config.seed ^ 0xfa17_5eed);
     let mut partitions: Vec<(u32, Duration)> = Vec::new();
     let mut server_down_until: Option<Duration> = None;
+    // When a power loss was armed: it happens at the latest `POWER_LOSS_WAIT_MAX` later.
+    let mut armed_at: Option<Duration> = None;
     loop {
         match sim.step() {
             Ok(true) => break,
@@ -260,16 +281,38 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
             }
         });
         if server_down_until.is_some_and(|until| now >= until) {
+            medium.restore_power();
             sim.bounce(SERVER_HOST);
             server_down_until = None;
         }
-        if now.as_millis() % 100 == 50
-            && server_down_until.is_none()
-            && faults.chance(config.faults.server_crash_rate / 10.0)
-        {
+        // An armed power loss whose writes did not come goes now, between two commits.
+        if armed_at.is_some_and(|at| now >= at + POWER_LOSS_WAIT_MAX) {
+            medium.cut_power();
+        }
+        // A power loss armed earlier happened: the machine is dead.
+        if server_down_until.is_none() && !medium.powered() {
+            armed_at = None;
             sim.crash(SERVER_HOST);
             server_down_until = Some(now + config.faults.server_down_max.mul_f64(faults.unit()));
-            recorder.lock().expect("recorder").stats.server_crashes += 1;
+            let mut recorder = recorder.lock().expect("recorder");
+            recorder.stats.server_crashes += 1;
+            recorder.stats.power_losses += 1;
+        }
+        if now.as_millis() % 100 == 50
+            && server_down_until.is_none()
+            && !medium.armed()
+            && faults.chance(config.faults.server_crash_rate / 10.0)
+        {
+            if faults.chance(config.faults.power_loss_share) {
+                // The power goes inside one of the next few writes or syncs of a commit.
+                medium.arm();
+                armed_at = Some(now);
+            } else {
+                medium.process_crashed();
+                sim.crash(SERVER_HOST);
+                server_down_until = Some(now + config.faults.server_down_max.mul_f64(faults.unit()));
+                recorder.lock().expect("recorder").stats.server_crashes += 1;
+            }
         }
         // Once per simulated 100 ms, maybe start one.
         if now.as_millis() % 100 == 0
@@ -304,17 +347,24 @@ fn scratch_dir() -> std::io::Result<tempfile::TempDir> {
     if shm.is_dir() { tempfile::Builder::new().prefix("rustre-sim").tempdir_in(shm) } else { tempfile::tempdir() }
 }
 
-/// The server host: the real server on the store in `data`, serving simulated TCP.
-async fn serve(data: PathBuf, bugs: Bugs) -> turmoil::Result {
+/// The server host: the real server on the store in `data` (its metadata on the simulated
+/// disk `medium`), serving simulated TCP.
+async fn serve(data: PathBuf, bugs: Bugs, medium: Arc<disk::Medium>) -> turmoil::Result {
     let mut config = rustre_server::ServerConfig::new(&data);
     config.inline_commits = true;
     config.clock = Arc::new(SimClock);
     config.fault_ack_before_revoke = bugs.ack_before_revoke;
-    let server = rustre_server::Server::open(config).await?;
+    config.fault_ack_before_durable = bugs.ack_before_durable;
+    let disk = medium.clone();
+    config.metadata_backend = Some(Arc::new(move || disk.backend()));
+    let server = rustre_server::Server::open(config).await.inspect_err(|error| {
+        tracing::error!(%error, "the simulated server could not start");
+    })?;
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", SERVER_PORT)).await?;
     loop {
         let (stream, peer) = listener.accept().await?;
         let server = server.clone();
+        let stream = disk::Powered { inner: stream, medium: medium.clone() };
         tokio::spawn(async move { server.serve_connection(stream, peer.to_string()).await });
     }
 }

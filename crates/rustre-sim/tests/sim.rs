@@ -29,6 +29,7 @@ fn a_few_hundred_seeds_with_faults_are_linearizable() {
     assert!(total(|report| report.stats.breaks) > 0, "no broken connection in {CI_SEEDS} seeds");
     assert!(total(|report| report.stats.crashes) > 0, "no client crash in {CI_SEEDS} seeds");
     assert!(total(|report| report.stats.server_crashes) > 0, "no server crash in {CI_SEEDS} seeds");
+    assert!(total(|report| report.stats.power_losses) > 0, "no power loss mid-commit in {CI_SEEDS} seeds");
     assert!(total(|report| report.stats.unknown) > 0, "no call lost to a fault in {CI_SEEDS} seeds");
 }
 
@@ -74,6 +75,24 @@ fn first_failing_seed(bugs: Bugs, faults: Faults) -> Option<u64> {
 fn the_checker_finds_a_change_acknowledged_before_its_revocations() {
     let bugs = Bugs { ack_before_revoke: true, ..Bugs::default() };
     let found = first_failing_seed(bugs, Faults::none());
+    assert!(found.is_some(), "no seed below {PLANTED_SEEDS_MAX} found the planted bug");
+}
+
+#[test]
+fn power_losses_find_changes_acknowledged_before_they_are_durable() {
+    // Process crashes keep every write; only a power loss (mid-commit or between commits) shows
+    // changes answered before they were synced.
+    let bugs = Bugs { ack_before_durable: true, ..Bugs::default() };
+    let faults = Faults {
+        server_crash_rate: 0.5,
+        power_loss_share: 1.0,
+        server_down_max: std::time::Duration::from_secs(1),
+        ..Faults::none()
+    };
+    // Default think times: runs long enough in simulated time for the crashes to come.
+    let config = |seed| SimConfig { bugs, faults: faults.clone(), ..SimConfig::new(seed) };
+    let found =
+        (0..PLANTED_SEEDS_MAX).find(|&seed| rustre_sim::run(&config(seed)).is_ok_and(|report| !report.passed()));
     assert!(found.is_some(), "no seed below {PLANTED_SEEDS_MAX} found the planted bug");
 }
 

@@ -64,6 +64,8 @@ struct Counters {
     operations: AtomicU64,
     batches: AtomicU64,
     durable_commits: AtomicU64,
+    /// A planted bug (simulator tests only): no batch is made durable.
+    fault_never_durable: std::sync::atomic::AtomicBool,
 }
 
 /// A handle to the writer (its thread, or itself in inline mode); cloning shares it.
@@ -130,6 +132,13 @@ impl<S: Send + 'static> Committer<S> {
             .spawn(move || writer.run(receiver))
             .expect("spawning the commit thread");
         Committer { mode: Mode::Thread { queue, thread: Arc::new(std::sync::Mutex::new(Some(thread))) }, counters }
+    }
+
+    /// Plants a bug, for proving the simulator's power losses find it: from now on no batch is
+    /// made durable, so changes are acknowledged before they would survive a power loss. Never
+    /// called outside those tests.
+    pub fn plant_never_durable(&self) {
+        self.counters.fault_never_durable.store(true, Ordering::Relaxed);
     }
 
     /// Runs `operation` in the next batch and returns its result once it is safe to reply.
@@ -273,7 +282,8 @@ impl<S> Writer<S> {
             (ns.mutations > 0, ns.durable, std::mem::take(&mut ns.post_commit))
         };
         if mutated {
-            let durable = durable || self.non_durable_batches >= NON_DURABLE_BATCHES_MAX;
+            let durable = (durable || self.non_durable_batches >= NON_DURABLE_BATCHES_MAX)
+                && !self.counters.fault_never_durable.load(Ordering::Relaxed);
             let result = txn
                 .set_durability(if durable { Durability::Immediate } else { Durability::None })
                 .map_err(StoreError::from)

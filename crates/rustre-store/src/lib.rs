@@ -13,6 +13,40 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase};
+
+/// Makes the storage backend of the metadata database each time a store opens (a restart opens
+/// a new one on the same medium). Tests and the simulator only.
+pub type MetadataBackend = std::sync::Arc<dyn Fn() -> Box<dyn redb::StorageBackend> + Send + Sync>;
+
+/// A backend chosen at run time (redb takes a concrete type).
+#[derive(Debug)]
+struct BoxedBackend(Box<dyn redb::StorageBackend>);
+
+impl redb::StorageBackend for BoxedBackend {
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.0.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.0.write(offset, data)
+    }
+
+    fn close(&self) -> std::io::Result<()> {
+        self.0.close()
+    }
+}
 use rustre_proto::Timestamp;
 use rustre_proto::clock::Clock;
 
@@ -36,9 +70,18 @@ impl Store {
     /// Opens (creating if needed) the store in `dir`. Refuses with `StoreError::Locked` when
     /// another server holds the directory.
     pub fn open(dir: &Path, clock: &dyn Clock) -> Result<Store> {
+        Store::open_with(dir, clock, None)
+    }
+
+    /// `open`, with the metadata database on `backend` instead of `dir/meta.redb` when given:
+    /// the simulator's disk that loses unsynced writes when its power goes.
+    pub fn open_with(dir: &Path, clock: &dyn Clock, backend: Option<Box<dyn redb::StorageBackend>>) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(|error| StoreError::io(format!("creating {}", dir.display()), error))?;
         let lock = lock_directory(dir)?;
-        let db = Database::create(dir.join("meta.redb"))?;
+        let db = match backend {
+            Some(backend) => Database::builder().create_with_backend(BoxedBackend(backend))?,
+            None => Database::create(dir.join("meta.redb"))?,
+        };
         let objects = LocalObjects::open(&dir.join("objects"))
             .map_err(|error| StoreError::io(format!("opening {}/objects", dir.display()), error))?;
         let txn = db.begin_write()?;
