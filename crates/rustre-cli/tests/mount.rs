@@ -3,25 +3,15 @@
 //! SIGINT, SIGTERM and `umount`. Every process is stopped and every mountpoint unmounted when its
 //! guard drops, so a failing test leaves nothing mounted or running.
 
-use std::net::{TcpListener, TcpStream};
+mod common;
+
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
+use common::{free_address, rustre_command};
 use serde_json::Value;
-
-const RUSTRE: &str = env!("CARGO_BIN_EXE_rustre");
-
-fn rustre_command() -> Command {
-    let mut command = Command::new(RUSTRE);
-    command.env_remove("RUSTRE_SERVER").env_remove("RUSTRE_DATA").env_remove("RUST_LOG").stdin(Stdio::null());
-    command
-}
-
-fn free_address() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
-    listener.local_addr().expect("its address").to_string()
-}
 
 /// Is `mountpoint` a mount now (`/proc/self/mounts`)?
 fn mounted(mountpoint: &Path) -> bool {

@@ -3,14 +3,15 @@
 //! ESTALE on purpose finds them. Every child process is killed when its guard drops, so a failing
 //! test leaves nothing running.
 
-use std::net::{TcpListener, TcpStream};
+mod common;
+
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{free_address, rustre_command};
 use serde_json::Value;
-
-const RUSTRE: &str = env!("CARGO_BIN_EXE_rustre");
 
 /// A child process, killed (SIGKILL) and reaped when dropped.
 struct Guard {
@@ -36,17 +37,6 @@ impl Drop for Guard {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn rustre_command() -> Command {
-    let mut command = Command::new(RUSTRE);
-    command.env_remove("RUSTRE_SERVER").env_remove("RUSTRE_DATA").env_remove("RUST_LOG").stdin(Stdio::null());
-    command
-}
-
-fn free_address() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
-    listener.local_addr().expect("its address").to_string()
 }
 
 /// A `rustre server` process on a free port, accepting connections when this returns.
