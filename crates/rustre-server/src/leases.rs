@@ -284,6 +284,12 @@ impl ReadTicket {
             let current = state.keys.get(key).map_or((0, false), |entry| (entry.version, !entry.in_flight.is_empty()));
             let unchanged = match (self.own.get(key), self.seen.get(key)) {
                 (Some(&own_version), _) => current == (own_version, false),
+                // Forgotten since it was observed idle: forgetting needs its last change to be
+                // older than every read in progress, and a change marked after this read began
+                // is newer than it, so keeps the key tracked until this read finishes. Absent
+                // now means unchanged since then (without this, a read that overlapped an older
+                // one's end lost its grant, and the client asked again for nothing).
+                (None, Some(&(_, false))) if current == (0, false) => true,
                 (None, Some(&(version, in_flight))) => !in_flight && current == (version, false),
                 (None, None) => false,
             };
@@ -392,6 +398,34 @@ mod tests {
         leases.complete(&earlier);
         waiting.await.unwrap();
         leases.complete(&unrelated);
+    }
+
+    // A key observed idle and forgotten before the read finishes (the older read that kept it
+    // tracked ended) was not changed: the read is granted its lease. One changed after the read
+    // began stays tracked, and the read gets nothing.
+    #[tokio::test]
+    async fn a_key_forgotten_while_a_read_runs_is_still_granted() {
+        let leases = Leases::default();
+        let key = name("f");
+        let older = leases.begin_read();
+        let change = leases.mark(vec![key.clone()]);
+        leases.complete(&change);
+        assert_eq!(leases.tracked_keys(), 1, "kept for the older read");
+        // Some other change, so that the next read begins after the key's last change.
+        let unrelated = leases.mark(vec![name("h")]);
+        leases.complete(&unrelated);
+        let mut read = leases.begin_read();
+        read.observe(&key);
+        drop(older);
+        assert_eq!(leases.tracked_keys(), 1, "f forgotten once the older read ends (h is as new as the read)");
+        let granted = read.finish(7, std::slice::from_ref(&key), std::slice::from_ref(&key)).await;
+        assert_eq!(granted.len(), 1, "an unchanged key is granted");
+
+        let mut read = leases.begin_read();
+        read.observe(&name("g"));
+        let change = leases.mark(vec![name("g")]);
+        leases.complete(&change);
+        assert!(read.finish(7, &[name("g")], &[name("g")]).await.is_empty(), "a changed key is not granted");
     }
 
     // Releases drop only the named or older grant; sessions that go drop everything.
