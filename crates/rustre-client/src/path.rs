@@ -64,12 +64,28 @@ impl Client {
     /// `follow_last`). Returns the attributes of what the path names and leaves `walk` at the
     /// directory holding it. Inner components need only their cached names (inode and kind:
     /// a kind never changes), so a warm walk sends nothing.
-    pub(crate) async fn walk(
+    pub(crate) async fn walk(&self, walk: &mut Walk, pending: VecDeque<Component>, follow_last: bool) -> Result<Attr> {
+        let attr = self.walk_to(walk, pending, follow_last, true).await?;
+        Ok(attr.expect("a walk for attributes ends with them"))
+    }
+
+    /// Walks `pending` from `walk` to a directory, which the walk is left at: every component,
+    /// the last one included, needs only its cached name, so that a change in that directory
+    /// (which changes its attributes) costs the next walk through it nothing.
+    pub(crate) async fn walk_directory(&self, walk: &mut Walk, pending: VecDeque<Component>) -> Result<()> {
+        let attr = self.walk_to(walk, pending, true, false).await?;
+        debug_assert!(attr.is_none(), "a walk to a directory asks for no attributes");
+        Ok(())
+    }
+
+    /// `walk`, and with `attr_of_last` false, `walk_directory` (then it returns `None`).
+    async fn walk_to(
         &self,
         walk: &mut Walk,
         mut pending: VecDeque<Component>,
         follow_last: bool,
-    ) -> Result<Attr> {
+        attr_of_last: bool,
+    ) -> Result<Option<Attr>> {
         let mut followed = 0;
         while let Some(component) = pending.pop_front() {
             let name = match component {
@@ -80,7 +96,7 @@ impl Client {
                 Component::Name(name) => name,
             };
             let last = pending.is_empty();
-            let (ino, kind, attr) = if last {
+            let (ino, kind, attr) = if last && attr_of_last {
                 let attr = self.lookup(walk.directory(), &name).await?;
                 (attr.ino, attr.kind, Some(attr))
             } else {
@@ -102,7 +118,7 @@ impl Client {
                 continue;
             }
             if let Some(attr) = attr {
-                return Ok(attr);
+                return Ok(Some(attr));
             }
             if kind != FileKind::Directory {
                 return Err(Errno::ENOTDIR.into());
@@ -111,8 +127,11 @@ impl Client {
             // Tests stop here to let another client change the path under a resolved directory.
             self.inner.shared.pause_points.pause("client.walk.after_directory").await;
         }
+        if !attr_of_last {
+            return Ok(None);
+        }
         // The path ends on a directory of the walk ("/", "a/..", or a symlink to a directory).
-        self.getattr(walk.directory()).await
+        self.getattr(walk.directory()).await.map(Some)
     }
 
     /// Resolves a whole path, honouring a trailing slash.
@@ -138,16 +157,7 @@ impl Client {
             return Err(Errno::EINVAL.into());
         }
         if !pending.is_empty() {
-            let directory = self.walk(walk, pending, true).await?;
-            if directory.kind != FileKind::Directory {
-                return Err(Errno::ENOTDIR.into());
-            }
-            // A parent path ending in ".." leaves the walk at that directory already.
-            if walk.directory() != directory.ino {
-                walk.stack.push(directory.ino);
-                // Tests stop here to let another client change the path under a resolved directory.
-                self.inner.shared.pause_points.pause("client.walk.after_directory").await;
-            }
+            self.walk_directory(walk, pending).await?;
         }
         Ok(last)
     }
