@@ -265,13 +265,11 @@ impl File {
         }
     }
 
-    /// Releases the handle on the server.
+    /// Releases the handle on the server. The close of a handle that could write answers the
+    /// file's attributes with a lease on them, which the cache keeps.
     pub async fn close(mut self) -> Result<()> {
         self.closed = true;
-        match self.client.call(Op::Close { handle: self.handle }, Bytes::new()).await?.0 {
-            Reply::Done => Ok(()),
-            other => Err(Error::new(Errno::EPROTO, format!("unexpected reply {other:?}"))),
-        }
+        self.client.close_handle(self.handle).await
     }
 }
 
@@ -285,7 +283,7 @@ impl Drop for File {
             let client = self.client.clone();
             let handle = self.handle;
             runtime.spawn(async move {
-                let _ = client.call(Op::Close { handle }, Bytes::new()).await;
+                let _ = client.close_handle(handle).await;
             });
         }
     }

@@ -194,6 +194,21 @@ impl Client {
         }
     }
 
+    /// Closes an open handle on the server (`File::close`); a close that answers attributes
+    /// (of a handle that could write) leaves them cached under the lease it grants.
+    pub(crate) async fn close_handle(&self, handle: u64) -> Result<()> {
+        let (header, _) = self.request(Op::Close { handle }, Bytes::new()).await?;
+        match header.result {
+            Ok(Reply::Done) => Ok(()),
+            Ok(Reply::Attr { attr }) => {
+                self.inner.shared.cache().insert_attr(&attr, &header.grants);
+                Ok(())
+            }
+            Ok(other) => Err(unexpected(&other)),
+            Err(error) => Err(error.into()),
+        }
+    }
+
     pub async fn getattr(&self, ino: u64) -> Result<Attr> {
         if let Some(attr) = self.getattr_cached(ino) {
             return Ok(attr);

@@ -533,6 +533,36 @@ async fn release_handle(inner: &Arc<Inner>, ino: u64) -> Result<(), StoreError> 
     release_opens(inner, ino, 1).await
 }
 
+/// `Op::Close`. A handle that could write was opened without a lease on the file's attributes
+/// (its writes would have had to revoke it from the writer itself): its close answers the
+/// attributes as the writes left them, with that lease, so that a stat after writing a file
+/// (`tar x`, then `ls -l`) is answered from the client's cache. Other closes answer `Done`.
+async fn close(inner: &Arc<Inner>, session: &Session, handle: Handle) -> Answer {
+    let wrote = handle.flags.contains(OpenFlags::WRITE) || handle.flags.contains(OpenFlags::APPEND);
+    let ino = handle.ino;
+    let (result, ticket) = apply(inner, inner.leases.begin_read(), move |ns, opens, ticket| {
+        if opens.release(ino) {
+            ns.newly_unlinked.extend(ns.inode(ino)?.filter(|record| record.nlink == 0).map(|_| ino));
+            reap(ns, opens)?;
+        }
+        if !wrote {
+            return Ok(None);
+        }
+        ticket.observe(&attr_key(ino));
+        // Gone (unlinked and reaped) or unlinked: nothing worth caching.
+        match ns.inode(ino)? {
+            Some(record) if record.nlink > 0 => ns.getattr(ino).map(Some),
+            _ => Ok(None),
+        }
+    })
+    .await;
+    match result {
+        Ok(Some(attr)) => answer(session, ticket, &[attr_key(ino)], Ok((Reply::Attr { attr }, Bytes::new()))).await,
+        Ok(None) => Ok((Reply::Done, Bytes::new())).into(),
+        Err(error) => Err(error).into(),
+    }
+}
+
 /// Drops `count` opens (handles or pins) of `ino`; the last one destroys an unlinked inode.
 async fn release_opens(inner: &Arc<Inner>, ino: u64, count: u64) -> Result<(), StoreError> {
     let ticket = inner.leases.begin_read();
@@ -1013,11 +1043,10 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
         }
         Op::Close { handle } => {
             let removed = session.handles.lock().expect("handles lock").map.remove(&handle);
-            let result = match removed {
-                Some(handle) => release_handle(inner, handle.ino).await.map(|()| (Reply::Done, none())),
-                None => Err(errno(Errno::EBADF)),
-            };
-            result.into()
+            match removed {
+                Some(handle) => close(inner, session, handle).await,
+                None => Err(errno(Errno::EBADF)).into(),
+            }
         }
         Op::Read { handle, offset, len } => read(inner, session, handle, offset, len).await.into(),
         Op::Write { handle, offset } => {
