@@ -1,5 +1,6 @@
 //! `rustre`: runs a server (`server`, `up`), talks to one (`ls`, `stat`, `mkdir`, `put`, `get`,
-//! `cat`, `rm`, `mv`), and races clients on a few names to find contract violations (`race`).
+//! `cat`, `rm`, `mv`), races clients on a few names to find contract violations (`race`), and
+//! measures file systems side by side (`bench`, `bench-compare`).
 //!
 //! Errors end the command with exit status 1 and one line on stderr, `rustre: <what failed>`.
 //! Commands taking several paths go on after a failing one, as their coreutils namesakes do.
@@ -22,6 +23,7 @@ use rustre_server::{Server, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
+mod bench;
 mod race;
 mod sim;
 
@@ -143,6 +145,13 @@ enum Command {
     /// Exits 1 on any violation of the contract: ESTALE, EIO, a failed O_CREAT open, not exactly
     /// one O_EXCL winner per round, ...
     Race(race::RaceArgs),
+    /// Benchmarks a file system phase by phase (create, stat, open, rename, unlink, mkdir, rmdir,
+    /// readdir, sequential and random I/O), with latency percentiles: on any directories (a
+    /// mount, tmpfs, ...) or, without DIR, on rustre through the library (`--server`).
+    Bench(bench::BenchArgs),
+    /// Puts the reports of several `rustre bench --json` runs side by side: a Markdown table,
+    /// and an SVG chart with `--svg`.
+    BenchCompare(bench::CompareArgs),
     /// Runs the deterministic simulator: real server and clients on a simulated network with
     /// faults, every answer checked for linearizability. One seed replays a run exactly.
     Sim(sim::SimArgs),
@@ -238,6 +247,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up { mountpoint: Some(mountpoint), data, listen } => up_mounted(&data, &listen, &mountpoint).await,
         Command::Mount { server, mountpoint, threads } => mount(&server, &mountpoint, threads).await,
         Command::Race(args) => race::run(args, &cli.server, cli.client_stats).await,
+        Command::Bench(args) => {
+            // Its threads make blocking calls, and wait on the runtime for the library's.
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || bench::run(args, &cli.server, runtime)).await?
+        }
+        Command::BenchCompare(args) => bench::compare(args),
         command => {
             let client = Client::connect(&cli.server).await?;
             let result = client_command(&client, command).await;
@@ -253,7 +268,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn client_command(client: &Client, command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Server { .. } | Command::Up { .. } | Command::Mount { .. } | Command::Race(_) | Command::Sim(_) => {
+        Command::Server { .. }
+        | Command::Up { .. }
+        | Command::Mount { .. }
+        | Command::Race(_)
+        | Command::Bench(_)
+        | Command::BenchCompare(_)
+        | Command::Sim(_) => {
             unreachable!("handled by run and main")
         }
         Command::Ls { long, path } => ls(client, &path, long).await,

@@ -6,117 +6,12 @@
 mod common;
 
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
 
-use common::{free_address, rustre_command};
+use common::{Process, free_address, mounted, number, rustre_command, spawn_server};
 use serde_json::Value;
-
-/// Is `mountpoint` a mount now (`/proc/self/mounts`)?
-fn mounted(mountpoint: &Path) -> bool {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("/proc/self/mounts");
-    let wanted = mountpoint.to_str().expect("utf-8 path");
-    mounts.lines().any(|line| line.split(' ').nth(1) == Some(wanted))
-}
-
-/// A `rustre` process, its output in files; on drop it is asked to stop (SIGTERM), killed if it
-/// does not, and its mountpoint (if any) is detached.
-struct Process {
-    child: Child,
-    name: String,
-    logs: PathBuf,
-    mountpoint: Option<PathBuf>,
-}
-
-impl Process {
-    fn spawn(args: &[&str], logs: &Path, name: &str) -> Process {
-        let child = rustre_command()
-            .args(args)
-            .stdout(std::fs::File::create(logs.join(format!("{name}.stdout"))).unwrap())
-            .stderr(std::fs::File::create(logs.join(format!("{name}.stderr"))).unwrap())
-            .spawn()
-            .expect("rustre starts");
-        Process { child, name: name.to_string(), logs: logs.to_path_buf(), mountpoint: None }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.logs.join(format!("{}.stderr", self.name))).unwrap_or_default()
-    }
-
-    /// Waits (bounded) until `ready` holds, failing early if the process ends.
-    #[track_caller]
-    fn wait_until(&mut self, what: &str, mut ready: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !ready() {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("{} exited ({status}) before {what}; stderr: {}", self.name, self.stderr());
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; stderr: {}", self.stderr());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// A mount process: waits until its mountpoint is mounted.
-    fn mount(server: &str, mountpoint: &Path, logs: &Path, name: &str) -> Process {
-        std::fs::create_dir_all(mountpoint).unwrap();
-        let mut process = Process::spawn(&["mount", server, mountpoint.to_str().unwrap()], logs, name);
-        process.mountpoint = Some(mountpoint.to_path_buf());
-        process.wait_until("the mount", || mounted(mountpoint));
-        process
-    }
-
-    fn signal(&self, signal: &str) {
-        let sent = Command::new("kill").args([signal, &self.child.id().to_string()]).status().expect("kill runs");
-        assert!(sent.success(), "kill {signal} failed");
-    }
-
-    /// Waits (bounded) for the process to end by itself.
-    #[track_caller]
-    fn wait(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "{} did not end within {limit:?}; stderr: {}", self.name, self.stderr());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-        if let Some(mountpoint) = &self.mountpoint
-            && mounted(mountpoint)
-        {
-            let _ = Command::new("umount").arg("-l").arg(mountpoint).status();
-        }
-    }
-}
-
-/// A `rustre server` process on a free port, accepting when this returns.
-fn spawn_server(scratch: &Path) -> (Process, String) {
-    let address = free_address();
-    let data = scratch.join("data");
-    let mut server =
-        Process::spawn(&["server", "--data", data.to_str().unwrap(), "--listen", &address], scratch, "server");
-    server.wait_until("the server accepts", || TcpStream::connect(&address).is_ok());
-    (server, address)
-}
-
-fn number(value: &Value, what: &str) -> u64 {
-    value.as_u64().unwrap_or_else(|| panic!("{what} is not a count: {value}"))
-}
 
 /// The acceptance run: `rustre race --dirs M1/d M2/d` across two mount processes of one
 /// server, every role, 30 s: no violation, and no call slower than 10 s (the tool's stall
