@@ -29,8 +29,8 @@ use rustre_proto::msg::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
 use rustre_proto::pause::PausePoints;
 use rustre_proto::rpc::{BoxFuture, Connection, Service};
 use rustre_proto::{
-    Attr, Callback, CallbackReply, Caller, DirEntry, Errno, FileKind, HELLO_MAGIC, Op, OpenFlags, RenameMode, Reply,
-    ReplyHeader, Request, SetAttrIn, TimeSet, XattrMode,
+    Attr, Callback, CallbackReply, Caller, DirEntry, Errno, FileKind, Grant, HELLO_MAGIC, Op, OpenFlags, RenameMode,
+    Reply, ReplyHeader, Request, SetAttrIn, TimeSet, XattrMode,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, watch};
@@ -135,7 +135,17 @@ struct Shared {
     releases: Notify,
     pause_points: Arc<PausePoints>,
     retry_stale_by_name: bool,
+    /// Run on every revocation, after the cache dropped the leases and before the
+    /// acknowledgement (`Client::set_revocation_hook`).
+    revocation_hook: std::sync::RwLock<Option<RevocationHook>>,
 }
+
+/// What else must forget what a revoked lease covered, and be done with it before the server
+/// learns it is revoked: a FUSE mount's kernel caches (`rustre-fuse`). Called on the
+/// connection's reader task with the revoked leases, after this client's cache dropped them; it
+/// must return quickly and must never wait for anything that waits for this client's requests
+/// (they cannot be answered until it returns).
+pub type RevocationHook = Arc<dyn Fn(&[Grant]) + Send + Sync>;
 
 impl Shared {
     fn cache(&self) -> sync::MutexGuard<'_, cache::State> {
@@ -221,6 +231,10 @@ impl Service for CallbackService {
                 let started = std::time::Instant::now();
                 let next_request = shared.connection.get().map_or(1, Connection::next_request_id);
                 shared.cache().on_revoke(&leases, next_request);
+                let hook = shared.revocation_hook.read().expect("revocation hook lock").clone();
+                if let Some(hook) = hook {
+                    hook(&leases);
+                }
                 shared.counters.revocations_received.fetch_add(1, Ordering::Relaxed);
                 let micros = started.elapsed().as_micros() as u64;
                 shared.counters.revocation_handling_micros.fetch_add(micros, Ordering::Relaxed);
@@ -302,6 +316,7 @@ impl Client {
             releases: Notify::new(),
             pause_points: config.pause_points.clone(),
             retry_stale_by_name: config.retry_stale_by_name,
+            revocation_hook: std::sync::RwLock::new(None),
         });
         let service = Arc::new(CallbackService { shared: shared.clone() });
         let connection = Connection::start(stream, service, format!("server {peer}"));
@@ -331,6 +346,18 @@ impl Client {
     /// create. A FUSE mount stamps each kernel request's uid and gid this way.
     pub fn as_caller(&self, caller: Caller) -> Client {
         Client { inner: self.inner.clone(), caller }
+    }
+
+    /// Sets (or with `None`, clears) what runs on every revocation before it is acknowledged
+    /// (see `RevocationHook`). One per session; a later call replaces it.
+    pub fn set_revocation_hook(&self, hook: Option<RevocationHook>) {
+        *self.inner.shared.revocation_hook.write().expect("revocation hook lock") = hook;
+    }
+
+    /// Is `name` in `parent` cached under a lease, naming `ino`? Then this client will hear of
+    /// any change to that name (and run the revocation hook) before the change is answered.
+    pub fn name_leased(&self, parent: u64, name: &[u8], ino: u64) -> bool {
+        matches!(self.inner.shared.cache().name(parent, name), Some(Some((cached, _))) if cached == ino)
     }
 
     pub fn session(&self) -> u64 {

@@ -29,10 +29,12 @@
 //! Requests by (directory, name) are resolved by name on the server in one atomic step (create
 //! is the server's atomic open-or-create).
 
+mod kernel;
 pub mod refs;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -45,13 +47,15 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, Session, SessionACL, SessionUnmounter, TimeOrNow, WriteFlags,
 };
 use rustre_client::rustre_proto::{
-    Attr, Caller, DirEntry, Errno, FileKind, OpenFlags, RenameMode, SetAttrIn, TimeSet, Timestamp, XattrMode,
+    Attr, Caller, DirEntry, Errno, FileKind, Grant, OpenFlags, RenameMode, SetAttrIn, TimeSet, Timestamp, XattrMode,
 };
 use rustre_client::{Client, File};
 
+use kernel::KernelCache;
 use refs::KernelRefs;
 
-/// What the kernel may cache of an entry or of attributes: nothing (see the crate docs).
+/// What the kernel may cache of attributes, negative entries and readdirplus entries: nothing
+/// (see `kernel.rs`; leased entries get `kernel::ENTRY_TTL_LEASED`).
 const TTL: Duration = Duration::ZERO;
 
 /// Entries asked of the server per readdir page (the kernel's buffer takes what fits; the rest
@@ -86,11 +90,21 @@ pub struct MountConfig {
     /// Pin what the kernel looks up (`Op::PinName`). Always on, except in control runs that
     /// prove the tests notice the ESTALE an application would otherwise see.
     pub pin_lookups: bool,
+    /// Let the kernel keep the entries the client holds leases on, made to forget them by
+    /// dentry epoch bumps on revocation (`kernel.rs`; needs Linux 6.16). Off: the kernel asks
+    /// this mount for every path component.
+    pub kernel_entries: bool,
 }
 
 impl Default for MountConfig {
     fn default() -> Self {
-        MountConfig { fsname: "rustre".to_string(), threads: THREADS_DEFAULT, allow_other: true, pin_lookups: true }
+        MountConfig {
+            fsname: "rustre".to_string(),
+            threads: THREADS_DEFAULT,
+            allow_other: true,
+            pin_lookups: true,
+            kernel_entries: true,
+        }
     }
 }
 
@@ -111,6 +125,11 @@ pub struct MountStats {
     pub pins: u64,
     /// Open file and directory handles.
     pub handles: usize,
+    /// Does the kernel keep leased entries (`MountConfig::kernel_entries` on a kernel with
+    /// dentry epochs)?
+    pub kernel_entries: bool,
+    /// Dentry epoch bumps sent to the kernel (one per revocation that names an entry).
+    pub epoch_bumps: u64,
 }
 
 /// Mounts `client`'s file system on `mountpoint` (which must be an existing directory) and
@@ -128,6 +147,8 @@ pub fn mount(
         refs: Mutex::default(),
         files: Mutex::default(),
         dirs: Mutex::default(),
+        kernel: Arc::new(KernelCache::default()),
+        kernel_entries: config.kernel_entries,
     });
     let mut options = Config::default();
     options.mount_options = vec![
@@ -140,6 +161,12 @@ pub fn mount(
     options.n_threads = Some(config.threads.max(1));
     let failed = |source| MountError::Mount { mountpoint: mountpoint.to_path_buf(), source };
     let mut session = Session::new(RustreFs { shared: shared.clone() }, mountpoint, &options).map_err(failed)?;
+    if config.kernel_entries {
+        // Before the session runs: INIT (which enables entry caching) comes through `run`.
+        shared.kernel.set_fd(session.as_fd().try_clone_to_owned().map_err(failed)?);
+        let kernel = shared.kernel.clone();
+        shared.client.set_revocation_hook(Some(Arc::new(move |leases: &[Grant]| kernel.on_revoke(leases))));
+    }
     let unmounter = Arc::new(Mutex::new(session.unmount_callable()));
     let thread =
         std::thread::Builder::new().name("rustre-fuse".to_string()).spawn(move || session.run()).map_err(failed)?;
@@ -202,7 +229,13 @@ impl Mounted {
         };
         let handles =
             self.shared.files.lock().expect("files lock").len() + self.shared.dirs.lock().expect("dirs lock").len();
-        MountStats { kernel_inodes, pins, handles }
+        MountStats {
+            kernel_inodes,
+            pins,
+            handles,
+            kernel_entries: self.shared.kernel.caches_entries(),
+            epoch_bumps: self.shared.kernel.bumps.load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
     /// Waits until the file system is unmounted (by `Unmounter::unmount`, `umount` or
@@ -219,7 +252,10 @@ impl Mounted {
 
     fn join(&mut self) -> Result<(), MountError> {
         let Some(thread) = self.session.take() else { return Ok(()) };
-        let result = thread.join().unwrap_or_else(|_| Err(std::io::Error::other("the FUSE session thread panicked")));
+        let result = thread.join();
+        // The session is over: nothing is left in the kernel to make forget.
+        self.shared.client.set_revocation_hook(None);
+        let result = result.unwrap_or_else(|_| Err(std::io::Error::other("the FUSE session thread panicked")));
         tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted");
         result.map_err(|source| MountError::Session { mountpoint: self.mountpoint.clone(), source })
     }
@@ -249,6 +285,9 @@ struct Shared {
     files: Mutex<HashMap<u64, Arc<File>>>,
     /// Open directories by handle.
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirHandle>>>>,
+    /// What the kernel caches, and the descriptor that makes it forget (`kernel.rs`).
+    kernel: Arc<KernelCache>,
+    kernel_entries: bool,
 }
 
 /// An open directory: a server handle (which keeps the directory alive to the last page, as an
@@ -390,10 +429,19 @@ impl Shared {
         Ok(attr)
     }
 
-    /// Counts the kernel reference an entry reply (create, mkdir, ...) gives, and sends it.
-    fn reply_entry(&self, reply: ReplyEntry, attr: &Attr) {
+    /// Counts the kernel reference an entry reply (mkdir, symlink, ...) of `name` in `parent`
+    /// gives, and sends it.
+    fn reply_entry(&self, reply: ReplyEntry, parent: u64, name: &[u8], attr: &Attr) {
         self.refs.lock().expect("refs lock").add(attr.ino);
-        reply.entry(&TTL, &file_attr(attr), Generation(attr.generation));
+        let ttl = self.entry_ttl(parent, name, attr.ino);
+        reply.entry(&ttl, &file_attr(attr), Generation(attr.generation));
+    }
+
+    /// How long the kernel may keep the entry `name` -> `ino` in `parent`: while the client holds
+    /// its lease (checked now; a revocation after this check bumps the dentry epoch, which the
+    /// kernel read before sending its request, so the entry is revalidated anyway).
+    fn entry_ttl(&self, parent: u64, name: &[u8], ino: u64) -> Duration {
+        self.kernel.entry_ttl(|| self.client.name_leased(parent, name, ino))
     }
 
     fn forget(self: &Arc<Self>, ino: u64, count: u64) {
@@ -472,6 +520,12 @@ impl Filesystem for RustreFs {
                 tracing::info!(?wanted, "the kernel lacks a FUSE capability");
             }
         }
+        if self.shared.kernel_entries {
+            let minor = config.kernel_abi().1;
+            if !self.shared.kernel.enable(minor) {
+                tracing::info!(minor, "the kernel has no dentry epochs (FUSE 7.44): it caches no entries");
+            }
+        }
         Ok(())
     }
 
@@ -481,7 +535,8 @@ impl Filesystem for RustreFs {
         match self.shared.client.lookup_cached(parent.0, name.as_bytes()) {
             Some(Err(error)) => return reply.error(kernel_errno(&error)),
             Some(Ok(attr)) if self.shared.refs.lock().expect("refs lock").add_if_pinned(attr.ino) => {
-                return reply.entry(&TTL, &file_attr(&attr), Generation(attr.generation));
+                let ttl = self.shared.entry_ttl(parent.0, name.as_bytes(), attr.ino);
+                return reply.entry(&ttl, &file_attr(&attr), Generation(attr.generation));
             }
             _ => {}
         }
@@ -489,7 +544,8 @@ impl Filesystem for RustreFs {
         let name = name_bytes(name);
         self.shared.runtime.spawn(async move {
             answer(reply, shared.lookup(parent.0, &name).await, |reply, attr| {
-                reply.entry(&TTL, &file_attr(&attr), Generation(attr.generation))
+                let ttl = shared.entry_ttl(parent.0, &name, attr.ino);
+                reply.entry(&ttl, &file_attr(&attr), Generation(attr.generation))
             })
         });
     }
@@ -575,7 +631,7 @@ impl Filesystem for RustreFs {
                     if let Err(error) = file.close().await {
                         tracing::warn!(%error, "closing after mknod");
                     }
-                    shared.reply_entry(reply, &attr);
+                    shared.reply_entry(reply, parent.0, &name, &attr);
                 }
                 Err(error) => reply.error(kernel_errno(&error)),
             }
@@ -588,7 +644,9 @@ impl Filesystem for RustreFs {
         let name = name_bytes(name);
         let perm = mode & !umask & 0o7777;
         self.shared.runtime.spawn(async move {
-            answer(reply, client.mkdir_at(parent.0, &name, perm).await, |reply, attr| shared.reply_entry(reply, &attr))
+            answer(reply, client.mkdir_at(parent.0, &name, perm).await, |reply, attr| {
+                shared.reply_entry(reply, parent.0, &name, &attr)
+            })
         });
     }
 
@@ -611,7 +669,7 @@ impl Filesystem for RustreFs {
         let target = target.as_os_str().as_bytes().to_vec();
         self.shared.runtime.spawn(async move {
             answer(reply, client.symlink_at(parent.0, &name, &target).await, |reply, attr| {
-                shared.reply_entry(reply, &attr)
+                shared.reply_entry(reply, parent.0, &name, &attr)
             })
         });
     }
@@ -650,7 +708,7 @@ impl Filesystem for RustreFs {
         let new_name = name_bytes(new_name);
         self.shared.runtime.spawn(async move {
             answer(reply, client.link_at(ino.0, new_parent.0, &new_name).await, |reply, attr| {
-                shared.reply_entry(reply, &attr)
+                shared.reply_entry(reply, new_parent.0, &new_name, &attr)
             })
         });
     }
@@ -967,8 +1025,9 @@ impl Filesystem for RustreFs {
                     let handle = file.handle();
                     shared.files.lock().expect("files lock").insert(handle, Arc::new(file));
                     shared.refs.lock().expect("refs lock").add(attr.ino);
+                    let ttl = shared.entry_ttl(parent.0, &name, attr.ino);
                     reply.created(
-                        &TTL,
+                        &ttl,
                         &file_attr(&attr),
                         Generation(attr.generation),
                         FileHandle(handle),

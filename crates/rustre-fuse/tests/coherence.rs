@@ -207,3 +207,33 @@ fn kernel_lookups_are_pinned_once_and_forget_gives_the_pins_back() {
     });
     eventually("no pin left", || fixture.mounts[0].stats().pins == 0);
 }
+
+/// The kernel keeps the entries this mount holds leases on (a walk over them asks the mount
+/// nothing), and forgets them the moment another mount changes them: the revocation bumps the
+/// dentry epoch before it is acknowledged. Without the bump, B's kernel would keep `f` naming the
+/// renamed inode for ten minutes, and the stat of `f` would succeed.
+#[test]
+fn entries_cached_by_the_kernel_are_forgotten_when_another_mount_changes_them() {
+    let fixture = Fixture::new(2);
+    let (a, b) = (fixture.root(0), fixture.root(1));
+    let stats = |index: usize| fixture.mounts[index].stats();
+    assert!(stats(1).kernel_entries, "this kernel (6.16 or later) caches leased entries");
+    for round in 0..20 {
+        let (name, renamed) = (format!("f{round}"), format!("g{round}"));
+        fs::create_dir_all(a.join("d")).unwrap();
+        fs::write(a.join("d").join(&name), b"x").unwrap();
+        for _ in 0..3 {
+            fs::metadata(b.join("d").join(&name)).unwrap();
+        }
+        let bumps = stats(1).epoch_bumps;
+        fs::rename(a.join("d").join(&name), a.join("d").join(&renamed)).unwrap();
+        assert!(stats(1).epoch_bumps > bumps, "round {round}: B's kernel was told");
+        assert_eq!(errno_of(fs::metadata(b.join("d").join(&name))), libc::ENOENT, "round {round}: stale entry");
+        fs::metadata(b.join("d").join(&renamed)).unwrap();
+        // A directory B walked through, renamed on A: B's walk through the old name fails.
+        fs::rename(a.join("d"), a.join(format!("d{round}"))).unwrap();
+        assert_eq!(errno_of(fs::metadata(b.join("d").join(&renamed))), libc::ENOENT, "round {round}: stale dir");
+        fs::rename(a.join(format!("d{round}")), a.join("d")).unwrap();
+        fs::remove_file(b.join("d").join(&renamed)).unwrap();
+    }
+}
