@@ -17,7 +17,10 @@
 //! re-install what a revocation removed.
 //!
 //! What stays uncached in the kernel (time to live 0): attributes (every stat asks this mount,
-//! which answers from the client's cache on the reading thread), negative entries (an ENOENT
+//! which answers from the client's cache on the reading thread; a revoked attribute lease also
+//! drops the kernel's copy with `FUSE_NOTIFY_INVAL_INODE` for attributes only, which takes no
+//! inode or page lock either, because the kernel trusts even a time to live of 0 until its
+//! clock ticks), negative entries (an ENOENT
 //! reply), and entries from readdirplus (the kernel takes their epoch after the reply arrives,
 //! so one could cross a bump unseen). Kernels before 6.16 cache no entries at all.
 
@@ -37,6 +40,9 @@ pub const EPOCH_MINOR: u32 = 44;
 
 /// `FUSE_NOTIFY_INC_EPOCH` (include/uapi/linux/fuse.h): a notification with no payload.
 const FUSE_NOTIFY_INC_EPOCH: i32 = 8;
+/// `FUSE_NOTIFY_INVAL_INODE`: `{ u64 ino; i64 off; i64 len }`; a negative `off` drops the
+/// attributes only (no page is touched, so no page lock is taken).
+const FUSE_NOTIFY_INVAL_INODE: i32 = 2;
 
 #[derive(Default)]
 pub struct KernelCache {
@@ -48,6 +54,8 @@ pub struct KernelCache {
     /// Epoch bumps written, and those the kernel refused.
     pub bumps: AtomicU64,
     pub bump_failures: AtomicU64,
+    /// Attribute invalidations the kernel applied.
+    pub attribute_drops: AtomicU64,
 }
 
 impl KernelCache {
@@ -74,24 +82,58 @@ impl KernelCache {
         if self.caches_entries() && leased() { ENTRY_TTL_LEASED } else { Duration::ZERO }
     }
 
-    /// The client's revocation hook: a revoked name makes every kernel entry suspect.
+    /// The client's revocation hook: a revoked name makes every kernel entry suspect; a revoked
+    /// attribute lease drops the kernel's copy of those attributes. Even at a time to live of 0
+    /// the kernel trusts attributes until its clock ticks (a jiffy, up to 10 ms), long enough
+    /// for a read to keep pages another client's write made stale.
     pub fn on_revoke(&self, leases: &[Grant]) {
         if self.caches_entries() && leases.iter().any(|grant| matches!(grant.key, LeaseKey::Name { .. })) {
             self.bump_epoch();
         }
+        for grant in leases {
+            if let LeaseKey::Attr { ino } = grant.key {
+                self.forget_attributes(ino);
+            }
+        }
+    }
+
+    /// Drops the kernel's attributes of `ino`, if it has the inode (else nothing to drop).
+    fn forget_attributes(&self, ino: u64) {
+        let mut message = [0_u8; 40];
+        message[..4].copy_from_slice(&40_u32.to_ne_bytes());
+        message[4..8].copy_from_slice(&FUSE_NOTIFY_INVAL_INODE.to_ne_bytes());
+        message[16..24].copy_from_slice(&ino.to_ne_bytes());
+        message[24..32].copy_from_slice(&(-1_i64).to_ne_bytes());
+        match self.notify(&message) {
+            Ok(()) => {
+                self.attribute_drops.fetch_add(1, Ordering::Relaxed);
+            }
+            // The kernel does not have that inode: it has no attributes to drop.
+            Err(error) if error.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(error) => tracing::warn!(%error, ino, "the kernel refused to drop an inode's attributes"),
+        }
+    }
+
+    /// Writes one notification (`struct fuse_out_header` with `unique` 0 and the notification
+    /// code in `error`, then its payload) to the session's descriptor.
+    fn notify(&self, message: &[u8]) -> std::io::Result<()> {
+        let Some(fd) = self.fd.get() else { return Ok(()) };
+        // SAFETY: `fd` is an open descriptor this struct owns; `message` outlives the call.
+        let written = unsafe { libc::write(fd.as_raw_fd(), message.as_ptr().cast(), message.len()) };
+        match written {
+            written if written < 0 => Err(std::io::Error::last_os_error()),
+            written if written as usize == message.len() => Ok(()),
+            written => Err(std::io::Error::other(format!("short notification write: {written} bytes"))),
+        }
     }
 
     fn bump_epoch(&self) {
-        let Some(fd) = self.fd.get() else { return };
         // struct fuse_out_header { u32 len; i32 error (the notification code); u64 unique (0) }.
         let mut header = [0_u8; 16];
         header[..4].copy_from_slice(&16_u32.to_ne_bytes());
         header[4..8].copy_from_slice(&FUSE_NOTIFY_INC_EPOCH.to_ne_bytes());
-        // SAFETY: `fd` is an open descriptor this struct owns; `header` outlives the call.
-        let written = unsafe { libc::write(fd.as_raw_fd(), header.as_ptr().cast(), header.len()) };
-        let outcome = if written < 0 { Err(std::io::Error::last_os_error()) } else { Ok(written) };
-        match outcome {
-            Ok(16) => {
+        match self.notify(&header) {
+            Ok(()) => {
                 self.bumps.fetch_add(1, Ordering::Relaxed);
             }
             outcome => {

@@ -161,12 +161,10 @@ pub fn mount(
     options.n_threads = Some(config.threads.max(1));
     let failed = |source| MountError::Mount { mountpoint: mountpoint.to_path_buf(), source };
     let mut session = Session::new(RustreFs { shared: shared.clone() }, mountpoint, &options).map_err(failed)?;
-    if config.kernel_entries {
-        // Before the session runs: INIT (which enables entry caching) comes through `run`.
-        shared.kernel.set_fd(session.as_fd().try_clone_to_owned().map_err(failed)?);
-        let kernel = shared.kernel.clone();
-        shared.client.set_revocation_hook(Some(Arc::new(move |leases: &[Grant]| kernel.on_revoke(leases))));
-    }
+    // Before the session serves anything: the descriptor that makes the kernel forget.
+    shared.kernel.set_fd(session.as_fd().try_clone_to_owned().map_err(failed)?);
+    let kernel = shared.kernel.clone();
+    shared.client.set_revocation_hook(Some(Arc::new(move |leases: &[Grant]| kernel.on_revoke(leases))));
     let unmounter = Arc::new(Mutex::new(session.unmount_callable()));
     let thread =
         std::thread::Builder::new().name("rustre-fuse".to_string()).spawn(move || session.run()).map_err(failed)?;
