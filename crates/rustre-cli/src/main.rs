@@ -25,6 +25,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 mod bench;
 mod race;
+mod report;
 mod sim;
 
 /// The most bytes one read or write of `put`, `get` and `cat` moves.

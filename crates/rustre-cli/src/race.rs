@@ -37,7 +37,6 @@ const HARD_CAP_GRACE: Duration = Duration::from_secs(30);
 /// How long the final clean-up (removing the names) may take.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `--dirs` waits for a probe file made in one directory to show in the others.
-const SAME_DIRECTORY_WAIT: Duration = Duration::from_secs(5);
 /// Violation messages kept per role and op, to say what failed.
 const SAMPLES_MAX: usize = 3;
 /// Bad exclusive rounds listed in the report (all are counted).
@@ -671,13 +670,7 @@ pub async fn run(args: RaceArgs, server: &str, client_stats: bool) -> anyhow::Re
         let outcome = tokio::task::spawn_blocking(move || run_dirs(run_plan, &dirs)).await??;
         report(&plan, &outcome, false, Target::Dirs(&args.dirs))
     };
-    let text = if args.json { serde_json::to_string_pretty(&report)? + "\n" } else { human(&report) };
-    {
-        use std::io::Write;
-        let mut stdout = std::io::stdout().lock();
-        stdout.write_all(text.as_bytes())?;
-        stdout.flush()?;
-    }
+    crate::report::print(&report, args.json, human)?;
     if report.violations > 0 {
         eprintln!("rustre: race: {} violations", report.violations);
         return Err(crate::Reported.into());
@@ -882,27 +875,18 @@ fn check_same_directory(plan: &Plan, dirs: &[PathBuf]) -> anyhow::Result<()> {
     let probe = format!(".race-probe-{}", plan.run);
     let made = dirs[0].join(&probe);
     std::fs::File::create(&made).with_context(|| format!("race: creating {}", made.display()))?;
-    let waited_until = Instant::now() + SAME_DIRECTORY_WAIT;
-    let result = (|| {
-        for dir in &dirs[1..] {
-            // Another mount may cache the name's absence for a while: give it time.
-            while std::fs::symlink_metadata(dir.join(&probe)).is_err() {
-                if Instant::now() >= waited_until {
-                    bail!(
-                        "race: {} and {} do not show the same directory ({probe} made in the first is not in the \
-                         second after {} s); --dirs races on names, so it needs one directory seen several times",
-                        dirs[0].display(),
-                        dir.display(),
-                        SAME_DIRECTORY_WAIT.as_secs()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        Ok(())
-    })();
+    let shown = crate::report::wait_until_shown(&dirs[1..], |dir| std::fs::symlink_metadata(dir.join(&probe)).is_ok());
     let _ = std::fs::remove_file(&made);
-    result
+    if let Err(dir) = shown {
+        bail!(
+            "race: {} and {} do not show the same directory ({probe} made in the first is not in the second after \
+             {} s); --dirs races on names, so it needs one directory seen several times",
+            dirs[0].display(),
+            dir.display(),
+            crate::report::SAME_DIRECTORY_WAIT.as_secs()
+        );
+    }
+    Ok(())
 }
 
 /// Sends on drop, so the main thread learns of a thread's end even if it panicked.

@@ -122,7 +122,7 @@ fn every_phase_on_a_local_directory() {
 #[test]
 fn every_phase_through_the_library_and_cached_stats_send_nothing() {
     let scratch = tempfile::tempdir().unwrap();
-    let (_server, address) = spawn_server(scratch.path());
+    let (_server, address) = spawn_server(scratch.path(), &[]);
     let (_, report) = bench(&["--server", &address, "--clients", "2"]);
     assert_complete(&report, &ALL_PHASES);
     assert_eq!(report["through"], "library");
@@ -144,7 +144,7 @@ fn every_phase_through_the_library_and_cached_stats_send_nothing() {
 #[test]
 fn every_phase_across_two_mounts() {
     let scratch = tempfile::tempdir().unwrap();
-    let (_server, address) = spawn_server(scratch.path());
+    let (_server, address) = spawn_server(scratch.path(), &[]);
     let (one, two) = (scratch.path().join("m1"), scratch.path().join("m2"));
     let _first = Process::mount(&address, &one, scratch.path(), "mount1");
     let _second = Process::mount(&address, &two, scratch.path(), "mount2");

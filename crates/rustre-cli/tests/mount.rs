@@ -19,7 +19,7 @@ use serde_json::Value;
 #[test]
 fn race_across_two_mounts_thirty_seconds_without_violation_or_stall() {
     let scratch = tempfile::tempdir().unwrap();
-    let (_server, address) = spawn_server(scratch.path());
+    let (_server, address) = spawn_server(scratch.path(), &[]);
     let (one, two) = (scratch.path().join("m1"), scratch.path().join("m2"));
     let _first = Process::mount(&address, &one, scratch.path(), "mount1");
     let _second = Process::mount(&address, &two, scratch.path(), "mount2");
@@ -61,7 +61,7 @@ fn race_across_two_mounts_thirty_seconds_without_violation_or_stall() {
 fn two_mount_processes_see_each_others_changes_at_once() {
     use std::os::unix::fs::PermissionsExt;
     let scratch = tempfile::tempdir().unwrap();
-    let (_server, address) = spawn_server(scratch.path());
+    let (_server, address) = spawn_server(scratch.path(), &[]);
     let (one, two) = (scratch.path().join("m1"), scratch.path().join("m2"));
     let _first = Process::mount(&address, &one, scratch.path(), "mount1");
     let _second = Process::mount(&address, &two, scratch.path(), "mount2");
@@ -89,7 +89,7 @@ type Stop = Box<dyn Fn(&Process)>;
 #[test]
 fn a_mount_ends_cleanly_on_signals_and_umount() {
     let scratch = tempfile::tempdir().unwrap();
-    let (_server, address) = spawn_server(scratch.path());
+    let (_server, address) = spawn_server(scratch.path(), &[]);
     let mountpoint = scratch.path().join("m");
     let mut stops: Vec<(&str, Stop)> = vec![
         ("SIGTERM", Box::new(|process: &Process| process.signal("-TERM"))),

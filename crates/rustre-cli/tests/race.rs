@@ -5,69 +5,12 @@
 
 mod common;
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
+use std::time::Duration;
 
-use common::{free_address, rustre_command};
+use common::{Process, number, spawn_server};
 use serde_json::Value;
-
-/// A child process, killed (SIGKILL) and reaped when dropped.
-struct Guard {
-    child: Child,
-}
-
-impl Guard {
-    /// Waits for the process to end by itself within `limit`; kills it and fails otherwise.
-    fn wait(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("waiting for a child") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the process did not end within {limit:?}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A `rustre server` process on a free port, accepting connections when this returns.
-fn spawn_server(scratch: &Path, extra: &[&str]) -> (Guard, String) {
-    let address = free_address();
-    let log = std::fs::File::create(scratch.join("server.log")).expect("server log");
-    let child = rustre_command()
-        .arg("server")
-        .arg("--data")
-        .arg(scratch.join("data"))
-        .args(["--listen", &address])
-        .args(extra)
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("spawning rustre server");
-    let mut server = Guard { child };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(&address).is_err() {
-        if let Some(status) = server.child.try_wait().expect("server status") {
-            panic!("rustre server exited ({status}): {}", log_of(scratch));
-        }
-        assert!(Instant::now() < deadline, "rustre server did not accept on {address}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (server, address)
-}
-
-fn log_of(scratch: &Path) -> String {
-    std::fs::read_to_string(scratch.join("server.log")).unwrap_or_default()
-}
 
 /// What one `rustre race --json` run gave.
 struct Race {
@@ -78,26 +21,19 @@ struct Race {
 
 /// Runs `rustre race ARGS --seconds S --json`, its output into files (no pipe to fill up).
 fn race(scratch: &Path, seconds: u64, args: &[&str]) -> Race {
-    let (stdout_path, stderr_path) = (scratch.join("race.json"), scratch.join("race.stderr"));
-    let child = rustre_command()
-        .arg("race")
-        .args(args)
-        .args(["--seconds", &seconds.to_string(), "--json"])
-        .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
-        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
-        .spawn()
-        .expect("spawning rustre race");
+    let seconds_text = seconds.to_string();
+    let mut all = vec!["race"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--seconds", &seconds_text, "--json"]);
+    let mut race = Process::spawn(&all, scratch, "race");
     // The tool stops by itself at `seconds`, and gives up on hung threads 30 s later.
-    let status = Guard { child }.wait(Duration::from_secs(seconds + 60));
+    let status = race.wait(Duration::from_secs(seconds + 60));
+    let (stdout_path, stderr_path) = (scratch.join("race.stdout"), scratch.join("race.stderr"));
     let stdout = std::fs::read_to_string(&stdout_path).expect("race output");
     let stderr = std::fs::read_to_string(&stderr_path).expect("race errors");
     let report = serde_json::from_str(&stdout)
         .unwrap_or_else(|error| panic!("race --json printed no JSON ({error}): {stdout}\nstderr: {stderr}"));
     Race { status, report, stderr }
-}
-
-fn number(value: &Value, what: &str) -> u64 {
-    value.as_u64().unwrap_or_else(|| panic!("{what} is not a count: {value}"))
 }
 
 /// The ops of the report as (role, op) -> the op's object.
@@ -146,12 +82,7 @@ fn two_clients_every_role_twenty_seconds_without_violation() {
     let (_server, address) = spawn_server(scratch.path(), &[]);
     let run = race(scratch.path(), 20, &["--server", &address, "--clients", "2"]);
     let report = &run.report;
-    assert_eq!(
-        report["violations"],
-        0,
-        "violations against rustre: {report:#}\nserver log: {}",
-        log_of(scratch.path())
-    );
+    assert_eq!(report["violations"], 0, "violations against rustre: {report:#}\nserver log: {}", _server.stderr());
     assert!(run.status.success(), "rustre race failed ({}): {}", run.status, run.stderr);
     assert_eq!(report["target"], "rustre");
     assert_eq!(report["clients"], 2);
@@ -222,18 +153,10 @@ fn directories_that_differ_are_refused() {
     let (one, two) = (scratch.path().join("one"), scratch.path().join("two"));
     std::fs::create_dir(&one).unwrap();
     std::fs::create_dir(&two).unwrap();
-    let mut guard = Guard {
-        child: rustre_command()
-            .args(["race", "--seconds", "1", "--dirs"])
-            .arg(&one)
-            .arg(&two)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(scratch.path().join("stderr")).unwrap())
-            .spawn()
-            .expect("spawning rustre race"),
-    };
-    let status = guard.wait(Duration::from_secs(30));
-    let stderr = std::fs::read_to_string(scratch.path().join("stderr")).unwrap();
+    let (one_text, two_text) = (one.to_str().unwrap(), two.to_str().unwrap());
+    let mut race = Process::spawn(&["race", "--seconds", "1", "--dirs", one_text, two_text], scratch.path(), "race");
+    let status = race.wait(Duration::from_secs(30));
+    let stderr = race.stderr();
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("do not show the same directory"), "{stderr}");
     assert_eq!(std::fs::read_dir(&one).unwrap().count(), 0, "the probe is removed");

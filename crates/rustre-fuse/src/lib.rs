@@ -344,6 +344,30 @@ fn answer<R: KernelReply, T>(reply: R, result: rustre_client::Result<T>, ok: imp
 }
 
 /// `answer` for calls that return nothing.
+/// The kernel's release of `handle` (file or directory): takes it out of `table` (EBADF if it is
+/// not there) and closes the file that `take` gives back of it, on the runtime.
+fn release<T, F>(
+    shared: &Shared,
+    table: &Mutex<HashMap<u64, T>>,
+    handle: FileHandle,
+    reply: ReplyEmpty,
+    take: impl FnOnce(T) -> F + Send + 'static,
+) where
+    T: Send + 'static,
+    F: std::future::Future<Output = Option<File>> + Send,
+{
+    let Some(entry) = table.lock().expect("handle table lock").remove(&handle.0) else {
+        reply.error(KernelErrno::EBADF);
+        return;
+    };
+    shared.runtime.spawn(async move {
+        match take(entry).await {
+            Some(file) => done(reply, file.close().await),
+            None => reply.ok(),
+        }
+    });
+}
+
 fn done(reply: ReplyEmpty, result: rustre_client::Result<()>) {
     answer(reply, result, |reply, ()| reply.ok());
 }
@@ -784,19 +808,9 @@ impl Filesystem for RustreFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let file = self.shared.files.lock().expect("files lock").remove(&handle.0);
-        let Some(file) = file else {
-            reply.error(KernelErrno::EBADF);
-            return;
-        };
-        self.shared.runtime.spawn(async move {
-            // A read or write of this handle still running holds a clone; then dropping ours
-            // lets the last one close it in the background.
-            match Arc::try_unwrap(file) {
-                Ok(file) => done(reply, file.close().await),
-                Err(_) => reply.ok(),
-            }
-        });
+        // A read or write of this handle still running holds a clone; then dropping ours lets
+        // the last one close it in the background.
+        release(&self.shared, &self.shared.files, handle, reply, |file| async move { Arc::try_unwrap(file).ok() });
     }
 
     fn fsync(&self, _request: &Request, _ino: INodeNo, handle: FileHandle, _datasync: bool, reply: ReplyEmpty) {
@@ -896,18 +910,7 @@ impl Filesystem for RustreFs {
         _flags: KernelOpenFlags,
         reply: ReplyEmpty,
     ) {
-        let dir = self.shared.dirs.lock().expect("dirs lock").remove(&handle.0);
-        let Some(dir) = dir else {
-            reply.error(KernelErrno::EBADF);
-            return;
-        };
-        self.shared.runtime.spawn(async move {
-            let file = dir.lock().await.file.take();
-            match file {
-                Some(file) => done(reply, file.close().await),
-                None => reply.ok(),
-            }
-        });
+        release(&self.shared, &self.shared.dirs, handle, reply, |dir| async move { dir.lock().await.file.take() });
     }
 
     fn fsyncdir(&self, _request: &Request, _ino: INodeNo, _handle: FileHandle, _datasync: bool, reply: ReplyEmpty) {

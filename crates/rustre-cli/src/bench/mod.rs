@@ -17,7 +17,7 @@ mod compare;
 mod session;
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Barrier, Mutex};
@@ -284,6 +284,14 @@ impl<'a> Recorder<'a> {
         self.settle(result)
     }
 
+    /// Times `call` if `timed`, else only counts its result (the phase is setup for another).
+    fn call<T>(&mut self, timed: bool, call: impl FnOnce() -> Result<T, Failure>) -> Option<T> {
+        match timed {
+            true => self.time(call),
+            false => self.untimed(call()),
+        }
+    }
+
     /// Counts the result of an untimed call (setup, or the other client's change).
     fn untimed<T>(&mut self, result: Result<T, Failure>) -> Option<T> {
         self.settle(result)
@@ -503,6 +511,23 @@ impl Bench {
         self.runs(phase).then_some(phase)
     }
 
+    /// One step calling `op` on each thread's `files` paths named by `name`; timed as `phase` if
+    /// that phase runs, else setup (or clean-up) for the phases that do.
+    fn each_path(
+        &self,
+        phase: Phase,
+        name: impl Fn(&Worker, u32) -> String + Sync,
+        op: impl Fn(&dyn Session, &str) -> Result<(), Failure> + Sync,
+    ) -> anyhow::Result<()> {
+        let timed = self.runs(phase);
+        self.step(timed.then_some(phase), phase.name(), u64::from(self.args.files), |worker, recorder| {
+            for at in 0..self.args.files {
+                let path = name(worker, at);
+                recorder.call(timed, || op(worker.session, &path));
+            }
+        })
+    }
+
     fn run(&self) -> anyhow::Result<()> {
         let files = self.args.files;
         let per_thread = u64::from(files);
@@ -512,15 +537,7 @@ impl Bench {
 
         // Files: create, stat, stat-changed, open, rename, unlink.
         if self.runs_any(&[Phase::Create, Phase::Stat, Phase::StatChanged, Phase::Open, Phase::Rename, Phase::Unlink]) {
-            self.step(self.timed(Phase::Create), "create", per_thread, |worker, recorder| {
-                for at in 0..files {
-                    let path = worker.file(at);
-                    match self.runs(Phase::Create) {
-                        true => recorder.time(|| worker.session.create(&path)),
-                        false => recorder.untimed(worker.session.create(&path)),
-                    };
-                }
-            })?;
+            self.each_path(Phase::Create, |worker, at| worker.file(at), |session, path| session.create(path))?;
             if self.runs(Phase::Stat) {
                 self.step(Some(Phase::Stat), "stat", per_thread, |worker, recorder| {
                     for at in 0..files {
@@ -558,36 +575,13 @@ impl Bench {
                     }
                 })?;
             }
-            self.step(self.timed(Phase::Unlink), "unlink", per_thread, |worker, recorder| {
-                for at in 0..files {
-                    let path = if renamed { worker.renamed(at) } else { worker.file(at) };
-                    match self.runs(Phase::Unlink) {
-                        true => recorder.time(|| worker.session.unlink(&path)),
-                        false => recorder.untimed(worker.session.unlink(&path)),
-                    };
-                }
-            })?;
+            let name = |worker: &Worker, at| if renamed { worker.renamed(at) } else { worker.file(at) };
+            self.each_path(Phase::Unlink, name, |session, path| session.unlink(path))?;
         }
 
         if self.runs_any(&[Phase::Mkdir, Phase::Rmdir]) {
-            self.step(self.timed(Phase::Mkdir), "mkdir", per_thread, |worker, recorder| {
-                for at in 0..files {
-                    let path = worker.subdir(at);
-                    match self.runs(Phase::Mkdir) {
-                        true => recorder.time(|| worker.session.mkdir(&path)),
-                        false => recorder.untimed(worker.session.mkdir(&path)),
-                    };
-                }
-            })?;
-            self.step(self.timed(Phase::Rmdir), "rmdir", per_thread, |worker, recorder| {
-                for at in 0..files {
-                    let path = worker.subdir(at);
-                    match self.runs(Phase::Rmdir) {
-                        true => recorder.time(|| worker.session.rmdir(&path)),
-                        false => recorder.untimed(worker.session.rmdir(&path)),
-                    };
-                }
-            })?;
+            self.each_path(Phase::Mkdir, |worker, at| worker.subdir(at), |session, path| session.mkdir(path))?;
+            self.each_path(Phase::Rmdir, |worker, at| worker.subdir(at), |session, path| session.rmdir(path))?;
         }
 
         if self.runs_any(&[Phase::Readdir, Phase::ReaddirStat]) {
@@ -651,12 +645,7 @@ impl Bench {
             for at in 0..blocks {
                 let offset = at * block;
                 let len = block.min(size - offset) as usize;
-                let written = if timed {
-                    recorder.time(|| file.write_at(offset, &data[..len]))
-                } else {
-                    recorder.untimed(file.write_at(offset, &data[..len]))
-                };
-                if written.is_none() {
+                if recorder.call(timed, || file.write_at(offset, &data[..len])).is_none() {
                     break;
                 }
             }
@@ -837,10 +826,7 @@ pub fn run(args: BenchArgs, server: &str, runtime: tokio::runtime::Handle) -> an
         phases: bench.reports.into_inner().expect("reports lock"),
         failures: bench.failures.into_inner(),
     };
-    let text = if bench.args.json { serde_json::to_string_pretty(&report)? + "\n" } else { human(&report) };
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(text.as_bytes())?;
-    stdout.flush()?;
+    crate::report::print(&report, bench.args.json, human)?;
     if report.failures > 0 {
         eprintln!("rustre: bench: {} calls failed", report.failures);
         return Err(crate::Reported.into());
@@ -848,25 +834,12 @@ pub fn run(args: BenchArgs, server: &str, runtime: tokio::runtime::Handle) -> an
     Ok(())
 }
 
-/// How long several directories may take to show the run directory made in the first.
-const SAME_DIRECTORY_WAIT: Duration = Duration::from_secs(5);
-
 /// Checks that the directories are one directory: the run directory made through the first
 /// shows in all of them.
 fn wait_until_seen(dirs: &[PathBuf], run_dir: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + SAME_DIRECTORY_WAIT;
-    for dir in &dirs[1..] {
-        while !dir.join(run_dir).is_dir() {
-            if Instant::now() > deadline {
-                let _ = std::fs::remove_dir(dirs[0].join(run_dir));
-                bail!(
-                    "bench: {} does not show what is made in {}: not one directory",
-                    dir.display(),
-                    dirs[0].display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+    if let Err(dir) = crate::report::wait_until_shown(&dirs[1..], |dir| dir.join(run_dir).is_dir()) {
+        let _ = std::fs::remove_dir(dirs[0].join(run_dir));
+        bail!("bench: {} does not show what is made in {}: not one directory", dir.display(), dirs[0].display());
     }
     Ok(())
 }

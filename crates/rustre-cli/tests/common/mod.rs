@@ -115,11 +115,12 @@ impl Drop for Process {
 }
 
 /// A `rustre server` process on a free port, accepting when this returns.
-pub fn spawn_server(scratch: &Path) -> (Process, String) {
+pub fn spawn_server(scratch: &Path, extra: &[&str]) -> (Process, String) {
     let address = free_address();
     let data = scratch.join("data");
-    let mut server =
-        Process::spawn(&["server", "--data", data.to_str().unwrap(), "--listen", &address], scratch, "server");
+    let mut args = vec!["server", "--data", data.to_str().unwrap(), "--listen", &address];
+    args.extend_from_slice(extra);
+    let mut server = Process::spawn(&args, scratch, "server");
     server.wait_until("the server accepts", || TcpStream::connect(&address).is_ok());
     (server, address)
 }
