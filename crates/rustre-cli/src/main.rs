@@ -246,7 +246,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Up { mountpoint: None, data, listen } => up(&data, &listen).await,
         Command::Up { mountpoint: Some(mountpoint), data, listen } => up_mounted(&data, &listen, &mountpoint).await,
-        Command::Mount { server, mountpoint, threads } => mount(&server, &mountpoint, threads).await,
+        Command::Mount { server, mountpoint, threads } => mount(&server, &mountpoint, threads, cli.client_stats).await,
         Command::Race(args) => race::run(args, &cli.server, cli.client_stats).await,
         Command::Bench(args) => {
             // Its threads make blocking calls, and wait on the runtime for the library's.
@@ -397,16 +397,16 @@ async fn up_mounted(data: &Path, listen: &str, mountpoint: &Path) -> anyhow::Res
     let mut signals = StopSignals::install()?;
     let (server, address) = start_server(ServerConfig::new(data), listen).await?;
     let target = reachable(address).to_string();
-    let served = mount_and_serve(&target, mountpoint, rustre_fuse::THREADS_DEFAULT, &mut signals).await;
+    let served = mount_and_serve(&target, mountpoint, rustre_fuse::THREADS_DEFAULT, &mut signals, false).await;
     server.shutdown().await;
     tracing::info!("stopped");
     served
 }
 
 /// `rustre mount SERVER MOUNTPOINT`.
-async fn mount(server: &str, mountpoint: &Path, threads: usize) -> anyhow::Result<()> {
+async fn mount(server: &str, mountpoint: &Path, threads: usize, client_stats: bool) -> anyhow::Result<()> {
     let mut signals = StopSignals::install()?;
-    mount_and_serve(server, mountpoint, threads, &mut signals).await
+    mount_and_serve(server, mountpoint, threads, &mut signals, client_stats).await
 }
 
 /// Mounts the server at `target` on `mountpoint` and serves the mount until it is unmounted
@@ -416,6 +416,7 @@ async fn mount_and_serve(
     mountpoint: &Path,
     threads: usize,
     signals: &mut StopSignals,
+    client_stats: bool,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(mountpoint).with_context(|| format!("making the mountpoint {}", mountpoint.display()))?;
     let client = Client::connect(target).await?;
@@ -443,6 +444,9 @@ async fn mount_and_serve(
         Some(ended) => ended,
         None => session.await,
     };
+    if client_stats {
+        eprintln!("{}", client.stats());
+    }
     client.close();
     ended??;
     Ok(())

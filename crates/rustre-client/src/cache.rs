@@ -93,6 +93,15 @@ impl State {
         self.connected && self.last_contact.elapsed() < self.validity
     }
 
+    /// How long from now the cache stays trusted if nothing more arrives from the server
+    /// (zero if it is not trusted now).
+    pub(crate) fn trust_left(&self) -> Duration {
+        match self.connected {
+            true => self.validity.saturating_sub(self.last_contact.elapsed()),
+            false => Duration::ZERO,
+        }
+    }
+
     /// How long since anything arrived from the server.
     pub(crate) fn silent_for(&self) -> Duration {
         self.last_contact.elapsed()

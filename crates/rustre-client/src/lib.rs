@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rustre_proto::frame::{Frame, FrameKind, encode_header, read_frame, write_frame};
@@ -142,10 +143,19 @@ struct Shared {
 
 /// What else must forget what a revoked lease covered, and be done with it before the server
 /// learns it is revoked: a FUSE mount's kernel caches (`rustre-fuse`). Called on the
-/// connection's reader task with the revoked leases, after this client's cache dropped them; it
-/// must return quickly and must never wait for anything that waits for this client's requests
-/// (they cannot be answered until it returns).
-pub type RevocationHook = Arc<dyn Fn(&[Grant]) + Send + Sync>;
+/// connection's reader task with the revoked leases and their cause, after this client's cache
+/// dropped them; it must return quickly and must never wait for anything that waits for this
+/// client's requests (they cannot be answered until it returns).
+pub type RevocationHook = Arc<dyn Fn(&[Grant], Cause) + Send + Sync>;
+
+/// Why leases are revoked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// A change another session (or the server itself) is making.
+    Other,
+    /// A change this session's own request is making (`Callback::RevokeOwn`).
+    Own,
+}
 
 impl Shared {
     fn cache(&self) -> sync::MutexGuard<'_, cache::State> {
@@ -227,26 +237,8 @@ impl Service for CallbackService {
                 shared.cache().contact();
                 CallbackReply::Pong { nonce }
             }
-            Ok(Callback::Revoke { leases }) => {
-                let started = std::time::Instant::now();
-                let next_request = shared.connection.get().map_or(1, Connection::next_request_id);
-                shared.cache().on_revoke(&leases, next_request);
-                let hook = shared.revocation_hook.read().expect("revocation hook lock").clone();
-                if let Some(hook) = hook {
-                    hook(&leases);
-                }
-                shared.counters.revocations_received.fetch_add(1, Ordering::Relaxed);
-                let micros = started.elapsed().as_micros() as u64;
-                shared.counters.revocation_handling_micros.fetch_add(micros, Ordering::Relaxed);
-                if shared.cache().has_releases() {
-                    shared.releases.notify_one();
-                }
-                // The cache is updated already; only the acknowledgement may wait (in tests).
-                return Box::pin(async move {
-                    shared.pause_points.pause("client.revoke.before_ack").await;
-                    (encode_header(&CallbackReply::Revoked), Bytes::new())
-                });
-            }
+            Ok(Callback::Revoke { leases }) => return revoked(shared, leases, Cause::Other),
+            Ok(Callback::RevokeOwn { leases }) => return revoked(shared, leases, Cause::Own),
             Err(error) => {
                 // An answer the server cannot use makes it disconnect us: the right outcome for a
                 // server speaking something we do not understand.
@@ -266,6 +258,28 @@ impl Service for CallbackService {
             self.shared.releases.notify_one();
         }
     }
+}
+
+/// A revocation: drops the leases from the cache, runs the hook, then acknowledges.
+fn revoked(shared: Arc<Shared>, leases: Vec<Grant>, cause: Cause) -> BoxFuture<(Bytes, Bytes)> {
+    let started = std::time::Instant::now();
+    let next_request = shared.connection.get().map_or(1, Connection::next_request_id);
+    shared.cache().on_revoke(&leases, next_request);
+    let hook = shared.revocation_hook.read().expect("revocation hook lock").clone();
+    if let Some(hook) = hook {
+        hook(&leases, cause);
+    }
+    shared.counters.revocations_received.fetch_add(1, Ordering::Relaxed);
+    let micros = started.elapsed().as_micros() as u64;
+    shared.counters.revocation_handling_micros.fetch_add(micros, Ordering::Relaxed);
+    if shared.cache().has_releases() {
+        shared.releases.notify_one();
+    }
+    // The cache is updated already; only the acknowledgement may wait (in tests).
+    Box::pin(async move {
+        shared.pause_points.pause("client.revoke.before_ack").await;
+        (encode_header(&CallbackReply::Revoked), Bytes::new())
+    })
 }
 
 impl Client {
@@ -357,7 +371,28 @@ impl Client {
     /// Is `name` in `parent` cached under a lease, naming `ino`? Then this client will hear of
     /// any change to that name (and run the revocation hook) before the change is answered.
     pub fn name_leased(&self, parent: u64, name: &[u8], ino: u64) -> bool {
-        matches!(self.inner.shared.cache().name(parent, name), Some(Some((cached, _))) if cached == ino)
+        !self.name_lease_left(parent, name, ino).is_zero()
+    }
+
+    /// How long another cache (the kernel's) may keep the entry `name` -> `ino` in `parent`:
+    /// while this client holds its lease (it runs the revocation hook before any change to it is
+    /// answered) and trusts it, that is until half the lease timeout after the server was last
+    /// heard from if nothing more arrives. Zero if the name is not leased, or names another inode.
+    pub fn name_lease_left(&self, parent: u64, name: &[u8], ino: u64) -> Duration {
+        let mut cache = self.inner.shared.cache();
+        match cache.name(parent, name) {
+            Some(Some((cached, _))) if cached == ino => cache.trust_left(),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// The same for the attributes of `ino`.
+    pub fn attr_lease_left(&self, ino: u64) -> Duration {
+        let mut cache = self.inner.shared.cache();
+        match cache.attr(ino) {
+            Some(_) => cache.trust_left(),
+            None => Duration::ZERO,
+        }
     }
 
     pub fn session(&self) -> u64 {

@@ -513,3 +513,34 @@ async fn lookup_pinned_resolves_and_pins_in_one_step() {
     assert_eq!(a.stats().requests_sent, before, "the absence was cached");
     a.check_cache_invariants();
 }
+
+// `OpenFlags::PIN` (what a mount creates with): the open pins the inode in its own step, so the
+// file outlives a remote unlink after its handle is closed, until unpinned. Other ops that take
+// open flags refuse it, so a pin is never silently dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_with_pin_pins_what_it_opens() {
+    use rustre_proto::OpenFlags;
+    let server = TestServer::start().await;
+    let a = server.client().await;
+    let b = server.client().await;
+    let flags = OpenFlags::READ | OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::PIN;
+    let mut file = a.open_at(rustre_proto::ROOT_INO, b"p", flags, 0o644).await.unwrap();
+    let ino = file.cached_attr().ino;
+    file.write_at(0, b"kept").await.unwrap();
+    file.close().await.unwrap();
+    b.remove_file("/p").await.unwrap();
+    assert_eq!(server.server().orphans().unwrap(), vec![ino], "pinned: an orphan, not destroyed");
+    let reopened = a.open_ino(ino, OpenFlags::READ).await.unwrap();
+    assert_eq!(reopened.read_at(0, 100).await.unwrap().as_ref(), b"kept");
+    reopened.close().await.unwrap();
+    a.unpin(ino, 1).await.unwrap();
+    assert!(server.server().orphans().unwrap().is_empty(), "the last pin given back destroys it");
+    assert_errno(a.unpin(ino, 1).await, Errno::EINVAL);
+
+    b.write("/q", b"x").await.unwrap();
+    let q = b.stat("/q").await.unwrap().ino;
+    let refused = a.open_ino(q, OpenFlags::READ | OpenFlags::PIN).await.map(|_| ());
+    assert_errno(refused, Errno::EINVAL);
+    assert_errno(a.unpin(q, 1).await, Errno::EINVAL);
+    a.check_cache_invariants();
+}

@@ -1,39 +1,52 @@
 //! What the kernel caches of this mount, and how it is made to forget.
 //!
-//! The kernel may keep a directory entry (a dentry: name to inode) for as long as this mount's
-//! client holds the lease on that name: `ENTRY_TTL_LEASED`. Exactness comes from the lease, not
-//! from the time: when the server revokes a name lease, the client's revocation hook bumps the
-//! connection's dentry epoch (`FUSE_NOTIFY_INC_EPOCH`, Linux 6.16, FUSE 7.44) before the
-//! revocation is acknowledged, so before the change that caused it is answered to anyone. Every
-//! dentry made before the bump fails its next revalidation and is looked up again, which this
-//! mount answers from the client's exact cache.
+//! The kernel may keep what the client holds a lease on, for as long as the client itself trusts
+//! that lease (until half the lease timeout after the server was last heard from; see
+//! `Client::name_lease_left`), and at most `TTL_LEASED_MAX`. Exactness comes from the lease, not
+//! from the time: the client runs its revocation hook before it acknowledges a revocation, so
+//! before the change that caused it is answered to anyone, and the hook makes the kernel forget:
 //!
-//! Why the epoch, and not an invalidation of the one entry (`FUSE_NOTIFY_INVAL_ENTRY`): that one
-//! takes the parent directory's inode lock, which a kernel thread may hold while it waits for a
-//! reply of ours that waits on the server, which waits for this acknowledgement: a deadlock. The
-//! epoch bump is an atomic increment in the kernel; it takes no lock and waits for nothing, so
-//! the hook may wait for it. The kernel reads the epoch before it sends a lookup or a create, so
-//! an entry whose reply crosses a bump carries the old epoch and is revalidated: no reply can
-//! re-install what a revocation removed.
+//! - *Entries* (dentries: name to inode) of leased names. A revoked name lease bumps the
+//!   connection's dentry epoch (`FUSE_NOTIFY_INC_EPOCH`, Linux 6.16, FUSE 7.44). Every dentry
+//!   made before the bump fails its next revalidation and is looked up again, which this mount
+//!   answers from the client's exact cache. Why the epoch, and not an invalidation of the one
+//!   entry (`FUSE_NOTIFY_INVAL_ENTRY`): that one takes the parent directory's inode lock, which a
+//!   kernel thread may hold while it waits for a reply of ours that waits on the server, which
+//!   waits for this acknowledgement: a deadlock. The epoch bump is an atomic increment in the
+//!   kernel; it takes no lock and waits for nothing. The kernel reads the epoch before it sends a
+//!   lookup or a create, so an entry whose reply crosses a bump carries the old epoch and is
+//!   revalidated: no reply can re-install what a revocation removed.
+//! - *Attributes* of inodes whose attribute lease the client holds. A revoked attribute lease
+//!   sends `FUSE_NOTIFY_INVAL_INODE` with offset -1: attributes only, no page touched, so no
+//!   inode or page lock taken. It bumps the inode's attribute version, so a reply that was in
+//!   flight meanwhile (its request read the older version) is not applied. One gap: an inode
+//!   the kernel has not instantiated yet from a reply of ours is not found (ENOENT), and the
+//!   reply would then install the old attributes. The mount counts the kernel's references
+//!   before it sends such a reply, so an ENOENT for an inode it counts as referenced is retried
+//!   (bounded by `INSTANTIATION_WAIT_MAX`) until the kernel has it or forgets it.
 //!
-//! What stays uncached in the kernel (time to live 0): attributes (every stat asks this mount,
-//! which answers from the client's cache on the reading thread; a revoked attribute lease also
-//! drops the kernel's copy with `FUSE_NOTIFY_INVAL_INODE` for attributes only, which takes no
-//! inode or page lock either, because the kernel trusts even a time to live of 0 until its
-//! clock ticks), negative entries (an ENOENT
-//! reply), and entries from readdirplus (the kernel takes their epoch after the reply arrives,
-//! so one could cross a bump unseen). Kernels before 6.16 cache no entries at all.
+//! What stays uncached in the kernel (time to live 0): negative entries (an ENOENT reply);
+//! entries and attributes from readdirplus (the kernel takes their epoch after the reply
+//! arrives, so one could cross a bump unseen, and fuser gives both one time to live); the
+//! attributes of a file this client has open for writing (no attribute lease: other writers'
+//! changes would not be heard of), so a create's reply, which carries one time to live for both,
+//! caches neither. Kernels before 6.16 cache no entries; attributes need no epochs.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
+use rustre_client::Cause;
 use rustre_client::rustre_proto::{Grant, LeaseKey};
 
-/// How long the kernel may keep an entry the client holds the lease on. A revocation ends it
-/// sooner; this only bounds how long an entry lives that a lost bump would leave stale.
-pub const ENTRY_TTL_LEASED: Duration = Duration::from_secs(600);
+/// The longest the kernel may keep anything: a revocation or the end of the client's trust ends
+/// it sooner; this only bounds how long a notification the kernel lost would leave it stale.
+pub const TTL_LEASED_MAX: Duration = Duration::from_secs(600);
+
+/// How long a revocation hook retries dropping the attributes of an inode the kernel is about
+/// to instantiate from a reply of ours (it answered ENOENT, and the mount counts a reference).
+const INSTANTIATION_WAIT_MAX: Duration = Duration::from_millis(50);
 
 /// The FUSE minor version that brought `FUSE_NOTIFY_INC_EPOCH`.
 pub const EPOCH_MINOR: u32 = 44;
@@ -44,6 +57,16 @@ const FUSE_NOTIFY_INC_EPOCH: i32 = 8;
 /// attributes only (no page is touched, so no page lock is taken).
 const FUSE_NOTIFY_INVAL_INODE: i32 = 2;
 
+/// A rename in flight (`KernelCache::renaming`).
+pub struct Renaming(Arc<KernelCache>);
+
+impl Drop for Renaming {
+    fn drop(&mut self) {
+        let before = self.0.renames.fetch_sub(1, Ordering::AcqRel);
+        assert!(before > 0, "a rename is counted before it ends");
+    }
+}
+
 #[derive(Default)]
 pub struct KernelCache {
     /// A second descriptor of the session's `/dev/fuse` (the same open file): notifications are
@@ -51,11 +74,17 @@ pub struct KernelCache {
     fd: OnceLock<OwnedFd>,
     /// The kernel takes epoch bumps, and the mount wants entries cached.
     epochs: AtomicBool,
+    /// The mount wants attributes cached (any kernel can drop them: FUSE 7.12).
+    attributes: AtomicBool,
     /// Epoch bumps written, and those the kernel refused.
     pub bumps: AtomicU64,
     pub bump_failures: AtomicU64,
-    /// Attribute invalidations the kernel applied.
+    /// Renames of this mount in flight (see `on_revoke`).
+    renames: AtomicU64,
+    /// Attribute invalidations the kernel applied, and those that had to wait for the kernel
+    /// to instantiate the inode.
     pub attribute_drops: AtomicU64,
+    pub attribute_drop_retries: AtomicU64,
 }
 
 impl KernelCache {
@@ -64,11 +93,13 @@ impl KernelCache {
     }
 
     /// Called from INIT (which fuser answers inside `Session::new`, before the descriptor is
-    /// set) with the kernel's FUSE minor version.
+    /// set) with the kernel's FUSE minor version, if the mount wants the kernel to cache.
+    /// Returns whether entries will be cached (attributes always are).
     pub fn enable(&self, kernel_minor: u32) -> bool {
-        let supported = kernel_minor >= EPOCH_MINOR;
-        self.epochs.store(supported, Ordering::Release);
-        supported
+        let epochs = kernel_minor >= EPOCH_MINOR;
+        self.epochs.store(epochs, Ordering::Release);
+        self.attributes.store(true, Ordering::Release);
+        epochs
     }
 
     /// Entries are cached once the kernel has epochs and the descriptor to bump them is set.
@@ -76,41 +107,91 @@ impl KernelCache {
         self.epochs.load(Ordering::Acquire) && self.fd.get().is_some()
     }
 
-    /// The time to live of an entry reply: `ENTRY_TTL_LEASED` if the client holds the name's
-    /// lease (`leased`), else 0.
-    pub fn entry_ttl(&self, leased: impl FnOnce() -> bool) -> Duration {
-        if self.caches_entries() && leased() { ENTRY_TTL_LEASED } else { Duration::ZERO }
+    /// Attributes are cached once the descriptor to drop them is set.
+    pub fn caches_attributes(&self) -> bool {
+        self.attributes.load(Ordering::Acquire) && self.fd.get().is_some()
+    }
+
+    /// Counts a rename in flight until the guard drops (after its reply is sent to the kernel).
+    pub fn renaming(self: &Arc<Self>) -> Renaming {
+        self.renames.fetch_add(1, Ordering::AcqRel);
+        Renaming(self.clone())
+    }
+
+    /// The time to live of an entry, given what the client's lease on the name has left.
+    pub fn entry_ttl(&self, lease_left: impl FnOnce() -> Duration) -> Duration {
+        if self.caches_entries() { lease_left().min(TTL_LEASED_MAX) } else { Duration::ZERO }
+    }
+
+    /// The time to live of attributes, given what the client's attribute lease has left.
+    pub fn attr_ttl(&self, lease_left: impl FnOnce() -> Duration) -> Duration {
+        if self.caches_attributes() { lease_left().min(TTL_LEASED_MAX) } else { Duration::ZERO }
     }
 
     /// The client's revocation hook: a revoked name makes every kernel entry suspect; a revoked
-    /// attribute lease drops the kernel's copy of those attributes. Even at a time to live of 0
-    /// the kernel trusts attributes until its clock ticks (a jiffy, up to 10 ms), long enough
-    /// for a read to keep pages another client's write made stale.
-    pub fn on_revoke(&self, leases: &[Grant]) {
-        if self.caches_entries() && leases.iter().any(|grant| matches!(grant.key, LeaseKey::Name { .. })) {
+    /// attribute lease drops the kernel's copy of those attributes. `referenced` tells whether
+    /// the kernel holds (or is being handed) a reference to an inode.
+    ///
+    /// A name revoked for this mount's own change (`Cause::Own`) needs no bump: every change of
+    /// a name this session makes comes from a kernel request (the mount is the session's only
+    /// user), and the kernel updates its own entries for it when the reply comes: it makes the
+    /// new entry from our reply (with the time to live our leases allow), or makes the removed
+    /// one invalid. The VFS holds the directory's lock across that request, so no lookup of the
+    /// name runs meanwhile. Renames are the exception: the kernel moves the dentry and keeps its
+    /// time to live, which was granted for the old name, not the new one (whose lease this
+    /// client may not hold). So while a rename of ours is in flight, own revocations bump too.
+    /// Attributes are dropped whatever the cause: the kernel does not recompute all it caches
+    /// (a link count, a parent's times).
+    pub fn on_revoke(&self, leases: &[Grant], cause: Cause, referenced: impl Fn(u64) -> bool) {
+        let names = leases.iter().any(|grant| matches!(grant.key, LeaseKey::Name { .. }));
+        let mirrored = cause == Cause::Own && self.renames.load(Ordering::Acquire) == 0;
+        if self.caches_entries() && names && !mirrored {
             self.bump_epoch();
         }
         for grant in leases {
             if let LeaseKey::Attr { ino } = grant.key {
-                self.forget_attributes(ino);
+                self.forget_attributes(ino, &referenced);
             }
         }
     }
 
-    /// Drops the kernel's attributes of `ino`, if it has the inode (else nothing to drop).
-    fn forget_attributes(&self, ino: u64) {
+    /// Drops the kernel's attributes of `ino`, if it has the inode (else nothing to drop, unless
+    /// a reply of ours is about to make it: then waits for that, bounded).
+    fn forget_attributes(&self, ino: u64, referenced: &impl Fn(u64) -> bool) {
         let mut message = [0_u8; 40];
         message[..4].copy_from_slice(&40_u32.to_ne_bytes());
         message[4..8].copy_from_slice(&FUSE_NOTIFY_INVAL_INODE.to_ne_bytes());
         message[16..24].copy_from_slice(&ino.to_ne_bytes());
         message[24..32].copy_from_slice(&(-1_i64).to_ne_bytes());
-        match self.notify(&message) {
-            Ok(()) => {
-                self.attribute_drops.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        loop {
+            match self.notify(&message) {
+                Ok(()) => {
+                    self.attribute_drops.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                // Not in the kernel's inode table: nothing cached, unless the mount counts a
+                // reference, which means a reply of ours carries it and the kernel has not made
+                // the inode yet (or it evicted the inode and its forget is on the way).
+                Err(error) if error.raw_os_error() == Some(libc::ENOENT) => {
+                    if !self.caches_attributes() || !referenced(ino) {
+                        return;
+                    }
+                    if started.elapsed() >= INSTANTIATION_WAIT_MAX {
+                        tracing::warn!(
+                            ino,
+                            "the kernel did not make a referenced inode in time to drop its attributes"
+                        );
+                        return;
+                    }
+                    self.attribute_drop_retries.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_micros(20));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, ino, "the kernel refused to drop an inode's attributes");
+                    return;
+                }
             }
-            // The kernel does not have that inode: it has no attributes to drop.
-            Err(error) if error.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(error) => tracing::warn!(%error, ino, "the kernel refused to drop an inode's attributes"),
         }
     }
 

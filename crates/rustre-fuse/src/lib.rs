@@ -49,13 +49,13 @@ use fuser::{
 use rustre_client::rustre_proto::{
     Attr, Caller, DirEntry, Errno, FileKind, Grant, OpenFlags, RenameMode, SetAttrIn, TimeSet, Timestamp, XattrMode,
 };
-use rustre_client::{Client, File};
+use rustre_client::{Cause, Client, File};
 
 use kernel::KernelCache;
 use refs::KernelRefs;
 
-/// What the kernel may cache of attributes, negative entries and readdirplus entries: nothing
-/// (see `kernel.rs`; leased entries get `kernel::ENTRY_TTL_LEASED`).
+/// What the kernel may cache of negative entries and readdirplus entries: nothing (see
+/// `kernel.rs`; leased entries and attributes get what their lease has left).
 const TTL: Duration = Duration::ZERO;
 
 /// Entries asked of the server per readdir page (the kernel's buffer takes what fits; the rest
@@ -90,10 +90,10 @@ pub struct MountConfig {
     /// Pin what the kernel looks up (`Op::PinName`). Always on, except in control runs that
     /// prove the tests notice the ESTALE an application would otherwise see.
     pub pin_lookups: bool,
-    /// Let the kernel keep the entries the client holds leases on, made to forget them by
-    /// dentry epoch bumps on revocation (`kernel.rs`; needs Linux 6.16). Off: the kernel asks
-    /// this mount for every path component.
-    pub kernel_entries: bool,
+    /// Let the kernel keep the entries and attributes the client holds leases on, made to
+    /// forget them on revocation (`kernel.rs`; entries need Linux 6.16). Off: the kernel asks
+    /// this mount for every path component and every stat.
+    pub kernel_cache: bool,
 }
 
 impl Default for MountConfig {
@@ -103,7 +103,7 @@ impl Default for MountConfig {
             threads: THREADS_DEFAULT,
             allow_other: true,
             pin_lookups: true,
-            kernel_entries: true,
+            kernel_cache: true,
         }
     }
 }
@@ -125,11 +125,15 @@ pub struct MountStats {
     pub pins: u64,
     /// Open file and directory handles.
     pub handles: usize,
-    /// Does the kernel keep leased entries (`MountConfig::kernel_entries` on a kernel with
+    /// Does the kernel keep leased entries (`MountConfig::kernel_cache` on a kernel with
     /// dentry epochs)?
     pub kernel_entries: bool,
     /// Dentry epoch bumps sent to the kernel (one per revocation that names an entry).
     pub epoch_bumps: u64,
+    /// Does the kernel keep the attributes the client holds leases on?
+    pub kernel_attributes: bool,
+    /// Attribute drops the kernel applied (one per revoked attribute lease of an inode it has).
+    pub attribute_drops: u64,
 }
 
 /// Mounts `client`'s file system on `mountpoint` (which must be an existing directory) and
@@ -144,11 +148,11 @@ pub fn mount(
         client,
         runtime,
         pin_lookups: config.pin_lookups,
-        refs: Mutex::default(),
+        refs: Arc::default(),
         files: Mutex::default(),
         dirs: Mutex::default(),
         kernel: Arc::new(KernelCache::default()),
-        kernel_entries: config.kernel_entries,
+        kernel_cache: config.kernel_cache,
     });
     let mut options = Config::default();
     options.mount_options = vec![
@@ -163,8 +167,11 @@ pub fn mount(
     let mut session = Session::new(RustreFs { shared: shared.clone() }, mountpoint, &options).map_err(failed)?;
     // Before the session serves anything: the descriptor that makes the kernel forget.
     shared.kernel.set_fd(session.as_fd().try_clone_to_owned().map_err(failed)?);
-    let kernel = shared.kernel.clone();
-    shared.client.set_revocation_hook(Some(Arc::new(move |leases: &[Grant]| kernel.on_revoke(leases))));
+    let (kernel, refs) = (shared.kernel.clone(), shared.refs.clone());
+    shared.client.set_revocation_hook(Some(Arc::new(move |leases: &[Grant], cause: Cause| {
+        // The refs lock is taken and dropped per question, never held while the kernel is told.
+        kernel.on_revoke(leases, cause, |ino| refs.lock().expect("refs lock").kernel(ino) > 0)
+    })));
     let unmounter = Arc::new(Mutex::new(session.unmount_callable()));
     let thread =
         std::thread::Builder::new().name("rustre-fuse".to_string()).spawn(move || session.run()).map_err(failed)?;
@@ -233,6 +240,8 @@ impl Mounted {
             handles,
             kernel_entries: self.shared.kernel.caches_entries(),
             epoch_bumps: self.shared.kernel.bumps.load(std::sync::atomic::Ordering::Relaxed),
+            kernel_attributes: self.shared.kernel.caches_attributes(),
+            attribute_drops: self.shared.kernel.attribute_drops.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -278,14 +287,15 @@ struct Shared {
     client: Client,
     runtime: tokio::runtime::Handle,
     pin_lookups: bool,
-    refs: Mutex<KernelRefs>,
+    /// Shared with the revocation hook, which asks whether the kernel references an inode.
+    refs: Arc<Mutex<KernelRefs>>,
     /// Open files by handle (the server's handle number is the kernel's `fh`).
     files: Mutex<HashMap<u64, Arc<File>>>,
     /// Open directories by handle.
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirHandle>>>>,
     /// What the kernel caches, and the descriptor that makes it forget (`kernel.rs`).
     kernel: Arc<KernelCache>,
-    kernel_entries: bool,
+    kernel_cache: bool,
 }
 
 /// An open directory: a server handle (which keeps the directory alive to the last page, as an
@@ -455,15 +465,28 @@ impl Shared {
     /// gives, and sends it.
     fn reply_entry(&self, reply: ReplyEntry, parent: u64, name: &[u8], attr: &Attr) {
         self.refs.lock().expect("refs lock").add(attr.ino);
-        let ttl = self.entry_ttl(parent, name, attr.ino);
-        reply.entry(&ttl, &file_attr(attr), Generation(attr.generation));
+        self.send_entry(reply, parent, name, attr);
+    }
+
+    /// Sends an entry reply with the times to live its leases allow.
+    fn send_entry(&self, reply: ReplyEntry, parent: u64, name: &[u8], attr: &Attr) {
+        let entry_ttl = self.entry_ttl(parent, name, attr.ino);
+        let attr_ttl = self.attr_ttl(attr.ino);
+        reply.entry_with_ttls(&attr_ttl, &entry_ttl, &file_attr(attr), Generation(attr.generation));
     }
 
     /// How long the kernel may keep the entry `name` -> `ino` in `parent`: while the client holds
     /// its lease (checked now; a revocation after this check bumps the dentry epoch, which the
     /// kernel read before sending its request, so the entry is revalidated anyway).
     fn entry_ttl(&self, parent: u64, name: &[u8], ino: u64) -> Duration {
-        self.kernel.entry_ttl(|| self.client.name_leased(parent, name, ino))
+        self.kernel.entry_ttl(|| self.client.name_lease_left(parent, name, ino))
+    }
+
+    /// How long the kernel may keep the attributes of `ino`: while the client holds their lease
+    /// (checked now; a revocation after this check drops them, and a reply crossing that drop
+    /// is not applied by the kernel: see `kernel.rs`).
+    fn attr_ttl(&self, ino: u64) -> Duration {
+        self.kernel.attr_ttl(|| self.client.attr_lease_left(ino))
     }
 
     fn forget(self: &Arc<Self>, ino: u64, count: u64) {
@@ -542,7 +565,7 @@ impl Filesystem for RustreFs {
                 tracing::info!(?wanted, "the kernel lacks a FUSE capability");
             }
         }
-        if self.shared.kernel_entries {
+        if self.shared.kernel_cache {
             let minor = config.kernel_abi().1;
             if !self.shared.kernel.enable(minor) {
                 tracing::info!(minor, "the kernel has no dentry epochs (FUSE 7.44): it caches no entries");
@@ -557,8 +580,7 @@ impl Filesystem for RustreFs {
         match self.shared.client.lookup_cached(parent.0, name.as_bytes()) {
             Some(Err(error)) => return reply.error(kernel_errno(&error)),
             Some(Ok(attr)) if self.shared.refs.lock().expect("refs lock").add_if_pinned(attr.ino) => {
-                let ttl = self.shared.entry_ttl(parent.0, name.as_bytes(), attr.ino);
-                return reply.entry(&ttl, &file_attr(&attr), Generation(attr.generation));
+                return self.shared.send_entry(reply, parent.0, name.as_bytes(), &attr);
             }
             _ => {}
         }
@@ -566,8 +588,7 @@ impl Filesystem for RustreFs {
         let name = name_bytes(name);
         self.shared.runtime.spawn(async move {
             answer(reply, shared.lookup(parent.0, &name).await, |reply, attr| {
-                let ttl = shared.entry_ttl(parent.0, &name, attr.ino);
-                reply.entry(&ttl, &file_attr(&attr), Generation(attr.generation))
+                shared.send_entry(reply, parent.0, &name, &attr)
             })
         });
     }
@@ -579,11 +600,14 @@ impl Filesystem for RustreFs {
 
     fn getattr(&self, _request: &Request, ino: INodeNo, _handle: Option<FileHandle>, reply: ReplyAttr) {
         if let Some(attr) = self.shared.client.getattr_cached(ino.0) {
-            return reply.attr(&TTL, &file_attr(&attr)); // cached: answered on this thread
+            // Cached: answered on this thread.
+            return reply.attr(&self.shared.attr_ttl(ino.0), &file_attr(&attr));
         }
-        let client = self.shared.client.clone();
+        let shared = self.shared.clone();
         self.shared.runtime.spawn(async move {
-            answer(reply, client.getattr(ino.0).await, |reply, attr| reply.attr(&TTL, &file_attr(&attr)))
+            answer(reply, shared.client.getattr(ino.0).await, |reply, attr| {
+                reply.attr(&shared.attr_ttl(attr.ino), &file_attr(&attr))
+            })
         });
     }
 
@@ -614,8 +638,11 @@ impl Filesystem for RustreFs {
             atime: atime.map(time_set),
             mtime: mtime.map(time_set),
         };
+        let shared = self.shared.clone();
         self.shared.runtime.spawn(async move {
-            answer(reply, client.setattr(ino.0, set).await, |reply, attr| reply.attr(&TTL, &file_attr(&attr)))
+            answer(reply, client.setattr(ino.0, set).await, |reply, attr| {
+                reply.attr(&shared.attr_ttl(attr.ino), &file_attr(&attr))
+            })
         });
     }
 
@@ -719,9 +746,13 @@ impl Filesystem for RustreFs {
         };
         let client = self.shared.client_for(request);
         let (name, new_name) = (name_bytes(name), name_bytes(new_name));
-        self.shared
-            .runtime
-            .spawn(async move { done(reply, client.rename_at(parent.0, &name, new_parent.0, &new_name, mode).await) });
+        // Counted from before the request until after the reply: see `KernelCache::on_revoke`.
+        let renaming = self.shared.kernel.renaming();
+        self.shared.runtime.spawn(async move {
+            let result = client.rename_at(parent.0, &name, new_parent.0, &new_name, mode).await;
+            done(reply, result);
+            drop(renaming);
+        });
     }
 
     fn link(&self, request: &Request, ino: INodeNo, new_parent: INodeNo, new_name: &OsStr, reply: ReplyEntry) {
@@ -1017,6 +1048,12 @@ impl Filesystem for RustreFs {
         if flags & libc::O_EXCL != 0 {
             open = open | OpenFlags::EXCLUSIVE;
         }
+        // Pinned in the create's own step: the kernel's reference to the file needs a pin (see
+        // `refs.rs`), and taking it here spares the next lookup of the name a server call.
+        let pinned = self.shared.pin_lookups;
+        if pinned {
+            open = open | OpenFlags::PIN;
+        }
         self.shared.runtime.spawn(async move {
             // One atomic step on the server: open the file the name has now, or create it
             // (EEXIST only with O_EXCL).
@@ -1025,8 +1062,15 @@ impl Filesystem for RustreFs {
                     let attr = file.cached_attr().clone();
                     let handle = file.handle();
                     shared.files.lock().expect("files lock").insert(handle, Arc::new(file));
-                    shared.refs.lock().expect("refs lock").add(attr.ino);
-                    let ttl = shared.entry_ttl(parent.0, &name, attr.ino);
+                    let mut refs = shared.refs.lock().expect("refs lock");
+                    match pinned {
+                        true => refs.add_pinned(attr.ino),
+                        false => refs.add(attr.ino),
+                    }
+                    drop(refs);
+                    // One time to live for the entry and the attributes: the file is open, for
+                    // writing mostly, so its attributes are not leased and neither is cached.
+                    let ttl = shared.entry_ttl(parent.0, &name, attr.ino).min(shared.attr_ttl(attr.ino));
                     reply.created(
                         &ttl,
                         &file_attr(&attr),

@@ -237,3 +237,70 @@ fn entries_cached_by_the_kernel_are_forgotten_when_another_mount_changes_them() 
         fs::remove_file(b.join("d").join(&renamed)).unwrap();
     }
 }
+
+/// The kernel keeps the attributes this mount holds leases on (a stat asks the mount nothing),
+/// and drops them the moment another mount changes them: the revocation drops the kernel's copy
+/// before it is acknowledged. Without the drop, B's kernel would show the old mode, size and
+/// times for as long as B's lease had left (seconds), and the asserts after each change fail.
+#[test]
+fn attributes_cached_by_the_kernel_are_dropped_when_another_mount_changes_them() {
+    use std::os::unix::fs::FileExt;
+    let fixture = Fixture::new(2);
+    let (a, b) = (fixture.root(0), fixture.root(1));
+    assert!(fixture.mounts[1].stats().kernel_attributes, "the kernel caches leased attributes");
+    fs::write(a.join("f"), b"x").unwrap();
+    // Keeps B's dentry and inode in the kernel whatever other tests drop meanwhile.
+    let _held = open_path(&b.join("f"));
+    let asked = || {
+        let stats = fixture.mounts[1].client().stats();
+        stats.cache_hits + stats.cache_misses
+    };
+    fs::metadata(b.join("f")).unwrap();
+    let before = asked();
+    for _ in 0..100 {
+        fs::metadata(b.join("f")).unwrap();
+    }
+    assert!(asked() - before < 5, "100 stats asked the mount {} times", asked() - before);
+    let drops = fixture.mounts[1].stats().attribute_drops;
+    for round in 0..20_u32 {
+        let mode = 0o600 | (round % 8) << 3;
+        fs::set_permissions(a.join("f"), fs::Permissions::from_mode(mode)).unwrap();
+        assert_eq!(fs::metadata(b.join("f")).unwrap().mode() & 0o777, mode, "round {round}: mode");
+        let size = 100 + u64::from(round);
+        fs::OpenOptions::new().write(true).open(a.join("f")).unwrap().set_len(size).unwrap();
+        assert_eq!(fs::metadata(b.join("f")).unwrap().len(), size, "round {round}: truncate");
+        let writer = fs::OpenOptions::new().write(true).open(a.join("f")).unwrap();
+        writer.write_all_at(b"grown", size).unwrap();
+        drop(writer);
+        assert_eq!(fs::metadata(b.join("f")).unwrap().len(), size + 5, "round {round}: write and close");
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000 + u64::from(round));
+        fs::File::options().write(true).open(a.join("f")).unwrap().set_modified(when).unwrap();
+        assert_eq!(fs::metadata(b.join("f")).unwrap().modified().unwrap(), when, "round {round}: mtime");
+    }
+    assert!(fixture.mounts[1].stats().attribute_drops > drops, "B's kernel was told");
+}
+
+/// A mount's own changes do not make its kernel forget its other entries: the kernel mirrors
+/// what its own requests did, so the revocations they cause (`Cause::Own`) bump no epoch. A
+/// rename is the exception (the kernel moves the dentry with the old name's time to live), and
+/// the rounds of the test above show the renamed entry is then looked up again.
+#[test]
+fn own_changes_keep_the_kernels_entries() {
+    let fixture = Fixture::new(1);
+    let a = fixture.root(0);
+    fs::create_dir(a.join("d")).unwrap();
+    for index in 0..20 {
+        fs::write(a.join("d").join(format!("f{index}")), b"x").unwrap();
+        fs::metadata(a.join("d").join(format!("f{index}"))).unwrap();
+    }
+    for index in 0..10 {
+        fs::remove_file(a.join("d").join(format!("f{index}"))).unwrap();
+        fs::create_dir(a.join("d").join(format!("s{index}"))).unwrap();
+        assert_eq!(errno_of(fs::metadata(a.join("d").join(format!("f{index}")))), libc::ENOENT);
+    }
+    assert_eq!(fixture.mounts[0].stats().epoch_bumps, 0, "own creates, unlinks and mkdirs bump nothing");
+    fs::rename(a.join("d").join("f10"), a.join("d").join("g")).unwrap();
+    assert!(fixture.mounts[0].stats().epoch_bumps > 0, "an own rename does");
+    assert_eq!(errno_of(fs::metadata(a.join("d").join("f10"))), libc::ENOENT);
+    assert_eq!(fs::read(a.join("d").join("g")).unwrap(), b"x");
+}

@@ -121,7 +121,12 @@ impl OpenFlags {
     pub const APPEND: OpenFlags = OpenFlags(32);
     /// Open a directory (for `opendir`); refuses anything else with ENOTDIR.
     pub const DIRECTORY: OpenFlags = OpenFlags(64);
-    const KNOWN: u32 = 127;
+    /// `Op::Open` only: also take one pin on the opened inode for this session, in the same step
+    /// (as `Op::PinName` does for a lookup), so it outlives its names until `Op::Unpin`. A mount
+    /// creates with it, so the kernel's reference to the new file is pinned from the start.
+    /// Refused (EINVAL) by every other op that takes open flags.
+    pub const PIN: OpenFlags = OpenFlags(128);
+    const KNOWN: u32 = 255;
 
     pub fn contains(self, other: OpenFlags) -> bool {
         self.0 & other.0 == other.0
@@ -555,6 +560,10 @@ pub enum Callback {
     Ping { nonce: u64 },
     /// Stop caching what these leases cover (each up to its id), then answer `Revoked`.
     Revoke { leases: Vec<Grant> },
+    /// The same, for a change that this session's own request is making. The client's cache
+    /// handles it like `Revoke`; a cache that mirrors the request itself (a kernel that made the
+    /// change through this client, and updated its own entries with the reply) may skip work.
+    RevokeOwn { leases: Vec<Grant> },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -694,6 +694,7 @@ where
         })
         .await;
     let change = marked.lock().expect("change slot").take();
+    let requester = REQUESTER.try_with(|session| *session).ok();
     if inner.config.fault_ack_before_revoke
         && let Some(change) = change
     {
@@ -703,10 +704,10 @@ where
         // bug would hide behind that second guard.
         inner.leases.complete(&change);
         let inner = inner.clone();
-        tokio::spawn(async move { revoke(&inner, &change).await });
+        tokio::spawn(async move { revoke(&inner, &change, requester).await });
     } else if let Some(change) = change {
         // Even if the batch failed, the holders are out of the table: they must drop their copies.
-        revoke(inner, &change).await;
+        revoke(inner, &change, requester).await;
         inner.leases.complete(&change);
         inner.leases.wait_prior(&change).await;
     }
@@ -716,17 +717,28 @@ where
     }
 }
 
+tokio::task_local! {
+    /// The session whose request the current task serves. Revocations that a change sends to
+    /// that session itself say so (`Callback::RevokeOwn`): a mount's kernel made that change
+    /// through the session and updated its own entries already.
+    static REQUESTER: u64;
+}
+
 /// Sends each holder its revocations and waits for the acknowledgements, all sessions at once.
 /// A session that does not answer within the lease timeout is evicted: its connection is closed
 /// and its leases dropped, and the change goes on.
-async fn revoke(inner: &Arc<Inner>, change: &Change) {
+async fn revoke(inner: &Arc<Inner>, change: &Change, requester: Option<u64>) {
     let mut waiting = tokio::task::JoinSet::new();
     for (&session, grants) in &change.revocations {
         let connection = inner.sessions.lock().expect("sessions lock").get(&session).cloned();
         let Some(connection) = connection else {
             continue; // the session is gone, and its leases with it
         };
-        let header = encode_header(&Callback::Revoke { leases: grants.clone() });
+        let leases = grants.clone();
+        let header = encode_header(&match requester == Some(session) {
+            true => Callback::RevokeOwn { leases },
+            false => Callback::Revoke { leases },
+        });
         let timeout = inner.config.lease_timeout;
         let leases = inner.leases.clone();
         let counters = inner.counters.clone();
@@ -768,7 +780,7 @@ impl Service for SessionService {
             let answer = match frame.decode_header::<Request>() {
                 Ok(request) => {
                     let kind = request.op.kind_name();
-                    let answer = handle(&inner, &session, request, frame.payload).await;
+                    let answer = REQUESTER.scope(session.id, handle(&inner, &session, request, frame.payload)).await;
                     if let Err(error) = &answer.result {
                         let session = format_args!("{:#x}", session.id);
                         if error.errno() == Errno::EIO {
@@ -1000,17 +1012,33 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
             let name_key = name_key(parent, &name);
             let mut ticket = inner.leases.begin_read();
             ticket.observe(&name_key);
+            let pin = flags.contains(OpenFlags::PIN);
             let (opened, ticket) = apply(inner, ticket, move |ns, opens, ticket| {
                 let opened = ns.open(parent, &name, flags, perm, caller)?;
                 ticket.observe(&attr_key(opened.attr.ino));
+                // The handle's count, and the pin's: both taken where the open is ordered, so
+                // no unlink can come between the open and the pin.
                 opens.acquire(opened.attr.ino);
+                if pin {
+                    opens.acquire(opened.attr.ino);
+                }
                 Ok(opened)
             })
             .await;
             match opened {
                 Ok(opened) => {
-                    let keys = open_grants(flags, name_key, opened.attr.ino);
-                    let result = open_reply(inner, session, reservation, opened, flags).await;
+                    let ino = opened.attr.ino;
+                    let keys = open_grants(flags, name_key, ino);
+                    let result = match open_reply(inner, session, reservation, opened, flags).await {
+                        Ok(reply) if pin => count_pin(inner, session, ino).await.map(|()| reply),
+                        Ok(reply) => Ok(reply),
+                        Err(error) => {
+                            if pin && let Err(release) = release_opens(inner, ino, 1).await {
+                                return Err(release).into();
+                            }
+                            Err(error)
+                        }
+                    };
                     answer(session, ticket, &keys, result.map(|reply| (reply, none()))).await
                 }
                 Err(StoreError::Fs(Errno::ENOENT)) => {
@@ -1021,6 +1049,9 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
             }
         }
         Op::OpenIno { ino, flags } => {
+            if flags.contains(OpenFlags::PIN) {
+                return Err(errno(Errno::EINVAL)).into();
+            }
             let reservation = match session.reserve_handle() {
                 Ok(reservation) => reservation,
                 Err(error) => return Err(error).into(),
@@ -1311,6 +1342,9 @@ async fn at_path(
             }
         }
         Op::Open { name, flags, perm, .. } => {
+            if flags.contains(OpenFlags::PIN) {
+                return Err(errno(Errno::EINVAL)).into();
+            }
             let reservation = match session.reserve_handle() {
                 Ok(reservation) => reservation,
                 Err(error) => return Err(error).into(),
