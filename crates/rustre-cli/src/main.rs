@@ -26,6 +26,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 mod bench;
 mod race;
 mod report;
+mod scale;
 mod sim;
 
 /// The most bytes one read or write of `put`, `get` and `cat` moves.
@@ -153,6 +154,9 @@ enum Command {
     /// Puts the reports of several `rustre bench --json` runs side by side: a Markdown table,
     /// and an SVG chart with `--svg`.
     BenchCompare(bench::CompareArgs),
+    /// Many sessions and a large namespace against a server on this machine: its memory per
+    /// namespace entry, per session and per lease (from /proc/PID/status). Leaves its directory.
+    Scale(scale::ScaleArgs),
     /// Runs the deterministic simulator: real server and clients on a simulated network with
     /// faults, every answer checked for linearizability. One seed replays a run exactly.
     Sim(sim::SimArgs),
@@ -254,6 +258,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tokio::task::spawn_blocking(move || bench::run(args, &cli.server, runtime)).await?
         }
         Command::BenchCompare(args) => bench::compare(args),
+        Command::Scale(args) => scale::run(args, &cli.server).await,
         command => {
             let client = Client::connect(&cli.server).await?;
             let result = client_command(&client, command).await;
@@ -275,6 +280,7 @@ async fn client_command(client: &Client, command: Command) -> anyhow::Result<()>
         | Command::Race(_)
         | Command::Bench(_)
         | Command::BenchCompare(_)
+        | Command::Scale(_)
         | Command::Sim(_) => {
             unreachable!("handled by run and main")
         }

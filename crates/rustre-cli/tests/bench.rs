@@ -203,3 +203,54 @@ fn bad_input_is_refused_with_a_clear_error() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("not a `rustre bench --json` report"));
 }
+
+/// `rustre scale` against a real server process: it makes the namespace it was asked for, its
+/// sessions hold a lease per name and per inode they stat, and it reads the server's memory.
+#[test]
+fn scale_makes_the_namespace_and_counts_the_leases() {
+    let scratch = tempfile::tempdir().unwrap();
+    let (server, address) = spawn_server(scratch.path(), &[]);
+    let pid = server.child.id().to_string();
+    let args = [
+        "--server",
+        &address,
+        "scale",
+        "--server-pid",
+        &pid,
+        "--sessions",
+        "3",
+        "--entries",
+        "300",
+        "--dirs",
+        "3",
+        "--populators",
+        "4",
+        "--stats-per-session",
+        "50",
+        "--json",
+    ];
+    let output = rustre_command().args(args).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let steps: Vec<&str> =
+        report["steps"].as_array().unwrap().iter().map(|step| step["step"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["start", "namespace", "sessions", "leases"]);
+    for step in report["steps"].as_array().unwrap() {
+        assert!(number(&step["server_rss_bytes"], "rss") > 1 << 20, "the server's memory was read: {step}");
+    }
+    // Each session holds a name and an attribute lease on each of its 50 files, and on the
+    // directories it walked through.
+    let leases = number(&report["steps"][3]["leases_held"], "leases");
+    assert!((300..=300 + 3 * 10).contains(&leases), "{report:#}");
+    let run_dir = report["run_dir"].as_str().unwrap();
+    let listed = rustre_command().args(["--server", &address, "ls", &format!("{run_dir}/d1")]).output().unwrap();
+    assert!(listed.status.success());
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 100, "300 entries over 3 directories");
+
+    let refused = rustre_command()
+        .args(["--server", &address, "scale", "--server-pid", &pid, "--entries", "10", "--stats-per-session", "20"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--stats-per-session"));
+}

@@ -141,29 +141,8 @@ impl File {
 
     /// Reads up to `len` bytes at `offset` (fewer at end of file). Does not move the position.
     pub async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes> {
-        let mut out = Vec::new();
-        while out.len() < len {
-            let want = (len - out.len()).min(IO_SIZE_MAX as usize) as u32;
-            let op = Op::Read { handle: self.handle, offset: offset + out.len() as u64, len: want };
-            let data = match self.client.call(op, Bytes::new()).await? {
-                (Reply::Data, data) => data,
-                (other, _) => {
-                    return Err(Error::new(Errno::EPROTO, format!("unexpected reply {other:?}")));
-                }
-            };
-            if data.len() > want as usize {
-                return Err(Error::new(Errno::EPROTO, "server returned more than asked"));
-            }
-            if out.is_empty() && data.len() == len {
-                return Ok(data);
-            }
-            let short = data.len() < want as usize;
-            out.extend_from_slice(&data);
-            if short {
-                break;
-            }
-        }
-        Ok(Bytes::from(out))
+        let handle = self.handle;
+        read_in_pieces(&self.client, offset, len, |offset, len| Op::Read { handle, offset, len }).await
     }
 
     /// Reads into `buffer` at the position and advances it. Returns 0 at end of file.
@@ -287,4 +266,36 @@ impl Drop for File {
             });
         }
     }
+}
+
+/// Reads up to `len` bytes at `offset` in calls of at most `IO_SIZE_MAX` (`op` makes each call's
+/// op from its offset and length); fewer at end of file.
+pub(crate) async fn read_in_pieces(
+    client: &Client,
+    offset: u64,
+    len: usize,
+    op: impl Fn(u64, u32) -> Op,
+) -> Result<Bytes> {
+    let mut out = Vec::new();
+    while out.len() < len {
+        let want = (len - out.len()).min(IO_SIZE_MAX as usize) as u32;
+        let data = match client.call(op(offset + out.len() as u64, want), Bytes::new()).await? {
+            (Reply::Data, data) => data,
+            (other, _) => {
+                return Err(Error::new(Errno::EPROTO, format!("unexpected reply {other:?}")));
+            }
+        };
+        if data.len() > want as usize {
+            return Err(Error::new(Errno::EPROTO, "server returned more than asked"));
+        }
+        if out.is_empty() && data.len() == len {
+            return Ok(data);
+        }
+        let short = data.len() < want as usize;
+        out.extend_from_slice(&data);
+        if short {
+            break;
+        }
+    }
+    Ok(Bytes::from(out))
 }

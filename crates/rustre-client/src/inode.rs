@@ -433,6 +433,12 @@ impl Client {
         self.name_answer(parent, name, header)
     }
 
+    /// Reads up to `len` bytes at `offset` of an inode this session pins, without a handle
+    /// (`Op::ReadPinned`): EBADF if it holds no pin on it.
+    pub async fn read_pinned(&self, ino: u64, offset: u64, len: usize) -> Result<Bytes> {
+        crate::file::read_in_pieces(self, offset, len, |offset, len| Op::ReadPinned { ino, offset, len }).await
+    }
+
     /// Gives back `count` pins of an inode.
     pub async fn unpin(&self, ino: u64, count: u64) -> Result<()> {
         match self.call(Op::Unpin { ino, count }, Bytes::new()).await?.0 {

@@ -533,9 +533,14 @@ async fn an_open_with_pin_pins_what_it_opens() {
     let reopened = a.open_ino(ino, OpenFlags::READ).await.unwrap();
     assert_eq!(reopened.read_at(0, 100).await.unwrap().as_ref(), b"kept");
     reopened.close().await.unwrap();
+    // The pin alone reads it (Op::ReadPinned), as a mount reads a file opened read-only; a
+    // session without the pin may not.
+    assert_eq!(a.read_pinned(ino, 1, 100).await.unwrap().as_ref(), b"ept");
+    assert_errno(b.read_pinned(ino, 0, 100).await.map(|_| ()), Errno::EBADF);
     a.unpin(ino, 1).await.unwrap();
     assert!(server.server().orphans().unwrap().is_empty(), "the last pin given back destroys it");
     assert_errno(a.unpin(ino, 1).await, Errno::EINVAL);
+    assert_errno(a.read_pinned(ino, 0, 100).await.map(|_| ()), Errno::EBADF);
 
     b.write("/q", b"x").await.unwrap();
     let q = b.stat("/q").await.unwrap().ino;

@@ -58,6 +58,10 @@ use refs::KernelRefs;
 /// `kernel.rs`; leased entries and attributes get what their lease has left).
 const TTL: Duration = Duration::ZERO;
 
+/// The first `fh` of a read-only open served by a pin (`Shared::pinned_opens`); server handles
+/// count up from 1 and never get near it.
+const PINNED_OPEN_FIRST: u64 = 1 << 63;
+
 /// Entries asked of the server per readdir page (the kernel's buffer takes what fits; the rest
 /// is served from the directory handle's page).
 const READDIR_PAGE_ENTRIES: u32 = 512;
@@ -150,6 +154,8 @@ pub fn mount(
         pin_lookups: config.pin_lookups,
         refs: Arc::default(),
         files: Mutex::default(),
+        pinned_opens: Mutex::default(),
+        next_pinned_open: std::sync::atomic::AtomicU64::new(PINNED_OPEN_FIRST),
         dirs: Mutex::default(),
         kernel: Arc::new(KernelCache::default()),
         kernel_cache: config.kernel_cache,
@@ -232,8 +238,9 @@ impl Mounted {
             refs.check_invariants();
             (refs.len(), refs.pinned_total())
         };
-        let handles =
-            self.shared.files.lock().expect("files lock").len() + self.shared.dirs.lock().expect("dirs lock").len();
+        let handles = self.shared.files.lock().expect("files lock").len()
+            + self.shared.pinned_opens.lock().expect("pinned opens lock").len()
+            + self.shared.dirs.lock().expect("dirs lock").len();
         MountStats {
             kernel_inodes,
             pins,
@@ -291,6 +298,12 @@ struct Shared {
     refs: Arc<Mutex<KernelRefs>>,
     /// Open files by handle (the server's handle number is the kernel's `fh`).
     files: Mutex<HashMap<u64, Arc<File>>>,
+    /// Read-only opens of pinned inodes, served without a server handle: `fh` -> inode. The
+    /// pin keeps the inode on the server as a handle would, for at least as long as the file is
+    /// open (the kernel holds an open file's inode, so it cannot forget it meanwhile).
+    pinned_opens: Mutex<HashMap<u64, u64>>,
+    /// The next `fh` of a pinned open: from `PINNED_OPEN_FIRST` up, above every server handle.
+    next_pinned_open: std::sync::atomic::AtomicU64,
     /// Open directories by handle.
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirHandle>>>>,
     /// What the kernel caches, and the descriptor that makes it forget (`kernel.rs`).
@@ -767,12 +780,22 @@ impl Filesystem for RustreFs {
     }
 
     fn open(&self, request: &Request, ino: INodeNo, flags: KernelOpenFlags, reply: ReplyOpen) {
+        // A read-only open of an inode this mount pins needs nothing of the server: the kernel
+        // checked the permissions, the pin keeps the inode, and reads go by the pin.
+        let read_only = flags.0 & libc::O_ACCMODE == libc::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
+        if read_only && self.shared.refs.lock().expect("refs lock").pins(ino.0) > 0 {
+            let handle = self.shared.next_pinned_open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.shared.pinned_opens.lock().expect("pinned opens lock").insert(handle, ino.0);
+            // No FOPEN_KEEP_CACHE: the kernel drops this file's pages now (close-to-open).
+            return reply.opened(FileHandle(handle), FopenFlags::empty());
+        }
         let shared = self.shared.clone();
         let client = self.shared.client_for(request);
         self.shared.runtime.spawn(async move {
             match client.open_ino(ino.0, open_flags(flags.0)).await {
                 Ok(file) => {
                     let handle = file.handle();
+                    assert!(handle < PINNED_OPEN_FIRST, "server handles stay below the pinned opens'");
                     shared.files.lock().expect("files lock").insert(handle, Arc::new(file));
                     // No FOPEN_KEEP_CACHE: the kernel drops this file's pages now (close-to-open).
                     reply.opened(FileHandle(handle), FopenFlags::empty());
@@ -793,6 +816,14 @@ impl Filesystem for RustreFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let pinned = self.shared.pinned_opens.lock().expect("pinned opens lock").get(&handle.0).copied();
+        if let Some(ino) = pinned {
+            let client = self.shared.client.clone();
+            self.shared.runtime.spawn(async move {
+                answer(reply, client.read_pinned(ino, offset, size as usize).await, |reply, data| reply.data(&data))
+            });
+            return;
+        }
         let Some(file) = self.shared.file(handle) else {
             reply.error(KernelErrno::EBADF);
             return;
@@ -839,12 +870,18 @@ impl Filesystem for RustreFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if self.shared.pinned_opens.lock().expect("pinned opens lock").remove(&handle.0).is_some() {
+            return reply.ok(); // nothing on the server: the pin stays until the kernel forgets
+        }
         // A read or write of this handle still running holds a clone; then dropping ours lets
         // the last one close it in the background.
         release(&self.shared, &self.shared.files, handle, reply, |file| async move { Arc::try_unwrap(file).ok() });
     }
 
     fn fsync(&self, _request: &Request, _ino: INodeNo, handle: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        if self.shared.pinned_opens.lock().expect("pinned opens lock").contains_key(&handle.0) {
+            return reply.ok(); // read-only: nothing of ours to make durable
+        }
         let Some(file) = self.shared.file(handle) else {
             reply.error(KernelErrno::EBADF);
             return;
@@ -1061,6 +1098,7 @@ impl Filesystem for RustreFs {
                 Ok(file) => {
                     let attr = file.cached_attr().clone();
                     let handle = file.handle();
+                    assert!(handle < PINNED_OPEN_FIRST, "server handles stay below the pinned opens'");
                     shared.files.lock().expect("files lock").insert(handle, Arc::new(file));
                     let mut refs = shared.refs.lock().expect("refs lock");
                     match pinned {

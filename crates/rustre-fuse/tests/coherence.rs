@@ -304,3 +304,41 @@ fn own_changes_keep_the_kernels_entries() {
     assert_eq!(errno_of(fs::metadata(a.join("d").join("f10"))), libc::ENOENT);
     assert_eq!(fs::read(a.join("d").join("g")).unwrap(), b"x");
 }
+
+/// A read-only open of a file this mount has looked up (and so pins) sends nothing to the
+/// server: no handle, reads by the pin (`Op::ReadPinned`). The pin keeps the file readable after
+/// another mount removes it, for as long as it is open; then the orphan goes.
+#[test]
+fn read_only_opens_of_pinned_files_need_no_server_handle() {
+    let fixture = Fixture::new(2);
+    let (a, b) = (fixture.root(0), fixture.root(1));
+    fs::write(b.join("f"), b"pinned contents").unwrap();
+    fs::metadata(a.join("f")).unwrap();
+    let opens = || {
+        let stats = fixture.mounts[0].client().stats();
+        stats.requests_by_kind.iter().filter(|(kind, _)| *kind == "open_ino").map(|(_, count)| count).sum::<u64>()
+    };
+    let before = opens();
+    for _ in 0..20 {
+        assert_eq!(fs::read(a.join("f")).unwrap(), b"pinned contents");
+    }
+    assert_eq!(opens(), before, "read-only opens asked the server for no handle");
+    let mut file = fs::File::open(a.join("f")).unwrap();
+    fs::remove_file(b.join("f")).unwrap();
+    let mut seen = String::new();
+    file.read_to_string(&mut seen).unwrap();
+    assert_eq!(seen, "pinned contents", "the open file reads after the remote unlink");
+    let ino = file.metadata().unwrap().ino();
+    assert_eq!(fixture.server().orphans().unwrap(), vec![ino]);
+    drop(file);
+    eventually("the orphan goes once the kernel forgets the file", || {
+        drop_kernel_caches();
+        fixture.server().orphans().unwrap().is_empty()
+    });
+    // A write open still takes a server handle.
+    fs::write(a.join("g"), b"x").unwrap();
+    let before = fixture.mounts[0].client().stats().requests_sent;
+    fs::OpenOptions::new().append(true).open(a.join("g")).unwrap().write_all(b"y").unwrap();
+    assert!(fixture.mounts[0].client().stats().requests_sent > before);
+    assert_eq!(fs::read(b.join("g")).unwrap(), b"xy");
+}

@@ -348,6 +348,16 @@ pub enum Op {
         parent: u64,
         name: Vec<u8>,
     },
+    /// Reads an inode this session pins, without a handle: the pin keeps the inode (an orphan
+    /// once its names are gone) as a handle would. What a FUSE mount reads a file with that the
+    /// kernel opened read-only: the kernel holds the inode while the file is open, so the
+    /// mount's pin lasts at least as long. EBADF if the session holds no pin on `ino`. Reply
+    /// payload as `Read`'s.
+    ReadPinned {
+        ino: u64,
+        offset: u64,
+        len: u32,
+    },
 }
 
 impl Op {
@@ -384,11 +394,12 @@ impl Op {
             Op::Pin { .. } => "pin",
             Op::Unpin { .. } => "unpin",
             Op::PinName { .. } => "pin_name",
+            Op::ReadPinned { .. } => "read_pinned",
         }
     }
 
     /// Every kind, in variant order, for per-kind counters.
-    pub const KIND_NAMES: [&'static str; 30] = [
+    pub const KIND_NAMES: [&'static str; 31] = [
         "hello",
         "lookup",
         "getattr",
@@ -419,6 +430,7 @@ impl Op {
         "pin",
         "unpin",
         "pin_name",
+        "read_pinned",
     ];
 
     /// The position of this op's kind in `KIND_NAMES`.

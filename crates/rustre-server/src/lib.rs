@@ -1080,6 +1080,12 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
             }
         }
         Op::Read { handle, offset, len } => read(inner, session, handle, offset, len).await.into(),
+        Op::ReadPinned { ino, offset, len } => {
+            if !session.pins.lock().expect("pins lock").contains_key(&ino) {
+                return Err(errno(Errno::EBADF)).into();
+            }
+            read_ino(inner, ino, offset, len).await.into()
+        }
         Op::Write { handle, offset } => {
             let (ino, flags) = match session.handle(handle) {
                 Ok(found) => found,
@@ -1681,6 +1687,11 @@ async fn read(
     if !flags.contains(OpenFlags::READ) {
         return Err(errno(Errno::EBADF));
     }
+    read_ino(inner, ino, offset, len).await
+}
+
+/// Reads `ino` (which a handle or a pin of the caller keeps alive) under its shared data lock.
+async fn read_ino(inner: &Inner, ino: u64, offset: u64, len: u32) -> Result<(Reply, Bytes), StoreError> {
     let len = len.min(IO_SIZE_MAX);
     let _guard = inner.locks.shared(ino).await;
     let attr = inner.store.read()?.getattr(ino)?;
