@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use rustre_client::rustre_proto::{Attr, Errno, FileKind, Timestamp};
-use rustre_client::{Client, Entry, OpenOptions};
+use rustre_client::{Client, ClientConfig, Entry, OpenOptions};
 use rustre_server::{Server, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -91,6 +91,12 @@ enum Command {
         /// Threads reading kernel requests.
         #[arg(long, default_value_t = rustre_fuse::THREADS_DEFAULT)]
         threads: usize,
+        /// Entries the client caches (names and attributes, each under a lease); beyond, the
+        /// least recently used are given back to the server. An `ls -l` of a directory larger
+        /// than this asks the server for every entry.
+        #[arg(long, default_value_t = rustre_client::CACHE_ENTRIES_MAX, value_name = "N",
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 24))]
+        cache_entries: usize,
     },
     /// Lists a directory (or shows a single non-directory).
     Ls {
@@ -250,7 +256,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Up { mountpoint: None, data, listen } => up(&data, &listen).await,
         Command::Up { mountpoint: Some(mountpoint), data, listen } => up_mounted(&data, &listen, &mountpoint).await,
-        Command::Mount { server, mountpoint, threads } => mount(&server, &mountpoint, threads, cli.client_stats).await,
+        Command::Mount { server, mountpoint, threads, cache_entries } => {
+            let options = MountOptions { threads, cache_entries, client_stats: cli.client_stats };
+            mount(&server, &mountpoint, options).await
+        }
         Command::Race(args) => race::run(args, &cli.server, cli.client_stats).await,
         Command::Bench(args) => {
             // Its threads make blocking calls, and wait on the runtime for the library's.
@@ -403,16 +412,34 @@ async fn up_mounted(data: &Path, listen: &str, mountpoint: &Path) -> anyhow::Res
     let mut signals = StopSignals::install()?;
     let (server, address) = start_server(ServerConfig::new(data), listen).await?;
     let target = reachable(address).to_string();
-    let served = mount_and_serve(&target, mountpoint, rustre_fuse::THREADS_DEFAULT, &mut signals, false).await;
+    let served = mount_and_serve(&target, mountpoint, MountOptions::default(), &mut signals).await;
     server.shutdown().await;
     tracing::info!("stopped");
     served
 }
 
+/// How `rustre mount` (and `rustre up`) run the mount.
+struct MountOptions {
+    threads: usize,
+    cache_entries: usize,
+    /// Print the client's counters at the end.
+    client_stats: bool,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            threads: rustre_fuse::THREADS_DEFAULT,
+            cache_entries: rustre_client::CACHE_ENTRIES_MAX,
+            client_stats: false,
+        }
+    }
+}
+
 /// `rustre mount SERVER MOUNTPOINT`.
-async fn mount(server: &str, mountpoint: &Path, threads: usize, client_stats: bool) -> anyhow::Result<()> {
+async fn mount(server: &str, mountpoint: &Path, options: MountOptions) -> anyhow::Result<()> {
     let mut signals = StopSignals::install()?;
-    mount_and_serve(server, mountpoint, threads, &mut signals, client_stats).await
+    mount_and_serve(server, mountpoint, options, &mut signals).await
 }
 
 /// Mounts the server at `target` on `mountpoint` and serves the mount until it is unmounted
@@ -420,12 +447,13 @@ async fn mount(server: &str, mountpoint: &Path, threads: usize, client_stats: bo
 async fn mount_and_serve(
     target: &str,
     mountpoint: &Path,
-    threads: usize,
+    options: MountOptions,
     signals: &mut StopSignals,
-    client_stats: bool,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(mountpoint).with_context(|| format!("making the mountpoint {}", mountpoint.display()))?;
-    let client = Client::connect(target).await?;
+    let client_config = ClientConfig { cache_entries_max: options.cache_entries, ..ClientConfig::default() };
+    let client = Client::connect_with(target, client_config).await?;
+    let threads = options.threads;
     let config = rustre_fuse::MountConfig { fsname: format!("rustre@{target}"), threads, ..Default::default() };
     let runtime = tokio::runtime::Handle::current();
     let mountpoint = mountpoint.to_path_buf();
@@ -450,7 +478,7 @@ async fn mount_and_serve(
         Some(ended) => ended,
         None => session.await,
     };
-    if client_stats {
+    if options.client_stats {
         eprintln!("{}", client.stats());
     }
     client.close();

@@ -34,7 +34,50 @@ struct KeyState {
     /// Versions of changes marked on this key whose revocations are not complete.
     in_flight: Vec<u64>,
     /// Session -> its newest grant id on this key.
-    holders: HashMap<u64, u64>,
+    holders: Holders,
+}
+
+/// The sessions holding a lease on one key, with their newest grant ids: a vector, not a map,
+/// because most keys have one holder or a few (a vector of one costs 16 bytes on the heap, a
+/// hash map of one about 100): memory per lease is what bounds the table (docs/BENCHMARKS.md).
+/// A key every session holds (the root) costs a scan of the sessions per grant.
+#[derive(Default)]
+struct Holders(Vec<(u64, u64)>);
+
+impl Holders {
+    fn get(&self, session: u64) -> Option<u64> {
+        self.0.iter().find(|(holder, _)| *holder == session).map(|&(_, id)| id)
+    }
+
+    /// Records `id` as `session`'s newest grant on the key.
+    fn insert(&mut self, session: u64, id: u64) {
+        match self.0.iter_mut().find(|(holder, _)| *holder == session) {
+            Some(held) => held.1 = id,
+            None => {
+                if self.0.capacity() == 0 {
+                    self.0.reserve_exact(1);
+                }
+                self.0.push((session, id));
+            }
+        }
+    }
+
+    fn remove(&mut self, session: u64) {
+        if let Some(at) = self.0.iter().position(|(holder, _)| *holder == session) {
+            self.0.swap_remove(at);
+        }
+        if self.0.is_empty() {
+            self.0 = Vec::new(); // an idle key keeps no allocation
+        }
+    }
+
+    fn take(&mut self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.0)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 #[derive(Default)]
@@ -144,7 +187,7 @@ impl Leases {
             let others_in_flight = !entry.in_flight.is_empty();
             entry.in_flight.push(version);
             entry.version = version;
-            let holders: Vec<(u64, u64)> = entry.holders.drain().collect();
+            let holders = entry.holders.take();
             for (session, id) in holders {
                 let held = state.sessions.get_mut(&session).map(|held| held.remove(&key));
                 debug_assert_eq!(held, Some(true), "the two indexes of the table agree");
@@ -205,8 +248,8 @@ impl Leases {
         let mut state = self.state();
         for grant in grants {
             let Some(entry) = state.keys.get_mut(&grant.key) else { continue };
-            if entry.holders.get(&session).is_some_and(|&id| id <= grant.id) {
-                entry.holders.remove(&session);
+            if entry.holders.get(session).is_some_and(|id| id <= grant.id) {
+                entry.holders.remove(session);
                 if let Some(held) = state.sessions.get_mut(&session) {
                     held.remove(&grant.key);
                 }
@@ -221,7 +264,7 @@ impl Leases {
         let held = state.sessions.remove(&session).unwrap_or_default();
         for key in held {
             if let Some(entry) = state.keys.get_mut(&key) {
-                entry.holders.remove(&session);
+                entry.holders.remove(session);
             }
             state.forget_if_idle(&key);
         }
