@@ -254,3 +254,17 @@ fn the_kernel_checks_permissions_for_the_calling_user() {
     let meta = fs::metadata(root.join("open/mine")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (4321, 4321), "created as the calling user");
 }
+
+/// The mount widens the kernel's read-ahead window (128 KiB by default) so that large
+/// sequential reads go to the server in few requests.
+#[test]
+fn the_mount_reads_ahead_a_megabyte() {
+    let fixture = Fixture::new(1);
+    let dev = fs::metadata(fixture.root(0)).unwrap().dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let window = fs::read_to_string(format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb")).unwrap();
+    assert_eq!(window.trim(), "1024");
+    let data: Vec<u8> = (0..3 << 20).map(|at: u32| (at % 251) as u8).collect();
+    fs::write(fixture.root(0).join("big"), &data).unwrap();
+    assert_eq!(fs::read(fixture.root(0).join("big")).unwrap(), data);
+}
