@@ -454,3 +454,32 @@ async fn a_refused_change_waits_for_revocations_in_flight_on_its_name() {
     assert_errno(refused.await.unwrap(), Errno::EEXIST);
     assert_eq!(a.stat("/d").await.unwrap().kind, rustre_proto::FileKind::Directory);
 }
+
+// `OpenFlags::LEASE_ATTR`: a writing open that asks for the attributes' lease gets it, so a stat
+// right after costs nothing; the writer's own first write revokes it (the stat after shows the
+// new size), and another client's write does too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writing_open_may_lease_the_attributes() {
+    use rustre_proto::OpenFlags;
+    let server = TestServer::start().await;
+    let a = server.client().await;
+    let b = server.client().await;
+    let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::LEASE_ATTR;
+    let mut file = a.open_at(rustre_proto::ROOT_INO, b"f", flags, 0o644).await.unwrap();
+    let before = a.stats().requests_sent;
+    assert_eq!(a.stat("/f").await.unwrap().size, 0);
+    assert_eq!(a.stats().requests_sent, before, "leased: the stat asked nothing");
+    file.write_at(0, b"four").await.unwrap();
+    assert_eq!(a.stat("/f").await.unwrap().size, 4, "the own write revoked the lease");
+    b.write("/f", b"another").await.unwrap();
+    assert_eq!(a.stat("/f").await.unwrap().size, 7, "another client's write too");
+    file.close().await.unwrap();
+
+    // Without the flag, a writing open leases no attributes: the stat asks.
+    let file = a.open_at(rustre_proto::ROOT_INO, b"g", OpenFlags::WRITE | OpenFlags::CREATE, 0o644).await.unwrap();
+    let before = a.stats().requests_sent;
+    a.stat("/g").await.unwrap();
+    assert!(a.stats().requests_sent > before);
+    file.close().await.unwrap();
+    a.check_cache_invariants();
+}

@@ -28,9 +28,11 @@
 //! What stays uncached in the kernel (time to live 0): negative entries (an ENOENT reply);
 //! entries and attributes from readdirplus (the kernel takes their epoch after the reply
 //! arrives, so one could cross a bump unseen, and fuser gives both one time to live); the
-//! attributes of a file this client has open for writing (no attribute lease: other writers'
-//! changes would not be heard of), so a create's reply, which carries one time to live for both,
-//! caches neither. Kernels before 6.16 cache no entries; attributes need no epochs.
+//! attributes of a file this client has open for writing, unless it asked for their lease
+//! (without it, other writers' changes would not be heard of). A create asks
+//! (`OpenFlags::LEASE_ATTR`), since the kernel reads the new file's attributes right after it;
+//! its reply carries one time to live for entry and attributes. Kernels before 6.16 cache no
+//! entries; attributes need no epochs.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1134,6 +1134,9 @@ impl Filesystem for RustreFs {
         if pinned {
             open = open | OpenFlags::PIN;
         }
+        // The kernel asks for the new file's attributes right after the create: leased, they are
+        // answered from the cache, and the reply may let the kernel keep entry and attributes.
+        open = open | OpenFlags::LEASE_ATTR;
         self.shared.runtime.spawn(async move {
             // One atomic step on the server: open the file the name has now, or create it
             // (EEXIST only with O_EXCL).
@@ -1149,8 +1152,8 @@ impl Filesystem for RustreFs {
                         false => refs.add(attr.ino),
                     }
                     drop(refs);
-                    // One time to live for the entry and the attributes: the file is open, for
-                    // writing mostly, so its attributes are not leased and neither is cached.
+                    // One time to live for the entry and the attributes: both leased (the create
+                    // asked for the attributes' lease), unless a revocation came meanwhile.
                     let ttl = shared.entry_ttl(parent.0, &name, attr.ino).min(shared.attr_ttl(attr.ino));
                     reply.created(
                         &ttl,

@@ -342,3 +342,24 @@ fn read_only_opens_of_pinned_files_need_no_server_handle() {
     assert!(fixture.mounts[0].client().stats().requests_sent > before);
     assert_eq!(fs::read(b.join("g")).unwrap(), b"xy");
 }
+
+/// A file this mount created and still holds open for writing: the kernel keeps its entry and
+/// attributes from the create's reply (the create leases them), and another mount's write drops
+/// them at once; so does this mount's own write.
+#[test]
+fn a_created_file_open_for_writing_shows_other_mounts_writes() {
+    use std::os::unix::fs::FileExt;
+    let fixture = Fixture::new(2);
+    let (a, b) = (fixture.root(0), fixture.root(1));
+    for round in 0..10_u64 {
+        let name = format!("f{round}");
+        let mine = fs::OpenOptions::new().write(true).create_new(true).open(a.join(&name)).unwrap();
+        assert_eq!(fs::metadata(a.join(&name)).unwrap().len(), 0);
+        let theirs = fs::OpenOptions::new().write(true).open(b.join(&name)).unwrap();
+        theirs.write_all_at(b"12345", round).unwrap();
+        assert_eq!(fs::metadata(a.join(&name)).unwrap().len(), 5 + round, "round {round}: B's write");
+        mine.write_all_at(b"x", 100).unwrap();
+        assert_eq!(fs::metadata(a.join(&name)).unwrap().len(), 101, "round {round}: A's own write");
+        assert_eq!(fs::metadata(b.join(&name)).unwrap().len(), 101, "round {round}: seen on B");
+    }
+}

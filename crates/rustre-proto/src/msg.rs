@@ -126,7 +126,11 @@ impl OpenFlags {
     /// creates with it, so the kernel's reference to the new file is pinned from the start.
     /// Refused (EINVAL) by every other op that takes open flags.
     pub const PIN: OpenFlags = OpenFlags(128);
-    const KNOWN: u32 = 255;
+    /// Lease the attributes even when opening for writing (a reply to a reading open always
+    /// does): for a client that reads them before it writes, as a mount's kernel does right
+    /// after a create. The first write then revokes the writer's own lease.
+    pub const LEASE_ATTR: OpenFlags = OpenFlags(256);
+    const KNOWN: u32 = 511;
 
     pub fn contains(self, other: OpenFlags) -> bool {
         self.0 & other.0 == other.0

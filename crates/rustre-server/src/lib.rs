@@ -1648,12 +1648,14 @@ where
     finish_path_reply(session, result, ticket).await
 }
 
-/// What an open reply leases: the name (if opened by name), and the attributes only when opened
-/// for reading. A writer changes the attributes with its first write, which would then have to
-/// revoke the writer's own lease: one more round trip for every file written.
+/// What an open reply leases: the name (if opened by name), and the attributes when opened for
+/// reading, or when the client asks (`LEASE_ATTR`). A writer changes the attributes with its first
+/// write, which then has to revoke the writer's own lease: one more round trip for every file
+/// written, which only a client that asks for the attributes before writing gains from.
 fn open_grants(flags: OpenFlags, name_key: impl Into<Option<LeaseKey>>, ino: u64) -> Vec<LeaseKey> {
     let mut keys: Vec<LeaseKey> = name_key.into().into_iter().collect();
-    if !flags.contains(OpenFlags::WRITE) && !flags.contains(OpenFlags::APPEND) {
+    let writing = flags.contains(OpenFlags::WRITE) || flags.contains(OpenFlags::APPEND);
+    if !writing || flags.contains(OpenFlags::LEASE_ATTR) {
         keys.push(attr_key(ino));
     }
     keys
