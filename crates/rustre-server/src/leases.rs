@@ -80,10 +80,12 @@ impl Holders {
     }
 }
 
+/// The table's indexes share one allocation per key (`State::intern`): a key with a long name is
+/// stored once, however many indexes name it.
 #[derive(Default)]
 struct State {
-    keys: HashMap<LeaseKey, KeyState>,
-    sessions: HashMap<u64, HashSet<LeaseKey>>,
+    keys: HashMap<Arc<LeaseKey>, KeyState>,
+    sessions: HashMap<u64, HashSet<Arc<LeaseKey>>>,
     /// Global change counter; each change takes the next value as its version.
     version: u64,
     next_grant: u64,
@@ -93,7 +95,7 @@ struct State {
     readers: BTreeMap<u64, usize>,
     /// Idle keys kept only because a read in progress is older than their last change, by that
     /// change's version: swept as the oldest reads finish, so the table stays bounded.
-    deferred: BTreeMap<u64, Vec<LeaseKey>>,
+    deferred: BTreeMap<u64, Vec<Arc<LeaseKey>>>,
 }
 
 impl State {
@@ -101,15 +103,26 @@ impl State {
         self.readers.keys().next().copied().unwrap_or(u64::MAX)
     }
 
+    /// The table's shared copy of `key`, tracking it (idle) if it was not.
+    fn intern(&mut self, key: &LeaseKey) -> Arc<LeaseKey> {
+        if let Some((shared, _)) = self.keys.get_key_value(key) {
+            return shared.clone();
+        }
+        let shared = Arc::new(key.clone());
+        self.keys.insert(shared.clone(), KeyState::default());
+        shared
+    }
+
     fn forget_if_idle(&mut self, key: &LeaseKey) {
-        let Some(state) = self.keys.get(key) else { return };
+        let Some((shared, state)) = self.keys.get_key_value(key) else { return };
         if !state.holders.is_empty() || !state.in_flight.is_empty() {
             return;
         }
         if state.version < self.oldest_reader() {
             self.keys.remove(key);
         } else {
-            self.deferred.entry(state.version).or_default().push(key.clone());
+            let (version, shared) = (state.version, shared.clone());
+            self.deferred.entry(version).or_default().push(shared);
         }
     }
 
@@ -183,7 +196,8 @@ impl Leases {
         let mut revocations: BTreeMap<u64, Vec<Grant>> = BTreeMap::new();
         let mut marked = Vec::with_capacity(keys.len());
         for key in keys {
-            let entry = state.keys.entry(key.clone()).or_default();
+            state.intern(&key);
+            let entry = state.keys.get_mut(&key).expect("interned just now");
             let others_in_flight = !entry.in_flight.is_empty();
             entry.in_flight.push(version);
             entry.version = version;
@@ -342,8 +356,9 @@ impl ReadTicket {
             }
             state.next_grant += 1;
             let id = state.next_grant;
-            state.keys.entry(key.clone()).or_default().holders.insert(session, id);
-            state.sessions.entry(session).or_default().insert(key.clone());
+            let shared = state.intern(key);
+            state.keys.get_mut(key).expect("interned just now").holders.insert(session, id);
+            state.sessions.entry(session).or_default().insert(shared);
             grants.push(Grant { key: key.clone(), id });
         }
         self.unregister(&mut state);
