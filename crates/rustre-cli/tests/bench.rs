@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use common::{Process, number, rustre_command, spawn_server};
+use common::{number, rustre_command, spawn_server, two_mounts};
 use serde_json::Value;
 
 const ALL_PHASES: [&str; 14] = [
@@ -144,15 +144,13 @@ fn every_phase_through_the_library_and_cached_stats_send_nothing() {
 #[test]
 fn every_phase_across_two_mounts() {
     let scratch = tempfile::tempdir().unwrap();
-    let (_server, address) = spawn_server(scratch.path(), &[]);
-    let (one, two) = (scratch.path().join("m1"), scratch.path().join("m2"));
-    let _first = Process::mount(&address, &one, scratch.path(), "mount1");
-    let _second = Process::mount(&address, &two, scratch.path(), "mount2");
+    let mounts = two_mounts(scratch.path());
+    let (one, two) = (&mounts.one, &mounts.two);
     let (_, report) = bench(&[one.to_str().unwrap(), two.to_str().unwrap()]);
     assert_complete(&report, &ALL_PHASES);
     assert_eq!(number(&report["clients"], "clients"), 2);
-    assert_cleaned(&one);
-    assert_cleaned(&two);
+    assert_cleaned(one);
+    assert_cleaned(two);
 }
 
 #[test]

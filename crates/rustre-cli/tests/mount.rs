@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Process, free_address, mounted, number, rustre_command, spawn_server};
+use common::{Process, free_address, mounted, number, rustre_command, spawn_server, two_mounts};
 use serde_json::Value;
 
 /// The acceptance run: `rustre race --dirs M1/d M2/d` across two mount processes of one
@@ -19,10 +19,8 @@ use serde_json::Value;
 #[test]
 fn race_across_two_mounts_thirty_seconds_without_violation_or_stall() {
     let scratch = tempfile::tempdir().unwrap();
-    let (_server, address) = spawn_server(scratch.path(), &[]);
-    let (one, two) = (scratch.path().join("m1"), scratch.path().join("m2"));
-    let _first = Process::mount(&address, &one, scratch.path(), "mount1");
-    let _second = Process::mount(&address, &two, scratch.path(), "mount2");
+    let mounts = two_mounts(scratch.path());
+    let (one, two) = (&mounts.one, &mounts.two);
     std::fs::create_dir(one.join("race")).unwrap();
     let mut race = Process::spawn(
         &[
@@ -61,10 +59,8 @@ fn race_across_two_mounts_thirty_seconds_without_violation_or_stall() {
 fn two_mount_processes_see_each_others_changes_at_once() {
     use std::os::unix::fs::PermissionsExt;
     let scratch = tempfile::tempdir().unwrap();
-    let (_server, address) = spawn_server(scratch.path(), &[]);
-    let (one, two) = (scratch.path().join("m1"), scratch.path().join("m2"));
-    let _first = Process::mount(&address, &one, scratch.path(), "mount1");
-    let _second = Process::mount(&address, &two, scratch.path(), "mount2");
+    let mounts = two_mounts(scratch.path());
+    let (one, two) = (&mounts.one, &mounts.two);
     let absent =
         |path: PathBuf| std::fs::metadata(path).is_err_and(|error| error.kind() == std::io::ErrorKind::NotFound);
     for round in 0..20 {

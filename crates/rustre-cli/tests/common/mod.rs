@@ -125,6 +125,23 @@ pub fn spawn_server(scratch: &Path, extra: &[&str]) -> (Process, String) {
     (server, address)
 }
 
+/// A `rustre server` and two `rustre mount` processes of it (two clients, as two machines), on
+/// `SCRATCH/m1` and `SCRATCH/m2`. On drop the mounts stop first, then the server.
+pub struct TwoMounts {
+    _mounts: [Process; 2],
+    _server: Process,
+    pub one: PathBuf,
+    pub two: PathBuf,
+}
+
+pub fn two_mounts(scratch: &Path) -> TwoMounts {
+    let (server, address) = spawn_server(scratch, &[]);
+    let (one, two) = (scratch.join("m1"), scratch.join("m2"));
+    let first = Process::mount(&address, &one, scratch, "mount1");
+    let second = Process::mount(&address, &two, scratch, "mount2");
+    TwoMounts { _mounts: [first, second], _server: server, one, two }
+}
+
 pub fn number(value: &Value, what: &str) -> u64 {
     value.as_u64().unwrap_or_else(|| panic!("{what} is not a count: {value}"))
 }
