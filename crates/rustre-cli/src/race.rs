@@ -36,7 +36,6 @@ use serde::Serialize;
 const HARD_CAP_GRACE: Duration = Duration::from_secs(30);
 /// How long the final clean-up (removing the names) may take.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long `--dirs` waits for a probe file made in one directory to show in the others.
 /// Violation messages kept per role and op, to say what failed.
 const SAMPLES_MAX: usize = 3;
 /// Bad exclusive rounds listed in the report (all are counted).

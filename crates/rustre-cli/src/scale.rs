@@ -151,9 +151,8 @@ pub async fn run(args: ScaleArgs, server: &str) -> anyhow::Result<()> {
     if args.stats_per_session > args.entries {
         bail!("scale: --stats-per-session ({}) is more than --entries ({})", args.stats_per_session, args.entries);
     }
-    rss(args.server_pid)?;
-    let mut steps = Vec::new();
     let start_rss = rss(args.server_pid)?;
+    let mut steps = Vec::new();
     steps.push(Step {
         step: "start",
         seconds: 0.0,
@@ -164,8 +163,7 @@ pub async fn run(args: ScaleArgs, server: &str) -> anyhow::Result<()> {
 
     // 1. The namespace.
     let populators = connect(server, args.populators, POPULATOR_CACHE_ENTRIES).await?;
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-    let run_dir = format!("/scale-{}-{:x}", std::process::id(), nanos & 0xffff_ffff);
+    let run_dir = format!("/{}", crate::bench::run_dir("scale"));
     let root = populators[0].mkdir(&run_dir, 0o755).await.with_context(|| format!("scale: mkdir {run_dir}"))?;
     let mut dir_inos = Vec::new();
     for dir in 0..args.dirs {
@@ -205,14 +203,14 @@ pub async fn run(args: ScaleArgs, server: &str) -> anyhow::Result<()> {
         client.stat(&run_dir).await?; // one call each, so every session has served a request
     }
     let sessions_rss = rss(args.server_pid)?;
+    let leases_before = leases_held(&clients);
     steps.push(Step {
         step: "sessions",
         seconds: started.elapsed().as_secs_f64(),
         calls_per_second: None,
         server_rss_bytes: sessions_rss,
-        leases_held: leases_held(&clients),
+        leases_held: leases_before,
     });
-    let leases_before = leases_held(&clients);
 
     // 3. The leases: session s stats entries s*K .. s*K+K (wrapping), through their paths.
     let (per_session, entries, dirs, sessions) =

@@ -255,6 +255,11 @@ impl State {
         Some(attr)
     }
 
+    /// Are `ino`'s attributes cached (and trusted)? No copy made, no recency touched.
+    pub(crate) fn has_attr(&self, ino: u64) -> bool {
+        self.trusted() && self.attrs.contains_key(&ino)
+    }
+
     pub(crate) fn listing(&mut self, ino: u64) -> Option<Vec<DirEntry>> {
         if !self.trusted() {
             return None;

@@ -368,31 +368,25 @@ impl Client {
         *self.inner.shared.revocation_hook.write().expect("revocation hook lock") = hook;
     }
 
-    /// Is `name` in `parent` cached under a lease, naming `ino`? Then this client will hear of
-    /// any change to that name (and run the revocation hook) before the change is answered.
-    pub fn name_leased(&self, parent: u64, name: &[u8], ino: u64) -> bool {
-        !self.name_lease_left(parent, name, ino).is_zero()
-    }
-
-    /// How long another cache (the kernel's) may keep the entry `name` -> `ino` in `parent`:
-    /// while this client holds its lease (it runs the revocation hook before any change to it is
-    /// answered) and trusts it, that is until half the lease timeout after the server was last
-    /// heard from if nothing more arrives. Zero if the name is not leased, or names another inode.
-    pub fn name_lease_left(&self, parent: u64, name: &[u8], ino: u64) -> Duration {
+    /// How long another cache (the kernel's) may keep the entry `name` -> `ino` in `parent`, and
+    /// the attributes of `ino`: while this client holds their leases (it runs the revocation hook
+    /// before any change to them is answered) and trusts them, that is until half the lease
+    /// timeout after the server was last heard from if nothing more arrives. Zero for what is not
+    /// leased (or a name that names another inode). One look at the cache for both.
+    pub fn leases_left(&self, parent: u64, name: &[u8], ino: u64) -> (Duration, Duration) {
         let mut cache = self.inner.shared.cache();
-        match cache.name(parent, name) {
-            Some(Some((cached, _))) if cached == ino => cache.trust_left(),
+        let trust = cache.trust_left();
+        let name = match cache.name(parent, name) {
+            Some(Some((cached, _))) if cached == ino => trust,
             _ => Duration::ZERO,
-        }
+        };
+        (name, if cache.has_attr(ino) { trust } else { Duration::ZERO })
     }
 
-    /// The same for the attributes of `ino`.
+    /// The same for the attributes of `ino` alone.
     pub fn attr_lease_left(&self, ino: u64) -> Duration {
-        let mut cache = self.inner.shared.cache();
-        match cache.attr(ino) {
-            Some(_) => cache.trust_left(),
-            None => Duration::ZERO,
-        }
+        let cache = self.inner.shared.cache();
+        if cache.has_attr(ino) { cache.trust_left() } else { Duration::ZERO }
     }
 
     pub fn session(&self) -> u64 {

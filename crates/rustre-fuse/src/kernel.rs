@@ -2,7 +2,7 @@
 //!
 //! The kernel may keep what the client holds a lease on, for as long as the client itself trusts
 //! that lease (until half the lease timeout after the server was last heard from; see
-//! `Client::name_lease_left`), and at most `TTL_LEASED_MAX`. Exactness comes from the lease, not
+//! `Client::leases_left`), and at most `TTL_LEASED_MAX`. Exactness comes from the lease, not
 //! from the time: the client runs its revocation hook before it acknowledges a revocation, so
 //! before the change that caused it is answered to anyone, and the hook makes the kernel forget:
 //!

@@ -409,7 +409,6 @@ fn answer<R: KernelReply, T>(reply: R, result: rustre_client::Result<T>, ok: imp
     }
 }
 
-/// `answer` for calls that return nothing.
 /// The kernel's release of `handle` (file or directory): takes it out of `table` (EBADF if it is
 /// not there) and closes the file that `take` gives back of it, on the runtime.
 fn release<T, F>(
@@ -434,6 +433,7 @@ fn release<T, F>(
     });
 }
 
+/// `answer` for calls that return nothing.
 fn done(reply: ReplyEmpty, result: rustre_client::Result<()>) {
     answer(reply, result, |reply, ()| reply.ok());
 }
@@ -526,16 +526,17 @@ impl Shared {
 
     /// Sends an entry reply with the times to live its leases allow.
     fn send_entry(&self, reply: ReplyEntry, parent: u64, name: &[u8], attr: &Attr) {
-        let entry_ttl = self.entry_ttl(parent, name, attr.ino);
-        let attr_ttl = self.attr_ttl(attr.ino);
+        let (entry_ttl, attr_ttl) = self.ttls(parent, name, attr.ino);
         reply.entry_with_ttls(&attr_ttl, &entry_ttl, &file_attr(attr), Generation(attr.generation));
     }
 
-    /// How long the kernel may keep the entry `name` -> `ino` in `parent`: while the client holds
-    /// its lease (checked now; a revocation after this check bumps the dentry epoch, which the
-    /// kernel read before sending its request, so the entry is revalidated anyway).
-    fn entry_ttl(&self, parent: u64, name: &[u8], ino: u64) -> Duration {
-        self.kernel.entry_ttl(|| self.client.name_lease_left(parent, name, ino))
+    /// How long the kernel may keep the entry `name` -> `ino` in `parent`, and the attributes of
+    /// `ino`: while the client holds their leases (checked now, in one look at the cache; a
+    /// revocation after this check bumps the dentry epoch, which the kernel read before sending
+    /// its request, so the entry is revalidated anyway, and drops the attributes: see `attr_ttl`).
+    fn ttls(&self, parent: u64, name: &[u8], ino: u64) -> (Duration, Duration) {
+        let (name_left, attr_left) = self.client.leases_left(parent, name, ino);
+        (self.kernel.entry_ttl(|| name_left), self.kernel.attr_ttl(|| attr_left))
     }
 
     /// How long the kernel may keep the attributes of `ino`: while the client holds their lease
@@ -1154,7 +1155,8 @@ impl Filesystem for RustreFs {
                     drop(refs);
                     // One time to live for the entry and the attributes: both leased (the create
                     // asked for the attributes' lease), unless a revocation came meanwhile.
-                    let ttl = shared.entry_ttl(parent.0, &name, attr.ino).min(shared.attr_ttl(attr.ino));
+                    let (entry_ttl, attr_ttl) = shared.ttls(parent.0, &name, attr.ino);
+                    let ttl = entry_ttl.min(attr_ttl);
                     reply.created(
                         &ttl,
                         &file_attr(&attr),

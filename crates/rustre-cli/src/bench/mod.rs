@@ -751,9 +751,9 @@ fn machine() -> Machine {
 }
 
 /// A name for this run's directory that no other run picks.
-fn run_dir() -> String {
+pub fn run_dir(tool: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-    format!("bench-{}-{:x}", std::process::id(), nanos & 0xffff_ffff)
+    format!("{tool}-{}-{:x}", std::process::id(), nanos & 0xffff_ffff)
 }
 
 /// Runs the benchmark (on the calling thread, which must not be one of the runtime's workers)
@@ -767,7 +767,7 @@ pub fn run(args: BenchArgs, server: &str, runtime: tokio::runtime::Handle) -> an
     let mut phases = if args.phases.is_empty() { Phase::ALL.to_vec() } else { args.phases.clone() };
     phases.sort();
     phases.dedup();
-    let run_dir = run_dir();
+    let run_dir = run_dir("bench");
     let (sessions, clients, target, through, libraries): (Vec<Box<dyn Session>>, _, _, _, Vec<Client>) =
         if args.dirs.is_empty() {
             let mut sessions: Vec<Box<dyn Session>> = Vec::new();
