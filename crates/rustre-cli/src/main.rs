@@ -71,6 +71,17 @@ enum Command {
         #[arg(long, hide = true, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         fault_estale_every: Option<u64>,
     },
+    /// Checks a data directory offline (no server may run on it): link counts, dangling entries,
+    /// nameless inodes, data objects without a file, orphans. Exits 1 if it finds problems.
+    Fsck {
+        /// The data directory.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Fix what can be fixed without losing anything: nameless inodes are linked into
+        /// /lost+found, data objects nobody owns are moved to DIR/lost+found/, counts recounted.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Starts a server and mounts it on MOUNTPOINT (created if missing) until Ctrl-C, then
     /// unmounts and stops. Without a mountpoint, serves and shows it working through a client.
     Up {
@@ -235,6 +246,55 @@ fn main() -> ExitCode {
     }
 }
 
+/// `rustre fsck`: the report in plain words; problems make the exit status 1.
+fn fsck(data: &std::path::Path, repair: bool) -> anyhow::Result<()> {
+    let report = rustre_store::fsck(data, repair).with_context(|| format!("checking {}", data.display()))?;
+    for done in &report.repaired {
+        println!("repaired: {done}");
+    }
+    println!(
+        "{}: {} inodes ({} directories), {} entries, {} data objects",
+        data.display(),
+        report.inodes,
+        report.directories,
+        report.entries,
+        report.objects
+    );
+    if !report.orphans.is_empty() {
+        println!(
+            "note: {} orphans (open when the server stopped); the server destroys them after its grace period \
+             unless their clients reclaim them",
+            report.orphans.len()
+        );
+    }
+    if !report.doomed.is_empty() {
+        println!(
+            "note: {} data objects of destroyed files are still on disk; the server removes them when it starts",
+            report.doomed.len()
+        );
+    }
+    if !report.long_objects.is_empty() {
+        println!(
+            "note: {} data objects hold bytes past their file's size (never read; --repair cuts them)",
+            report.long_objects.len()
+        );
+    }
+    for problem in &report.problems {
+        let fix = if problem.repairable() { "" } else { " (not repairable safely)" };
+        println!("problem: {problem}{fix}");
+    }
+    if report.problems_unlisted > 0 {
+        println!("problem: {} more not listed", report.problems_unlisted);
+    }
+    if report.clean() {
+        println!("clean");
+        return Ok(());
+    }
+    let hint = if repair { "" } else { "; run again with --repair to fix what can be fixed" };
+    eprintln!("rustre fsck: {} problems{hint}", report.problems.len() as u64 + report.problems_unlisted);
+    Err(Reported.into())
+}
+
 /// The error with its causes, on one line.
 fn one_line(error: &anyhow::Error) -> String {
     format!("{error:#}").replace('\n', " ")
@@ -268,6 +328,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::BenchCompare(args) => bench::compare(args),
         Command::Scale(args) => scale::run(args, &cli.server).await,
+        Command::Fsck { data, repair } => fsck(&data, repair),
         command => {
             let client = Client::connect(&cli.server).await?;
             let result = client_command(&client, command).await;
@@ -290,6 +351,7 @@ async fn client_command(client: &Client, command: Command) -> anyhow::Result<()>
         | Command::Bench(_)
         | Command::BenchCompare(_)
         | Command::Scale(_)
+        | Command::Fsck { .. }
         | Command::Sim(_) => {
             unreachable!("handled by run and main")
         }

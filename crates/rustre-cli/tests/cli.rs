@@ -534,3 +534,43 @@ fn admin_orphans_lists_unlinked_open_files() {
     });
     assert!(server.ok(&["admin", "orphans"]).contains("0 orphan(s)"));
 }
+
+// `rustre fsck` finds a store made by a server clean, refuses while a server holds it, names a
+// data object that belongs to no file, and `--repair` moves it aside without losing it.
+#[test]
+fn fsck_checks_a_data_directory_and_repairs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let address = free_address();
+    let mut server = Process::spawn(&["server", "--data", data_arg, "--listen", &address], dir.path(), "server");
+    server.wait_until("the server accepts connections", || accepts(&address));
+    for args in [&["mkdir", "/d"][..], &["put", "/etc/hostname", "/d/f"][..]] {
+        let output = rustre_command().args(["--server", &address]).args(args).output().unwrap();
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let busy = rustre_command().args(["fsck", "--data", data_arg]).output().unwrap();
+    assert_eq!(busy.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("in use by another rustre server"), "{busy:?}");
+    assert!(server.terminate().success());
+
+    let fsck = |args: &[&str]| rustre_command().args(["fsck", "--data", data_arg]).args(args).output().unwrap();
+    let clean = fsck(&[]);
+    let stdout = String::from_utf8_lossy(&clean.stdout);
+    assert!(clean.status.success() && stdout.contains("clean"), "{stdout}");
+    assert!(stdout.contains("3 inodes (2 directories), 2 entries, 1 data objects"), "{stdout}");
+
+    let stray = data.join("objects").join("ff").join(format!("{:016x}", 0xffu64 + 0x1000));
+    std::fs::write(&stray, b"whose?").unwrap();
+    let broken = fsck(&[]);
+    let stdout = String::from_utf8_lossy(&broken.stdout);
+    assert_eq!(broken.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("problem: data object") && stdout.contains("belongs to no regular file"), "{stdout}");
+    assert!(String::from_utf8_lossy(&broken.stderr).contains("--repair"), "{broken:?}");
+
+    let repaired = fsck(&["--repair"]);
+    let stdout = String::from_utf8_lossy(&repaired.stdout);
+    assert!(repaired.status.success() && stdout.contains("repaired: moved") && stdout.contains("clean"), "{stdout}");
+    assert_eq!(std::fs::read(data.join("lost+found").join(format!("object-{:016x}", 0x10ff))).unwrap(), b"whose?");
+    assert!(fsck(&[]).status.success());
+}

@@ -191,6 +191,17 @@ async fn check(client: &Client, worker: usize, log: &mut Log) -> u64 {
     indexes.last().map_or(0, |last| last + 1)
 }
 
+/// `rustre fsck` of the data directory (no server on it) finds no problem.
+fn fsck_is_clean(data: &std::path::Path, when: &str) {
+    let output = Command::new(env!("CARGO_BIN_EXE_rustre")).arg("fsck").arg("--data").arg(data).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("clean"),
+        "{when}: fsck found problems:\n{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 // Kill -9 under load, three times: after each restart every acknowledged create (with its fsynced
 // data), rename and unlink is there, in-flight ones either happened or did not, and nothing else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,6 +236,7 @@ async fn acknowledged_changes_survive_sigkill() {
             task.await.unwrap();
         }
         client.close();
+        fsck_is_clean(&data, &format!("round {round}, after the kill"));
 
         let address = free_address();
         let _restarted = ServerProcess::spawn(&data, &address);

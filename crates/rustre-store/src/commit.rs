@@ -122,6 +122,7 @@ impl<S: Send + 'static> Committer<S> {
             state,
             stopped: false,
             non_durable_batches: 0,
+            removed_objects: Vec::new(),
         };
         if inline {
             return Committer { mode: Mode::Inline(Arc::new(std::sync::Mutex::new(Some(writer)))), counters };
@@ -207,6 +208,9 @@ struct Writer<S> {
     state: S,
     stopped: bool,
     non_durable_batches: u32,
+    /// Objects removed since the last committed batch: their `doomed` rows go in the next batch
+    /// that commits anyway. At most the destroys of one batch.
+    removed_objects: Vec<u64>,
     counters: Arc<Counters>,
 }
 
@@ -279,9 +283,16 @@ impl<S> Writer<S> {
             if let Some(failure) = ns.failure.take() {
                 return Err((StoreError::Aborted(failure), deferred));
             }
+            if ns.mutations > 0
+                && !self.removed_objects.is_empty()
+                && let Err(error) = ns.forget_doomed(&self.removed_objects)
+            {
+                return Err((error, deferred));
+            }
             (ns.mutations > 0, ns.durable, std::mem::take(&mut ns.post_commit))
         };
         if mutated {
+            self.removed_objects.clear();
             let durable = (durable || self.non_durable_batches >= NON_DURABLE_BATCHES_MAX)
                 && !self.counters.fault_never_durable.load(Ordering::Relaxed);
             let result = txn
@@ -303,12 +314,11 @@ impl<S> Writer<S> {
         }
         for action in post_commit {
             match action {
-                PostCommit::RemoveObject(ino) => {
-                    if let Err(error) = self.objects.remove(ino) {
-                        // The inode is gone; a leftover object only wastes space (fsck finds it).
-                        tracing::warn!(ino, %error, "could not remove the data object of a destroyed inode");
-                    }
-                }
+                PostCommit::RemoveObject(ino) => match self.objects.remove(ino) {
+                    Ok(()) => self.removed_objects.push(ino),
+                    // The inode is gone and its `doomed` row stays: the next start tries again.
+                    Err(error) => tracing::warn!(ino, %error, "could not remove the data object of a destroyed inode"),
+                },
             }
         }
         Ok(())

@@ -3,6 +3,7 @@
 
 mod commit;
 mod error;
+mod fsck;
 mod namespace;
 mod objects;
 mod record;
@@ -52,6 +53,7 @@ use rustre_proto::clock::Clock;
 
 pub use commit::{COMMIT_BATCH_MAX, COMMIT_QUEUE_DEPTH, CommitStats, Committer};
 pub use error::{Result, StoreError};
+pub use fsck::{LOST_AND_FOUND, PROBLEMS_LISTED_MAX, Problem, Report, fsck};
 pub use namespace::{Dirent, LINK_COUNT_MAX, Ns, Opened, ReadNs, Walked};
 pub use objects::{LocalObjects, ObjectStore};
 pub use record::InodeRecord;
@@ -86,8 +88,9 @@ impl Store {
             .map_err(|error| StoreError::io(format!("opening {}/objects", dir.display()), error))?;
         let txn = db.begin_write()?;
         let boot = namespace::initialize(&txn, Timestamp::from_system_time(clock.now()))?;
+        let removed = namespace::remove_doomed(&txn, &objects)?;
         txn.commit()?;
-        tracing::info!(dir = %dir.display(), boot, "store opened");
+        tracing::info!(dir = %dir.display(), boot, removed, "store opened");
         Ok(Store { dir: dir.to_path_buf(), db: Arc::new(db), objects: Arc::new(objects), boot, _lock: lock })
     }
 

@@ -316,6 +316,9 @@ pub struct Ns<'txn> {
     xattrs: Table<'txn, (u64, &'static [u8]), &'static [u8]>,
     orphans: Table<'txn, u64, i64>,
     meta: Table<'txn, &'static str, u64>,
+    /// Opened on first use (a destroy, or the committer clearing rows): most batches never need it.
+    doomed: Option<Table<'txn, u64, ()>>,
+    txn: &'txn WriteTransaction,
     /// The time stamped on every change in this batch.
     pub now: Timestamp,
     boot: u64,
@@ -343,6 +346,8 @@ impl<'txn> Ns<'txn> {
             xattrs: txn.open_table(XATTRS)?,
             orphans: txn.open_table(ORPHANS)?,
             meta: txn.open_table(META)?,
+            doomed: None,
+            txn,
             now,
             boot,
             mutations: 0,
@@ -500,6 +505,23 @@ impl<'txn> Ns<'txn> {
         Ok(())
     }
 
+    fn doomed_table(&mut self) -> Result<&mut Table<'txn, u64, ()>> {
+        if self.doomed.is_none() {
+            self.doomed = Some(self.txn.open_table(DOOMED)?);
+        }
+        Ok(self.doomed.as_mut().expect("opened above"))
+    }
+
+    /// Drops the `doomed` rows of objects removed since (the committer, in a batch that commits
+    /// anyway). Not counted as a change: losing it in a crash only repeats a removal at start.
+    pub(crate) fn forget_doomed(&mut self, inos: &[u64]) -> Result<()> {
+        let doomed = self.doomed_table()?;
+        for &ino in inos {
+            doomed.remove(ino)?;
+        }
+        Ok(())
+    }
+
     /// Removes an inode whose last link is gone and which nothing holds open.
     pub fn destroy(&mut self, ino: u64) -> Result<()> {
         let record = self.inode(ino)?.ok_or_else(|| StoreError::Corrupt(format!("destroying missing inode {ino}")))?;
@@ -516,6 +538,7 @@ impl<'txn> Ns<'txn> {
         }
         self.bump_meta(META_INODES, -1)?;
         if record.kind == FileKind::Regular {
+            self.doomed_table()?.insert(ino, ())?;
             self.post_commit.push(PostCommit::RemoveObject(ino));
         }
         Ok(())
@@ -989,5 +1012,23 @@ pub(crate) fn initialize(txn: &WriteTransaction, now: Timestamp) -> Result<u64> 
     txn.open_table(COOKIES)?;
     txn.open_table(XATTRS)?;
     txn.open_table(ORPHANS)?;
+    txn.open_table(DOOMED)?;
     Ok(boot)
+}
+
+/// Removes the data objects of inodes destroyed before a crash that came before their removal,
+/// and drops their rows (`DOOMED`). Runs in the open transaction.
+pub(crate) fn remove_doomed(txn: &WriteTransaction, objects: &dyn crate::ObjectStore) -> Result<usize> {
+    let mut doomed = txn.open_table(DOOMED)?;
+    let mut inos = Vec::new();
+    for item in doomed.iter()? {
+        inos.push(item?.0.value());
+    }
+    for &ino in &inos {
+        objects
+            .remove(ino)
+            .map_err(|error| StoreError::io(format!("removing the object of destroyed inode {ino}"), error))?;
+        doomed.remove(ino)?;
+    }
+    Ok(inos.len())
 }

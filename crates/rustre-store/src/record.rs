@@ -16,6 +16,10 @@ pub const COOKIES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("co
 pub const XATTRS: TableDefinition<(u64, &[u8]), &[u8]> = TableDefinition::new("xattrs");
 /// ino -> seconds since the epoch when its last link went: inodes kept alive by open handles.
 pub const ORPHANS: TableDefinition<u64, i64> = TableDefinition::new("orphans");
+/// ino -> (): regular files destroyed whose data object may still be on disk. The row is written
+/// with the destroy; the object is removed after that commit and the row dropped in a later one.
+/// A crash in between leaves the row, and the next start removes the object (`Store::open`).
+pub const DOOMED: TableDefinition<u64, ()> = TableDefinition::new("doomed");
 /// Counters: see the `META_*` keys.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
