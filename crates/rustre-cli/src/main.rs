@@ -63,10 +63,13 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
         listen: String,
-        /// Seconds that orphans left by the previous run (files open or pinned when it stopped)
-        /// wait for their clients to claim them before they are destroyed.
-        #[arg(long, default_value_t = rustre_server::ORPHAN_GRACE_DEFAULT.as_secs(), value_name = "SECONDS")]
-        orphan_grace: u64,
+        /// Seconds that the clients of the previous run (after a crash or a restart) have to come
+        /// back and take back their open files; changes wait meanwhile, unless they all came back.
+        /// Also how long a client whose connection broke keeps its session. Orphans of the
+        /// previous run nobody claimed in that time are destroyed.
+        #[arg(long, alias = "orphan-grace", default_value_t = rustre_server::RECOVERY_GRACE_DEFAULT.as_secs(),
+              value_name = "SECONDS")]
+        recovery_grace: u64,
         /// Fault injection for control runs of `rustre race`: every Nth open answers ESTALE.
         #[arg(long, hide = true, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         fault_estale_every: Option<u64>,
@@ -267,6 +270,16 @@ fn fsck(data: &std::path::Path, repair: bool) -> anyhow::Result<()> {
             report.orphans.len()
         );
     }
+    if report.sessions > 0 {
+        println!(
+            "note: {} client sessions of the last run; at start the server waits for them to come back \
+             (--recovery-grace)",
+            report.sessions
+        );
+    }
+    if report.writable > 0 {
+        println!("note: {} files were open for writing; the server checks their sizes at start", report.writable);
+    }
     if !report.doomed.is_empty() {
         println!(
             "note: {} data objects of destroyed files are still on disk; the server removes them when it starts",
@@ -308,9 +321,9 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Server { data, listen, orphan_grace, fault_estale_every } => {
+        Command::Server { data, listen, recovery_grace, fault_estale_every } => {
             let mut config = ServerConfig::new(&data);
-            config.orphan_grace = std::time::Duration::from_secs(orphan_grace);
+            config.recovery_grace = std::time::Duration::from_secs(recovery_grace);
             config.fault_estale_every_nth_open = fault_estale_every;
             serve(config, &listen).await
         }
@@ -336,7 +349,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 // Read before the close: the cache empties once the session ends.
                 eprintln!("{}", client.stats());
             }
-            client.close();
+            client.end().await;
             result
         }
     }
@@ -543,7 +556,7 @@ async fn mount_and_serve(
     if options.client_stats {
         eprintln!("{}", client.stats());
     }
-    client.close();
+    client.end().await;
     ended??;
     Ok(())
 }
@@ -565,7 +578,7 @@ async fn demonstrate(data: &Path, address: SocketAddr) -> anyhow::Result<()> {
     let target = reachable(address).to_string();
     let client = Client::connect(&target).await?;
     let result = demonstrate_with(&client, data, address, &target).await;
-    client.close();
+    client.end().await;
     result
 }
 

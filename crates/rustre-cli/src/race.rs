@@ -756,7 +756,7 @@ async fn run_rustre(
         if client_stats {
             eprintln!("client {number}:\n{stats}");
         }
-        session.close();
+        session.end().await;
     }
     Ok(Outcome { tallies, rounds, elapsed, hung, panicked, stale_retries: Some(stale_retries) })
 }

@@ -182,7 +182,7 @@ pub async fn run(args: ScaleArgs, server: &str) -> anyhow::Result<()> {
         .await?
     };
     for client in &populators {
-        client.close();
+        client.end().await;
     }
     drop(populators);
     // The server drops a closed session's leases when it sees the connection end.
@@ -234,7 +234,7 @@ pub async fn run(args: ScaleArgs, server: &str) -> anyhow::Result<()> {
         leases_held: leases,
     });
     for client in &clients {
-        client.close();
+        client.end().await;
     }
 
     let per = |grown: u64, before: u64, count: u64| grown.saturating_sub(before) as f64 / count.max(1) as f64;

@@ -111,6 +111,17 @@ impl State {
         self.last_contact = Instant::now();
     }
 
+    /// Half the server's lease timeout: how long the cache is trusted after the last news.
+    pub(crate) fn set_validity(&mut self, validity: Duration) {
+        self.validity = validity;
+    }
+
+    /// A new connection of the session is up (the cache starts empty again).
+    pub(crate) fn reconnected(&mut self) {
+        self.connected = true;
+        self.contact();
+    }
+
     pub(crate) fn disconnected(&mut self) {
         self.connected = false;
         self.leases.clear();

@@ -16,6 +16,7 @@ mod file;
 mod inode;
 mod path;
 mod retry;
+mod session;
 mod sync;
 
 use std::collections::HashMap;
@@ -33,7 +34,7 @@ use rustre_proto::{
     Attr, Callback, CallbackReply, Caller, DirEntry, Errno, FileKind, Grant, HELLO_MAGIC, Op, OpenFlags, RenameMode,
     Reply, ReplyHeader, Request, SetAttrIn, TimeSet, XattrMode,
 };
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, watch};
 
 pub use cache::CACHE_ENTRIES_MAX;
@@ -41,6 +42,7 @@ pub use error::{Error, Result};
 pub use file::{File, OpenOptions};
 pub use rustre_proto;
 pub use rustre_proto::{Attr as Metadata, DirEntry as Entry};
+pub use session::{Connector, LinkEvent, LinkHook, RECONNECT_WAIT_DEFAULT, RESENDS_MAX, Stream};
 
 use path::{Walk, bytes, components};
 
@@ -57,6 +59,9 @@ pub struct ClientConfig {
     /// Retry by name after a stale inode id (`retry.rs`). Always on, except in control runs that
     /// prove tests and tools notice the ESTALE an application would otherwise see.
     pub retry_stale_by_name: bool,
+    /// How long a call waits for the connection to come back after it broke (`session.rs`);
+    /// then it fails with ENOTCONN.
+    pub reconnect_wait: Duration,
 }
 
 impl Default for ClientConfig {
@@ -67,6 +72,7 @@ impl Default for ClientConfig {
             cache_entries_max: cache::CACHE_ENTRIES_MAX,
             pause_points: Arc::default(),
             retry_stale_by_name: true,
+            reconnect_wait: session::RECONNECT_WAIT_DEFAULT,
         }
     }
 }
@@ -110,10 +116,26 @@ impl std::fmt::Display for ClientStats {
     }
 }
 
+/// One counter per request kind (`Op::KIND_NAMES`).
+struct KindCounters([AtomicU64; Op::KIND_NAMES.len()]);
+
+impl Default for KindCounters {
+    fn default() -> Self {
+        KindCounters(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl std::ops::Deref for KindCounters {
+    type Target = [AtomicU64];
+    fn deref(&self) -> &[AtomicU64] {
+        &self.0
+    }
+}
+
 #[derive(Default)]
 struct Counters {
     requests_sent: AtomicU64,
-    requests_by_kind: [AtomicU64; Op::KIND_NAMES.len()],
+    requests_by_kind: KindCounters,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
     lookups_shared: AtomicU64,
@@ -129,9 +151,6 @@ struct Shared {
     /// Behind the `sync` facade, so the cache's interleavings can be model-checked.
     cache: sync::Mutex<cache::State>,
     counters: Counters,
-    /// Set right after the connection starts; the reader may see a frame before that (it then
-    /// has no request of ours to order against).
-    connection: OnceLock<Connection>,
     /// Wakes the task that gives leases back.
     releases: Notify,
     pause_points: Arc<PausePoints>,
@@ -139,6 +158,17 @@ struct Shared {
     /// Run on every revocation, after the cache dropped the leases and before the
     /// acknowledgement (`Client::set_revocation_hook`).
     revocation_hook: std::sync::RwLock<Option<RevocationHook>>,
+    /// Run on every change of the link (`Client::set_link_hook`).
+    link_hook: std::sync::RwLock<Option<LinkHook>>,
+}
+
+impl Shared {
+    fn link_event(&self, event: LinkEvent) {
+        let hook = self.link_hook.read().expect("link hook lock").clone();
+        if let Some(hook) = hook {
+            hook(&event);
+        }
+    }
 }
 
 /// What else must forget what a revoked lease covered, and be done with it before the server
@@ -202,8 +232,12 @@ type RemovalDone = watch::Receiver<()>;
 type LookupAnswer = watch::Receiver<Option<Result<Attr>>>;
 
 struct Inner {
-    connection: Connection,
-    session: u64,
+    link: session::Link,
+    /// What the session holds (handles, pins), for a restarted server.
+    holdings: Mutex<session::Holdings>,
+    slots: session::Slots,
+    config: ClientConfig,
+    peer: String,
     server_name: String,
     caller: Caller,
     shared: Arc<Shared>,
@@ -226,6 +260,9 @@ pub struct Client {
 /// Both run in the reader task, in wire order (see `cache.rs`).
 struct CallbackService {
     shared: Arc<Shared>,
+    /// Set right after the connection starts; the reader may see a frame before that (it then
+    /// has no request of ours to order against).
+    connection: Arc<OnceLock<Connection>>,
 }
 
 impl Service for CallbackService {
@@ -237,8 +274,8 @@ impl Service for CallbackService {
                 shared.cache().contact();
                 CallbackReply::Pong { nonce }
             }
-            Ok(Callback::Revoke { leases }) => return revoked(shared, leases, Cause::Other),
-            Ok(Callback::RevokeOwn { leases }) => return revoked(shared, leases, Cause::Own),
+            Ok(Callback::Revoke { leases }) => return revoked(shared, self.connection.get(), leases, Cause::Other),
+            Ok(Callback::RevokeOwn { leases }) => return revoked(shared, self.connection.get(), leases, Cause::Own),
             Err(error) => {
                 // An answer the server cannot use makes it disconnect us: the right outcome for a
                 // server speaking something we do not understand.
@@ -251,7 +288,7 @@ impl Service for CallbackService {
 
     fn observe_reply(&self, reply: &Frame) {
         let Ok(header) = reply.decode_header::<ReplyHeader>() else { return };
-        let oldest_pending = self.shared.connection.get().and_then(Connection::oldest_pending_id);
+        let oldest_pending = self.connection.get().and_then(Connection::oldest_pending_id);
         let mut cache = self.shared.cache();
         cache.on_reply(reply.id, &header.grants, oldest_pending);
         if cache.has_releases() {
@@ -260,10 +297,187 @@ impl Service for CallbackService {
     }
 }
 
+/// Says hello on `stream` (or, with `resume`, takes up that session again) and starts a
+/// connection on it. Returns the connection and the server's `Hello` or `Resumed` reply.
+async fn open_connection<S: Stream>(
+    mut stream: S,
+    peer: &str,
+    config: &ClientConfig,
+    shared: &Arc<Shared>,
+    resume: Option<u64>,
+) -> Result<(Connection, Reply)> {
+    let op = match resume {
+        None => Op::Hello {
+            magic: HELLO_MAGIC,
+            version_min: PROTOCOL_VERSION_MIN,
+            version_max: PROTOCOL_VERSION_MAX,
+            client_name: config.client_name.clone(),
+        },
+        Some(session) => Op::Resume {
+            magic: HELLO_MAGIC,
+            version_min: PROTOCOL_VERSION_MIN,
+            version_max: PROTOCOL_VERSION_MAX,
+            client_name: config.client_name.clone(),
+            session,
+        },
+    };
+    let hello = Request { caller: config.caller, op };
+    let failed = |error: &dyn std::fmt::Display| Error::new(Errno::EPROTO, format!("hello to {peer}: {error}"));
+    write_frame(&mut stream, &Frame::new(FrameKind::Request, 0, &hello, Bytes::new()))
+        .await
+        .map_err(|error| failed(&error))?;
+    stream.flush().await.map_err(|error| failed(&error))?;
+    let frame = read_frame(&mut stream).await.map_err(|error| failed(&error))?;
+    let reply: ReplyHeader = frame.decode_header().map_err(|error| failed(&error))?;
+    let reply = reply.result.map_err(|error| Error::from(error).context(format!("hello to {peer}")))?;
+    let lease_timeout_ms = match &reply {
+        Reply::Hello { lease_timeout_ms, .. } | Reply::Resumed { lease_timeout_ms, .. } => *lease_timeout_ms,
+        other => return Err(failed(&format!("unexpected reply {other:?}"))),
+    };
+    let validity = Duration::from_millis(lease_timeout_ms) / 2;
+    shared.cache().set_validity(validity);
+    shared.cache().reconnected();
+    let slot = Arc::new(OnceLock::new());
+    let service = Arc::new(CallbackService { shared: shared.clone(), connection: slot.clone() });
+    let connection = Connection::start(stream, service, format!("server {peer}"));
+    assert!(slot.set(connection.clone()).is_ok(), "the connection is set once");
+    let silence_max = (validity * 4).max(SERVER_SILENCE_MIN);
+    tokio::spawn(watch_server(connection.clone(), shared.clone(), silence_max));
+    Ok((connection, reply))
+}
+
+/// Waits for the connection to close; then empties the cache and, unless the
+/// client is closing, starts reconnecting.
+async fn watch_connection(inner: std::sync::Weak<Inner>, connection: Connection) {
+    let reason = connection.closed().await;
+    let Some(strong) = inner.upgrade() else { return };
+    let shared = strong.shared.clone();
+    // A session that is gone holds no lease: nothing cached may be trusted.
+    shared.cache().disconnected();
+    shared.releases.notify_one();
+    shared.link_event(LinkEvent::Lost);
+    if strong.link.can_reconnect() {
+        tracing::warn!(peer = %strong.peer, %reason, "connection lost; reconnecting");
+        strong.link.state.send_replace(session::LinkState::Down);
+        drop(strong);
+        tokio::spawn(reconnect(inner));
+    } else {
+        strong.link.state.send_replace(session::LinkState::Closed { reason });
+    }
+}
+
+/// Connects again until it succeeds or the client goes; see `session.rs`. (Boxed: it starts
+/// the next `watch_connection`, which may start it again.)
+fn reconnect(inner: std::sync::Weak<Inner>) -> BoxFuture<()> {
+    Box::pin(reconnect_loop(inner))
+}
+
+async fn reconnect_loop(inner: std::sync::Weak<Inner>) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(session::RECONNECT_BACKOFF_MAX);
+        let Some(inner) = inner.upgrade() else { return };
+        if !inner.link.can_reconnect() {
+            inner.link.state.send_replace(session::LinkState::Closed { reason: "client closed the session".into() });
+            return;
+        }
+        match reconnect_once(&inner).await {
+            Ok((connection, event)) => {
+                let generation = inner.link.generations.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::info!(peer = %inner.peer, ?event, "reconnected");
+                inner.shared.link_event(event);
+                inner.link.state.send_replace(session::LinkState::Up { connection: connection.clone(), generation });
+                tokio::spawn(watch_connection(Arc::downgrade(&inner), connection));
+                return;
+            }
+            Err(error) => tracing::debug!(peer = %inner.peer, %error, "reconnection failed; trying again"),
+        }
+    }
+}
+
+async fn new_stream(inner: &Inner) -> Result<Box<dyn Stream>> {
+    let connector = inner.link.connector.as_ref().expect("only a session with a connector reconnects");
+    let connecting = tokio::time::timeout(session::RECONNECT_BACKOFF_MAX * 5, connector());
+    match connecting.await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(error)) => Err(Error::new(Errno::from_io(&error), format!("connecting to {}: {error}", inner.peer))),
+        Err(_) => Err(Error::new(Errno::ETIMEDOUT, format!("connecting to {}", inner.peer))),
+    }
+}
+
+/// One attempt: resume the session (giving back what it held, if the server restarted), or
+/// start a new one if the server no longer knows it.
+async fn reconnect_once(inner: &Arc<Inner>) -> Result<(Connection, LinkEvent)> {
+    let session = inner.link.session.load(Ordering::Relaxed);
+    let stream = new_stream(inner).await?;
+    match open_connection(stream, &inner.peer, &inner.config, &inner.shared, Some(session)).await {
+        Ok((connection, Reply::Resumed { state_kept: true, .. })) => {
+            Ok((connection, LinkEvent::Resumed { kept: true }))
+        }
+        Ok((connection, _)) => {
+            let chunks = inner.holdings.lock().expect("holdings lock").reclaims();
+            for chunk in chunks {
+                if let Err(error) = reclaim(inner, &connection, chunk).await {
+                    connection.close(format!("reclaim failed: {error}"));
+                    return Err(error);
+                }
+            }
+            Ok((connection, LinkEvent::Resumed { kept: false }))
+        }
+        Err(error) if error.errno == Errno::ESTALE => {
+            tracing::warn!(peer = %inner.peer, %error, "the server no longer knows this session; starting a new one");
+            let stream = new_stream(inner).await?;
+            let (connection, reply) = open_connection(stream, &inner.peer, &inner.config, &inner.shared, None).await?;
+            let Reply::Hello { session, .. } = reply else {
+                connection.close("unexpected reply to hello");
+                return Err(Error::new(Errno::EPROTO, format!("unexpected reply {reply:?}")));
+            };
+            inner.holdings.lock().expect("holdings lock").session_lost();
+            inner.link.session.store(session, Ordering::Relaxed);
+            Ok((connection, LinkEvent::NewSession))
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Sends one `Op::Reclaim` chunk on `connection`; what could not be taken back is dead.
+async fn reclaim(inner: &Inner, connection: &Connection, chunk: Op) -> Result<()> {
+    let header = encode_header(&Request { caller: inner.caller, op: chunk });
+    let frame = connection
+        .call(header, Bytes::new())
+        .await
+        .map_err(|closed| Error::new(Errno::ENOTCONN, closed.to_string()))?;
+    let reply: ReplyHeader = frame
+        .decode_header()
+        .map_err(|error| Error::new(Errno::EPROTO, format!("undecodable reply to reclaim: {error}")))?;
+    match reply.result? {
+        Reply::Reclaimed { lost_handles, lost_pins } => {
+            let mut holdings = inner.holdings.lock().expect("holdings lock");
+            for handle in lost_handles {
+                holdings.handles.remove(&handle);
+                holdings.dead.insert(handle);
+            }
+            for ino in lost_pins {
+                if let Some(count) = holdings.pins.remove(&ino) {
+                    *holdings.lost_pins.entry(ino).or_insert(0) += count;
+                }
+            }
+            Ok(())
+        }
+        other => Err(unexpected(&other)),
+    }
+}
+
 /// A revocation: drops the leases from the cache, runs the hook, then acknowledges.
-fn revoked(shared: Arc<Shared>, leases: Vec<Grant>, cause: Cause) -> BoxFuture<(Bytes, Bytes)> {
+fn revoked(
+    shared: Arc<Shared>,
+    connection: Option<&Connection>,
+    leases: Vec<Grant>,
+    cause: Cause,
+) -> BoxFuture<(Bytes, Bytes)> {
     let started = std::time::Instant::now();
-    let next_request = shared.connection.get().map_or(1, Connection::next_request_id);
+    let next_request = connection.map_or(1, Connection::next_request_id);
     shared.cache().on_revoke(&leases, next_request);
     let hook = shared.revocation_hook.read().expect("revocation hook lock").clone();
     if let Some(hook) = hook {
@@ -289,70 +503,80 @@ impl Client {
     }
 
     pub async fn connect_with(address: &str, config: ClientConfig) -> Result<Client> {
-        let stream = tokio::net::TcpStream::connect(address)
+        let target = address.to_string();
+        let connector: Connector = Arc::new(move || {
+            let target = target.clone();
+            Box::pin(async move {
+                let stream = tokio::net::TcpStream::connect(&target).await?;
+                let _ = stream.set_nodelay(true);
+                Ok(Box::new(stream) as Box<dyn Stream>)
+            })
+        });
+        let stream = connector()
             .await
             .map_err(|error| Error::new(Errno::from_io(&error), format!("connecting to {address}: {error}")))?;
-        let _ = stream.set_nodelay(true);
-        Client::handshake(stream, address.to_string(), config).await
+        Client::start(stream, address.to_string(), config, Some(connector)).await
     }
 
-    /// Runs the hello on any byte stream and starts the session on it.
-    pub async fn handshake<S>(mut stream: S, peer: String, config: ClientConfig) -> Result<Client>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let hello = Request {
-            caller: config.caller,
-            op: Op::Hello {
-                magic: HELLO_MAGIC,
-                version_min: PROTOCOL_VERSION_MIN,
-                version_max: PROTOCOL_VERSION_MAX,
-                client_name: config.client_name.clone(),
-            },
-        };
-        let failed = |error: &dyn std::fmt::Display| Error::new(Errno::EPROTO, format!("hello to {peer}: {error}"));
-        write_frame(&mut stream, &Frame::new(FrameKind::Request, 0, &hello, Bytes::new()))
-            .await
-            .map_err(|error| failed(&error))?;
-        stream.flush().await.map_err(|error| failed(&error))?;
-        let frame = read_frame(&mut stream).await.map_err(|error| failed(&error))?;
-        let reply: ReplyHeader = frame.decode_header().map_err(|error| failed(&error))?;
-        let (session, server_name, lease_timeout_ms) = match reply.result {
-            Ok(Reply::Hello { session, server_name, lease_timeout_ms, .. }) => (session, server_name, lease_timeout_ms),
-            Ok(other) => return Err(failed(&format!("unexpected reply {other:?}"))),
-            Err(error) => return Err(Error::from(error).context(format!("hello to {peer}"))),
-        };
-        let validity = std::time::Duration::from_millis(lease_timeout_ms) / 2;
+    /// Runs the hello on any byte stream and starts the session on it. Such a session cannot
+    /// reconnect (use `handshake_with` with a connector for that).
+    pub async fn handshake<S: Stream>(stream: S, peer: String, config: ClientConfig) -> Result<Client> {
+        Client::start(stream, peer, config, None).await
+    }
+
+    /// `handshake`, with a way to open new streams to the same server, so the session survives a
+    /// broken connection and a server restart (`session.rs`).
+    pub async fn handshake_with<S: Stream>(
+        stream: S,
+        peer: String,
+        config: ClientConfig,
+        connector: Connector,
+    ) -> Result<Client> {
+        Client::start(stream, peer, config, Some(connector)).await
+    }
+
+    async fn start<S: Stream>(
+        stream: S,
+        peer: String,
+        config: ClientConfig,
+        connector: Option<Connector>,
+    ) -> Result<Client> {
         let shared = Arc::new(Shared {
-            cache: sync::Mutex::new(cache::State::new(validity, config.cache_entries_max)),
+            // The validity is set from the server's lease timeout below.
+            cache: sync::Mutex::new(cache::State::new(Duration::ZERO, config.cache_entries_max)),
             counters: Counters::default(),
-            connection: OnceLock::new(),
             releases: Notify::new(),
             pause_points: config.pause_points.clone(),
             retry_stale_by_name: config.retry_stale_by_name,
             revocation_hook: std::sync::RwLock::new(None),
+            link_hook: std::sync::RwLock::new(None),
         });
-        let service = Arc::new(CallbackService { shared: shared.clone() });
-        let connection = Connection::start(stream, service, format!("server {peer}"));
-        assert!(shared.connection.set(connection.clone()).is_ok(), "the connection is set once");
+        let (connection, reply) = open_connection(stream, &peer, &config, &shared, None).await?;
+        let Reply::Hello { session, server_name, .. } = reply else {
+            return Err(Error::new(Errno::EPROTO, format!("hello to {peer}: unexpected reply {reply:?}")));
+        };
+        let (state, _) = watch::channel(session::LinkState::Up { connection: connection.clone(), generation: 1 });
         let inner = Arc::new(Inner {
-            connection: connection.clone(),
-            session,
+            link: session::Link {
+                state,
+                session: AtomicU64::new(session),
+                connector,
+                reconnect_wait: config.reconnect_wait,
+                closing: std::sync::atomic::AtomicBool::new(false),
+                generations: AtomicU64::new(1),
+            },
+            holdings: Mutex::new(session::Holdings::default()),
+            slots: session::Slots::new(),
+            peer,
             server_name,
             caller: config.caller,
+            config,
             shared: shared.clone(),
             lookups: Mutex::new(HashMap::new()),
             removals: Mutex::new(HashMap::new()),
         });
-        tokio::spawn(give_leases_back(Arc::downgrade(&inner), shared.clone()));
-        let silence_max = (validity * 4).max(SERVER_SILENCE_MIN);
-        tokio::spawn(watch_server(connection.clone(), shared.clone(), silence_max));
-        tokio::spawn(async move {
-            connection.closed().await;
-            // A session that is gone holds no lease: nothing cached may be trusted.
-            shared.cache().disconnected();
-            shared.releases.notify_one();
-        });
+        tokio::spawn(give_leases_back(Arc::downgrade(&inner), shared));
+        tokio::spawn(watch_connection(Arc::downgrade(&inner), connection));
         Ok(Client { caller: inner.caller, inner })
     }
 
@@ -389,8 +613,15 @@ impl Client {
         if cache.has_attr(ino) { cache.trust_left() } else { Duration::ZERO }
     }
 
+    /// The session's id (a new one after the server stopped knowing the old one).
     pub fn session(&self) -> u64 {
-        self.inner.session
+        self.inner.link.session.load(Ordering::Relaxed)
+    }
+
+    /// Sets (or with `None`, clears) what runs on every change of the link: lost, resumed, new
+    /// session (see `LinkEvent`). One per session; a later call replaces it.
+    pub fn set_link_hook(&self, hook: Option<LinkHook>) {
+        *self.inner.shared.link_hook.write().expect("link hook lock") = hook;
     }
 
     pub fn server_name(&self) -> &str {
@@ -404,7 +635,7 @@ impl Client {
             requests_sent: load(&counters.requests_sent),
             requests_by_kind: Op::KIND_NAMES
                 .iter()
-                .zip(&counters.requests_by_kind)
+                .zip(counters.requests_by_kind.iter())
                 .map(|(kind, count)| (*kind, load(count)))
                 .filter(|(_, count)| *count > 0)
                 .collect(),
@@ -432,28 +663,104 @@ impl Client {
         &self.inner.shared.pause_points
     }
 
-    /// Ends the session: the server releases its handles and leases.
+    /// Ends the session: the server releases its handles, pins and leases at once (rather than
+    /// keep them for a reconnection). Returns before the server has heard it; `end` waits.
     pub fn close(&self) {
-        self.inner.connection.close("client closed the session");
+        self.inner.link.closing.store(true, Ordering::Relaxed);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let client = self.clone();
+                runtime.spawn(async move { client.end().await });
+            }
+            Err(_) => self.inner.drop_connection("client closed the session"),
+        }
     }
 
-    /// Sends one request; returns its reply header (with grants) and payload.
+    /// Ends the session and waits (briefly) for the server to have heard it.
+    pub async fn end(&self) {
+        self.inner.link.closing.store(true, Ordering::Relaxed);
+        let state = self.inner.link.state.borrow().clone();
+        if let session::LinkState::Up { connection, .. } = state {
+            let header = encode_header(&Request { caller: self.caller, op: Op::EndSession });
+            let _ = tokio::time::timeout(END_SESSION_WAIT, connection.call(header, Bytes::new())).await;
+        }
+        self.inner.drop_connection("client closed the session");
+    }
+
+    /// Sends one request; returns its reply header (with grants) and payload. A request that
+    /// changes state goes as `Op::Once`, and every request is sent again after a reconnection
+    /// (at most `RESENDS_MAX` times in all; see `session.rs`).
     pub(crate) async fn request(&self, op: Op, payload: Bytes) -> Result<(ReplyHeader, Bytes)> {
         let counters = &self.inner.shared.counters;
         counters.requests_sent.fetch_add(1, Ordering::Relaxed);
         counters.requests_by_kind[op.kind_index()].fetch_add(1, Ordering::Relaxed);
         let kind = op.kind_name();
-        let header = encode_header(&Request { caller: self.caller, op });
-        let frame = self
-            .inner
-            .connection
-            .call(header, payload)
-            .await
-            .map_err(|closed| Error::new(Errno::ENOTCONN, closed.to_string()))?;
+        let slot = match op.changes_state() {
+            true => Some(self.inner.slots.take().await),
+            false => None,
+        };
+        let wire = match &slot {
+            Some(slot) => Op::Once { slot: slot.slot, seq: slot.seq, op: Box::new(op.clone()) },
+            None => op.clone(),
+        };
+        let header = encode_header(&Request { caller: self.caller, op: wire });
+        let mut sent = 0;
+        let frame = loop {
+            let (connection, generation) = self.inner.link.connection().await?;
+            // Checked on each attempt: the session may have been lost while the last one failed.
+            if let Some(answer) = self.answer_locally(&op) {
+                return answer;
+            }
+            sent += 1;
+            match connection.call(header.clone(), payload.clone()).await {
+                Ok(frame) => break frame,
+                Err(closed) if sent >= session::RESENDS_MAX || !self.inner.link.can_reconnect() => {
+                    return Err(Error::new(Errno::ENOTCONN, closed.to_string()));
+                }
+                // Sent again once the session is back: as `Once`, a change is not run twice.
+                Err(_) => self.inner.link.after(generation).await?,
+            }
+        };
+        drop(slot);
         let reply: ReplyHeader = frame
             .decode_header()
             .map_err(|error| Error::new(Errno::EPROTO, format!("undecodable reply to {kind}: {error}")))?;
+        let mut holdings = self.inner.holdings.lock().expect("holdings lock");
+        if let Op::Close { handle } = op {
+            holdings.closed(handle);
+        }
+        if let Ok(reply) = &reply.result {
+            holdings.note(&op, reply);
+        }
+        drop(holdings);
         Ok((reply, frame.payload))
+    }
+
+    /// Answers a request about what a lost session held, without the server: a handle of it
+    /// fails with EIO (its close succeeds), and unpinning one of its pins succeeds.
+    fn answer_locally(&self, op: &Op) -> Option<Result<(ReplyHeader, Bytes)>> {
+        let mut holdings = self.inner.holdings.lock().expect("holdings lock");
+        let done = || Some(Ok((ReplyHeader::new(Ok(Reply::Done)), Bytes::new())));
+        if let Some(handle) = session::Holdings::handle_of(op)
+            && holdings.dead.contains(&handle)
+        {
+            if matches!(op, Op::Close { .. }) {
+                holdings.dead.remove(&handle);
+                return done();
+            }
+            return Some(Err(Error::new(Errno::EIO, "the file was open in a session the server no longer knows")));
+        }
+        if let Op::Unpin { ino, count } = op
+            && let Some(lost) = holdings.lost_pins.get_mut(ino)
+            && *lost >= *count
+        {
+            *lost -= count;
+            if *lost == 0 {
+                holdings.lost_pins.remove(ino);
+            }
+            return done();
+        }
+        None
     }
 
     /// Sends one request and waits for its reply (no caching).
@@ -990,13 +1297,37 @@ async fn give_leases_back(inner: std::sync::Weak<Inner>, shared: Arc<Shared>) {
     }
 }
 
+impl Inner {
+    fn drop_connection(&self, reason: &str) {
+        self.link.closing.store(true, Ordering::Relaxed);
+        let state = self.link.state.send_replace(session::LinkState::Closed { reason: reason.to_string() });
+        if let session::LinkState::Up { connection, .. } = state {
+            connection.close(reason);
+        }
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         // The last handle on the session is gone (files hold one too): end it, so the server
         // releases its handles and leases rather than keep them for a client nobody uses.
-        self.connection.close("client dropped");
+        let state = self.link.state.borrow().clone();
+        if let session::LinkState::Up { connection, .. } = state
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let header = encode_header(&Request { caller: self.caller, op: Op::EndSession });
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(END_SESSION_WAIT, connection.call(header, Bytes::new())).await;
+                connection.close("client dropped");
+            });
+            return;
+        }
+        self.drop_connection("client dropped");
     }
 }
+
+/// How long ending a session waits for the server's answer.
+pub const END_SESSION_WAIT: Duration = Duration::from_secs(1);
 
 fn unexpected(reply: &Reply) -> Error {
     Error::new(Errno::EPROTO, format!("unexpected reply {reply:?}"))

@@ -246,7 +246,8 @@ async fn attributes_and_listings_follow_remote_changes() {
 }
 
 // A client that stops answering revocations is evicted within the lease timeout; the other
-// client's change then completes, and the evicted client answers nothing stale afterwards.
+// client's change then completes, and the evicted client answers nothing stale afterwards: it
+// comes back with a new session (the server refuses to resume an evicted one) and an empty cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unresponsive_client_is_evicted_and_the_change_completes() {
     let server = TestServer::start_with(|config| config.lease_timeout = Duration::from_millis(300)).await;
@@ -254,15 +255,17 @@ async fn an_unresponsive_client_is_evicted_and_the_change_completes() {
     let b = server.client().await;
     b.write("/f", b"x").await.unwrap();
     a.stat("/f").await.unwrap();
+    let evicted = a.session();
     let _frozen = pauses.arm("client.revoke.before_ack");
     // Bounded so a regression fails instead of hanging; the bound is far above the timeout.
     let unlink = tokio::time::timeout(Duration::from_secs(20), b.remove_file("/f")).await;
     unlink.expect("the change completed after evicting the silent client").unwrap();
     assert_eq!(server.server().lease_stats().evictions, 1);
     match a.stat("/f").await {
-        Err(error) => assert_eq!(error.errno, Errno::ENOTCONN, "{error}"),
+        Err(error) => assert_eq!(error.errno, Errno::ENOENT, "{error}"),
         Ok(attr) => panic!("an evicted client answered from its cache: {attr:?}"),
     }
+    assert_ne!(a.session(), evicted, "the evicted session was not taken up again");
     assert_errno(b.stat("/f").await, Errno::ENOENT);
 }
 

@@ -2504,7 +2504,7 @@ async fn orphan_is_reclaimed_after_restart() {
     assert_eq!(file.read_at(0, 10).await.unwrap(), &pattern(10_000, 4)[..10]);
     // The handle is still open when the server goes down.
     std::mem::forget(file);
-    server.restart_with(|config| config.orphan_grace = Duration::from_millis(300)).await;
+    server.restart_with(|config| config.recovery_grace = Duration::from_millis(300)).await;
     client.close();
 
     let client = server.client().await;
@@ -2531,7 +2531,7 @@ async fn orphan_claimed_after_restart_lives_until_released() {
     let o = file.ino();
     client.remove_file("/o").await.unwrap();
     std::mem::forget(file);
-    server.restart_with(|config| config.orphan_grace = Duration::from_millis(500)).await;
+    server.restart_with(|config| config.recovery_grace = Duration::from_millis(500)).await;
     client.close();
 
     let client = server.client().await;

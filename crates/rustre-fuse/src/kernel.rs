@@ -157,6 +157,19 @@ impl KernelCache {
         }
     }
 
+    /// The client's connection closed: it trusts nothing it cached any more, so neither may the
+    /// kernel. Every entry goes (one epoch bump) and the attributes of every inode the kernel
+    /// references (`referenced`). Told before the session resumes, so before a restarted server
+    /// can end its recovery and let other clients change what the kernel cached.
+    pub fn on_link_lost(&self, referenced: &[u64]) {
+        if self.caches_entries() {
+            self.bump_epoch();
+        }
+        for &ino in referenced {
+            self.forget_attributes(ino, &|_| false);
+        }
+    }
+
     /// Drops the kernel's attributes of `ino`, if it has the inode (else nothing to drop, unless
     /// a reply of ours is about to make it: then waits for that, bounded).
     fn forget_attributes(&self, ino: u64, referenced: &impl Fn(u64) -> bool) {

@@ -49,7 +49,7 @@ use fuser::{
 use rustre_client::rustre_proto::{
     Attr, Caller, DirEntry, Errno, FileKind, Grant, OpenFlags, RenameMode, SetAttrIn, TimeSet, Timestamp, XattrMode,
 };
-use rustre_client::{Cause, Client, File};
+use rustre_client::{Cause, Client, File, LinkEvent};
 
 use kernel::KernelCache;
 use refs::KernelRefs;
@@ -177,6 +177,16 @@ pub fn mount(
     shared.client.set_revocation_hook(Some(Arc::new(move |leases: &[Grant], cause: Cause| {
         // The refs lock is taken and dropped per question, never held while the kernel is told.
         kernel.on_revoke(leases, cause, |ino| refs.lock().expect("refs lock").kernel(ino) > 0)
+    })));
+    let (kernel, refs) = (shared.kernel.clone(), shared.refs.clone());
+    shared.client.set_link_hook(Some(Arc::new(move |event: &LinkEvent| match event {
+        LinkEvent::Lost => {
+            let referenced = refs.lock().expect("refs lock").referenced();
+            kernel.on_link_lost(&referenced);
+        }
+        // The old session's pins are gone: the next lookup of each inode pins it again.
+        LinkEvent::NewSession => refs.lock().expect("refs lock").pins_lost(),
+        LinkEvent::Resumed { .. } => {}
     })));
     let unmounter = Arc::new(Mutex::new(session.unmount_callable()));
     set_read_ahead(mountpoint, READ_AHEAD_KB);
@@ -312,6 +322,7 @@ impl Mounted {
         let result = thread.join();
         // The session is over: nothing is left in the kernel to make forget.
         self.shared.client.set_revocation_hook(None);
+        self.shared.client.set_link_hook(None);
         let result = result.unwrap_or_else(|_| Err(std::io::Error::other("the FUSE session thread panicked")));
         tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted");
         result.map_err(|source| MountError::Session { mountpoint: self.mountpoint.clone(), source })

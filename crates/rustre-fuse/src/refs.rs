@@ -78,6 +78,18 @@ impl KernelRefs {
     }
 
     /// References the kernel holds to `ino` (tests and assertions).
+    /// Every inode the kernel references.
+    pub fn referenced(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// The server no longer knows the session that held the pins (it was evicted): none is held.
+    pub fn pins_lost(&mut self) {
+        for node in self.nodes.values_mut() {
+            node.pins = 0;
+        }
+    }
+
     pub fn kernel(&self, ino: u64) -> u64 {
         self.nodes.get(&ino).map_or(0, |node| node.kernel)
     }

@@ -136,6 +136,11 @@ impl OpenFlags {
         self.0 & other.0 == other.0
     }
 
+    /// May a handle opened with these flags write (`WRITE` or `APPEND`)?
+    pub fn writes(self) -> bool {
+        self.contains(OpenFlags::WRITE) || self.contains(OpenFlags::APPEND)
+    }
+
     pub fn is_known(self) -> bool {
         self.0 & !Self::KNOWN == 0
     }
@@ -362,9 +367,93 @@ pub enum Op {
         offset: u64,
         len: u32,
     },
+    /// First request of a connection that takes up an existing session again, instead of
+    /// `Hello` (same checks). Answered `Resumed`; ESTALE if the server does not know the session
+    /// (it ended, was evicted, or the recovery period after a restart passed without it): the
+    /// client then starts a new session with `Hello`.
+    Resume {
+        magic: u32,
+        version_min: u16,
+        version_max: u16,
+        client_name: String,
+        session: u64,
+    },
+    /// Runs `op` (one that changes state: see `Op::changes_state`) at most once for this session.
+    /// `slot` (below `ONCE_SLOTS_MAX`) is one of the client's request slots, reused only after
+    /// its previous request was answered; `seq` grows with each use of the slot. Sent again with
+    /// the same `slot` and `seq` after a reconnection, the server answers what the first run
+    /// did instead of running it again (ARCHITECTURE.md, "Recovery").
+    Once {
+        slot: u32,
+        seq: u64,
+        op: Box<Op>,
+    },
+    /// After a `Resume` answered with `state_kept: false` (the server restarted): takes back the
+    /// session's open handles (same ids) and pins, before anything else is sent. Chunked; the
+    /// last chunk has `last`. Answered `Reclaimed`.
+    Reclaim {
+        handles: Vec<ReclaimedHandle>,
+        pins: Vec<(u64, u64)>,
+        last: bool,
+    },
+    /// The client ends its session: when the connection closes, everything it held is given
+    /// back at once instead of being kept for a reconnection. `Done`.
+    EndSession,
+}
+
+/// Slots a session may use for `Op::Once`: the server keeps one reply per slot.
+pub const ONCE_SLOTS_MAX: u32 = 256;
+
+/// An open handle taken back after a server restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReclaimedHandle {
+    pub handle: u64,
+    pub ino: u64,
+    pub flags: OpenFlags,
 }
 
 impl Op {
+    /// Does this op change anything on the server (the namespace, data, handles or pins)? Such
+    /// ops are sent wrapped in `Once`, so a resend after a reconnection cannot run them twice.
+    pub fn changes_state(&self) -> bool {
+        match self {
+            Op::Hello { .. }
+            | Op::Resume { .. }
+            | Op::Once { .. }
+            | Op::Reclaim { .. }
+            | Op::EndSession
+            | Op::Lookup { .. }
+            | Op::GetAttr { .. }
+            | Op::Read { .. }
+            | Op::ReadPinned { .. }
+            | Op::Readlink { .. }
+            | Op::ReadDir { .. }
+            | Op::StatFs
+            | Op::GetXattr { .. }
+            | Op::ListXattr { .. }
+            | Op::ListOrphans
+            | Op::ReleaseLeases { .. } => false,
+            Op::AtPath { op, .. } | Op::OnPath { op, .. } => op.changes_state(),
+            Op::SetAttr { .. }
+            | Op::Open { .. }
+            | Op::OpenIno { .. }
+            | Op::Close { .. }
+            | Op::Write { .. }
+            | Op::Fsync { .. }
+            | Op::Mkdir { .. }
+            | Op::Rmdir { .. }
+            | Op::Unlink { .. }
+            | Op::Rename { .. }
+            | Op::Link { .. }
+            | Op::Symlink { .. }
+            | Op::SetXattr { .. }
+            | Op::RemoveXattr { .. }
+            | Op::Pin { .. }
+            | Op::Unpin { .. }
+            | Op::PinName { .. } => true,
+        }
+    }
+
     /// A short name for logs and counters.
     pub fn kind_name(&self) -> &'static str {
         match self {
@@ -399,11 +488,15 @@ impl Op {
             Op::Unpin { .. } => "unpin",
             Op::PinName { .. } => "pin_name",
             Op::ReadPinned { .. } => "read_pinned",
+            Op::Resume { .. } => "resume",
+            Op::Once { .. } => "once",
+            Op::Reclaim { .. } => "reclaim",
+            Op::EndSession => "end_session",
         }
     }
 
     /// Every kind, in variant order, for per-kind counters.
-    pub const KIND_NAMES: [&'static str; 31] = [
+    pub const KIND_NAMES: [&'static str; 35] = [
         "hello",
         "lookup",
         "getattr",
@@ -435,6 +528,10 @@ impl Op {
         "unpin",
         "pin_name",
         "read_pinned",
+        "resume",
+        "once",
+        "reclaim",
+        "end_session",
     ];
 
     /// The position of this op's kind in `KIND_NAMES`.
@@ -526,6 +623,21 @@ pub enum Reply {
     /// ListOrphans: each orphan's attributes (nlink 0).
     Orphans {
         orphans: Vec<Attr>,
+    },
+    /// Resume: as `Hello`, and whether the server kept the session's handles and pins (only its
+    /// connection broke) or lost them (it restarted): then the client sends `Reclaim` next.
+    Resumed {
+        version: u16,
+        session: u64,
+        root: Attr,
+        server_name: String,
+        lease_timeout_ms: u64,
+        state_kept: bool,
+    },
+    /// Reclaim: the handles and pinned inodes that could not be taken back (the inode is gone).
+    Reclaimed {
+        lost_handles: Vec<u64>,
+        lost_pins: Vec<u64>,
     },
 }
 

@@ -13,8 +13,9 @@
 
 mod leases;
 mod locks;
+mod recovery;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,11 +39,15 @@ use tokio::sync::watch;
 
 use crate::leases::{Change, Leases, ReadTicket};
 use crate::locks::InodeLocks;
+use crate::recovery::{Fate, OnceSlot, Recovery};
 
 /// Open handles one session may hold by default; the next open gets EMFILE.
 pub const HANDLES_PER_SESSION_MAX: usize = 65536;
-/// How long orphans of the previous run wait at start for their sessions to claim them.
-pub const ORPHAN_GRACE_DEFAULT: Duration = Duration::from_secs(30);
+/// How long the server waits for the sessions of its previous run to come back after a restart
+/// (and keeps their orphans), and how long it keeps a session whose connection broke.
+pub const RECOVERY_GRACE_DEFAULT: Duration = Duration::from_secs(15);
+/// Handle ids of a run start at `boot << HANDLE_BOOT_SHIFT` (see `Inner::next_handle`).
+pub const HANDLE_BOOT_SHIFT: u32 = 40;
 /// How long a new connection has to send its hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for connection tasks to let go of the store.
@@ -67,10 +72,12 @@ pub struct ServerConfig {
     pub clock: Arc<dyn Clock>,
     /// Pause points for tests that force races (unarmed, they cost one atomic load).
     pub pause_points: Arc<PausePoints>,
-    /// Orphans found at start (inodes that were open or pinned, without a name, when the previous
-    /// run ended) are kept this long, for the sessions that held them to claim them again (by
-    /// opening or pinning them by id); those still unclaimed are then destroyed.
-    pub orphan_grace: Duration,
+    /// Recovery after a restart: the sessions of the previous run have this long to come back
+    /// (`Op::Resume`) and take back their handles and pins (`Op::Reclaim`); until they all have,
+    /// or this has passed, changes wait. Orphans of the previous run are kept as long (a client
+    /// may also claim one by opening or pinning it by id); those unclaimed are then destroyed.
+    /// A session whose connection broke (not evicted, not ended) is kept this long too.
+    pub recovery_grace: Duration,
     /// Commit on the request's own task, one operation per transaction, instead of on the group
     /// commit thread: for the deterministic simulator (`rustre-sim`), where no thread may run
     /// outside the simulated schedule. Slower; never set in production.
@@ -102,7 +109,7 @@ impl ServerConfig {
             clock: Arc::new(SystemClock),
             pause_points: Arc::default(),
             fault_estale_every_nth_open: None,
-            orphan_grace: ORPHAN_GRACE_DEFAULT,
+            recovery_grace: RECOVERY_GRACE_DEFAULT,
             inline_commits: false,
             fault_ack_before_revoke: false,
             fault_ack_before_durable: false,
@@ -144,11 +151,33 @@ struct ServerCounters {
 #[derive(Default)]
 pub struct OpenCounts {
     counts: HashMap<u64, u32>,
+    /// Orphans of the previous run, kept as if open until recovery ends: their sessions may
+    /// still come back for them.
+    protected: HashSet<u64>,
+    /// Handles that may write, per inode: the last one's close drops the inode's `WRITABLE` row.
+    writers: HashMap<u64, u32>,
 }
 
 impl OpenCounts {
     fn acquire(&mut self, ino: u64) {
         *self.counts.entry(ino).or_insert(0) += 1;
+    }
+
+    /// Takes `count` opens at once (a reclaim); false, taking none, if the count would not fit.
+    fn acquire_many(&mut self, ino: u64, count: u32) -> bool {
+        let held = self.counts.entry(ino).or_insert(0);
+        match held.checked_add(count) {
+            Some(sum) => {
+                *held = sum;
+                true
+            }
+            None => {
+                if *held == 0 {
+                    self.counts.remove(&ino);
+                }
+                false
+            }
+        }
     }
 
     /// Returns true when this was the last handle.
@@ -164,8 +193,30 @@ impl OpenCounts {
         }
     }
 
+    /// Counts a handle that may write (after `acquire`).
+    fn acquire_writer(&mut self, ino: u64, flags: OpenFlags) {
+        if flags.writes() {
+            *self.writers.entry(ino).or_insert(0) += 1;
+        }
+    }
+
+    /// Drops a handle that may write; true when it was the inode's last.
+    fn release_writer(&mut self, ino: u64) -> bool {
+        match self.writers.get_mut(&ino) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                false
+            }
+            Some(_) => {
+                self.writers.remove(&ino);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn is_open(&self, ino: u64) -> bool {
-        self.counts.contains_key(&ino)
+        self.counts.contains_key(&ino) || self.protected.contains(&ino)
     }
 }
 
@@ -186,7 +237,6 @@ struct Handle {
 
 struct Handles {
     closed: bool,
-    next: u64,
     map: HashMap<u64, Handle>,
     /// Opens in flight that have a slot kept for their handle (so EMFILE comes before the open
     /// changes anything, never after it created or truncated a file).
@@ -199,6 +249,40 @@ struct Session {
     pins: Mutex<HashMap<u64, u64>>,
     handles_max: usize,
     handles: Mutex<Handles>,
+    /// Taken up again after a restart (`Op::Resume`): its handles and pins come back with
+    /// `Op::Reclaim`, and the `ONCE` rows of the previous run answer its resends.
+    restored: bool,
+    /// What becomes of it when its connection closes.
+    fate: Mutex<Fate>,
+    /// The answer of each `Op::Once` slot's latest request.
+    once: Mutex<HashMap<u32, OnceSlot>>,
+    /// Counts the connections it has had; the timer of a detached session checks that none came.
+    attachments: AtomicU64,
+    /// A restored session has sent its last `Op::Reclaim`.
+    reclaimed: std::sync::atomic::AtomicBool,
+}
+
+impl Session {
+    fn new(id: u64, handles_max: usize, restored: bool) -> Session {
+        Session {
+            id,
+            pins: Mutex::new(HashMap::new()),
+            handles_max,
+            handles: Mutex::new(Handles { closed: false, map: HashMap::new(), reserved: 0 }),
+            restored,
+            fate: Mutex::new(Fate::Resumable),
+            once: Mutex::new(HashMap::new()),
+            attachments: AtomicU64::new(1),
+            reclaimed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+/// A session with a connection.
+#[derive(Clone)]
+struct Live {
+    connection: Connection,
+    session: Arc<Session>,
 }
 
 struct Inner {
@@ -206,7 +290,14 @@ struct Inner {
     store: Store,
     committer: Committer<OpenCounts>,
     locks: InodeLocks,
-    sessions: Mutex<HashMap<u64, Connection>>,
+    sessions: Mutex<HashMap<u64, Live>>,
+    /// Sessions whose connection broke, kept for `recovery_grace` for their client to resume.
+    detached: Mutex<HashMap<u64, Arc<Session>>>,
+    recovery: Recovery,
+    /// Handle ids come from one counter per run, starting at `boot << HANDLE_BOOT_SHIFT`: no id
+    /// is handed out twice, across sessions and restarts, so a client never mistakes a handle of
+    /// a lost session for a new one.
+    next_handle: AtomicU64,
     leases: Leases,
     counters: Arc<ServerCounters>,
     opens: AtomicU64,
@@ -221,22 +312,36 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the store. Orphans left by the previous run are kept for `orphan_grace`, then
-    /// those nobody claimed are destroyed (see `reclaim_orphans`).
+    /// Opens the store. If the previous run left sessions, recovery starts: they have
+    /// `recovery_grace` to come back, and their orphans are kept until then (`recovery.rs`).
     pub async fn open(config: ServerConfig) -> Result<Server, ServerError> {
         let backend = config.metadata_backend.as_ref().map(|make| make());
         let store = Store::open_with(&config.data_dir, config.clock.as_ref(), backend)?;
+        let leftover = store.read()?.orphans()?;
+        let previous = store.sessions()?;
+        let counts = OpenCounts {
+            counts: HashMap::new(),
+            protected: leftover.iter().copied().collect(),
+            writers: HashMap::new(),
+        };
         let committer = if config.inline_commits {
-            store.start_inline_committer(config.clock.clone(), OpenCounts::default())
+            store.start_inline_committer(config.clock.clone(), counts)
         } else {
-            store.start_committer(config.clock.clone(), OpenCounts::default())
+            store.start_committer(config.clock.clone(), counts)
         };
         if config.fault_ack_before_durable {
             committer.plant_never_durable();
         }
-        let leftover = store.read()?.orphans()?;
         let boot = store.boot();
         let (shutdown, _) = watch::channel(false);
+        if !previous.is_empty() || !leftover.is_empty() {
+            tracing::info!(
+                sessions = previous.len(),
+                orphans = leftover.len(),
+                grace = ?config.recovery_grace,
+                "recovery: waiting for the sessions of the previous run"
+            );
+        }
         let server = Server {
             inner: Arc::new(Inner {
                 config,
@@ -244,6 +349,9 @@ impl Server {
                 committer,
                 locks: InodeLocks::default(),
                 sessions: Mutex::new(HashMap::new()),
+                detached: Mutex::new(HashMap::new()),
+                recovery: Recovery::new(previous, leftover),
+                next_handle: AtomicU64::new(boot << HANDLE_BOOT_SHIFT),
                 leases: Leases::default(),
                 counters: Arc::default(),
                 opens: AtomicU64::new(0),
@@ -251,25 +359,7 @@ impl Server {
                 shutdown,
             }),
         };
-        if !leftover.is_empty() {
-            let grace = server.inner.config.orphan_grace;
-            tracing::info!(count = leftover.len(), ?grace, "orphans of the previous run wait to be claimed");
-            if grace.is_zero() {
-                reclaim_orphans(&server.inner, leftover).await?;
-            } else {
-                let inner = server.inner.clone();
-                let mut shutdown = inner.shutdown.subscribe();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = tokio::time::sleep(grace) => {}
-                        _ = shutdown.wait_for(|stop| *stop) => return,
-                    }
-                    if let Err(error) = reclaim_orphans(&inner, leftover).await {
-                        tracing::error!(%error, "reclaiming the orphans of the previous run");
-                    }
-                });
-            }
-        }
+        recovery::start(&server.inner).await?;
         Ok(server)
     }
 
@@ -312,8 +402,8 @@ impl Server {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let session_id = match tokio::time::timeout(HELLO_TIMEOUT, self.handshake(&mut stream, &peer)).await {
-            Ok(Ok(id)) => id,
+        let session = match tokio::time::timeout(HELLO_TIMEOUT, self.handshake(&mut stream, &peer)).await {
+            Ok(Ok(session)) => session,
             Ok(Err(reason)) => {
                 tracing::warn!(%peer, %reason, "refusing connection");
                 return;
@@ -323,57 +413,90 @@ impl Server {
                 return;
             }
         };
-        let session = Arc::new(Session {
-            id: session_id,
-            pins: Mutex::new(HashMap::new()),
-            handles_max: self.inner.config.handles_per_session_max,
-            handles: Mutex::new(Handles { closed: false, next: 1, map: HashMap::new(), reserved: 0 }),
-        });
+        let session_id = session.id;
         let service = Arc::new(SessionService { inner: self.inner.clone(), session: session.clone() });
         let connection = Connection::start(stream, service, format!("session {session_id:#x} ({peer})"));
-        self.inner.sessions.lock().expect("sessions lock").insert(session_id, connection.clone());
+        let live = Live { connection: connection.clone(), session: session.clone() };
+        {
+            let mut sessions = self.inner.sessions.lock().expect("sessions lock");
+            if sessions.contains_key(&session_id) {
+                // Two connections resumed the same session at once: the first one keeps it.
+                drop(sessions);
+                tracing::warn!(%peer, session = format_args!("{session_id:#x}"), "session already connected; refused");
+                connection.close("the session is connected already");
+                return;
+            }
+            sessions.insert(session_id, live);
+        }
         tracing::info!(%peer, session = format_args!("{session_id:#x}"), "session opened");
 
-        let pinger = tokio::spawn(ping_loop(self.inner.clone(), connection.clone()));
+        let pinger = tokio::spawn(ping_loop(self.inner.clone(), connection.clone(), session.clone()));
         let reason = connection.closed().await;
         pinger.abort();
-        self.inner.sessions.lock().expect("sessions lock").remove(&session_id);
-        // A session that is gone caches nothing any more.
+        // A session without a connection caches nothing. Dropped while the session is still
+        // listed as connected, so a resume (which waits for that listing to go) cannot get new
+        // leases before the old ones are dropped.
         self.inner.leases.drop_session(session_id);
+        let fate = *session.fate.lock().expect("fate lock");
+        if fate == Fate::Resumable && !*self.inner.shutdown.borrow() {
+            // Kept before it stops being listed as connected: a resume never finds it in neither.
+            recovery::detach(&self.inner, session.clone());
+        }
+        self.inner.sessions.lock().expect("sessions lock").remove(&session_id);
         if *self.inner.shutdown.borrow() {
             // The server stops, not the client: the session's handles and pins are not given
-            // back, so what only they keep alive stays on disk as orphans, for the client to
-            // claim within the next start's grace period (`orphan_grace`).
+            // back, so what only they keep alive stays on disk as orphans, and the session stays
+            // in the store, for the client to take up again at the next start (recovery).
             session.handles.lock().expect("handles lock").closed = true;
             tracing::info!(%peer, session = format_args!("{session_id:#x}"), "session closed by shutdown");
             return;
         }
-        let released = close_session_handles(&self.inner, &session).await;
-        tracing::info!(%peer, session = format_args!("{session_id:#x}"), released, %reason, "session closed");
+        match fate {
+            Fate::Resumable => {
+                tracing::info!(%peer, session = format_args!("{session_id:#x}"), %reason, "connection lost; session kept");
+            }
+            Fate::Ending | Fate::Evicted => {
+                let released = recovery::end_session(&self.inner, &session).await;
+                tracing::info!(%peer, session = format_args!("{session_id:#x}"), ?fate, released, %reason, "session closed");
+            }
+        }
     }
 
-    /// Reads and answers the hello. Returns the new session id, or why the peer is refused.
-    async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: &mut S, peer: &str) -> Result<u64, String> {
+    /// Reads and answers the hello (or resume). Returns the session, or why the peer is refused.
+    async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+        peer: &str,
+    ) -> Result<Arc<Session>, String> {
         let frame = read_frame(stream).await.map_err(|error| format!("reading hello: {error}"))?;
         if frame.kind != FrameKind::Request {
             return Err("first frame is not a request".into());
         }
         let request: Request = frame.decode_header().map_err(|error| format!("undecodable hello: {error}"))?;
-        let Op::Hello { magic, version_min, version_max, client_name } = request.op else {
-            return Err(format!("first request is {}, not hello", request.op.kind_name()));
+        let (magic, version_min, version_max, client_name, resume) = match request.op {
+            Op::Hello { magic, version_min, version_max, client_name } => {
+                (magic, version_min, version_max, client_name, None)
+            }
+            Op::Resume { magic, version_min, version_max, client_name, session } => {
+                (magic, version_min, version_max, client_name, Some(session))
+            }
+            other => return Err(format!("first request is {}, not hello", other.kind_name())),
         };
         if magic != HELLO_MAGIC {
             return Err(format!("bad magic {magic:#x}"));
         }
+        let refuse = async |stream: &mut S, errno: Errno, message: String| {
+            let reply = ReplyHeader::new(Err(WireError { errno, message: message.clone() }));
+            let _ = write_frame(stream, &Frame::new(FrameKind::Reply, frame.id, &reply, Bytes::new())).await;
+            let _ = stream.flush().await;
+            message
+        };
         let version = version_max.min(PROTOCOL_VERSION_MAX);
         if version < version_min.max(PROTOCOL_VERSION_MIN) {
             let message = format!(
                 "no common protocol version: client speaks {version_min}..={version_max}, server {PROTOCOL_VERSION_MIN}..={PROTOCOL_VERSION_MAX}"
             );
-            let reply = ReplyHeader::new(Err(WireError { errno: Errno::EPROTO, message: message.clone() }));
-            let _ = write_frame(stream, &Frame::new(FrameKind::Reply, frame.id, &reply, Bytes::new())).await;
-            let _ = stream.flush().await;
-            return Err(message);
+            return Err(refuse(stream, Errno::EPROTO, message).await);
         }
         let root = self
             .inner
@@ -381,26 +504,40 @@ impl Server {
             .read()
             .and_then(|ns| ns.getattr(ROOT_INO))
             .map_err(|error| format!("reading root: {error}"))?;
-        let session = self.inner.next_session.fetch_add(1, Ordering::Relaxed) + 1;
-        let reply = ReplyHeader::new(Ok(Reply::Hello {
-            version,
-            session,
-            root,
-            server_name: self.inner.config.server_name.clone(),
-            lease_timeout_ms: self.inner.config.lease_timeout.as_millis() as u64,
-        }));
+        let server_name = self.inner.config.server_name.clone();
+        let lease_timeout_ms = self.inner.config.lease_timeout.as_millis() as u64;
+        let (session, reply) = match resume {
+            None => {
+                let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed) + 1;
+                // Remembered before it is answered: a restart from now on waits for it.
+                if let Err(error) = recovery::remember_session(&self.inner, id).await {
+                    return Err(refuse(stream, error.errno(), format!("recording the session: {error}")).await);
+                }
+                let session = Session::new(id, self.inner.config.handles_per_session_max, false);
+                (session.into(), Reply::Hello { version, session: id, root, server_name, lease_timeout_ms })
+            }
+            Some(id) => match recovery::resume(&self.inner, id).await {
+                Ok((session, state_kept)) => {
+                    let reply =
+                        Reply::Resumed { version, session: id, root, server_name, lease_timeout_ms, state_kept };
+                    (session, reply)
+                }
+                Err(why) => return Err(refuse(stream, Errno::ESTALE, why).await),
+            },
+        };
+        let reply = ReplyHeader::new(Ok(reply));
         write_frame(stream, &Frame::new(FrameKind::Reply, frame.id, &reply, Bytes::new()))
             .await
             .map_err(|error| format!("answering hello: {error}"))?;
         stream.flush().await.map_err(|error| format!("answering hello: {error}"))?;
-        tracing::debug!(%peer, %client_name, version, "hello");
+        tracing::debug!(%peer, %client_name, version, resumed = resume.is_some(), "hello");
         Ok(session)
     }
 
     /// Pings every connected session now; returns how many answered. (Used by tests and admin.)
     pub async fn ping_all(&self) -> usize {
         let connections: Vec<Connection> =
-            self.inner.sessions.lock().expect("sessions lock").values().cloned().collect();
+            self.inner.sessions.lock().expect("sessions lock").values().map(|live| live.connection.clone()).collect();
         let mut answered = 0;
         for connection in connections {
             if ping(&connection, 0, self.inner.config.ping_timeout).await.is_ok() {
@@ -444,7 +581,7 @@ impl Server {
     pub async fn shutdown(self) {
         self.inner.shutdown.send_replace(true);
         let connections: Vec<Connection> =
-            self.inner.sessions.lock().expect("sessions lock").values().cloned().collect();
+            self.inner.sessions.lock().expect("sessions lock").values().map(|live| live.connection.clone()).collect();
         for connection in connections {
             connection.close("server shutting down");
         }
@@ -472,7 +609,7 @@ async fn ping(connection: &Connection, nonce: u64, timeout: Duration) -> Result<
     }
 }
 
-async fn ping_loop(inner: Arc<Inner>, connection: Connection) {
+async fn ping_loop(inner: Arc<Inner>, connection: Connection, session: Arc<Session>) {
     let interval = inner.config.ping_interval;
     let timeout = inner.config.ping_timeout;
     drop(inner);
@@ -481,8 +618,9 @@ async fn ping_loop(inner: Arc<Inner>, connection: Connection) {
         tokio::time::sleep(interval).await;
         nonce += 1;
         if let Err(reason) = ping(&connection, nonce, timeout).await {
-            tracing::warn!(connection = connection.name(), %reason, "client does not answer; disconnecting");
-            connection.close(reason);
+            tracing::warn!(connection = connection.name(), %reason, "client does not answer; evicting it");
+            *session.fate.lock().expect("fate lock") = Fate::Evicted;
+            connection.close(format!("evicted: {reason}"));
             return;
         }
     }
@@ -496,7 +634,7 @@ async fn close_session_handles(inner: &Arc<Inner>, session: &Session) -> usize {
     };
     let count = handles.len();
     for handle in handles {
-        if let Err(error) = release_handle(inner, handle.ino).await {
+        if let Err(error) = release_handle(inner, &handle).await {
             tracing::error!(ino = handle.ino, %error, "releasing a handle of a closed session");
         }
     }
@@ -509,11 +647,12 @@ async fn close_session_handles(inner: &Arc<Inner>, session: &Session) -> usize {
     count
 }
 
-/// Drops one open of `ino`; the last one destroys an unlinked inode.
-/// Destroys the orphans of the previous run that no session claimed (opened or pinned) during
-/// the grace period. One that was claimed goes when its last handle or pin does, as any orphan.
+/// Destroys the orphans of the previous run that no session claimed (opened, pinned, or took
+/// back) during recovery. One that was claimed goes when its last handle or pin does, as any
+/// orphan.
 async fn reclaim_orphans(inner: &Arc<Inner>, leftover: Vec<u64>) -> Result<(), StoreError> {
     let (reclaimed, _) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
+        opens.protected.clear();
         let mut reclaimed = 0;
         for ino in leftover {
             let unlinked = ns.inode(ino)?.is_some_and(|record| record.nlink == 0);
@@ -529,8 +668,21 @@ async fn reclaim_orphans(inner: &Arc<Inner>, leftover: Vec<u64>) -> Result<(), S
     Ok(())
 }
 
-async fn release_handle(inner: &Arc<Inner>, ino: u64) -> Result<(), StoreError> {
-    release_opens(inner, ino, 1).await
+/// Drops a handle (not through `Op::Close`): its open, and its writer's count.
+async fn release_handle(inner: &Arc<Inner>, handle: &Handle) -> Result<(), StoreError> {
+    let (ino, writes) = (handle.ino, handle.flags.writes());
+    let (result, _) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
+        if writes && opens.release_writer(ino) {
+            ns.unmark_writable(ino)?;
+        }
+        if opens.release(ino) {
+            ns.newly_unlinked.extend(ns.inode(ino)?.filter(|record| record.nlink == 0).map(|_| ino));
+            reap(ns, opens)?;
+        }
+        Ok(())
+    })
+    .await;
+    result
 }
 
 /// `Op::Close`. A handle that could write was opened without a lease on the file's attributes
@@ -538,9 +690,12 @@ async fn release_handle(inner: &Arc<Inner>, ino: u64) -> Result<(), StoreError> 
 /// attributes as the writes left them, with that lease, so that a stat after writing a file
 /// (`tar x`, then `ls -l`) is answered from the client's cache. Other closes answer `Done`.
 async fn close(inner: &Arc<Inner>, session: &Session, handle: Handle) -> Answer {
-    let wrote = handle.flags.contains(OpenFlags::WRITE) || handle.flags.contains(OpenFlags::APPEND);
+    let wrote = handle.flags.writes();
     let ino = handle.ino;
     let (result, ticket) = apply(inner, inner.leases.begin_read(), move |ns, opens, ticket| {
+        if wrote && opens.release_writer(ino) {
+            ns.unmark_writable(ino)?;
+        }
         if opens.release(ino) {
             ns.newly_unlinked.extend(ns.inode(ino)?.filter(|record| record.nlink == 0).map(|_| ino));
             reap(ns, opens)?;
@@ -670,12 +825,22 @@ where
     let leases = inner.leases.clone();
     let marked: Arc<Mutex<Option<Change>>> = Arc::default();
     let slot = marked.clone();
+    let once = recovery::ONCE.try_with(Clone::clone).ok();
     let outcome = inner
         .committer
         .run(move |ns, opens| {
             let mut ticket = ticket;
             let before = ns.mutation_count();
-            let result = operation(ns, opens, &mut ticket);
+            let mut result = operation(ns, opens, &mut ticket);
+            // The first change a `Once` request makes records it, in the same transaction.
+            if result.is_ok()
+                && ns.mutation_count() > before
+                && let Some(once) = once
+                && !once.recorded.swap(true, Ordering::Relaxed)
+                && let Err(failure) = ns.record_once(once.session, once.slot, once.seq)
+            {
+                result = Err(failure);
+            }
             let touched = std::mem::take(&mut ns.touched);
             if !touched.is_empty() {
                 let change = leases.mark(touched);
@@ -730,8 +895,8 @@ tokio::task_local! {
 async fn revoke(inner: &Arc<Inner>, change: &Change, requester: Option<u64>) {
     let mut waiting = tokio::task::JoinSet::new();
     for (&session, grants) in &change.revocations {
-        let connection = inner.sessions.lock().expect("sessions lock").get(&session).cloned();
-        let Some(connection) = connection else {
+        let live = inner.sessions.lock().expect("sessions lock").get(&session).cloned();
+        let Some(Live { connection, session: holder }) = live else {
             continue; // the session is gone, and its leases with it
         };
         let leases = grants.clone();
@@ -760,6 +925,8 @@ async fn revoke(inner: &Arc<Inner>, change: &Change, requester: Option<u64>) {
             };
             tracing::warn!(connection = connection.name(), %reason, "evicting client");
             counters.evictions.fetch_add(1, Ordering::Relaxed);
+            // Fenced: its handles and pins go, and it may not come back (`Op::Resume` refused).
+            *holder.fate.lock().expect("fate lock") = Fate::Evicted;
             connection.close(format!("evicted: {reason}"));
             leases.drop_session(session);
         });
@@ -778,30 +945,55 @@ impl Service for SessionService {
         let session = self.session.clone();
         Box::pin(async move {
             let answer = match frame.decode_header::<Request>() {
+                Ok(Request { caller, op: Op::Once { slot, seq, op } }) => {
+                    recovery::once(&inner, &session, slot, seq, Request { caller, op: *op }, frame.payload).await
+                }
                 Ok(request) => {
-                    let kind = request.op.kind_name();
-                    let answer = REQUESTER.scope(session.id, handle(&inner, &session, request, frame.payload)).await;
-                    if let Err(error) = &answer.result {
-                        let session = format_args!("{:#x}", session.id);
-                        if error.errno() == Errno::EIO {
-                            tracing::error!(session = %session, op = kind, %error, "request failed");
-                        } else {
-                            tracing::debug!(session = %session, op = kind, %error, "request refused");
-                        }
-                    }
-                    answer
+                    recovery::wait_if_recovering(&inner, &request.op).await;
+                    run(&inner, &session, request, frame.payload).await
                 }
                 Err(error) => {
                     tracing::warn!(session = format_args!("{:#x}", session.id), %error, "undecodable request");
-                    Answer::from(Err(StoreError::Fs(Errno::EPROTO)))
+                    WireAnswer::from_store(Err(StoreError::Fs(Errno::EPROTO)))
                 }
             };
-            let (result, payload) = match answer.result {
-                Ok((reply, payload)) => (Ok(reply), payload),
-                Err(error) => (Err(WireError { errno: error.errno(), message: error.to_string() }), Bytes::new()),
-            };
-            (encode_header(&ReplyHeader { result, grants: answer.grants }), payload)
+            (encode_header(&ReplyHeader { result: answer.result, grants: answer.grants }), answer.payload)
         })
+    }
+}
+
+/// Runs one request for `session` and puts its answer in wire form, logging a failure.
+async fn run(inner: &Arc<Inner>, session: &Arc<Session>, request: Request, payload: Bytes) -> WireAnswer {
+    let kind = request.op.kind_name();
+    let answer = REQUESTER.scope(session.id, handle(inner, session, request, payload)).await;
+    if let Err(error) = &answer.result {
+        let session = format_args!("{:#x}", session.id);
+        if error.errno() == Errno::EIO {
+            tracing::error!(session = %session, op = kind, %error, "request failed");
+        } else {
+            tracing::debug!(session = %session, op = kind, %error, "request refused");
+        }
+    }
+    let mut wire = WireAnswer::from_store(answer.result);
+    wire.grants = answer.grants;
+    wire
+}
+
+/// An answer as it goes on the wire (and as `Op::Once` keeps it for a resend).
+#[derive(Clone, Debug)]
+struct WireAnswer {
+    result: Result<Reply, WireError>,
+    payload: Bytes,
+    grants: Vec<Grant>,
+}
+
+impl WireAnswer {
+    fn from_store(result: Result<(Reply, Bytes), StoreError>) -> WireAnswer {
+        let (result, payload) = match result {
+            Ok((reply, payload)) => (Ok(reply), payload),
+            Err(error) => (Err(WireError { errno: error.errno(), message: error.to_string() }), Bytes::new()),
+        };
+        WireAnswer { result, payload, grants: Vec::new() }
     }
 }
 
@@ -862,13 +1054,12 @@ async fn add_handle(
         handles.reserved -= 1;
         reservation.used = true;
         if !handles.closed {
-            let id = handles.next;
-            handles.next += 1;
+            let id = inner.next_handle.fetch_add(1, Ordering::Relaxed) + 1;
             handles.map.insert(id, Handle { ino, flags });
             return Ok(id);
         }
     }
-    release_handle(inner, ino).await?;
+    release_handle(inner, &Handle { ino, flags }).await?;
     Err(errno(Errno::ENOTCONN))
 }
 
@@ -956,7 +1147,14 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
     let caller = request.caller;
     let none = Bytes::new;
     match request.op {
-        Op::Hello { .. } => Err(errno(Errno::EPROTO)).into(),
+        Op::Hello { .. } | Op::Resume { .. } => Err(errno(Errno::EPROTO)).into(),
+        // Unwrapped by `SessionService::call`; one inside another is refused.
+        Op::Once { .. } => Err(errno(Errno::EINVAL)).into(),
+        Op::Reclaim { handles, pins, last } => recovery::reclaim(inner, session, handles, pins, last).await.into(),
+        Op::EndSession => {
+            *session.fate.lock().expect("fate lock") = Fate::Ending;
+            Ok((Reply::Done, none())).into()
+        }
         Op::Lookup { parent, name } => {
             let name_key = name_key(parent, &name);
             let mut ticket = inner.leases.begin_read();
@@ -1019,6 +1217,7 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
                 // The handle's count, and the pin's: both taken where the open is ordered, so
                 // no unlink can come between the open and the pin.
                 opens.acquire(opened.attr.ino);
+                opens.acquire_writer(opened.attr.ino, flags);
                 if pin {
                     opens.acquire(opened.attr.ino);
                 }
@@ -1060,6 +1259,7 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
                 ticket.observe(&attr_key(ino));
                 let opened = ns.open_existing(ino, flags)?;
                 opens.acquire(ino);
+                opens.acquire_writer(ino, flags);
                 Ok(opened)
             })
             .await;
@@ -1372,6 +1572,7 @@ async fn at_path(
                 }
                 let opened = ns.open(parent, &name, flags, perm, caller)?;
                 opens.acquire(opened.attr.ino);
+                opens.acquire_writer(opened.attr.ino, flags);
                 revealed.push(attr_key(opened.attr.ino));
                 Ok((Ok(opened), revealed))
             })
@@ -1588,6 +1789,7 @@ async fn on_path_open(
         };
         let opened = ns.open_existing(ino, flags)?;
         opens.acquire(ino);
+        opens.acquire_writer(ino, flags);
         Ok((Ok(opened), revealed))
     })
     .await;
@@ -1766,8 +1968,8 @@ async fn open_reply(
             Err(error) => {
                 // Release only a handle still ours: a closed session's teardown released it already.
                 let ours = session.handles.lock().expect("handles lock").map.remove(&handle);
-                if ours.is_some() {
-                    release_handle(inner, ino).await?;
+                if let Some(ours) = ours {
+                    release_handle(inner, &ours).await?;
                 }
                 return Err(error);
             }

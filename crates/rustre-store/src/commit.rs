@@ -152,6 +152,7 @@ impl<S: Send + 'static> Committer<S> {
         let job: Job<S> = Box::new(move |ns, state| {
             let before = ns.mutations;
             ns.touched.clear();
+            ns.allocated = None;
             let result = operation(ns, state);
             match &result {
                 Err(StoreError::Fs(errno)) => {

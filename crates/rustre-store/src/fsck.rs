@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use rustre_proto::name::validate_name;
 use rustre_proto::{FileKind, ROOT_INO, Timestamp};
 
@@ -76,6 +76,8 @@ pub enum Problem {
     ObjectWithoutFile { ino: u64, path: PathBuf },
     /// A file in `objects/` that is not named as an object is.
     StrayFile { path: PathBuf },
+    /// A record of a request's answer for a session the store does not know.
+    StrayOnce { session: u64, slot: u32 },
     /// The `inodes` counter is not the number of inode records.
     InodeCount { recorded: u64, counted: u64 },
     /// `next_ino` is not above every inode id: an id would be handed out twice.
@@ -155,6 +157,9 @@ impl fmt::Display for Problem {
                 write!(f, "data object {} belongs to no regular file (inode {ino})", path.display())
             }
             Problem::StrayFile { path } => write!(f, "{} is not a data object", path.display()),
+            Problem::StrayOnce { session, slot } => {
+                write!(f, "a request record (slot {slot}) of session {session:#x}, which the store does not know")
+            }
             Problem::InodeCount { recorded, counted } => {
                 write!(f, "the inode counter says {recorded}, but there are {counted} inodes")
             }
@@ -178,6 +183,10 @@ pub struct Report {
     pub doomed: Vec<u64>,
     /// Objects with bytes past their file's size (never read; cut by `--repair`).
     pub long_objects: Vec<u64>,
+    /// Client sessions of the last run: the server waits for them at start (recovery).
+    pub sessions: u64,
+    /// Files open for writing when the server stopped: their sizes are checked at start.
+    pub writable: u64,
     pub problems: Vec<Problem>,
     /// Problems found beyond `PROBLEMS_LISTED_MAX`.
     pub problems_unlisted: u64,
@@ -411,6 +420,33 @@ fn check(db: &Database, dir: &Path) -> Result<(Report, Index)> {
         }
     }
 
+    // Sessions and what is kept for them.
+    let sessions: BTreeSet<u64> = match txn.open_table(SESSIONS) {
+        Ok(table) => {
+            table.iter()?.map(|item| item.map(|(key, _)| key.value())).collect::<std::result::Result<_, _>>()?
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => BTreeSet::new(),
+        Err(error) => return Err(error.into()),
+    };
+    report.sessions = sessions.len() as u64;
+    match txn.open_table(ONCE) {
+        Ok(table) => {
+            for item in table.iter()? {
+                let (session, slot) = item?.0.value();
+                if !sessions.contains(&session) {
+                    report.problem(Problem::StrayOnce { session, slot });
+                }
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(error) => return Err(error.into()),
+    }
+    match txn.open_table(WRITABLE) {
+        Ok(table) => report.writable = table.len()?,
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(error) => return Err(error.into()),
+    }
+
     // Data objects.
     let doomed: BTreeSet<u64> = {
         let mut rows = BTreeSet::new();
@@ -512,6 +548,10 @@ fn fix(db: &Database, dir: &Path, report: &Report, index: &Index) -> Result<Vec<
                 Problem::StrayCookie { parent, cookie } => {
                     txn.open_table(COOKIES)?.remove((*parent, *cookie))?;
                     done.push(format!("dropped listing position {cookie} of directory {parent}"));
+                }
+                Problem::StrayOnce { session, slot } => {
+                    txn.open_table(ONCE)?.remove((*session, *slot))?;
+                    done.push(format!("dropped the request record of unknown session {session:#x}, slot {slot}"));
                 }
                 Problem::BadOrphan { ino } => {
                     txn.open_table(ORPHANS)?.remove(*ino)?;
@@ -951,6 +991,25 @@ mod tests {
         drop(Store::open(scratch.path(), &SystemClock).expect("store"));
         let report = fsck(scratch.path(), false).expect("fsck");
         assert!(report.clean() && report.doomed.is_empty() && report.objects == 1, "{report:?}");
+    }
+
+    #[test]
+    fn request_records_of_unknown_sessions_are_dropped() {
+        let scratch = tempfile::tempdir().expect("tempdir");
+        build(scratch.path());
+        tables(scratch.path(), |txn| {
+            txn.open_table(SESSIONS).unwrap().insert(7, ()).unwrap();
+            let mut once = txn.open_table(ONCE).unwrap();
+            once.insert((7, 0), (1, 0)).unwrap();
+            once.insert((9, 3), (1, 0)).unwrap();
+            txn.open_table(WRITABLE).unwrap().insert(2, ()).unwrap();
+        });
+        let report = fsck(scratch.path(), false).expect("fsck");
+        assert_eq!(report.problems, vec![Problem::StrayOnce { session: 9, slot: 3 }]);
+        // `build` left /file and /dir/inner open for writing.
+        assert_eq!((report.sessions, report.writable), (1, 2), "notes, not problems");
+        let repaired = fsck(scratch.path(), true).expect("repair");
+        assert!(repaired.clean(), "{:?}", names_of(&repaired));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase};
+use redb::{Database, ReadableDatabase, ReadableTable};
 
 /// Makes the storage backend of the metadata database each time a store opens (a restart opens
 /// a new one on the same medium). Tests and the simulator only.
@@ -89,8 +89,9 @@ impl Store {
         let txn = db.begin_write()?;
         let boot = namespace::initialize(&txn, Timestamp::from_system_time(clock.now()))?;
         let removed = namespace::remove_doomed(&txn, &objects)?;
+        let restored = namespace::reconcile_writable(&txn, &objects)?;
         txn.commit()?;
-        tracing::info!(dir = %dir.display(), boot, removed, "store opened");
+        tracing::info!(dir = %dir.display(), boot, removed, restored, "store opened");
         Ok(Store { dir: dir.to_path_buf(), db: Arc::new(db), objects: Arc::new(objects), boot, _lock: lock })
     }
 
@@ -106,6 +107,24 @@ impl Store {
     /// A consistent snapshot of the namespace as last committed.
     pub fn read(&self) -> Result<ReadNs> {
         ReadNs::new(&self.db.begin_read()?)
+    }
+
+    /// The client sessions the store remembers (see `record::SESSIONS`).
+    pub fn sessions(&self) -> Result<Vec<u64>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(record::SESSIONS)?;
+        let mut sessions = Vec::new();
+        for item in table.iter()? {
+            sessions.push(item?.0.value());
+        }
+        Ok(sessions)
+    }
+
+    /// The last request of `session`'s `slot` that changed the store: `(seq, inode made or 0)`.
+    pub fn once_marker(&self, session: u64, slot: u32) -> Result<Option<(u64, u64)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(record::ONCE)?;
+        Ok(table.get((session, slot))?.map(|value| value.value()))
     }
 
     pub fn objects(&self) -> &Arc<dyn ObjectStore> {

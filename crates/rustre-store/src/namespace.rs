@@ -318,6 +318,10 @@ pub struct Ns<'txn> {
     meta: Table<'txn, &'static str, u64>,
     /// Opened on first use (a destroy, or the committer clearing rows): most batches never need it.
     doomed: Option<Table<'txn, u64, ()>>,
+    /// Opened on first use, as `doomed`.
+    once: Option<Table<'txn, (u64, u32), (u64, u64)>>,
+    /// The inode the current operation made, if any (cleared before each operation).
+    pub allocated: Option<u64>,
     txn: &'txn WriteTransaction,
     /// The time stamped on every change in this batch.
     pub now: Timestamp,
@@ -347,6 +351,8 @@ impl<'txn> Ns<'txn> {
             orphans: txn.open_table(ORPHANS)?,
             meta: txn.open_table(META)?,
             doomed: None,
+            once: None,
+            allocated: None,
             txn,
             now,
             boot,
@@ -418,6 +424,7 @@ impl<'txn> Ns<'txn> {
         // Inode ids only grow, so an id is never reused at all, let alone with one generation.
         let ino = self.bump_meta(META_NEXT_INO, 1)?;
         assert!(ino > ROOT_INO, "META_NEXT_INO starts above the root");
+        self.allocated = Some(ino);
         self.bump_meta(META_INODES, 1)?;
         let directory = kind == FileKind::Directory;
         let record = InodeRecord {
@@ -522,6 +529,68 @@ impl<'txn> Ns<'txn> {
         Ok(())
     }
 
+    /// A regular file is open for writing (see `record::WRITABLE`): recorded durably before the
+    /// open is answered, unless it is already.
+    pub fn mark_writable(&mut self, ino: u64) -> Result<()> {
+        let mut table = self.txn.open_table(WRITABLE)?;
+        if table.get(ino)?.is_none() {
+            self.mutations += 1;
+            self.durable = true;
+            table.insert(ino, ())?;
+        }
+        Ok(())
+    }
+
+    /// The last writer of a file closed it: its `WRITABLE` row goes (no fsync needed: a row left
+    /// by a crash only costs a look at that file at the next start).
+    pub fn unmark_writable(&mut self, ino: u64) -> Result<()> {
+        if self.txn.open_table(WRITABLE)?.remove(ino)?.is_some() {
+            self.mutations += 1;
+        }
+        Ok(())
+    }
+
+    /// Records that this session's request `seq` on `slot` changed the store, with the inode it
+    /// made: in the transaction of the change itself, so both survive a crash or neither does.
+    pub fn record_once(&mut self, session: u64, slot: u32, seq: u64) -> Result<()> {
+        let made = self.allocated.unwrap_or(0);
+        if self.once.is_none() {
+            self.once = Some(self.txn.open_table(ONCE)?);
+        }
+        self.mutations += 1;
+        self.once.as_mut().expect("opened above").insert((session, slot), (seq, made))?;
+        Ok(())
+    }
+
+    /// A new client session, remembered across restarts until it ends (`forget_session`).
+    pub fn add_session(&mut self, session: u64) -> Result<()> {
+        self.mutations += 1;
+        self.durable = true;
+        self.txn.open_table(SESSIONS)?.insert(session, ())?;
+        Ok(())
+    }
+
+    /// A session ended (or was evicted, or never came back after a restart): its row and its
+    /// `ONCE` rows go.
+    pub fn forget_session(&mut self, session: u64) -> Result<()> {
+        self.mutations += 1;
+        self.durable = true;
+        self.txn.open_table(SESSIONS)?.remove(session)?;
+        let mut once = match self.once.take() {
+            Some(table) => table,
+            None => self.txn.open_table(ONCE)?,
+        };
+        let slots: Vec<u32> = once
+            .range((session, 0)..=(session, u32::MAX))?
+            .map(|item| item.map(|(key, _)| key.value().1))
+            .collect::<std::result::Result<_, _>>()?;
+        for slot in slots {
+            once.remove((session, slot))?;
+        }
+        self.once = Some(once);
+        Ok(())
+    }
+
     /// Removes an inode whose last link is gone and which nothing holds open.
     pub fn destroy(&mut self, ino: u64) -> Result<()> {
         let record = self.inode(ino)?.ok_or_else(|| StoreError::Corrupt(format!("destroying missing inode {ino}")))?;
@@ -573,6 +642,9 @@ impl<'txn> Ns<'txn> {
                 self.put_inode(parent, &directory)?;
                 self.put_inode(ino, &record)?;
                 self.durable = true;
+                if flags.contains(OpenFlags::WRITE) || flags.contains(OpenFlags::APPEND) {
+                    self.mark_writable(ino)?;
+                }
                 Ok(Opened { attr: record.attr(ino), created: true, needs_truncate: false })
             }
         }
@@ -595,6 +667,9 @@ impl<'txn> Ns<'txn> {
                 return Err(Errno::ENOTDIR.into());
             }
             _ => {}
+        }
+        if writing && record.kind == FileKind::Regular {
+            self.mark_writable(ino)?;
         }
         Ok(Opened {
             needs_truncate: flags.contains(OpenFlags::TRUNCATE) && writing && record.size > 0,
@@ -1013,7 +1088,39 @@ pub(crate) fn initialize(txn: &WriteTransaction, now: Timestamp) -> Result<u64> 
     txn.open_table(XATTRS)?;
     txn.open_table(ORPHANS)?;
     txn.open_table(DOOMED)?;
+    txn.open_table(SESSIONS)?;
+    txn.open_table(ONCE)?;
+    txn.open_table(WRITABLE)?;
     Ok(boot)
+}
+
+/// At start: every file that was open for writing when the server stopped takes its size from
+/// its data object if that is longer (a write whose size update a crash lost; see
+/// `record::WRITABLE`), and the rows go. Returns how many sizes were restored.
+pub(crate) fn reconcile_writable(txn: &WriteTransaction, objects: &dyn crate::ObjectStore) -> Result<usize> {
+    let mut writable = txn.open_table(WRITABLE)?;
+    let mut inos = Vec::new();
+    for item in writable.iter()? {
+        inos.push(item?.0.value());
+    }
+    let mut inodes = txn.open_table(INODES)?;
+    let mut restored = 0;
+    for ino in inos {
+        writable.remove(ino)?;
+        let Some(mut record) = load_inode(&inodes, ino)? else { continue };
+        if record.kind != FileKind::Regular {
+            continue;
+        }
+        let len =
+            objects.len(ino).map_err(|error| StoreError::io(format!("reading the length of object {ino}"), error))?;
+        if len > record.size {
+            tracing::info!(ino, size = record.size, len, "restoring the size of a file written before a crash");
+            record.size = len;
+            inodes.insert(ino, record.encode().as_slice())?;
+            restored += 1;
+        }
+    }
+    Ok(restored)
 }
 
 /// Removes the data objects of inodes destroyed before a crash that came before their removal,

@@ -23,6 +23,8 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn write_at(&self, ino: u64, offset: u64, data: &[u8]) -> io::Result<()>;
     /// Sets the object's length. A missing object stays missing (it reads as zeros anyway).
     fn set_len(&self, ino: u64, len: u64) -> io::Result<()>;
+    /// The object's length (0 when it does not exist).
+    fn len(&self, ino: u64) -> io::Result<u64>;
     /// Makes the object's contents durable.
     fn sync(&self, ino: u64) -> io::Result<()>;
     /// Removes the object; a missing one is fine.
@@ -95,6 +97,13 @@ impl ObjectStore for LocalObjects {
         match self.file(ino, false)? {
             Some(file) => file.set_len(len),
             None => Ok(()),
+        }
+    }
+
+    fn len(&self, ino: u64) -> io::Result<u64> {
+        match self.file(ino, false)? {
+            Some(file) => Ok(file.metadata()?.len()),
+            None => Ok(0),
         }
     }
 

@@ -20,6 +20,17 @@ pub const ORPHANS: TableDefinition<u64, i64> = TableDefinition::new("orphans");
 /// with the destroy; the object is removed after that commit and the row dropped in a later one.
 /// A crash in between leaves the row, and the next start removes the object (`Store::open`).
 pub const DOOMED: TableDefinition<u64, ()> = TableDefinition::new("doomed");
+/// ino -> (): regular files open for writing. A write's size update is committed without an
+/// fsync, so a crash may lose it while the bytes sit in the data object: a start after a crash
+/// takes each such file's size from its object when the object is longer (`reconcile_writable`).
+pub const WRITABLE: TableDefinition<u64, ()> = TableDefinition::new("writable");
+/// session id -> (): the client sessions of this server, kept across restarts so that after one
+/// the server knows whom to wait for (recovery) and whose `ONCE` rows to keep.
+pub const SESSIONS: TableDefinition<u64, ()> = TableDefinition::new("sessions");
+/// (session, slot) -> (seq, inode made or 0): the last request of each `Op::Once` slot that
+/// changed the store, written in the same transaction as its change, so a resend after a crash
+/// is answered from here instead of being run twice.
+pub const ONCE: TableDefinition<(u64, u32), (u64, u64)> = TableDefinition::new("once");
 /// Counters: see the `META_*` keys.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 

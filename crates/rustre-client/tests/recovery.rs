@@ -1,0 +1,182 @@
+//! Recovery (issue 8; semantics.md promise 6 and race 12): a session survives a broken
+//! connection and a server restart, a change whose reply was lost is answered once when it is
+//! sent again, and an evicted client is fenced when it comes back. The network faults come from
+//! a proxy on loopback between the client and the real server (`common::Proxy`).
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Proxy, TestServer, eventually};
+use rustre_client::{Client, LinkEvent, OpenOptions};
+use rustre_proto::Errno;
+
+/// Records the client's link events.
+fn record_events(client: &Client) -> Arc<Mutex<Vec<LinkEvent>>> {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    client.set_link_hook(Some(Arc::new(move |event: &LinkEvent| seen.lock().unwrap().push(event.clone()))));
+    events
+}
+
+/// Waits (bounded) until the server's commit thread has run `count` more operations than
+/// `before`: the changes are made, and wait for the requester's acknowledgements of their own
+/// revocations, which the proxy drops. (No other client can look: its read would wait for those
+/// revocations too.)
+async fn until_committed(server: &TestServer, before: u64, count: u64) {
+    eventually("the changes are committed", || server.server().commit_stats().operations >= before + count).await;
+}
+
+/// The names of a listing, sorted.
+fn names(entries: &[rustre_client::Entry]) -> Vec<String> {
+    let mut names: Vec<String> =
+        entries.iter().map(|entry| String::from_utf8_lossy(&entry.name).into_owned()).collect();
+    names.sort();
+    names
+}
+
+// A connection that breaks is replaced, and the session goes on as it was: same id, its open
+// handles still valid (even on a file unlinked meanwhile, which the session keeps as an orphan).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_connection_resumes_the_session_with_its_handles() {
+    let server = TestServer::start().await;
+    let proxy = Proxy::start(&server.address).await;
+    let client = Client::connect(&proxy.address).await.unwrap();
+    let events = record_events(&client);
+    let other = server.client().await;
+    let session = client.session();
+    let mut file = client.open("/f", OpenOptions::new().read(true).write(true).create(true)).await.unwrap();
+    file.write_all(b"before").await.unwrap();
+    other.remove_file("/f").await.unwrap();
+
+    proxy.cut();
+    file.write_all(b" after").await.expect("the write went through the resumed session");
+    assert_eq!(file.read_at(0, 100).await.unwrap().as_ref(), b"before after");
+    assert_eq!(client.session(), session, "the same session");
+    assert_eq!(*events.lock().unwrap(), vec![LinkEvent::Lost, LinkEvent::Resumed { kept: true }]);
+    assert_eq!(server.server().orphans().unwrap().len(), 1, "the handle kept the orphan through the break");
+    file.close().await.unwrap();
+    eventually("the last close destroyed the orphan", || server.server().orphans().unwrap().is_empty()).await;
+    client.end().await;
+}
+
+// Changes whose replies never arrived (the connection broke after the server made them) are sent
+// again, and the server answers what it did instead of doing it twice: an exclusive create does
+// not fail with EEXIST, a rename does not fail with ENOENT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_reply_was_lost_runs_once() {
+    let server = TestServer::start().await;
+    let proxy = Proxy::start(&server.address).await;
+    let client = Client::connect(&proxy.address).await.unwrap();
+    let observer = server.client().await;
+    client.write("/a", b"a").await.unwrap();
+
+    let before = server.server().commit_stats().operations;
+    proxy.lose_replies(true);
+    let (c1, c2, c3) = (client.clone(), client.clone(), client.clone());
+    let create = tokio::spawn(async move {
+        c1.open("/x", OpenOptions::new().write(true).create_new(true)).await.map(|file| file.ino())
+    });
+    let rename = tokio::spawn(async move { c2.rename("/a", "/b").await });
+    let mkdir = tokio::spawn(async move { c3.mkdir("/d", 0o755).await.map(|attr| attr.ino) });
+    until_committed(&server, before, 3).await;
+    proxy.cut();
+    proxy.lose_replies(false);
+
+    let created = create.await.unwrap().expect("the exclusive create is answered as made, not EEXIST");
+    rename.await.unwrap().expect("the rename is answered as done, not ENOENT");
+    let made = mkdir.await.unwrap().expect("the mkdir is answered as made, not EEXIST");
+    assert_eq!(created, observer.stat("/x").await.unwrap().ino);
+    assert_eq!(made, observer.stat("/d").await.unwrap().ino);
+    assert_eq!(names(&observer.read_dir("/").await.unwrap()), ["b", "d", "x"]);
+    client.end().await;
+}
+
+// The same after a server restart: the server's memory of the answers is gone, so the first
+// change each request made is recorded in the store with it, and a resend is answered from
+// there. The session comes back with the same id, takes back its open handle (on an orphan),
+// and recovery ends as soon as it has (long before the grace period).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_whose_replies_were_lost_in_a_restart_are_answered_once() {
+    let grace = Duration::from_secs(60);
+    let mut server = TestServer::start_with(|config| config.recovery_grace = grace).await;
+    let proxy = Proxy::start(&server.address).await;
+    let client = Client::connect(&proxy.address).await.unwrap();
+    let events = record_events(&client);
+    let session = client.session();
+    client.write("/a", b"a").await.unwrap();
+    client.write("/held", b"held open").await.unwrap();
+    let held = client.open("/held", OpenOptions::new().read(true)).await.unwrap();
+    let observer = server.client().await;
+    observer.remove_file("/held").await.unwrap();
+
+    observer.end().await;
+    let before = server.server().commit_stats().operations;
+    proxy.lose_replies(true);
+    let (c1, c2, c3) = (client.clone(), client.clone(), client.clone());
+    let create = tokio::spawn(async move {
+        c1.open("/x", OpenOptions::new().write(true).create_new(true)).await.map(|file| file.ino())
+    });
+    let rename = tokio::spawn(async move { c2.rename("/a", "/b").await });
+    let mkdir = tokio::spawn(async move { c3.mkdir("/d", 0o755).await.map(|attr| attr.ino) });
+    until_committed(&server, before, 3).await;
+    server.restart_with(|config| config.recovery_grace = grace).await;
+    proxy.retarget(&server.address);
+    proxy.lose_replies(false);
+    proxy.cut();
+
+    let created = create.await.unwrap().expect("the exclusive create is answered as made, not EEXIST");
+    rename.await.unwrap().expect("the rename is answered as done, not ENOENT");
+    let made = mkdir.await.unwrap().expect("the mkdir is answered as made, not EEXIST");
+    assert_eq!(client.session(), session, "the session was taken up again");
+    assert!(events.lock().unwrap().contains(&LinkEvent::Resumed { kept: false }), "{:?}", events.lock().unwrap());
+    assert_eq!(held.read_at(0, 100).await.unwrap().as_ref(), b"held open", "the handle was taken back");
+
+    let fresh = server.client().await;
+    let write = tokio::time::timeout(Duration::from_secs(20), fresh.write("/after", b""));
+    write.await.expect("recovery ended once the only session of the last run came back").unwrap();
+    assert_eq!(created, fresh.stat("/x").await.unwrap().ino);
+    assert_eq!(made, fresh.stat("/d").await.unwrap().ino);
+    assert_eq!(names(&fresh.read_dir("/").await.unwrap()), ["after", "b", "d", "x"]);
+    assert_eq!(server.server().orphans().unwrap().len(), 1, "the orphan lives while the handle does");
+    held.close().await.unwrap();
+    eventually("the last close destroyed the orphan", || server.server().orphans().unwrap().is_empty()).await;
+    client.end().await;
+}
+
+// Race 12: a client cut off from the server is evicted so others can go on; when it comes back,
+// the server refuses its old session, so its write through an old handle fails (EIO) and the
+// data written meanwhile is intact; new calls work on a new session with an empty cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_client_is_fenced_when_it_comes_back() {
+    let server = TestServer::start_with(|config| {
+        config.lease_timeout = Duration::from_millis(300);
+        config.ping_interval = Duration::from_millis(100);
+        config.ping_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let proxy = Proxy::start(&server.address).await;
+    let a = Client::connect(&proxy.address).await.unwrap();
+    let events = record_events(&a);
+    let b = server.client().await;
+    b.write("/f", b"original").await.unwrap();
+    let mut old = a.open("/f", OpenOptions::new().write(true)).await.unwrap();
+    assert_eq!(a.stat("/f").await.unwrap().size, 8);
+    let evicted = a.session();
+
+    proxy.partition(true);
+    b.write("/f", b"written by b").await.expect("the change goes on without the cut-off client");
+    eventually("the cut-off client is evicted", || server.server().lease_stats().evictions >= 1).await;
+    proxy.partition(false);
+    proxy.cut();
+
+    let error = old.write_all(b"stale").await.expect_err("a handle of the evicted session is fenced");
+    assert_eq!(error.errno, Errno::EIO, "{error}");
+    assert_eq!(b.read("/f").await.unwrap(), b"written by b", "what others wrote meanwhile is intact");
+    assert_ne!(a.session(), evicted, "a new session");
+    assert!(events.lock().unwrap().contains(&LinkEvent::NewSession), "{:?}", events.lock().unwrap());
+    assert_eq!(a.read("/f").await.unwrap(), b"written by b", "new calls see the current state");
+    old.close().await.expect("closing a fenced handle is fine");
+    a.end().await;
+}

@@ -1,0 +1,512 @@
+//! Recovery: sessions that outlive their connections and the server's restarts, and changes that
+//! run at most once (ARCHITECTURE.md, "Recovery"; semantics.md, promise 6 and race 12).
+//!
+//! **A session outlives its connection.** When a connection breaks, its session is *detached*:
+//! its handles and pins stay (so do the orphans they keep), its leases go (the client empties its
+//! cache when the connection goes). The client has `recovery_grace` to take it up again with
+//! `Op::Resume`; after that the session ends as if closed. A session *ends* at once when its
+//! client said `Op::EndSession`, and when it is *evicted* (it did not acknowledge a revocation,
+//! or stopped answering pings): an evicted session is fenced, as `Resume` of it is refused, so
+//! nothing sent under it can land after others changed what it held (race 12).
+//!
+//! **Sessions outlive the server.** Each session is a row of the store's `SESSIONS` table from
+//! its hello to its end. A restarted server is *recovering* while any session of the previous run
+//! has not come back: those resume (`state_kept: false`), take back their handles and pins
+//! (`Op::Reclaim`), then resend what was in flight. Until every one of them has, or
+//! `recovery_grace` has passed, changes to the namespace or to data wait
+//! (`wait_if_recovering`): otherwise another client could unlink a name whose inode a
+//! recovering client's kernel still holds, before that client pinned it again. Opens and pins
+//! that change nothing else do not wait, so an orphan can be claimed by id meanwhile. The orphans
+//! of the previous run are kept as if open until recovery ends; those nobody claimed then go.
+//!
+//! **Once.** A client wraps every request that changes state in `Op::Once { slot, seq }`. The
+//! server keeps, per session and slot, the answer to the slot's latest request (`OnceSlot`): a
+//! resend of it, after the connection broke, gets that answer instead of a second run. That
+//! covers a broken connection; a restart loses the memory, so the first change such a request
+//! makes also writes a row `(session, slot) -> (seq, inode made)` into `ONCE`, in the same
+//! transaction (`apply` in `lib.rs`). A resend that finds its row after a restart is answered
+//! from the store as it is now (`recorded_answer`): during recovery nothing else has changed it.
+//! A request that failed changed nothing, has no row, and simply runs again.
+//!
+//! Locks: `Inner::sessions`, `Inner::detached`, `Recovery::waiting`, `Session::once` are std
+//! mutexes, each taken alone and never across an await.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rustre_proto::{Errno, ONCE_SLOTS_MAX, Op, OpenFlags, ReclaimedHandle, Reply, Request, WireError};
+use rustre_store::StoreError;
+use tokio::sync::watch;
+
+use crate::{
+    HANDLE_BOOT_SHIFT, Handle, Inner, Session, WireAnswer, apply, close_session_handles, errno, reclaim_orphans,
+    release_handle, release_opens, run,
+};
+
+/// How long a resume waits for the connection it replaces to be let go.
+pub const RESUME_TAKEOVER_WAIT: Duration = Duration::from_secs(2);
+/// Most handles and pins one `Reclaim` chunk may carry.
+pub const RECLAIM_CHUNK_MAX: usize = 16384;
+
+/// What becomes of a session when its connection closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fate {
+    /// Kept for `recovery_grace`, for its client to resume.
+    Resumable,
+    /// Its client ended it (`Op::EndSession`).
+    Ending,
+    /// Evicted: ended at once, and fenced.
+    Evicted,
+}
+
+/// The answer to a slot's latest request; `None` while it runs.
+pub(crate) struct OnceSlot {
+    seq: u64,
+    answer: watch::Receiver<Option<WireAnswer>>,
+}
+
+/// The `Op::Once` request the current task runs: `apply` records its first change.
+#[derive(Clone)]
+pub(crate) struct OnceContext {
+    pub session: u64,
+    pub slot: u32,
+    pub seq: u64,
+    pub recorded: Arc<AtomicBool>,
+}
+
+tokio::task_local! {
+    pub(crate) static ONCE: OnceContext;
+}
+
+pub(crate) struct Recovery {
+    /// Sessions of the previous run that have not finished taking back what they held.
+    waiting: Mutex<HashSet<u64>>,
+    /// Orphans of the previous run: destroyed when recovery ends unless claimed.
+    leftover: Mutex<Option<Vec<u64>>>,
+    /// True once changes may run.
+    over: watch::Sender<bool>,
+}
+
+impl Recovery {
+    pub(crate) fn new(previous: Vec<u64>, leftover: Vec<u64>) -> Recovery {
+        let (over, _) = watch::channel(previous.is_empty());
+        Recovery {
+            waiting: Mutex::new(previous.into_iter().collect()),
+            leftover: Mutex::new((!leftover.is_empty()).then_some(leftover)),
+            over,
+        }
+    }
+
+    fn is_over(&self) -> bool {
+        *self.over.borrow()
+    }
+}
+
+/// Starts recovery at server start: it ends when every session of the previous run is back, or
+/// when `recovery_grace` has passed.
+pub(crate) async fn start(inner: &Arc<Inner>) -> Result<(), StoreError> {
+    let pending = !inner.recovery.waiting.lock().expect("waiting lock").is_empty()
+        || inner.recovery.leftover.lock().expect("leftover lock").is_some();
+    if !pending {
+        return Ok(());
+    }
+    let grace = inner.config.recovery_grace;
+    if grace.is_zero() {
+        return finish(inner, "no grace period").await;
+    }
+    let server = inner.clone();
+    let mut shutdown = inner.shutdown.subscribe();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(grace) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        if let Err(error) = finish(&server, "grace period over").await {
+            tracing::error!(%error, "ending recovery");
+        }
+    });
+    Ok(())
+}
+
+/// Ends recovery (once): sessions that did not come back are forgotten, changes may run, and
+/// unclaimed orphans of the previous run are destroyed.
+async fn finish(inner: &Arc<Inner>, why: &str) -> Result<(), StoreError> {
+    let leftover = inner.recovery.leftover.lock().expect("leftover lock").take();
+    let missing: Vec<u64> = inner.recovery.waiting.lock().expect("waiting lock").drain().collect();
+    if !missing.is_empty() {
+        tracing::info!(count = missing.len(), why, "recovery: sessions of the previous run did not come back");
+        let (result, _) = apply(inner, inner.leases.begin_read(), move |ns, _, _| {
+            for session in missing {
+                ns.forget_session(session)?;
+            }
+            Ok(())
+        })
+        .await;
+        result?;
+    }
+    let was_over = inner.recovery.over.send_replace(true);
+    if !was_over {
+        tracing::info!(why, "recovery over");
+    }
+    match leftover {
+        Some(leftover) => reclaim_orphans(inner, leftover).await,
+        None => Ok(()),
+    }
+}
+
+/// A session of the previous run has taken back all it held.
+async fn session_back(inner: &Arc<Inner>, session: u64) {
+    let all_back = {
+        let mut waiting = inner.recovery.waiting.lock().expect("waiting lock");
+        waiting.remove(&session) && waiting.is_empty()
+    };
+    if all_back && let Err(error) = finish(inner, "every session came back").await {
+        tracing::error!(%error, "ending recovery");
+    }
+}
+
+/// Does `op` change the namespace or data, and so wait for the end of recovery?
+fn waits_for_recovery(op: &Op) -> bool {
+    match op {
+        Op::AtPath { op, .. } | Op::OnPath { op, .. } => waits_for_recovery(op),
+        Op::Open { flags, .. } | Op::OpenIno { flags, .. } => {
+            flags.contains(OpenFlags::CREATE) || flags.contains(OpenFlags::TRUNCATE)
+        }
+        Op::SetAttr { .. }
+        | Op::Write { .. }
+        | Op::Mkdir { .. }
+        | Op::Rmdir { .. }
+        | Op::Unlink { .. }
+        | Op::Rename { .. }
+        | Op::Link { .. }
+        | Op::Symlink { .. }
+        | Op::SetXattr { .. }
+        | Op::RemoveXattr { .. } => true,
+        _ => false,
+    }
+}
+
+/// Waits (at most `recovery_grace` after the start) until changes may run, if `op` is one.
+pub(crate) async fn wait_if_recovering(inner: &Inner, op: &Op) {
+    if inner.recovery.is_over() || !waits_for_recovery(op) {
+        return;
+    }
+    let mut over = inner.recovery.over.subscribe();
+    let _ = over.wait_for(|over| *over).await;
+}
+
+/// Records a new session in the store (durably) before its hello is answered.
+pub(crate) async fn remember_session(inner: &Arc<Inner>, session: u64) -> Result<(), StoreError> {
+    apply(inner, inner.leases.begin_read(), move |ns, _, _| ns.add_session(session)).await.0
+}
+
+/// `Op::Resume`: the session, and whether its handles and pins were kept (its connection broke)
+/// rather than lost (the server restarted).
+pub(crate) async fn resume(inner: &Arc<Inner>, id: u64) -> Result<(Arc<Session>, bool), String> {
+    // A connection we still think is up: the client has moved on from it (it saw it break first).
+    let live = inner.sessions.lock().expect("sessions lock").get(&id).cloned();
+    if let Some(live) = live {
+        live.connection.close("the client resumed its session on a new connection");
+        let deadline = tokio::time::Instant::now() + RESUME_TAKEOVER_WAIT;
+        while inner.sessions.lock().expect("sessions lock").contains_key(&id) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("session {id:#x} is still connected"));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let detached = inner.detached.lock().expect("detached lock").remove(&id);
+    if let Some(session) = detached {
+        session.attachments.fetch_add(1, Ordering::Relaxed);
+        // A session of the last run that broke off before it had taken everything back must
+        // send its reclaim again.
+        let kept = !session.restored || session.reclaimed.load(Ordering::Relaxed);
+        return Ok((session, kept));
+    }
+    if inner.recovery.waiting.lock().expect("waiting lock").contains(&id) {
+        let session = Session::new(id, inner.config.handles_per_session_max, true);
+        return Ok((Arc::new(session), false));
+    }
+    Err(format!("unknown session {id:#x}: it ended, was evicted, or did not come back in time"))
+}
+
+/// Keeps a session whose connection broke for `recovery_grace`; then, if no connection took it
+/// up meanwhile, ends it.
+pub(crate) fn detach(inner: &Arc<Inner>, session: Arc<Session>) {
+    let attachment = session.attachments.load(Ordering::Relaxed);
+    inner.detached.lock().expect("detached lock").insert(session.id, session.clone());
+    let inner = inner.clone();
+    let grace = inner.config.recovery_grace;
+    let mut shutdown = inner.shutdown.subscribe();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(grace) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let expired = {
+            let mut detached = inner.detached.lock().expect("detached lock");
+            let same = detached.get(&session.id).is_some_and(|kept| {
+                Arc::ptr_eq(kept, &session) && kept.attachments.load(Ordering::Relaxed) == attachment
+            });
+            if same {
+                detached.remove(&session.id);
+            }
+            same
+        };
+        if expired {
+            let released = end_session(&inner, &session).await;
+            tracing::info!(session = format_args!("{:#x}", session.id), released, "detached session expired");
+        }
+    });
+}
+
+/// Ends a session: gives back its handles and pins, and forgets it in the store. Returns how
+/// many handles it held.
+pub(crate) async fn end_session(inner: &Arc<Inner>, session: &Session) -> usize {
+    let released = close_session_handles(inner, session).await;
+    let id = session.id;
+    if let (Err(error), _) = apply(inner, inner.leases.begin_read(), move |ns, _, _| ns.forget_session(id)).await {
+        tracing::error!(session = format_args!("{id:#x}"), %error, "forgetting an ended session");
+    }
+    if session.restored {
+        session_back(inner, id).await;
+    }
+    released
+}
+
+/// `Op::Reclaim`: takes back, for a session of the previous run, the handles (with their ids)
+/// and pins it held, as far as their inodes still exist.
+pub(crate) async fn reclaim(
+    inner: &Arc<Inner>,
+    session: &Session,
+    handles: Vec<ReclaimedHandle>,
+    pins: Vec<(u64, u64)>,
+    last: bool,
+) -> Result<(Reply, Bytes), StoreError> {
+    if !session.restored || handles.len() + pins.len() > RECLAIM_CHUNK_MAX {
+        return Err(errno(Errno::EINVAL));
+    }
+    let this_run = inner.store.boot() << HANDLE_BOOT_SHIFT;
+    // A reclaim may come again (its connection broke midway): what is held already is not taken
+    // twice. Pins are brought up to the count asked for.
+    let (room, handles, pins) = {
+        let held = session.handles.lock().expect("handles lock");
+        let room = session.handles_max.saturating_sub(held.map.len() + held.reserved);
+        let handles: Vec<ReclaimedHandle> =
+            handles.into_iter().filter(|handle| !held.map.contains_key(&handle.handle)).collect();
+        let pinned = session.pins.lock().expect("pins lock");
+        let pins: Vec<(u64, u64)> = pins
+            .into_iter()
+            .map(|(ino, count)| (ino, count.saturating_sub(pinned.get(&ino).copied().unwrap_or(0))))
+            .filter(|&(_, count)| count > 0)
+            .collect();
+        (room, handles, pins)
+    };
+    // Ids of this run cannot be the previous run's; beyond the session's bound, none is taken.
+    let mut wanted = Vec::new();
+    let mut lost_handles = Vec::new();
+    for (index, handle) in handles.into_iter().enumerate() {
+        if handle.handle < this_run && index < room {
+            wanted.push(handle);
+        } else {
+            lost_handles.push(handle);
+        }
+    }
+    let (result, _) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
+        let mut kept = Vec::new();
+        let mut gone = Vec::new();
+        for handle in wanted {
+            if let Some(record) = ns.inode(handle.ino)? {
+                if handle.flags.writes() && record.kind == rustre_proto::FileKind::Regular {
+                    ns.mark_writable(handle.ino)?;
+                }
+                opens.acquire(handle.ino);
+                opens.acquire_writer(handle.ino, handle.flags);
+                kept.push(handle);
+            } else {
+                gone.push(handle);
+            }
+        }
+        let mut pinned = Vec::new();
+        let mut lost_pins = Vec::new();
+        for (ino, count) in pins {
+            match u32::try_from(count) {
+                Ok(count) if count > 0 && ns.inode(ino)?.is_some() && opens.acquire_many(ino, count) => {
+                    pinned.push((ino, u64::from(count)));
+                }
+                _ => lost_pins.push(ino),
+            }
+        }
+        Ok((kept, gone, pinned, lost_pins))
+    })
+    .await;
+    let (kept, gone, pinned, lost_pins) = result?;
+    lost_handles.extend(gone);
+    let closed = {
+        let mut held = session.handles.lock().expect("handles lock");
+        if !held.closed {
+            for handle in &kept {
+                held.map.insert(handle.handle, Handle { ino: handle.ino, flags: handle.flags });
+            }
+            let mut pins = session.pins.lock().expect("pins lock");
+            for &(ino, count) in &pinned {
+                *pins.entry(ino).or_insert(0) += count;
+            }
+        }
+        held.closed
+    };
+    if closed {
+        // The session ended meanwhile: nobody is left to give these back.
+        for handle in &kept {
+            release_handle(inner, &Handle { ino: handle.ino, flags: handle.flags }).await?;
+        }
+        for &(ino, count) in &pinned {
+            release_opens(inner, ino, count).await?;
+        }
+        return Err(errno(Errno::ENOTCONN));
+    }
+    if last {
+        session.reclaimed.store(true, Ordering::Relaxed);
+        session_back(inner, session.id).await;
+    }
+    let lost_handles = lost_handles.into_iter().map(|handle| handle.handle).collect();
+    Ok((Reply::Reclaimed { lost_handles, lost_pins }, Bytes::new()))
+}
+
+fn refused(errno: Errno, message: &str) -> WireAnswer {
+    WireAnswer {
+        result: Err(WireError { errno, message: message.to_string() }),
+        payload: Bytes::new(),
+        grants: Vec::new(),
+    }
+}
+
+/// `Op::Once`: runs `request` unless this slot's request `seq` ran already, whose answer it then
+/// gives again (see the module doc).
+pub(crate) async fn once(
+    inner: &Arc<Inner>,
+    session: &Arc<Session>,
+    slot: u32,
+    seq: u64,
+    request: Request,
+    payload: Bytes,
+) -> WireAnswer {
+    if slot >= ONCE_SLOTS_MAX || !request.op.changes_state() {
+        return refused(Errno::EINVAL, "Once wraps a change, on a slot below ONCE_SLOTS_MAX");
+    }
+    let (answered, first_use) = {
+        let mut slots = session.once.lock().expect("once lock");
+        match slots.get(&slot) {
+            Some(latest) if latest.seq == seq => (Err(latest.answer.clone()), false),
+            Some(latest) if latest.seq > seq => return refused(Errno::EPROTO, "a resend older than its slot's latest"),
+            latest => {
+                let first_use = latest.is_none();
+                let (answered, answer) = watch::channel(None);
+                slots.insert(slot, OnceSlot { seq, answer });
+                (Ok(answered), first_use)
+            }
+        }
+    };
+    let answered = match answered {
+        Ok(answered) => answered,
+        // A resend while the first run is still going, or after it answered.
+        Err(mut answer) => {
+            return match answer.wait_for(Option::is_some).await {
+                Ok(answer) => answer.clone().expect("waited for it"),
+                Err(_) => refused(Errno::EIO, "the first run of this request was lost"),
+            };
+        }
+    };
+    // Only the first request on a slot in this run may be a resend of one the last run made.
+    let recorded = match session.restored && first_use {
+        true => match inner.store.once_marker(session.id, slot) {
+            Ok(marker) => marker,
+            Err(error) => return WireAnswer::from_store(Err(error)),
+        },
+        false => None,
+    };
+    let answer = match recorded {
+        Some((done, made)) if done == seq => recorded_answer(inner, session, request, &payload, made).await,
+        Some((done, _)) if done > seq => refused(Errno::EPROTO, "a resend older than its slot's latest"),
+        _ => {
+            wait_if_recovering(inner, &request.op).await;
+            let context = OnceContext { session: session.id, slot, seq, recorded: Arc::default() };
+            ONCE.scope(context, run(inner, session, request, payload)).await
+        }
+    };
+    // A resend gets no leases: the ones granted with the first answer may be revoked by then.
+    answered.send_replace(Some(WireAnswer { grants: Vec::new(), ..answer.clone() }));
+    answer
+}
+
+/// The answer to a request that the previous run of the server carried out (its `ONCE` row says
+/// so) but whose answer was lost with it: the same kind of reply, read from the store as it is
+/// now. `made` is the inode the request made (0 if none).
+async fn recorded_answer(
+    inner: &Arc<Inner>,
+    session: &Arc<Session>,
+    request: Request,
+    payload: &Bytes,
+    made: u64,
+) -> WireAnswer {
+    let done = || WireAnswer { result: Ok(Reply::Done), payload: Bytes::new(), grants: Vec::new() };
+    let Request { caller, op } = request;
+    let again = |op: Op| Request { caller, op };
+    match op {
+        Op::Write { handle, .. } => {
+            let ino = match session.handle(handle) {
+                Ok((ino, _)) => ino,
+                Err(error) => return WireAnswer::from_store(Err(error)),
+            };
+            let mut answer = run(inner, session, again(Op::GetAttr { ino }), Bytes::new()).await;
+            answer.result = answer.result.map(|reply| match reply {
+                Reply::Attr { attr } => Reply::Written { len: payload.len() as u32, attr },
+                other => other,
+            });
+            answer
+        }
+        op => match read_back(op) {
+            Some((op, opens)) => {
+                let mut answer = run(inner, session, again(op), Bytes::new()).await;
+                if opens && let Ok(Reply::Opened { created, .. }) = &mut answer.result {
+                    *created = made != 0;
+                }
+                answer
+            }
+            None => done(),
+        },
+    }
+}
+
+/// The read that answers for a change already made (`None`: it answers `Done`), and whether it
+/// is an open (whose `created` comes from the record).
+fn read_back(op: Op) -> Option<(Op, bool)> {
+    let without = |flags: OpenFlags, gone: OpenFlags| OpenFlags(flags.0 & !gone.0);
+    let not_again = OpenFlags(OpenFlags::EXCLUSIVE.0 | OpenFlags::TRUNCATE.0);
+    match op {
+        Op::Mkdir { parent, name, .. } | Op::Symlink { parent, name, .. } => Some((Op::Lookup { parent, name }, false)),
+        Op::Link { new_parent, new_name, .. } => Some((Op::Lookup { parent: new_parent, name: new_name }, false)),
+        Op::SetAttr { ino, .. } => Some((Op::GetAttr { ino }, false)),
+        Op::Open { parent, name, flags, perm } => {
+            Some((Op::Open { parent, name, flags: without(flags, not_again), perm }, true))
+        }
+        Op::OpenIno { ino, flags } => Some((Op::OpenIno { ino, flags: without(flags, OpenFlags::TRUNCATE) }, true)),
+        Op::AtPath { dir, new_dir, follow_last, op } => {
+            // Link's new name is in `new_dir`; the others' in `dir`.
+            let dir = match (&*op, new_dir) {
+                (Op::Link { .. }, Some(new_dir)) => new_dir,
+                _ => dir,
+            };
+            let (op, opens) = read_back(*op)?;
+            Some((Op::AtPath { dir, new_dir: None, follow_last: follow_last && opens, op: Box::new(op) }, opens))
+        }
+        Op::OnPath { path, follow_last, op } => {
+            let (op, opens) = read_back(*op)?;
+            Some((Op::OnPath { path, follow_last, op: Box::new(op) }, opens))
+        }
+        _ => None,
+    }
+}
