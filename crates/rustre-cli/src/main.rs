@@ -70,6 +70,10 @@ enum Command {
         #[arg(long, alias = "orphan-grace", default_value_t = rustre_server::RECOVERY_GRACE_DEFAULT.as_secs(),
               value_name = "SECONDS")]
         recovery_grace: u64,
+        /// Megabytes of free space on the data directory's file system that writes and creates
+        /// leave alone (they answer ENOSPC), so metadata commits and deletes always have room.
+        #[arg(long, default_value_t = rustre_server::SPACE_RESERVE_DEFAULT >> 20, value_name = "MB")]
+        space_reserve: u64,
         /// Fault injection for control runs of `rustre race`: every Nth open answers ESTALE.
         #[arg(long, hide = true, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         fault_estale_every: Option<u64>,
@@ -321,9 +325,10 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Server { data, listen, recovery_grace, fault_estale_every } => {
+        Command::Server { data, listen, recovery_grace, space_reserve, fault_estale_every } => {
             let mut config = ServerConfig::new(&data);
             config.recovery_grace = std::time::Duration::from_secs(recovery_grace);
+            config.space_reserve = space_reserve << 20;
             config.fault_estale_every_nth_open = fault_estale_every;
             serve(config, &listen).await
         }

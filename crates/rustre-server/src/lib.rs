@@ -46,6 +46,9 @@ pub const HANDLES_PER_SESSION_MAX: usize = 65536;
 /// How long the server waits for the sessions of its previous run to come back after a restart
 /// (and keeps their orphans), and how long it keeps a session whose connection broke.
 pub const RECOVERY_GRACE_DEFAULT: Duration = Duration::from_secs(15);
+/// Free space writes and creates leave on the data directory's file system by default
+/// (`ServerConfig::space_reserve`).
+pub const SPACE_RESERVE_DEFAULT: u64 = 64 << 20;
 /// Handle ids of a run start at `boot << HANDLE_BOOT_SHIFT` (see `Inner::next_handle`).
 pub const HANDLE_BOOT_SHIFT: u32 = 40;
 /// How long a new connection has to send its hello.
@@ -69,6 +72,10 @@ pub struct ServerConfig {
     pub ping_timeout: Duration,
     /// Open handles one session may hold; the next open gets EMFILE.
     pub handles_per_session_max: usize,
+    /// Free space (bytes) on the data directory's file system that writes and creates leave
+    /// alone: they answer ENOSPC rather than eat into it, so the metadata database always has
+    /// room to commit (a failed commit would stop the store) and deletes always work.
+    pub space_reserve: u64,
     pub clock: Arc<dyn Clock>,
     /// Pause points for tests that force races (unarmed, they cost one atomic load).
     pub pause_points: Arc<PausePoints>,
@@ -106,6 +113,7 @@ impl ServerConfig {
             ping_interval: Duration::from_secs(1),
             ping_timeout: Duration::from_secs(5),
             handles_per_session_max: HANDLES_PER_SESSION_MAX,
+            space_reserve: SPACE_RESERVE_DEFAULT,
             clock: Arc::new(SystemClock),
             pause_points: Arc::default(),
             fault_estale_every_nth_open: None,
@@ -1143,9 +1151,39 @@ async fn answer(
     Answer { result, grants }
 }
 
+/// How many bytes `op` may add to the data directory, if it adds any: writes their payload,
+/// creates and xattrs a little metadata. Removals, renames and truncates are always let through.
+fn grows(op: &Op, payload: usize) -> Option<u64> {
+    match op {
+        Op::AtPath { op, .. } | Op::OnPath { op, .. } => grows(op, payload),
+        Op::Write { .. } | Op::SetXattr { .. } => Some(payload as u64),
+        Op::Open { flags, .. } if flags.contains(OpenFlags::CREATE) => Some(0),
+        Op::Mkdir { .. } | Op::Symlink { .. } | Op::Link { .. } => Some(0),
+        _ => None,
+    }
+}
+
+/// ENOSPC unless the data directory's file system keeps `space_reserve` free after `needed`
+/// more bytes.
+fn check_space(inner: &Inner, needed: u64) -> Result<(), StoreError> {
+    let vfs = rustix::fs::statvfs(&inner.config.data_dir)
+        .map_err(|error| StoreError::io("statfs of the data directory", error.into()))?;
+    let available = vfs.f_bavail.saturating_mul(vfs.f_frsize);
+    if available < needed.saturating_add(inner.config.space_reserve) {
+        tracing::warn!(available, needed, reserve = inner.config.space_reserve, "no space left for a change");
+        return Err(errno(Errno::ENOSPC));
+    }
+    Ok(())
+}
+
 async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload: Bytes) -> Answer {
     let caller = request.caller;
     let none = Bytes::new;
+    if let Some(needed) = grows(&request.op, payload.len())
+        && let Err(error) = check_space(inner, needed)
+    {
+        return Err(error).into();
+    }
     match request.op {
         Op::Hello { .. } | Op::Resume { .. } => Err(errno(Errno::EPROTO)).into(),
         // Unwrapped by `SessionService::call`; one inside another is refused.

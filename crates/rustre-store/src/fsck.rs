@@ -218,7 +218,14 @@ pub fn fsck(dir: &Path, repair: bool) -> Result<Report> {
         ));
     }
     let _lock = crate::lock_directory(dir)?;
-    let db = Database::open(dir.join("meta.redb"))?;
+    let mut builder = Database::builder();
+    builder.set_check_integrity_on_open(true);
+    let db = builder.open(dir.join("meta.redb")).map_err(|error| match error {
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(why)) => {
+            StoreError::Corrupt(format!("meta.redb failed its integrity check ({why}): restore it from a backup"))
+        }
+        other => other.into(),
+    })?;
     let (report, index) = check(&db, dir)?;
     if !repair || (report.clean() && report.long_objects.is_empty() && report.doomed.is_empty()) {
         return Ok(report);
@@ -1019,7 +1026,7 @@ mod tests {
         let _store = Store::open(scratch.path(), &SystemClock).expect("store");
         assert!(matches!(fsck(scratch.path(), false), Err(StoreError::Locked { .. })));
         let empty = tempfile::tempdir().expect("tempdir");
-        let error = fsck(empty.path(), false).err().expect("no store there");
+        let error = fsck(empty.path(), false).expect_err("no store there");
         assert!(error.to_string().contains("holds no rustre store"), "{error}");
     }
 }

@@ -80,10 +80,22 @@ impl Store {
     pub fn open_with(dir: &Path, clock: &dyn Clock, backend: Option<Box<dyn redb::StorageBackend>>) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(|error| StoreError::io(format!("creating {}", dir.display()), error))?;
         let lock = lock_directory(dir)?;
+        // Every page's checksum is verified at open: a store altered outside redb (a disk fault)
+        // is refused with a clear error instead of being served (or making redb panic).
+        let mut builder = Database::builder();
+        builder.set_check_integrity_on_open(true);
         let db = match backend {
-            Some(backend) => Database::builder().create_with_backend(BoxedBackend(backend))?,
-            None => Database::create(dir.join("meta.redb"))?,
-        };
+            Some(backend) => builder.create_with_backend(BoxedBackend(backend)),
+            None => builder.create(dir.join("meta.redb")),
+        }
+        .map_err(|error| match error {
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(why)) => StoreError::Corrupt(format!(
+                "{}/meta.redb failed its integrity check ({why}); run `rustre fsck --data {}` on a copy, or restore it",
+                dir.display(),
+                dir.display()
+            )),
+            other => other.into(),
+        })?;
         let objects = LocalObjects::open(&dir.join("objects"))
             .map_err(|error| StoreError::io(format!("opening {}/objects", dir.display()), error))?;
         let txn = db.begin_write()?;
