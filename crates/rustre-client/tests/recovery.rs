@@ -36,6 +36,39 @@ fn names(entries: &[rustre_client::Entry]) -> Vec<String> {
     names
 }
 
+/// Three changes in flight at once, whose replies the test makes sure are lost: an exclusive
+/// create of `/x`, a rename of `/a` to `/b`, a mkdir of `/d`.
+struct ThreeChanges {
+    create: tokio::task::JoinHandle<rustre_client::Result<u64>>,
+    rename: tokio::task::JoinHandle<rustre_client::Result<()>>,
+    mkdir: tokio::task::JoinHandle<rustre_client::Result<u64>>,
+}
+
+impl ThreeChanges {
+    /// Sends them, and waits until the server has committed all three.
+    async fn send(client: &Client, server: &TestServer) -> ThreeChanges {
+        let before = server.server().commit_stats().operations;
+        let (c1, c2, c3) = (client.clone(), client.clone(), client.clone());
+        let create = tokio::spawn(async move {
+            c1.open("/x", OpenOptions::new().write(true).create_new(true)).await.map(|file| file.ino())
+        });
+        let rename = tokio::spawn(async move { c2.rename("/a", "/b").await });
+        let mkdir = tokio::spawn(async move { c3.mkdir("/d", 0o755).await.map(|attr| attr.ino) });
+        until_committed(server, before, 3).await;
+        ThreeChanges { create, rename, mkdir }
+    }
+
+    /// Each is answered as done, not as a second run would answer (EEXIST, ENOENT); `observer`
+    /// finds exactly what they made.
+    async fn answered_once(self, observer: &Client) {
+        let created = self.create.await.unwrap().expect("the exclusive create is answered as made, not EEXIST");
+        self.rename.await.unwrap().expect("the rename is answered as done, not ENOENT");
+        let made = self.mkdir.await.unwrap().expect("the mkdir is answered as made, not EEXIST");
+        assert_eq!(created, observer.stat("/x").await.unwrap().ino);
+        assert_eq!(made, observer.stat("/d").await.unwrap().ino);
+    }
+}
+
 // A connection that breaks is replaced, and the session goes on as it was: same id, its open
 // handles still valid (even on a file unlinked meanwhile, which the session keeps as an orphan).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,23 +105,11 @@ async fn a_change_whose_reply_was_lost_runs_once() {
     let observer = server.client().await;
     client.write("/a", b"a").await.unwrap();
 
-    let before = server.server().commit_stats().operations;
     proxy.lose_replies(true);
-    let (c1, c2, c3) = (client.clone(), client.clone(), client.clone());
-    let create = tokio::spawn(async move {
-        c1.open("/x", OpenOptions::new().write(true).create_new(true)).await.map(|file| file.ino())
-    });
-    let rename = tokio::spawn(async move { c2.rename("/a", "/b").await });
-    let mkdir = tokio::spawn(async move { c3.mkdir("/d", 0o755).await.map(|attr| attr.ino) });
-    until_committed(&server, before, 3).await;
+    let changes = ThreeChanges::send(&client, &server).await;
     proxy.cut();
     proxy.lose_replies(false);
-
-    let created = create.await.unwrap().expect("the exclusive create is answered as made, not EEXIST");
-    rename.await.unwrap().expect("the rename is answered as done, not ENOENT");
-    let made = mkdir.await.unwrap().expect("the mkdir is answered as made, not EEXIST");
-    assert_eq!(created, observer.stat("/x").await.unwrap().ino);
-    assert_eq!(made, observer.stat("/d").await.unwrap().ino);
+    changes.answered_once(&observer).await;
     assert_eq!(names(&observer.read_dir("/").await.unwrap()), ["b", "d", "x"]);
     client.end().await;
 }
@@ -112,32 +133,22 @@ async fn changes_whose_replies_were_lost_in_a_restart_are_answered_once() {
     observer.remove_file("/held").await.unwrap();
 
     observer.end().await;
-    let before = server.server().commit_stats().operations;
     proxy.lose_replies(true);
-    let (c1, c2, c3) = (client.clone(), client.clone(), client.clone());
-    let create = tokio::spawn(async move {
-        c1.open("/x", OpenOptions::new().write(true).create_new(true)).await.map(|file| file.ino())
-    });
-    let rename = tokio::spawn(async move { c2.rename("/a", "/b").await });
-    let mkdir = tokio::spawn(async move { c3.mkdir("/d", 0o755).await.map(|attr| attr.ino) });
-    until_committed(&server, before, 3).await;
+    let changes = ThreeChanges::send(&client, &server).await;
     server.restart_with(|config| config.recovery_grace = grace).await;
     proxy.retarget(&server.address);
     proxy.lose_replies(false);
     proxy.cut();
 
-    let created = create.await.unwrap().expect("the exclusive create is answered as made, not EEXIST");
-    rename.await.unwrap().expect("the rename is answered as done, not ENOENT");
-    let made = mkdir.await.unwrap().expect("the mkdir is answered as made, not EEXIST");
+    let fresh = server.client().await;
+    let finished = tokio::time::timeout(Duration::from_secs(20), changes.answered_once(&fresh));
+    finished.await.expect("answered once the session came back");
     assert_eq!(client.session(), session, "the session was taken up again");
     assert!(events.lock().unwrap().contains(&LinkEvent::Resumed { kept: false }), "{:?}", events.lock().unwrap());
     assert_eq!(held.read_at(0, 100).await.unwrap().as_ref(), b"held open", "the handle was taken back");
 
-    let fresh = server.client().await;
     let write = tokio::time::timeout(Duration::from_secs(20), fresh.write("/after", b""));
     write.await.expect("recovery ended once the only session of the last run came back").unwrap();
-    assert_eq!(created, fresh.stat("/x").await.unwrap().ino);
-    assert_eq!(made, fresh.stat("/d").await.unwrap().ino);
     assert_eq!(names(&fresh.read_dir("/").await.unwrap()), ["after", "b", "d", "x"]);
     assert_eq!(server.server().orphans().unwrap().len(), 1, "the orphan lives while the handle does");
     held.close().await.unwrap();

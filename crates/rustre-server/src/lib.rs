@@ -676,21 +676,23 @@ async fn reclaim_orphans(inner: &Arc<Inner>, leftover: Vec<u64>) -> Result<(), S
     Ok(())
 }
 
-/// Drops a handle (not through `Op::Close`): its open, and its writer's count.
+/// On the commit thread: drops one open of `ino` (and, for a handle that may write, its writer's
+/// count: the last writer drops the `WRITABLE` row); the last open of an unlinked inode destroys it.
+fn drop_open(ns: &mut Ns<'_>, opens: &mut OpenCounts, ino: u64, writes: bool) -> Result<(), StoreError> {
+    if writes && opens.release_writer(ino) {
+        ns.unmark_writable(ino);
+    }
+    if opens.release(ino) {
+        ns.newly_unlinked.extend(ns.inode(ino)?.filter(|record| record.nlink == 0).map(|_| ino));
+        reap(ns, opens)?;
+    }
+    Ok(())
+}
+
+/// Drops a handle (not through `Op::Close`).
 async fn release_handle(inner: &Arc<Inner>, handle: &Handle) -> Result<(), StoreError> {
     let (ino, writes) = (handle.ino, handle.flags.writes());
-    let (result, _) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
-        if writes && opens.release_writer(ino) {
-            ns.unmark_writable(ino)?;
-        }
-        if opens.release(ino) {
-            ns.newly_unlinked.extend(ns.inode(ino)?.filter(|record| record.nlink == 0).map(|_| ino));
-            reap(ns, opens)?;
-        }
-        Ok(())
-    })
-    .await;
-    result
+    apply(inner, inner.leases.begin_read(), move |ns, opens, _| drop_open(ns, opens, ino, writes)).await.0
 }
 
 /// `Op::Close`. A handle that could write was opened without a lease on the file's attributes
@@ -701,13 +703,7 @@ async fn close(inner: &Arc<Inner>, session: &Session, handle: Handle) -> Answer 
     let wrote = handle.flags.writes();
     let ino = handle.ino;
     let (result, ticket) = apply(inner, inner.leases.begin_read(), move |ns, opens, ticket| {
-        if wrote && opens.release_writer(ino) {
-            ns.unmark_writable(ino)?;
-        }
-        if opens.release(ino) {
-            ns.newly_unlinked.extend(ns.inode(ino)?.filter(|record| record.nlink == 0).map(|_| ino));
-            reap(ns, opens)?;
-        }
+        drop_open(ns, opens, ino, wrote)?;
         if !wrote {
             return Ok(None);
         }
@@ -1894,7 +1890,7 @@ where
 /// written, which only a client that asks for the attributes before writing gains from.
 fn open_grants(flags: OpenFlags, name_key: impl Into<Option<LeaseKey>>, ino: u64) -> Vec<LeaseKey> {
     let mut keys: Vec<LeaseKey> = name_key.into().into_iter().collect();
-    let writing = flags.contains(OpenFlags::WRITE) || flags.contains(OpenFlags::APPEND);
+    let writing = flags.writes();
     if !writing || flags.contains(OpenFlags::LEASE_ATTR) {
         keys.push(attr_key(ino));
     }
@@ -1954,7 +1950,7 @@ async fn write(
     offset: u64,
     payload: Bytes,
 ) -> (Result<Reply, StoreError>, Option<ReadTicket>) {
-    if !flags.contains(OpenFlags::WRITE) && !flags.contains(OpenFlags::APPEND) {
+    if !flags.writes() {
         return (Err(errno(Errno::EBADF)), None);
     }
     if payload.len() > IO_SIZE_MAX as usize {

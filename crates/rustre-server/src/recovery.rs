@@ -484,8 +484,11 @@ async fn recorded_answer(
 /// The read that answers for a change already made (`None`: it answers `Done`), and whether it
 /// is an open (whose `created` comes from the record).
 fn read_back(op: Op) -> Option<(Op, bool)> {
+    // An exclusive create made the file already. A truncate is kept: the record may come from
+    // the open itself, before its truncate ran (and truncating again what nothing has written
+    // since changes nothing).
     let without = |flags: OpenFlags, gone: OpenFlags| OpenFlags(flags.0 & !gone.0);
-    let not_again = OpenFlags(OpenFlags::EXCLUSIVE.0 | OpenFlags::TRUNCATE.0);
+    let not_again = OpenFlags::EXCLUSIVE;
     match op {
         Op::Mkdir { parent, name, .. } | Op::Symlink { parent, name, .. } => Some((Op::Lookup { parent, name }, false)),
         Op::Link { new_parent, new_name, .. } => Some((Op::Lookup { parent: new_parent, name: new_name }, false)),
@@ -493,7 +496,7 @@ fn read_back(op: Op) -> Option<(Op, bool)> {
         Op::Open { parent, name, flags, perm } => {
             Some((Op::Open { parent, name, flags: without(flags, not_again), perm }, true))
         }
-        Op::OpenIno { ino, flags } => Some((Op::OpenIno { ino, flags: without(flags, OpenFlags::TRUNCATE) }, true)),
+        Op::OpenIno { ino, flags } => Some((Op::OpenIno { ino, flags }, true)),
         Op::AtPath { dir, new_dir, follow_last, op } => {
             // Link's new name is in `new_dir`; the others' in `dir`.
             let dir = match (&*op, new_dir) {

@@ -36,6 +36,9 @@ use crate::objects::ObjectStore;
 pub const COMMIT_QUEUE_DEPTH: usize = 4096;
 /// Most operations in one transaction.
 pub const COMMIT_BATCH_MAX: usize = 512;
+/// `WRITABLE` rows whose removal waits for a batch that commits anyway; beyond, a batch commits
+/// for them.
+pub const UNWRITABLE_PENDING_MAX: usize = 4096;
 /// Non-durable batches (data writes) in a row before one is made durable anyway, so redb's
 /// uncommitted history stays short.
 pub const NON_DURABLE_BATCHES_MAX: u32 = 64;
@@ -123,6 +126,7 @@ impl<S: Send + 'static> Committer<S> {
             stopped: false,
             non_durable_batches: 0,
             removed_objects: Vec::new(),
+            unwritable: std::collections::HashSet::new(),
         };
         if inline {
             return Committer { mode: Mode::Inline(Arc::new(std::sync::Mutex::new(Some(writer)))), counters };
@@ -212,6 +216,9 @@ struct Writer<S> {
     /// Objects removed since the last committed batch: their `doomed` rows go in the next batch
     /// that commits anyway. At most the destroys of one batch.
     removed_objects: Vec<u64>,
+    /// Files whose last writer closed, whose `WRITABLE` rows are not yet dropped (see
+    /// `Ns::unmark_writable`). At most `UNWRITABLE_PENDING_MAX`.
+    unwritable: std::collections::HashSet<u64>,
     counters: Arc<Counters>,
 }
 
@@ -273,6 +280,7 @@ impl<S> Writer<S> {
                 Ok(ns) => ns,
                 Err(error) => return Err((error, Vec::new())),
             };
+            ns.unwritable = std::mem::take(&mut self.unwritable);
             for job in batch {
                 let completion = job(&mut ns, &mut self.state);
                 if ns.mutations == 0 {
@@ -289,6 +297,17 @@ impl<S> Writer<S> {
                 && let Err(error) = ns.forget_doomed(&self.removed_objects)
             {
                 return Err((error, deferred));
+            }
+            if ns.mutations > 0 || ns.unwritable.len() >= UNWRITABLE_PENDING_MAX {
+                if !ns.unwritable.is_empty() {
+                    if let Err(error) = ns.drop_unwritable() {
+                        return Err((error, deferred));
+                    }
+                    // Counted only now: it makes this batch commit if nothing else did.
+                    ns.mutations += 1;
+                }
+            } else {
+                self.unwritable = std::mem::take(&mut ns.unwritable);
             }
             (ns.mutations > 0, ns.durable, std::mem::take(&mut ns.post_commit))
         };

@@ -320,6 +320,11 @@ pub struct Ns<'txn> {
     doomed: Option<Table<'txn, u64, ()>>,
     /// Opened on first use, as `doomed`.
     once: Option<Table<'txn, (u64, u32), (u64, u64)>>,
+    /// Opened on first use, as `doomed`.
+    writable: Option<Table<'txn, u64, ()>>,
+    /// Files whose last writer closed: their `WRITABLE` rows go with the next batch that commits
+    /// anyway (the committer carries the set from batch to batch).
+    pub(crate) unwritable: std::collections::HashSet<u64>,
     /// The inode the current operation made, if any (cleared before each operation).
     pub allocated: Option<u64>,
     txn: &'txn WriteTransaction,
@@ -352,6 +357,8 @@ impl<'txn> Ns<'txn> {
             meta: txn.open_table(META)?,
             doomed: None,
             once: None,
+            writable: None,
+            unwritable: std::collections::HashSet::new(),
             allocated: None,
             txn,
             now,
@@ -532,22 +539,38 @@ impl<'txn> Ns<'txn> {
     /// A regular file is open for writing (see `record::WRITABLE`): recorded durably before the
     /// open is answered, unless it is already.
     pub fn mark_writable(&mut self, ino: u64) -> Result<()> {
-        let mut table = self.txn.open_table(WRITABLE)?;
+        // A removal still pending for it is off: the row must stay.
+        self.unwritable.remove(&ino);
+        let table = self.writable_table()?;
         if table.get(ino)?.is_none() {
+            table.insert(ino, ())?;
             self.mutations += 1;
             self.durable = true;
-            table.insert(ino, ())?;
         }
         Ok(())
     }
 
-    /// The last writer of a file closed it: its `WRITABLE` row goes (no fsync needed: a row left
-    /// by a crash only costs a look at that file at the next start).
-    pub fn unmark_writable(&mut self, ino: u64) -> Result<()> {
-        if self.txn.open_table(WRITABLE)?.remove(ino)?.is_some() {
-            self.mutations += 1;
+    /// The last writer of a file closed it: its `WRITABLE` row goes, with the next batch that
+    /// commits anyway (a row left by a crash only costs a look at that file at the next start).
+    pub fn unmark_writable(&mut self, ino: u64) {
+        self.unwritable.insert(ino);
+    }
+
+    /// Drops the rows of `unwritable` (the committer, in a batch that commits).
+    pub(crate) fn drop_unwritable(&mut self) -> Result<()> {
+        let inos = std::mem::take(&mut self.unwritable);
+        let table = self.writable_table()?;
+        for ino in inos {
+            table.remove(ino)?;
         }
         Ok(())
+    }
+
+    fn writable_table(&mut self) -> Result<&mut Table<'txn, u64, ()>> {
+        if self.writable.is_none() {
+            self.writable = Some(self.txn.open_table(WRITABLE)?);
+        }
+        Ok(self.writable.as_mut().expect("opened above"))
     }
 
     /// Records that this session's request `seq` on `slot` changed the store, with the inode it
@@ -642,7 +665,7 @@ impl<'txn> Ns<'txn> {
                 self.put_inode(parent, &directory)?;
                 self.put_inode(ino, &record)?;
                 self.durable = true;
-                if flags.contains(OpenFlags::WRITE) || flags.contains(OpenFlags::APPEND) {
+                if flags.writes() {
                     self.mark_writable(ino)?;
                 }
                 Ok(Opened { attr: record.attr(ino), created: true, needs_truncate: false })
@@ -657,7 +680,7 @@ impl<'txn> Ns<'txn> {
             return Err(Errno::EINVAL.into());
         }
         let record = existing(self.inode(ino)?)?;
-        let writing = flags.contains(OpenFlags::WRITE) || flags.contains(OpenFlags::APPEND);
+        let writing = flags.writes();
         match record.kind {
             FileKind::Symlink => return Err(Errno::ELOOP.into()),
             FileKind::Directory if writing || flags.contains(OpenFlags::TRUNCATE) => {
