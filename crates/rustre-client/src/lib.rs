@@ -676,6 +676,13 @@ impl Client {
         }
     }
 
+    /// Drops the connection as a crashed client would: no goodbye, no reconnection. The server
+    /// keeps the session for its grace period (simulator and tests only).
+    #[doc(hidden)]
+    pub fn crash(&self) {
+        self.inner.drop_connection("client crashed");
+    }
+
     /// Ends the session and waits (briefly) for the server to have heard it.
     pub async fn end(&self) {
         self.inner.link.closing.store(true, Ordering::Relaxed);
@@ -705,11 +712,23 @@ impl Client {
         };
         let header = encode_header(&Request { caller: self.caller, op: wire });
         let mut sent = 0;
+        let mut first_session = None;
         let frame = loop {
             let (connection, generation) = self.inner.link.connection().await?;
             // Checked on each attempt: the session may have been lost while the last one failed.
             if let Some(answer) = self.answer_locally(&op) {
                 return answer;
+            }
+            let session = self.session();
+            if slot.is_some() && *first_session.get_or_insert(session) != session {
+                // The server forgot the session that may have made this change (it was evicted):
+                // sent again under a new one, it could run twice. Its outcome is unknown.
+                return Err(Error::new(
+                    Errno::EIO,
+                    format!(
+                        "the session was evicted while this {kind} was in flight; it may or may not have been made"
+                    ),
+                ));
             }
             sent += 1;
             match connection.call(header.clone(), payload.clone()).await {

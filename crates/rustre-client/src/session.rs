@@ -12,7 +12,9 @@
 //!
 //! Requests that were in flight are sent again on the new connection. Those that change state go
 //! as `Op::Once` with their slot and sequence number, so the server answers a resend of one that
-//! it already carried out instead of running it twice; reads are simply asked again.
+//! it already carried out instead of running it twice; reads are simply asked again. A change in
+//! flight when the session was lost is not sent under the new session (nothing there remembers
+//! it, so it could run twice): it fails with EIO, its outcome unknown.
 //!
 //! Bounds: a request waits at most `ClientConfig::reconnect_wait` for a link, and is sent at most
 //! `RESENDS_MAX` times; the reconnector retries every `RECONNECT_BACKOFF_MAX` at the slowest.

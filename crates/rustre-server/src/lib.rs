@@ -327,11 +327,12 @@ impl Server {
         let store = Store::open_with(&config.data_dir, config.clock.as_ref(), backend)?;
         let leftover = store.read()?.orphans()?;
         let previous = store.sessions()?;
-        let counts = OpenCounts {
-            counts: HashMap::new(),
-            protected: leftover.iter().copied().collect(),
-            writers: HashMap::new(),
-        };
+        // Kept until recovery ends: orphans of the last run, and what its unanswered changes made
+        // or opened (`recovery.rs`).
+        let mut protected: HashSet<u64> = leftover.iter().copied().collect();
+        protected.extend(store.once_opened()?);
+        let protecting = !protected.is_empty();
+        let counts = OpenCounts { counts: HashMap::new(), protected, writers: HashMap::new() };
         let committer = if config.inline_commits {
             store.start_inline_committer(config.clock.clone(), counts)
         } else {
@@ -358,7 +359,7 @@ impl Server {
                 locks: InodeLocks::default(),
                 sessions: Mutex::new(HashMap::new()),
                 detached: Mutex::new(HashMap::new()),
-                recovery: Recovery::new(previous, leftover),
+                recovery: Recovery::new(previous, protecting),
                 next_handle: AtomicU64::new(boot << HANDLE_BOOT_SHIFT),
                 leases: Leases::default(),
                 counters: Arc::default(),
@@ -655,14 +656,14 @@ async fn close_session_handles(inner: &Arc<Inner>, session: &Session) -> usize {
     count
 }
 
-/// Destroys the orphans of the previous run that no session claimed (opened, pinned, or took
-/// back) during recovery. One that was claimed goes when its last handle or pin does, as any
-/// orphan.
-async fn reclaim_orphans(inner: &Arc<Inner>, leftover: Vec<u64>) -> Result<(), StoreError> {
+/// At the end of recovery: destroys the orphans that no session claimed (opened, pinned, or took
+/// back), those of the previous run and those made during recovery while protected. One that
+/// was claimed goes when its last handle or pin does, as any orphan.
+async fn reclaim_orphans(inner: &Arc<Inner>) -> Result<(), StoreError> {
     let (reclaimed, _) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
         opens.protected.clear();
         let mut reclaimed = 0;
-        for ino in leftover {
+        for ino in ns.orphans()? {
             let unlinked = ns.inode(ino)?.is_some_and(|record| record.nlink == 0);
             if unlinked && !opens.is_open(ino) {
                 ns.destroy(ino)?;

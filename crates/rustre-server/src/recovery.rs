@@ -84,20 +84,17 @@ tokio::task_local! {
 pub(crate) struct Recovery {
     /// Sessions of the previous run that have not finished taking back what they held.
     waiting: Mutex<HashSet<u64>>,
-    /// Orphans of the previous run: destroyed when recovery ends unless claimed.
-    leftover: Mutex<Option<Vec<u64>>>,
+    /// Inodes are kept as if open until recovery ends (`OpenCounts::protected`); then the
+    /// orphans nobody claimed are destroyed. True until that is done.
+    protecting: Mutex<bool>,
     /// True once changes may run.
     over: watch::Sender<bool>,
 }
 
 impl Recovery {
-    pub(crate) fn new(previous: Vec<u64>, leftover: Vec<u64>) -> Recovery {
+    pub(crate) fn new(previous: Vec<u64>, protecting: bool) -> Recovery {
         let (over, _) = watch::channel(previous.is_empty());
-        Recovery {
-            waiting: Mutex::new(previous.into_iter().collect()),
-            leftover: Mutex::new((!leftover.is_empty()).then_some(leftover)),
-            over,
-        }
+        Recovery { waiting: Mutex::new(previous.into_iter().collect()), protecting: Mutex::new(protecting), over }
     }
 
     fn is_over(&self) -> bool {
@@ -109,7 +106,7 @@ impl Recovery {
 /// when `recovery_grace` has passed.
 pub(crate) async fn start(inner: &Arc<Inner>) -> Result<(), StoreError> {
     let pending = !inner.recovery.waiting.lock().expect("waiting lock").is_empty()
-        || inner.recovery.leftover.lock().expect("leftover lock").is_some();
+        || *inner.recovery.protecting.lock().expect("protecting lock");
     if !pending {
         return Ok(());
     }
@@ -134,7 +131,7 @@ pub(crate) async fn start(inner: &Arc<Inner>) -> Result<(), StoreError> {
 /// Ends recovery (once): sessions that did not come back are forgotten, changes may run, and
 /// unclaimed orphans of the previous run are destroyed.
 async fn finish(inner: &Arc<Inner>, why: &str) -> Result<(), StoreError> {
-    let leftover = inner.recovery.leftover.lock().expect("leftover lock").take();
+    let protecting = std::mem::take(&mut *inner.recovery.protecting.lock().expect("protecting lock"));
     let missing: Vec<u64> = inner.recovery.waiting.lock().expect("waiting lock").drain().collect();
     if !missing.is_empty() {
         tracing::info!(count = missing.len(), why, "recovery: sessions of the previous run did not come back");
@@ -151,9 +148,9 @@ async fn finish(inner: &Arc<Inner>, why: &str) -> Result<(), StoreError> {
     if !was_over {
         tracing::info!(why, "recovery over");
     }
-    match leftover {
-        Some(leftover) => reclaim_orphans(inner, leftover).await,
-        None => Ok(()),
+    match protecting {
+        true => reclaim_orphans(inner).await,
+        false => Ok(()),
     }
 }
 
@@ -429,8 +426,10 @@ pub(crate) async fn once(
         false => None,
     };
     let answer = match recorded {
-        Some((done, made)) if done == seq => recorded_answer(inner, session, request, &payload, made).await,
-        Some((done, _)) if done > seq => refused(Errno::EPROTO, "a resend older than its slot's latest"),
+        Some((done, subject, made)) if done == seq => {
+            recorded_answer(inner, session, request, &payload, subject, made).await
+        }
+        Some((done, _, _)) if done > seq => refused(Errno::EPROTO, "a resend older than its slot's latest"),
         _ => {
             wait_if_recovering(inner, &request.op).await;
             let context = OnceContext { session: session.id, slot, seq, recorded: Arc::default() };
@@ -443,73 +442,62 @@ pub(crate) async fn once(
 }
 
 /// The answer to a request that the previous run of the server carried out (its `ONCE` row says
-/// so) but whose answer was lost with it: the same kind of reply, read from the store as it is
-/// now. `made` is the inode the request made (0 if none).
+/// so) but whose answer was lost with it: the same kind of reply, about the inode the request
+/// made, opened, linked, changed or wrote (`subject`; `made`: it made it). That inode is kept
+/// until recovery ends (`OpenCounts::protected`), so it is there even if another change unlinked
+/// it since; nothing is looked up by name again, and nothing is made again.
 async fn recorded_answer(
     inner: &Arc<Inner>,
     session: &Arc<Session>,
     request: Request,
     payload: &Bytes,
-    made: u64,
+    subject: u64,
+    made: bool,
 ) -> WireAnswer {
-    let done = || WireAnswer { result: Ok(Reply::Done), payload: Bytes::new(), grants: Vec::new() };
+    let done = WireAnswer { result: Ok(Reply::Done), payload: Bytes::new(), grants: Vec::new() };
     let Request { caller, op } = request;
-    let again = |op: Op| Request { caller, op };
-    match op {
-        Op::Write { handle, .. } => {
-            let ino = match session.handle(handle) {
-                Ok((ino, _)) => ino,
-                Err(error) => return WireAnswer::from_store(Err(error)),
-            };
-            let mut answer = run(inner, session, again(Op::GetAttr { ino }), Bytes::new()).await;
+    let op = match op {
+        Op::AtPath { op, .. } | Op::OnPath { op, .. } => *op,
+        op => op,
+    };
+    let read = |op: Op| run(inner, session, Request { caller, op }, Bytes::new());
+    let mut answer = match op {
+        Op::Open { flags, .. } | Op::OpenIno { flags, .. } => {
+            // The file exists: opened again by id, without creating; a truncate is kept (the
+            // record may come from the open, before its truncate ran; truncating again what
+            // nothing has written since changes nothing). A pin is taken as the first run did.
+            let again = OpenFlags(flags.0 & !(OpenFlags::CREATE.0 | OpenFlags::EXCLUSIVE.0 | OpenFlags::PIN.0));
+            let mut answer = read(Op::OpenIno { ino: subject, flags: again }).await;
+            if let Ok(Reply::Opened { created, .. }) = &mut answer.result {
+                *created = made;
+                if flags.contains(OpenFlags::PIN)
+                    && let Err(error) = crate::pin(inner, session, subject).await
+                {
+                    return WireAnswer::from_store(Err(error));
+                }
+            }
+            answer
+        }
+        Op::Mkdir { .. } | Op::Symlink { .. } | Op::Link { .. } => {
+            let mut answer = read(Op::GetAttr { ino: subject }).await;
+            answer.result = answer.result.map(|reply| match reply {
+                Reply::Attr { attr } => Reply::Entry { attr },
+                other => other,
+            });
+            answer
+        }
+        Op::SetAttr { .. } => read(Op::GetAttr { ino: subject }).await,
+        Op::Write { .. } => {
+            let mut answer = read(Op::GetAttr { ino: subject }).await;
             answer.result = answer.result.map(|reply| match reply {
                 Reply::Attr { attr } => Reply::Written { len: payload.len() as u32, attr },
                 other => other,
             });
             answer
         }
-        op => match read_back(op) {
-            Some((op, opens)) => {
-                let mut answer = run(inner, session, again(op), Bytes::new()).await;
-                if opens && let Ok(Reply::Opened { created, .. }) = &mut answer.result {
-                    *created = made != 0;
-                }
-                answer
-            }
-            None => done(),
-        },
-    }
-}
-
-/// The read that answers for a change already made (`None`: it answers `Done`), and whether it
-/// is an open (whose `created` comes from the record).
-fn read_back(op: Op) -> Option<(Op, bool)> {
-    // An exclusive create made the file already. A truncate is kept: the record may come from
-    // the open itself, before its truncate ran (and truncating again what nothing has written
-    // since changes nothing).
-    let without = |flags: OpenFlags, gone: OpenFlags| OpenFlags(flags.0 & !gone.0);
-    let not_again = OpenFlags::EXCLUSIVE;
-    match op {
-        Op::Mkdir { parent, name, .. } | Op::Symlink { parent, name, .. } => Some((Op::Lookup { parent, name }, false)),
-        Op::Link { new_parent, new_name, .. } => Some((Op::Lookup { parent: new_parent, name: new_name }, false)),
-        Op::SetAttr { ino, .. } => Some((Op::GetAttr { ino }, false)),
-        Op::Open { parent, name, flags, perm } => {
-            Some((Op::Open { parent, name, flags: without(flags, not_again), perm }, true))
-        }
-        Op::OpenIno { ino, flags } => Some((Op::OpenIno { ino, flags }, true)),
-        Op::AtPath { dir, new_dir, follow_last, op } => {
-            // Link's new name is in `new_dir`; the others' in `dir`.
-            let dir = match (&*op, new_dir) {
-                (Op::Link { .. }, Some(new_dir)) => new_dir,
-                _ => dir,
-            };
-            let (op, opens) = read_back(*op)?;
-            Some((Op::AtPath { dir, new_dir: None, follow_last: follow_last && opens, op: Box::new(op) }, opens))
-        }
-        Op::OnPath { path, follow_last, op } => {
-            let (op, opens) = read_back(*op)?;
-            Some((Op::OnPath { path, follow_last, op: Box::new(op) }, opens))
-        }
-        _ => None,
-    }
+        _ => done,
+    };
+    // Leases of the reads above cover what the answer says; a resend's answer grants none.
+    answer.grants.clear();
+    answer
 }

@@ -17,8 +17,10 @@
 //! - client crashes: a client drops its session with files open, and starts a new one;
 //! - server crashes: the server host stops (every task and connection gone) and restarts on its
 //!   store a little later; every acknowledged change must still be there (the model goes on
-//!   from the state before the crash). Clients open new sessions: there is no reconnection with
-//!   reclaim yet (issue 8). Some of these crashes are power losses in the middle of a commit:
+//!   from the state before the crash). Clients reconnect by themselves: they resume their
+//!   sessions, take back their handles and resend what was in flight, which must take effect
+//!   once (a session the server evicted or forgot makes the call `Unknown`, and the client
+//!   starts over with a new one). Some of these crashes are power losses in the middle of a commit:
 //!   the metadata database sits on a simulated disk (`disk.rs`) that loses its power after a few
 //!   more writes and syncs, keeping only what was synced and a seeded part of the rest; the
 //!   server answers nothing more, and restarts on what survived.

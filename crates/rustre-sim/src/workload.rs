@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use rustre_client::rustre_proto::{Errno, FileKind, RenameMode};
-use rustre_client::{Client, ClientConfig, File, OpenOptions};
+use rustre_client::{Client, ClientConfig, Connector, File, OpenOptions};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::history::{Call, ClientId, Event, HandleId, Kind, Outcome, READ_LEN, Value};
@@ -102,7 +102,7 @@ pub(crate) async fn run(plan: Plan) -> turmoil::Result {
             for open in handles.drain(..) {
                 std::mem::forget(open.file);
             }
-            client.close();
+            client.crash();
             session = None;
             plan.recorder.lock().expect("recorder").stats.crashes += 1;
             continue;
@@ -149,20 +149,43 @@ async fn connect(plan: &Plan, rng: &mut Rng, sessions: u64) -> turmoil::Result<C
     let config = ClientConfig {
         client_name: format!("{} session {sessions}", host_name(plan.client)),
         retry_stale_by_name: !plan.bugs.no_stale_retry,
+        // A call gives up on a lost server well before the run calls it hung.
+        reconnect_wait: CALL_TIME_MAX / 2,
         ..ClientConfig::default()
     };
+    // The session reconnects by itself (resume, reclaim, resends) through streams as faulty as
+    // the first; their randomness comes from this client's seed, so a run replays exactly.
+    let streams = std::sync::Arc::new(std::sync::Mutex::new(Rng::new(rng.next_u64())));
+    let (break_rate, recorder) = (plan.faults.break_rate, plan.recorder.clone());
+    let faulty = move |stream: turmoil::net::TcpStream, seed: u64| FaultyStream {
+        inner: stream,
+        rng: Rng::new(seed),
+        break_rate,
+        broken: false,
+        recorder: recorder.clone(),
+    };
+    let make = faulty.clone();
+    let seeds = streams.clone();
+    let connector: Connector = std::sync::Arc::new(move || {
+        let make = make.clone();
+        let seed = seeds.lock().expect("stream seeds").next_u64();
+        Box::pin(async move {
+            let stream = turmoil::net::TcpStream::connect((SERVER_HOST, SERVER_PORT)).await?;
+            Ok(Box::new(make(stream, seed)) as Box<dyn rustre_client::Stream>)
+        })
+    });
     for _ in 0..CONNECT_ATTEMPTS_MAX {
         let attempt = async {
             let stream = turmoil::net::TcpStream::connect((SERVER_HOST, SERVER_PORT)).await?;
-            let faulty = FaultyStream {
-                inner: stream,
-                rng: Rng::new(rng.next_u64()),
-                break_rate: plan.faults.break_rate,
-                broken: false,
-                recorder: plan.recorder.clone(),
-            };
+            let seed = streams.lock().expect("stream seeds").next_u64();
             Ok::<_, Box<dyn std::error::Error>>(
-                Client::handshake(faulty, SERVER_HOST.to_string(), config.clone()).await?,
+                Client::handshake_with(
+                    faulty(stream, seed),
+                    SERVER_HOST.to_string(),
+                    config.clone(),
+                    connector.clone(),
+                )
+                .await?,
             )
         };
         match tokio::time::timeout(CALL_TIME_MAX, attempt).await {
@@ -237,8 +260,22 @@ fn attr(attr: &rustre_client::rustre_proto::Attr) -> Value {
     Value::Attr { kind: kind(attr.kind), size: attr.size, nlink: attr.nlink }
 }
 
-/// Makes the call and says what it answered. A broken session (ENOTCONN) is `Unknown`.
+/// Makes the call and says what it answered. A lost session is `Unknown`: the call gave up on the
+/// server (ENOTCONN), or the server forgot the session (evicted) while a change was in flight or
+/// before a call on one of its handles (EIO).
 async fn perform(client: &Client, call: &Call, handles: &mut Vec<Open>) -> Outcome {
+    let session = client.session();
+    let outcome = perform_call(client, call, handles).await;
+    let handle_call = matches!(call, Call::Write { .. } | Call::Read { .. } | Call::Close { .. });
+    match outcome {
+        Outcome::Err(errno) if errno == Errno::EIO.0 && (handle_call || client.session() != session) => {
+            Outcome::Unknown
+        }
+        outcome => outcome,
+    }
+}
+
+async fn perform_call(client: &Client, call: &Call, handles: &mut Vec<Open>) -> Outcome {
     let result: rustre_client::Result<Value> = match call {
         Call::Open { path, write, create, exclusive, truncate, handle } => {
             let mut options = OpenOptions::new();

@@ -157,6 +157,8 @@ impl<S: Send + 'static> Committer<S> {
             let before = ns.mutations;
             ns.touched.clear();
             ns.allocated = None;
+            ns.subject = None;
+            ns.opened = false;
             let result = operation(ns, state);
             match &result {
                 Err(StoreError::Fs(errno)) => {

@@ -132,11 +132,29 @@ impl Store {
         Ok(sessions)
     }
 
-    /// The last request of `session`'s `slot` that changed the store: `(seq, inode made or 0)`.
-    pub fn once_marker(&self, session: u64, slot: u32) -> Result<Option<(u64, u64)>> {
+    /// The last request of `session`'s `slot` that changed the store: `(seq, subject inode or 0,
+    /// made)` (see `record::ONCE`).
+    pub fn once_marker(&self, session: u64, slot: u32) -> Result<Option<(u64, u64, bool)>> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(record::ONCE)?;
-        Ok(table.get((session, slot))?.map(|value| value.value()))
+        let marker = table.get((session, slot))?.map(|value| value.value());
+        Ok(marker.map(|(seq, subject, flags)| (seq, subject, flags & record::ONCE_MADE != 0)))
+    }
+
+    /// Every inode a `ONCE` row says its request opened: a restarted server keeps them until
+    /// recovery ends, so a resend gets its new handle on the inode its first run opened even if
+    /// another change has unlinked it since.
+    pub fn once_opened(&self) -> Result<Vec<u64>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(record::ONCE)?;
+        let mut subjects = Vec::new();
+        for item in table.iter()? {
+            let (_, subject, flags) = item?.1.value();
+            if subject != 0 && flags & record::ONCE_OPENED != 0 {
+                subjects.push(subject);
+            }
+        }
+        Ok(subjects)
     }
 
     pub fn objects(&self) -> &Arc<dyn ObjectStore> {

@@ -308,6 +308,9 @@ pub enum PostCommit {
     RemoveObject(u64),
 }
 
+/// The `ONCE` table inside a batch transaction.
+type OnceTable<'txn> = Table<'txn, (u64, u32), (u64, u64, u8)>;
+
 /// The namespace inside one batch transaction of the committer.
 pub struct Ns<'txn> {
     inodes: Table<'txn, u64, &'static [u8]>,
@@ -319,7 +322,7 @@ pub struct Ns<'txn> {
     /// Opened on first use (a destroy, or the committer clearing rows): most batches never need it.
     doomed: Option<Table<'txn, u64, ()>>,
     /// Opened on first use, as `doomed`.
-    once: Option<Table<'txn, (u64, u32), (u64, u64)>>,
+    once: Option<OnceTable<'txn>>,
     /// Opened on first use, as `doomed`.
     writable: Option<Table<'txn, u64, ()>>,
     /// Files whose last writer closed: their `WRITABLE` rows go with the next batch that commits
@@ -327,6 +330,11 @@ pub struct Ns<'txn> {
     pub(crate) unwritable: std::collections::HashSet<u64>,
     /// The inode the current operation made, if any (cleared before each operation).
     pub allocated: Option<u64>,
+    /// The inode the current operation made, opened, linked, changed the attributes of or wrote,
+    /// if any (cleared before each operation): what a resend after a crash is answered about.
+    pub subject: Option<u64>,
+    /// The current operation opened its subject (cleared before each operation).
+    pub opened: bool,
     txn: &'txn WriteTransaction,
     /// The time stamped on every change in this batch.
     pub now: Timestamp,
@@ -360,6 +368,8 @@ impl<'txn> Ns<'txn> {
             writable: None,
             unwritable: std::collections::HashSet::new(),
             allocated: None,
+            subject: None,
+            opened: false,
             txn,
             now,
             boot,
@@ -432,6 +442,7 @@ impl<'txn> Ns<'txn> {
         let ino = self.bump_meta(META_NEXT_INO, 1)?;
         assert!(ino > ROOT_INO, "META_NEXT_INO starts above the root");
         self.allocated = Some(ino);
+        self.subject = Some(ino);
         self.bump_meta(META_INODES, 1)?;
         let directory = kind == FileKind::Directory;
         let record = InodeRecord {
@@ -576,12 +587,13 @@ impl<'txn> Ns<'txn> {
     /// Records that this session's request `seq` on `slot` changed the store, with the inode it
     /// made: in the transaction of the change itself, so both survive a crash or neither does.
     pub fn record_once(&mut self, session: u64, slot: u32, seq: u64) -> Result<()> {
-        let made = self.allocated.unwrap_or(0);
+        let subject = self.subject.or(self.allocated).unwrap_or(0);
+        let flags = if self.allocated.is_some() { ONCE_MADE } else { 0 } | if self.opened { ONCE_OPENED } else { 0 };
         if self.once.is_none() {
             self.once = Some(self.txn.open_table(ONCE)?);
         }
         self.mutations += 1;
-        self.once.as_mut().expect("opened above").insert((session, slot), (seq, made))?;
+        self.once.as_mut().expect("opened above").insert((session, slot), (seq, subject, flags))?;
         Ok(())
     }
 
@@ -665,6 +677,7 @@ impl<'txn> Ns<'txn> {
                 self.put_inode(parent, &directory)?;
                 self.put_inode(ino, &record)?;
                 self.durable = true;
+                self.opened = true;
                 if flags.writes() {
                     self.mark_writable(ino)?;
                 }
@@ -691,6 +704,8 @@ impl<'txn> Ns<'txn> {
             }
             _ => {}
         }
+        self.subject = Some(ino);
+        self.opened = true;
         if writing && record.kind == FileKind::Regular {
             self.mark_writable(ino)?;
         }
@@ -736,6 +751,7 @@ impl<'txn> Ns<'txn> {
     }
 
     pub fn link(&mut self, ino: u64, new_parent: u64, new_name: &[u8]) -> Result<Attr> {
+        self.subject = Some(ino);
         validate_name(new_name)?;
         let mut record = existing(self.inode(ino)?)?;
         if record.kind == FileKind::Directory {
@@ -962,6 +978,7 @@ impl<'txn> Ns<'txn> {
 
     /// Changes attributes. Returns the new attributes and the size before the change.
     pub fn setattr(&mut self, ino: u64, set: &SetAttrIn) -> Result<(Attr, u64)> {
+        self.subject = Some(ino);
         let mut record = existing(self.inode(ino)?)?;
         let old_size = record.size;
         if let Some(size) = set.size {
@@ -1007,6 +1024,7 @@ impl<'txn> Ns<'txn> {
     /// Not durable by itself: file data is durable at fsync, as on a local file system.
     pub fn note_write(&mut self, ino: u64, end: u64) -> Result<Attr> {
         let mut record = existing(self.inode(ino)?)?;
+        self.subject = Some(ino);
         debug_assert_eq!(record.kind, FileKind::Regular, "only regular files are written");
         record.size = record.size.max(end);
         record.mtime = self.now;

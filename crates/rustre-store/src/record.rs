@@ -27,10 +27,15 @@ pub const WRITABLE: TableDefinition<u64, ()> = TableDefinition::new("writable");
 /// session id -> (): the client sessions of this server, kept across restarts so that after one
 /// the server knows whom to wait for (recovery) and whose `ONCE` rows to keep.
 pub const SESSIONS: TableDefinition<u64, ()> = TableDefinition::new("sessions");
-/// (session, slot) -> (seq, inode made or 0): the last request of each `Op::Once` slot that
-/// changed the store, written in the same transaction as its change, so a resend after a crash
-/// is answered from here instead of being run twice.
-pub const ONCE: TableDefinition<(u64, u32), (u64, u64)> = TableDefinition::new("once");
+/// (session, slot) -> (seq, subject inode or 0, `ONCE_*` flags): the last request of each
+/// `Op::Once` slot that changed the store, written in the same transaction as its change, so a
+/// resend after a crash is answered from here instead of being run twice. The subject is the
+/// inode the request made, opened, linked, changed or wrote (`Ns::subject`).
+pub const ONCE: TableDefinition<(u64, u32), (u64, u64, u8)> = TableDefinition::new("once");
+/// `ONCE` flag: the request made its subject.
+pub const ONCE_MADE: u8 = 1;
+/// `ONCE` flag: the request opened its subject (a resend needs that inode for its new handle).
+pub const ONCE_OPENED: u8 = 2;
 /// Counters: see the `META_*` keys.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
