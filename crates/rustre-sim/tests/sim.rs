@@ -118,6 +118,13 @@ fn seeds_that_found_bugs_pass() {
     let six = SimConfig { clients: 6, steps: 150, faults: Faults::none(), ..SimConfig::new(15) };
     reports.push(run(&six));
     reports.push(run(&SimConfig::new(208)));
+    // Seed 81 (every fault, clients reconnecting): a resend after a server restart looked its
+    // name up again and re-created a file another client had removed (recovery.rs,
+    // `recorded_answer`). Seed 776: a mkdir by id into a directory renamed over but still held
+    // open (by a crashed client's detached session) answered ENOENT instead of ESTALE, so the
+    // client did not walk the path again (namespace.rs, `usable_directory`).
+    reports.push(run(&SimConfig::new(81)));
+    reports.push(run(&SimConfig::new(776)));
     let failed = failures(&reports);
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }

@@ -92,14 +92,17 @@ fn existing(record: Option<InodeRecord>) -> Result<InodeRecord> {
 }
 
 /// A directory addressed by id, to look names up in or to change: it must exist, be a
-/// directory, and still be linked (a removed directory takes no new names).
+/// directory, and still be linked. A removed directory takes no new names and has none to look
+/// up; addressed by id, it answers ESTALE as a destroyed one does (someone still holds it open),
+/// so the client walks the path again by name: ENOENT would claim that a path which names a
+/// directory all along named nothing (found by the simulator, seed 776).
 fn usable_directory(record: Option<InodeRecord>) -> Result<InodeRecord> {
     let record = existing(record)?;
     if record.kind != FileKind::Directory {
         return Err(Errno::ENOTDIR.into());
     }
     if record.nlink == 0 {
-        return Err(Errno::ENOENT.into());
+        return Err(Errno::ESTALE.into());
     }
     Ok(record)
 }
