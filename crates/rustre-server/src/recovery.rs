@@ -23,9 +23,10 @@
 //! server keeps, per session and slot, the answer to the slot's latest request (`OnceSlot`): a
 //! resend of it, after the connection broke, gets that answer instead of a second run. That
 //! covers a broken connection; a restart loses the memory, so the first change such a request
-//! makes also writes a row `(session, slot) -> (seq, inode made)` into `ONCE`, in the same
+//! makes also writes a row `(session, slot) -> (seq, subject, flags)` into `ONCE`, in the same
 //! transaction (`apply` in `lib.rs`). A resend that finds its row after a restart is answered
-//! from the store as it is now (`recorded_answer`): during recovery nothing else has changed it.
+//! about the inode recorded there (`recorded_answer`): nothing is looked up by name or made again,
+//! and what an in-flight open opened is kept until recovery ends.
 //! A request that failed changed nothing, has no row, and simply runs again.
 //!
 //! Locks: `Inner::sessions`, `Inner::detached`, `Recovery::waiting`, `Session::once` are std
@@ -165,24 +166,17 @@ async fn session_back(inner: &Arc<Inner>, session: u64) {
     }
 }
 
-/// Does `op` change the namespace or data, and so wait for the end of recovery?
+/// Does `op` change the namespace or data, and so wait for the end of recovery? Every change
+/// (`Op::changes_state`) but those that only take or give back handles and pins: an open without
+/// create or truncate, a close, an fsync, a pin or unpin.
 fn waits_for_recovery(op: &Op) -> bool {
     match op {
         Op::AtPath { op, .. } | Op::OnPath { op, .. } => waits_for_recovery(op),
         Op::Open { flags, .. } | Op::OpenIno { flags, .. } => {
             flags.contains(OpenFlags::CREATE) || flags.contains(OpenFlags::TRUNCATE)
         }
-        Op::SetAttr { .. }
-        | Op::Write { .. }
-        | Op::Mkdir { .. }
-        | Op::Rmdir { .. }
-        | Op::Unlink { .. }
-        | Op::Rename { .. }
-        | Op::Link { .. }
-        | Op::Symlink { .. }
-        | Op::SetXattr { .. }
-        | Op::RemoveXattr { .. } => true,
-        _ => false,
+        Op::Close { .. } | Op::Fsync { .. } | Op::Pin { .. } | Op::Unpin { .. } | Op::PinName { .. } => false,
+        op => op.changes_state(),
     }
 }
 
