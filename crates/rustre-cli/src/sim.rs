@@ -152,7 +152,20 @@ fn run_seed(args: &SimArgs, seed: u64) -> Result<SimReport, String> {
     if args.twice {
         let again = rustre_sim::run(&config).map_err(|error| error.to_string())?;
         if again.fingerprint() != report.fingerprint() {
-            return Err(format!("not deterministic: two runs of seed {seed} gave different histories"));
+            let first = report
+                .history
+                .iter()
+                .zip(&again.history)
+                .position(|(one, two)| format!("{one:?}") != format!("{two:?}"));
+            let at = first.unwrap_or(report.history.len().min(again.history.len()));
+            let event = |history: &[rustre_sim::history::Event]| {
+                history.get(at).map_or_else(|| "nothing (the run ended)".to_string(), |event| format!("{event:?}"))
+            };
+            return Err(format!(
+                "not deterministic: two runs of seed {seed} gave different histories, from event {at}: {} against {}",
+                event(&report.history),
+                event(&again.history)
+            ));
         }
     }
     Ok(report)

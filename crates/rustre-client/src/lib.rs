@@ -731,6 +731,7 @@ impl Client {
                 ));
             }
             sent += 1;
+            tracing::trace!(session, sent, ?op, "request");
             match connection.call(header.clone(), payload.clone()).await {
                 Ok(frame) => break frame,
                 Err(closed) if sent >= session::RESENDS_MAX || !self.inner.link.can_reconnect() => {
@@ -744,6 +745,7 @@ impl Client {
         let reply: ReplyHeader = frame
             .decode_header()
             .map_err(|error| Error::new(Errno::EPROTO, format!("undecodable reply to {kind}: {error}")))?;
+        tracing::trace!(result = ?reply.result, "reply");
         let mut holdings = self.inner.holdings.lock().expect("holdings lock");
         if let Op::Close { handle } = op {
             holdings.closed(handle);

@@ -143,9 +143,12 @@ impl Holdings {
 
     /// What to give back to a restarted server, in chunks.
     pub(crate) fn reclaims(&self) -> Vec<Op> {
-        let handles: Vec<ReclaimedHandle> =
+        // In order, so a replayed run (the simulator) reclaims as the first one did.
+        let mut handles: Vec<ReclaimedHandle> =
             self.handles.iter().map(|(&handle, &(ino, flags))| ReclaimedHandle { handle, ino, flags }).collect();
-        let pins: Vec<(u64, u64)> = self.pins.iter().map(|(&ino, &count)| (ino, count)).collect();
+        handles.sort_unstable_by_key(|handle| handle.handle);
+        let mut pins: Vec<(u64, u64)> = self.pins.iter().map(|(&ino, &count)| (ino, count)).collect();
+        pins.sort_unstable();
         let mut chunks = Vec::new();
         let mut handles = handles.chunks(RECLAIM_CHUNK);
         let mut pins = pins.chunks(RECLAIM_CHUNK);

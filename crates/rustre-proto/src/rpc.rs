@@ -19,7 +19,7 @@
 //! **Architecture Invariant**: after `close`, no call waits forever: `close` marks the pending
 //! table closed and drops every waiting sender under the same lock that `call` inserts under.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,7 +62,9 @@ pub struct ConnectionClosed {
 
 struct Pending {
     closed: bool,
-    waiting: HashMap<u64, Waiter>,
+    /// In id order: closing fails them oldest first, the same way on every run (the simulator
+    /// replays a seed exactly), and the oldest is at hand.
+    waiting: BTreeMap<u64, Waiter>,
 }
 
 /// A sent request awaiting its reply. It keeps its slot until the reply comes (or the connection
@@ -103,7 +105,7 @@ impl Connection {
         let inner = Arc::new(Inner {
             name,
             outbound,
-            pending: Mutex::new(Pending { closed: false, waiting: HashMap::new() }),
+            pending: Mutex::new(Pending { closed: false, waiting: BTreeMap::new() }),
             next_id: AtomicU64::new(1),
             outgoing: Arc::new(Semaphore::new(IN_FLIGHT_REQUESTS_MAX)),
             closed,
@@ -167,6 +169,7 @@ impl Connection {
         }
         let mut pending = self.inner.pending.lock().expect("pending lock poisoned");
         pending.closed = true;
+        // Oldest first (a `BTreeMap` drops in key order): each waiter wakes with the error.
         pending.waiting.clear();
         drop(pending);
         self.inner.outgoing.close();
@@ -179,7 +182,7 @@ impl Connection {
 
     /// The smallest id of our requests still awaiting a reply, if any.
     pub fn oldest_pending_id(&self) -> Option<u64> {
-        self.inner.pending.lock().expect("pending lock poisoned").waiting.keys().min().copied()
+        self.inner.pending.lock().expect("pending lock poisoned").waiting.keys().next().copied()
     }
 
     pub fn is_closed(&self) -> bool {
@@ -210,6 +213,7 @@ impl Connection {
         let mut closed = self.inner.closed.subscribe();
         let reason = loop {
             let frame = tokio::select! {
+                biased;
                 frame = read_frame(&mut reader) => frame,
                 _ = closed.wait_for(|state| state.is_some()) => return,
             };
@@ -270,6 +274,7 @@ impl Connection {
         let mut closed = self.inner.closed.subscribe();
         loop {
             let frame = tokio::select! {
+                biased;
                 frame = queue.recv() => frame,
                 _ = closed.wait_for(|state| state.is_some()) => break,
             };

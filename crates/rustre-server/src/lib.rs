@@ -389,6 +389,7 @@ impl Server {
         let mut shutdown = self.inner.shutdown.subscribe();
         loop {
             let accepted = tokio::select! {
+                biased;
                 accepted = listener.accept() => accepted,
                 _ = shutdown.wait_for(|stop| *stop) => break,
             };
@@ -636,18 +637,22 @@ async fn ping_loop(inner: Arc<Inner>, connection: Connection, session: Arc<Sessi
 }
 
 async fn close_session_handles(inner: &Arc<Inner>, session: &Session) -> usize {
-    let handles: Vec<Handle> = {
+    // Released in id order (and pins in inode order), the same on every replay of a simulation.
+    let mut handles: Vec<(u64, Handle)> = {
         let mut handles = session.handles.lock().expect("handles lock");
         handles.closed = true;
-        handles.map.drain().map(|(_, handle)| handle).collect()
+        handles.map.drain().collect()
     };
+    handles.sort_unstable_by_key(|(id, _)| *id);
+    let handles: Vec<Handle> = handles.into_iter().map(|(_, handle)| handle).collect();
     let count = handles.len();
     for handle in handles {
         if let Err(error) = release_handle(inner, &handle).await {
             tracing::error!(ino = handle.ino, %error, "releasing a handle of a closed session");
         }
     }
-    let pins: Vec<(u64, u64)> = session.pins.lock().expect("pins lock").drain().collect();
+    let mut pins: Vec<(u64, u64)> = session.pins.lock().expect("pins lock").drain().collect();
+    pins.sort_unstable();
     for (ino, pinned) in pins {
         if let Err(error) = release_opens(inner, ino, pinned).await {
             tracing::error!(ino, %error, "releasing the pins of a closed session");
