@@ -625,25 +625,26 @@ impl Model {
         self.hop(slot);
     }
 
-    /// Takes the walk in `slot` one step further: up to and including the next symlink it
-    /// follows, or to its end. (The client reads each symlink in a step of its own, so a walk
-    /// through symlinks can see each at another instant.)
+    /// Takes the walk in `slot` one component further (reading a symlink there and splicing
+    /// its target in is part of that step), or ends it. The client looks each component up at
+    /// an instant of its own (from its cache, or from the server, maybe after a reconnection),
+    /// so any change may fall between two of them.
     fn hop(&mut self, slot: HandleId) {
         let Some(mut walking) = self.walking.remove(&slot) else { return };
         let mut top = self.handles.get(&slot).expect("a walk under way has a position").node;
-        let failed = loop {
-            let Some(name) = walking.pending.pop_front() else { break None };
+        let failed = 'step: {
+            let Some(name) = walking.pending.pop_front() else { break 'step None };
             let last = walking.pending.is_empty();
             if let Err(errno) = validate(&name) {
-                break Some(errno);
+                break 'step Some(errno);
             }
-            let Some(id) = self.lookup(top, &name) else { break Some(Errno::ENOENT) };
+            let Some(id) = self.lookup(top, &name) else { break 'step Some(Errno::ENOENT) };
             if let Some(target) = self.symlink_target(id)
                 && (!last || walking.follow_last)
             {
                 walking.followed += 1;
                 if walking.followed > SYMLINKS_FOLLOWED_MAX {
-                    break Some(Errno::ELOOP);
+                    break 'step Some(Errno::ELOOP);
                 }
                 if target.starts_with('/') {
                     top = ROOT;
@@ -663,12 +664,18 @@ impl Model {
             }
             if last && walking.whole {
                 top = id;
-                break None;
+                break 'step None;
             }
             if !self.is_directory(id) {
-                break Some(Errno::ENOTDIR);
+                break 'step Some(Errno::ENOTDIR);
             }
             top = id;
+            if !walking.pending.is_empty() {
+                self.handles.insert(slot, Handle { node: top, writable: false });
+                self.walking.insert(slot, walking);
+                return;
+            }
+            None
         };
         match failed {
             Some(errno) => {

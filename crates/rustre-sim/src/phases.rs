@@ -28,9 +28,24 @@ fn splittable(path: &str) -> bool {
     !path.ends_with('/') && !path.ends_with("/.") && path.split('/').all(|part| part != "..")
 }
 
+/// Components a symlink met on a walk may add, beyond those of the path, each looked up at an
+/// instant of its own (the workload's targets have at most two); a longer walk is finished at
+/// once by the act.
+const SYMLINK_HOPS: usize = 2;
+
+/// The `Hop` steps of a walk of `path` after its `Resolve` (which takes the first component):
+/// one per component left and `SYMLINK_HOPS` more. Hops past the walk's end change nothing.
+fn hops(path: &str, whole: bool) -> usize {
+    let names = path.split('/').filter(|part| !part.is_empty() && *part != ".").count();
+    let walked = if whole { names } else { names.saturating_sub(1) };
+    match walked {
+        0 => 0,
+        _ => walked - 1 + SYMLINK_HOPS,
+    }
+}
+
 /// Splits every path call of `events` whose walk can interleave with other calls. Each walk is
-/// a `Resolve` and a `Hop` (a walk through symlinks is seen in up to two steps; the act finishes
-/// what is left at once).
+/// a `Resolve` and `Hop`s, one component each (see `hops`); the act finishes what is left.
 pub(crate) fn split(events: &[Event]) -> Vec<Event> {
     let mut out = Vec::with_capacity(events.len() * 3);
     for (index, event) in events.iter().enumerate() {
@@ -42,7 +57,9 @@ pub(crate) fn split(events: &[Event]) -> Vec<Event> {
         let step = |call: Call| Event { call, outcome: resolved(), ..event.clone() };
         let mut walk = |path: &str, whole: bool, follow: bool, k: u64| {
             out.push(step(Call::Resolve { path: path.to_string(), whole, follow, slot: slot(k) }));
-            out.push(step(Call::Hop { slot: slot(k) }));
+            for _ in 0..hops(path, whole) {
+                out.push(step(Call::Hop { slot: slot(k) }));
+            }
         };
         let act =
             |slots: [u64; 2]| Event { call: Call::Act { call: Box::new(event.call.clone()), slots }, ..event.clone() };
