@@ -156,6 +156,44 @@ async fn changes_whose_replies_were_lost_in_a_restart_are_answered_once() {
     client.end().await;
 }
 
+// A change whose reply was lost, and whose result another client removed before the server
+// crashed: the resend after the restart gets the answer of the first run (kept in its `ONCE`
+// row), not ESTALE about the removed inode, which the client would take for a stale id and
+// retry by name, making the directory and the symlink a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_after_a_restart_is_answered_even_if_what_it_made_is_gone() {
+    let grace = Duration::from_secs(60);
+    let mut server = TestServer::start_with(|config| config.recovery_grace = grace).await;
+    let proxy = Proxy::start(&server.address).await;
+    let client = Client::connect(&proxy.address).await.unwrap();
+    let observer = server.client().await;
+
+    proxy.lose_replies(true);
+    let before = server.server().commit_stats().operations;
+    let (c1, c2) = (client.clone(), client.clone());
+    let mkdir = tokio::spawn(async move { c1.mkdir("/gone", 0o700).await });
+    let symlink = tokio::spawn(async move { c2.symlink("target", "/link").await });
+    until_committed(&server, before, 2).await;
+    // The replies are lost; from now on the client hears the server again (and acknowledges
+    // the revocations of the removals below).
+    proxy.lose_replies(false);
+    observer.remove_dir("/gone").await.unwrap();
+    observer.remove_file("/link").await.unwrap();
+    observer.end().await;
+
+    server.restart_with(|config| config.recovery_grace = grace).await;
+    proxy.retarget(&server.address);
+    proxy.cut();
+    let made = tokio::time::timeout(Duration::from_secs(20), mkdir).await.expect("answered").unwrap();
+    let made = made.expect("the mkdir is answered as made");
+    assert_eq!((made.kind, made.perm & 0o777), (rustre_proto::FileKind::Directory, 0o700));
+    let linked = tokio::time::timeout(Duration::from_secs(20), symlink).await.expect("answered").unwrap();
+    assert_eq!(linked.expect("the symlink is answered as made").kind, rustre_proto::FileKind::Symlink);
+    let fresh = server.client().await;
+    assert_eq!(names(&fresh.read_dir("/").await.unwrap()), Vec::<String>::new(), "nothing was made twice");
+    client.end().await;
+}
+
 // Race 12: a client cut off from the server is evicted so others can go on; when it comes back,
 // the server refuses its old session, so its write through an old handle fails (EIO) and the
 // data written meanwhile is intact; new calls work on a new session with an empty cache.

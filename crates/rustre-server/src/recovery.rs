@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rustre_proto::{Errno, ONCE_SLOTS_MAX, Op, OpenFlags, ReclaimedHandle, Reply, Request, WireError};
-use rustre_store::StoreError;
+use rustre_store::{OnceMarker, StoreError};
 use tokio::sync::watch;
 
 use crate::{
@@ -119,6 +119,7 @@ pub(crate) async fn start(inner: &Arc<Inner>) -> Result<(), StoreError> {
     let mut shutdown = inner.shutdown.subscribe();
     tokio::spawn(async move {
         tokio::select! {
+            biased;
             _ = tokio::time::sleep(grace) => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
@@ -234,6 +235,7 @@ pub(crate) fn detach(inner: &Arc<Inner>, session: Arc<Session>) {
     let mut shutdown = inner.shutdown.subscribe();
     tokio::spawn(async move {
         tokio::select! {
+            biased;
             _ = tokio::time::sleep(grace) => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
@@ -420,10 +422,8 @@ pub(crate) async fn once(
         false => None,
     };
     let answer = match recorded {
-        Some((done, subject, made)) if done == seq => {
-            recorded_answer(inner, session, request, &payload, subject, made).await
-        }
-        Some((done, _, _)) if done > seq => refused(Errno::EPROTO, "a resend older than its slot's latest"),
+        Some(marker) if marker.seq == seq => recorded_answer(inner, session, request, &payload, marker).await,
+        Some(marker) if marker.seq > seq => refused(Errno::EPROTO, "a resend older than its slot's latest"),
         _ => {
             wait_if_recovering(inner, &request.op).await;
             let context = OnceContext { session: session.id, slot, seq, recorded: Arc::default() };
@@ -436,17 +436,17 @@ pub(crate) async fn once(
 }
 
 /// The answer to a request that the previous run of the server carried out (its `ONCE` row says
-/// so) but whose answer was lost with it: the same kind of reply, about the inode the request
-/// made, opened, linked, changed or wrote (`subject`; `made`: it made it). That inode is kept
-/// until recovery ends (`OpenCounts::protected`), so it is there even if another change unlinked
-/// it since; nothing is looked up by name again, and nothing is made again.
+/// so) but whose answer was lost with it: the same reply, about the inode the request made,
+/// opened, linked, changed or wrote (the marker's subject), with the attributes the row kept from
+/// right after the change, so it holds even if another change has removed that inode since.
+/// Nothing is looked up by name again, and nothing is made again. An open needs a new handle:
+/// its inode was kept until recovery ends (`OpenCounts::protected`) for that, even if unlinked.
 async fn recorded_answer(
     inner: &Arc<Inner>,
     session: &Arc<Session>,
     request: Request,
     payload: &Bytes,
-    subject: u64,
-    made: bool,
+    marker: OnceMarker,
 ) -> WireAnswer {
     let done = WireAnswer { result: Ok(Reply::Done), payload: Bytes::new(), grants: Vec::new() };
     let Request { caller, op } = request;
@@ -454,7 +454,15 @@ async fn recorded_answer(
         Op::AtPath { op, .. } | Op::OnPath { op, .. } => *op,
         op => op,
     };
+    let OnceMarker { subject, made, .. } = marker;
     let read = |op: Op| run(inner, session, Request { caller, op }, Bytes::new());
+    // The subject's attributes as the change left them (as now, for a row without them).
+    let attr = async {
+        match marker.attr {
+            Some(attr) => WireAnswer { result: Ok(Reply::Attr { attr }), payload: Bytes::new(), grants: Vec::new() },
+            None => read(Op::GetAttr { ino: subject }).await,
+        }
+    };
     let mut answer = match op {
         Op::Open { flags, .. } | Op::OpenIno { flags, .. } => {
             // The file exists: opened again by id, without creating; a truncate is kept (the
@@ -473,16 +481,16 @@ async fn recorded_answer(
             answer
         }
         Op::Mkdir { .. } | Op::Symlink { .. } | Op::Link { .. } => {
-            let mut answer = read(Op::GetAttr { ino: subject }).await;
+            let mut answer = attr.await;
             answer.result = answer.result.map(|reply| match reply {
                 Reply::Attr { attr } => Reply::Entry { attr },
                 other => other,
             });
             answer
         }
-        Op::SetAttr { .. } => read(Op::GetAttr { ino: subject }).await,
+        Op::SetAttr { .. } => attr.await,
         Op::Write { .. } => {
-            let mut answer = read(Op::GetAttr { ino: subject }).await;
+            let mut answer = attr.await;
             answer.result = answer.result.map(|reply| match reply {
                 Reply::Attr { attr } => Reply::Written { len: payload.len() as u32, attr },
                 other => other,

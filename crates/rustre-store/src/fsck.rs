@@ -1007,8 +1007,8 @@ mod tests {
         tables(scratch.path(), |txn| {
             txn.open_table(SESSIONS).unwrap().insert(7, ()).unwrap();
             let mut once = txn.open_table(ONCE).unwrap();
-            once.insert((7, 0), (1, 0, 0)).unwrap();
-            once.insert((9, 3), (1, 0, 0)).unwrap();
+            once.insert((7, 0), (1, 0, 0, [].as_slice())).unwrap();
+            once.insert((9, 3), (1, 0, 0, [].as_slice())).unwrap();
             txn.open_table(WRITABLE).unwrap().insert(2, ()).unwrap();
         });
         let report = fsck(scratch.path(), false).expect("fsck");

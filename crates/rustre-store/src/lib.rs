@@ -58,6 +58,19 @@ pub use namespace::{Dirent, LINK_COUNT_MAX, Ns, Opened, ReadNs, Walked};
 pub use objects::{LocalObjects, ObjectStore};
 pub use record::InodeRecord;
 
+/// What the store recorded of a request that changed it (`record::ONCE`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OnceMarker {
+    /// The request's sequence number on its slot.
+    pub seq: u64,
+    /// The inode it made, opened, linked, changed or wrote (0: none).
+    pub subject: u64,
+    /// It made its subject.
+    pub made: bool,
+    /// The subject's attributes right after the change (if it had a subject).
+    pub attr: Option<rustre_proto::Attr>,
+}
+
 /// The metadata database and data objects of one data directory, held exclusively.
 pub struct Store {
     dir: PathBuf,
@@ -132,13 +145,17 @@ impl Store {
         Ok(sessions)
     }
 
-    /// The last request of `session`'s `slot` that changed the store: `(seq, subject inode or 0,
-    /// made)` (see `record::ONCE`).
-    pub fn once_marker(&self, session: u64, slot: u32) -> Result<Option<(u64, u64, bool)>> {
+    /// The last request of `session`'s `slot` that changed the store (see `record::ONCE`).
+    pub fn once_marker(&self, session: u64, slot: u32) -> Result<Option<OnceMarker>> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(record::ONCE)?;
-        let marker = table.get((session, slot))?.map(|value| value.value());
-        Ok(marker.map(|(seq, subject, flags)| (seq, subject, flags & record::ONCE_MADE != 0)))
+        let Some(value) = table.get((session, slot))? else { return Ok(None) };
+        let (seq, subject, flags, record) = value.value();
+        let attr = match record.is_empty() {
+            true => None,
+            false => Some(record::InodeRecord::decode(subject, record)?.attr(subject)),
+        };
+        Ok(Some(OnceMarker { seq, subject, made: flags & record::ONCE_MADE != 0, attr }))
     }
 
     /// Every inode a `ONCE` row says its request opened: a restarted server keeps them until
@@ -149,7 +166,7 @@ impl Store {
         let table = txn.open_table(record::ONCE)?;
         let mut subjects = Vec::new();
         for item in table.iter()? {
-            let (_, subject, flags) = item?.1.value();
+            let (_, subject, flags, _) = item?.1.value();
             if subject != 0 && flags & record::ONCE_OPENED != 0 {
                 subjects.push(subject);
             }

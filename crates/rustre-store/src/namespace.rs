@@ -312,7 +312,7 @@ pub enum PostCommit {
 }
 
 /// The `ONCE` table inside a batch transaction.
-type OnceTable<'txn> = Table<'txn, (u64, u32), (u64, u64, u8)>;
+type OnceTable<'txn> = Table<'txn, (u64, u32), (u64, u64, u8, &'static [u8])>;
 
 /// The namespace inside one batch transaction of the committer.
 pub struct Ns<'txn> {
@@ -588,15 +588,20 @@ impl<'txn> Ns<'txn> {
     }
 
     /// Records that this session's request `seq` on `slot` changed the store, with the inode it
-    /// made: in the transaction of the change itself, so both survive a crash or neither does.
+    /// made (or changed) and that inode's record as the change left it: in the transaction of the
+    /// change itself, so both survive a crash or neither does.
     pub fn record_once(&mut self, session: u64, slot: u32, seq: u64) -> Result<()> {
         let subject = self.subject.or(self.allocated).unwrap_or(0);
         let flags = if self.allocated.is_some() { ONCE_MADE } else { 0 } | if self.opened { ONCE_OPENED } else { 0 };
+        let record = match subject {
+            0 => Vec::new(),
+            ino => self.inode(ino)?.map(|record| record.encode()).unwrap_or_default(),
+        };
         if self.once.is_none() {
             self.once = Some(self.txn.open_table(ONCE)?);
         }
         self.mutations += 1;
-        self.once.as_mut().expect("opened above").insert((session, slot), (seq, subject, flags))?;
+        self.once.as_mut().expect("opened above").insert((session, slot), (seq, subject, flags, record.as_slice()))?;
         Ok(())
     }
 
@@ -1135,6 +1140,10 @@ pub(crate) fn initialize(txn: &WriteTransaction, now: Timestamp) -> Result<u64> 
     txn.open_table(SESSIONS)?;
     txn.open_table(ONCE)?;
     txn.open_table(WRITABLE)?;
+    // Request records in the first layout: their requests' answers are long gone.
+    let legacy: redb::TableDefinition<(u64, u32), (u64, u64, u8)> =
+        redb::TableDefinition::new(crate::record::ONCE_LEGACY);
+    txn.delete_table(legacy)?;
     Ok(boot)
 }
 

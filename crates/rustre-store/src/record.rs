@@ -27,11 +27,17 @@ pub const WRITABLE: TableDefinition<u64, ()> = TableDefinition::new("writable");
 /// session id -> (): the client sessions of this server, kept across restarts so that after one
 /// the server knows whom to wait for (recovery) and whose `ONCE` rows to keep.
 pub const SESSIONS: TableDefinition<u64, ()> = TableDefinition::new("sessions");
-/// (session, slot) -> (seq, subject inode or 0, `ONCE_*` flags): the last request of each
-/// `Op::Once` slot that changed the store, written in the same transaction as its change, so a
-/// resend after a crash is answered from here instead of being run twice. The subject is the
-/// inode the request made, opened, linked, changed or wrote (`Ns::subject`).
-pub const ONCE: TableDefinition<(u64, u32), (u64, u64, u8)> = TableDefinition::new("once");
+/// (session, slot) -> (seq, subject inode or 0, `ONCE_*` flags, the subject's record right after
+/// the change or empty): the last request of each `Op::Once` slot that changed the store, written
+/// in the same transaction as its change, so a resend after a crash is answered from here instead
+/// of being run twice. The subject is the inode the request made, opened, linked, changed or
+/// wrote (`Ns::subject`); its record gives the answer's attributes even if another change has
+/// removed it since. (Named "once2": the first "once" table had no record; a start drops it.)
+pub const ONCE: TableDefinition<(u64, u32), OnceRow> = TableDefinition::new("once2");
+/// A `ONCE` row: (seq, subject, flags, encoded subject record).
+pub type OnceRow = (u64, u64, u8, &'static [u8]);
+/// The `ONCE` table of stores written before records were kept in it (dropped at start).
+pub const ONCE_LEGACY: &str = "once";
 /// `ONCE` flag: the request made its subject.
 pub const ONCE_MADE: u8 = 1;
 /// `ONCE` flag: the request opened its subject (a resend needs that inode for its new handle).
