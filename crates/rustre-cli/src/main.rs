@@ -32,6 +32,43 @@ mod sim;
 /// The most bytes one read or write of `put`, `get` and `cat` moves.
 const CHUNK: usize = 1 << 20;
 
+/// Where `rustre server` keeps the cluster secret in its data directory, unless given one.
+const SECRET_FILE_NAME: &str = "secret";
+
+/// The cluster secret this process's clients prove: set once, before the first client connects
+/// (from `--secret-file`, or, for `rustre up`, the secret of the server it runs).
+static CLUSTER_SECRET: std::sync::OnceLock<Option<rustre_client::Secret>> = std::sync::OnceLock::new();
+
+/// The base configuration of every client this process makes.
+pub(crate) fn client_config() -> ClientConfig {
+    ClientConfig { secret: CLUSTER_SECRET.get().cloned().flatten(), ..ClientConfig::default() }
+}
+
+/// Loads the secret file given, if any.
+fn load_secret(file: Option<&Path>) -> anyhow::Result<Option<rustre_client::Secret>> {
+    file.map(|file| rustre_client::Secret::load(file).map_err(anyhow::Error::from)).transpose()
+}
+
+/// A server's configuration on `data`, with its cluster secret: the file given, or DATA/secret
+/// (made, with a new random secret, on the first start).
+fn server_config(data: &Path, secret_file: Option<&Path>) -> anyhow::Result<ServerConfig> {
+    let secret = match secret_file {
+        Some(file) => rustre_client::Secret::load(file)?,
+        None => {
+            std::fs::create_dir_all(data).with_context(|| format!("making the data directory {}", data.display()))?;
+            let file = data.join(SECRET_FILE_NAME);
+            let (secret, made) = rustre_client::Secret::load_or_generate(&file)?;
+            if made {
+                tracing::info!(file = %file.display(), "made a new cluster secret; clients need it (--secret-file)");
+            }
+            secret
+        }
+    };
+    let mut config = ServerConfig::new(data);
+    config.secret = Some(secret);
+    Ok(config)
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "rustre", version, about = "rustre, a network file system")]
 struct Cli {
@@ -42,6 +79,12 @@ struct Cli {
     /// After a client command, print the client's counters (requests, cache hits) on stderr.
     #[arg(long, global = true)]
     client_stats: bool,
+
+    /// The file holding the cluster secret (hexadecimal), which clients prove to the server
+    /// without sending it. `rustre server` reads it from here, or by default from DATA/secret,
+    /// which it writes on its first start; `rustre up` needs nothing.
+    #[arg(long, global = true, env = "RUSTRE_SECRET_FILE", value_name = "FILE")]
+    secret_file: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -324,16 +367,29 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let secret_file = cli.secret_file.as_deref();
+    if !matches!(cli.command, Command::Up { .. } | Command::Server { .. }) {
+        let secret = load_secret(secret_file)?;
+        assert!(CLUSTER_SECRET.set(secret).is_ok(), "the secret is set once");
+    }
     match cli.command {
         Command::Server { data, listen, recovery_grace, space_reserve, fault_estale_every } => {
-            let mut config = ServerConfig::new(&data);
+            let mut config = server_config(&data, secret_file)?;
             config.recovery_grace = std::time::Duration::from_secs(recovery_grace);
             config.space_reserve = space_reserve << 20;
             config.fault_estale_every_nth_open = fault_estale_every;
             serve(config, &listen).await
         }
-        Command::Up { mountpoint: None, data, listen } => up(&data, &listen).await,
-        Command::Up { mountpoint: Some(mountpoint), data, listen } => up_mounted(&data, &listen, &mountpoint).await,
+        Command::Up { mountpoint, data, listen } => {
+            // Its own clients prove the secret of the server it runs.
+            let config = server_config(&data, secret_file)?;
+            assert!(CLUSTER_SECRET.set(config.secret.clone()).is_ok(), "the secret is set once");
+            let secret = secret_file.map_or_else(|| data.join(SECRET_FILE_NAME), Path::to_path_buf);
+            match mountpoint {
+                None => up(config, &data, &secret, &listen).await,
+                Some(mountpoint) => up_mounted(config, &listen, &mountpoint).await,
+            }
+        }
         Command::Mount { server, mountpoint, threads, cache_entries } => {
             let options = MountOptions { threads, cache_entries, client_stats: cli.client_stats };
             mount(&server, &mountpoint, options).await
@@ -348,7 +404,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scale(args) => scale::run(args, &cli.server).await,
         Command::Fsck { data, repair } => fsck(&data, repair),
         command => {
-            let client = Client::connect(&cli.server).await?;
+            let client = Client::connect_with(&cli.server, client_config()).await?;
             let result = client_command(&client, command).await;
             if cli.client_stats {
                 // Read before the close: the cache empties once the session ends.
@@ -475,10 +531,10 @@ async fn serve(config: ServerConfig, listen: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn up(data: &Path, listen: &str) -> anyhow::Result<()> {
+async fn up(config: ServerConfig, data: &Path, secret: &Path, listen: &str) -> anyhow::Result<()> {
     let mut signals = StopSignals::install()?;
-    let (server, address) = start_server(ServerConfig::new(data), listen).await?;
-    if let Err(error) = demonstrate(data, address).await {
+    let (server, address) = start_server(config, listen).await?;
+    if let Err(error) = demonstrate(data, secret, address).await {
         server.shutdown().await;
         return Err(error);
     }
@@ -488,9 +544,9 @@ async fn up(data: &Path, listen: &str) -> anyhow::Result<()> {
 
 /// `rustre up MOUNTPOINT`: a server on the data directory, mounted through a client of its own;
 /// on a signal, unmounts (lazily if busy), closes the session and stops the server.
-async fn up_mounted(data: &Path, listen: &str, mountpoint: &Path) -> anyhow::Result<()> {
+async fn up_mounted(config: ServerConfig, listen: &str, mountpoint: &Path) -> anyhow::Result<()> {
     let mut signals = StopSignals::install()?;
-    let (server, address) = start_server(ServerConfig::new(data), listen).await?;
+    let (server, address) = start_server(config, listen).await?;
     let target = reachable(address).to_string();
     let served = mount_and_serve(&target, mountpoint, MountOptions::default(), &mut signals).await;
     server.shutdown().await;
@@ -531,7 +587,7 @@ async fn mount_and_serve(
     signals: &mut StopSignals,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(mountpoint).with_context(|| format!("making the mountpoint {}", mountpoint.display()))?;
-    let client_config = ClientConfig { cache_entries_max: options.cache_entries, ..ClientConfig::default() };
+    let client_config = ClientConfig { cache_entries_max: options.cache_entries, ..client_config() };
     let client = Client::connect_with(target, client_config).await?;
     let threads = options.threads;
     let config = rustre_fuse::MountConfig { fsname: format!("rustre@{target}"), threads, ..Default::default() };
@@ -579,15 +635,21 @@ fn reachable(address: SocketAddr) -> SocketAddr {
 }
 
 /// Shows the server working through a real client, without changing anything in it.
-async fn demonstrate(data: &Path, address: SocketAddr) -> anyhow::Result<()> {
+async fn demonstrate(data: &Path, secret: &Path, address: SocketAddr) -> anyhow::Result<()> {
     let target = reachable(address).to_string();
-    let client = Client::connect(&target).await?;
-    let result = demonstrate_with(&client, data, address, &target).await;
+    let client = Client::connect_with(&target, client_config()).await?;
+    let result = demonstrate_with(&client, data, secret, address, &target).await;
     client.end().await;
     result
 }
 
-async fn demonstrate_with(client: &Client, data: &Path, address: SocketAddr, target: &str) -> anyhow::Result<()> {
+async fn demonstrate_with(
+    client: &Client,
+    data: &Path,
+    secret: &Path,
+    address: SocketAddr,
+    target: &str,
+) -> anyhow::Result<()> {
     let statfs = client.statfs().await?;
     let mut entries = client.read_dir_plus("/").await?;
     entries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -621,6 +683,8 @@ async fn demonstrate_with(client: &Client, data: &Path, address: SocketAddr, tar
         writeln!(out, "  rustre --server {target} {example}")?;
     }
     writeln!(out, "(or export RUSTRE_SERVER={target})")?;
+    let secret = std::fs::canonicalize(secret).unwrap_or_else(|_| secret.to_path_buf());
+    writeln!(out, "Clients prove the cluster secret in {0}: export RUSTRE_SECRET_FILE={0}", secret.display())?;
     writeln!(out, "Press Ctrl-C to stop the server.")?;
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(&out)?;

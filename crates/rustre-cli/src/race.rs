@@ -660,7 +660,7 @@ pub async fn run(args: RaceArgs, server: &str, client_stats: bool) -> anyhow::Re
         bail!("race: no threads in any role");
     }
     let report = if args.dirs.is_empty() {
-        let config = ClientConfig { retry_stale_by_name: !args.no_stale_retry, ..ClientConfig::default() };
+        let config = ClientConfig { retry_stale_by_name: !args.no_stale_retry, ..crate::client_config() };
         let outcome = run_rustre(plan.clone(), server, config, args.clients, &args.dir, client_stats).await?;
         report(&plan, &outcome, true, Target::Rustre { server, clients: args.clients, dir: &args.dir })
     } else {

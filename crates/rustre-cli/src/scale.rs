@@ -96,7 +96,7 @@ async fn connect(server: &str, sessions: u32, cache_entries_max: usize) -> anyho
     let mut clients = Vec::new();
     for index in 0..sessions {
         let config =
-            ClientConfig { client_name: format!("rustre-scale-{index}"), cache_entries_max, ..ClientConfig::default() };
+            ClientConfig { client_name: format!("rustre-scale-{index}"), cache_entries_max, ..crate::client_config() };
         clients.push(Client::connect_with(server, config).await.with_context(|| format!("scale: session {index}"))?);
     }
     Ok(clients)

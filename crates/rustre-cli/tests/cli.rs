@@ -12,11 +12,23 @@ use rustre_server::{Server, ServerConfig};
 
 const RUSTRE: &str = env!("CARGO_BIN_EXE_rustre");
 
-/// A command line for the binary, free of the caller's environment settings.
+#[path = "common/secret.rs"]
+mod secret;
+use secret::{test_secret, test_secret_file};
+
+/// A command line for the binary, free of the caller's environment settings, with the tests'
+/// cluster secret.
 fn rustre_command() -> Command {
     let mut command = Command::new(RUSTRE);
     command.env_remove("RUSTRE_SERVER").env_remove("RUSTRE_DATA").env_remove("RUST_LOG");
+    command.env("RUSTRE_SECRET_FILE", test_secret_file());
     command
+}
+
+/// A library client of the server at `address`, with the tests' cluster secret.
+async fn connect(address: &str) -> Client {
+    let config = rustre_client::ClientConfig { secret: Some(test_secret()), ..Default::default() };
+    Client::connect_with(address, config).await.expect("client connects")
 }
 
 /// A real server on a free loopback port, in this process, with a temporary data directory.
@@ -33,7 +45,9 @@ impl TestServer {
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         let data = tempfile::tempdir().expect("temporary data directory");
         let (server, address) = runtime.block_on(async {
-            let server = Server::open(ServerConfig::new(data.path())).await.expect("server opens");
+            let mut config = ServerConfig::new(data.path());
+            config.secret = Some(test_secret());
+            let server = Server::open(config).await.expect("server opens");
             let address = server.listen("127.0.0.1:0").await.expect("server listens");
             (server, address.to_string())
         });
@@ -81,7 +95,7 @@ impl TestServer {
     /// Runs `action` with a library client of this server.
     fn with_client<T>(&self, action: impl AsyncFnOnce(&Client) -> T) -> T {
         self.runtime.block_on(async {
-            let client = Client::connect(&self.address).await.expect("client connects");
+            let client = connect(&self.address).await;
             let result = action(&client).await;
             client.close();
             result
@@ -510,6 +524,64 @@ fn up_serves_until_sigterm() {
     assert!(data.is_dir(), "the data directory was made");
 }
 
+// `rustre server` makes DATA/secret (owner-only) on its first start and keeps it; a client
+// proves it with `--secret-file` or RUSTRE_SECRET_FILE, and one without it, or with another
+// secret, is refused with a message that says so; the server logs why.
+#[test]
+fn clients_must_prove_the_secret_the_server_made() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let address = free_address();
+    let args = ["server", "--data", data.to_str().unwrap(), "--listen", &address];
+    let spawn = |name: &str| {
+        let mut command = rustre_command();
+        command.env_remove("RUSTRE_SECRET_FILE");
+        let child = command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(File::create(dir.path().join(format!("{name}.stdout"))).unwrap())
+            .stderr(File::create(dir.path().join(format!("{name}.stderr"))).unwrap())
+            .spawn()
+            .expect("rustre starts");
+        Process {
+            child,
+            stdout: dir.path().join(format!("{name}.stdout")),
+            stderr: dir.path().join(format!("{name}.stderr")),
+        }
+    };
+    let mut server = spawn("server");
+    server.wait_until("the server accepts connections", || accepts(&address));
+    let secret = data.join("secret");
+    assert_eq!(std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777, 0o600);
+    let made = std::fs::read_to_string(&secret).unwrap();
+
+    let ls = |secret: Option<&Path>| {
+        let mut command = rustre_command();
+        command.env_remove("RUSTRE_SECRET_FILE").args(["--server", &address]);
+        if let Some(secret) = secret {
+            command.arg("--secret-file").arg(secret);
+        }
+        command.args(["ls", "/"]).output().unwrap()
+    };
+    let listed = ls(Some(&secret));
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let bare = ls(None);
+    assert!(!bare.status.success());
+    assert!(String::from_utf8_lossy(&bare.stderr).contains("asks for the cluster secret"), "{bare:?}");
+    let wrong = ls(Some(test_secret_file()));
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("authentication failed"), "{wrong:?}");
+    assert!(server.stderr().contains("authentication failed"), "the server logs why: {}", server.stderr());
+
+    assert!(server.terminate().success());
+    let mut again = spawn("again");
+    again.wait_until("the restarted server accepts connections", || accepts(&address));
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), made, "the secret is kept across restarts");
+    assert!(ls(Some(&secret)).status.success());
+    assert!(again.terminate().success());
+}
+
 fn up_printed(stdout: &Path) -> bool {
     std::fs::read_to_string(stdout).is_ok_and(|out| out.contains("Ctrl-C"))
 }
@@ -520,7 +592,7 @@ fn up_printed(stdout: &Path) -> bool {
 fn admin_orphans_lists_unlinked_open_files() {
     let server = TestServer::start();
     let (client, file) = server.runtime.block_on(async {
-        let client = rustre_client::Client::connect(&server.address).await.unwrap();
+        let client = connect(&server.address).await;
         let file = client.create("/doomed").await.unwrap();
         client.remove_file("/doomed").await.unwrap();
         (client, file)

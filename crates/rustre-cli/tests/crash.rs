@@ -9,7 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rustre_client::{Client, OpenOptions};
+
+#[path = "common/secret.rs"]
+mod secret;
 use rustre_proto::Errno;
+use secret::{test_secret, test_secret_file};
 
 /// A `rustre server` child process, killed when dropped (even when the test fails).
 struct ServerProcess {
@@ -24,6 +28,7 @@ impl ServerProcess {
     fn spawn_with(data: &std::path::Path, address: &str, extra: &[&str]) -> ServerProcess {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(data.with_extension("log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_rustre"))
+            .env("RUSTRE_SECRET_FILE", test_secret_file())
             .args(["server", "--data"])
             .arg(data)
             .args(["--listen", address])
@@ -56,7 +61,8 @@ fn free_address() -> String {
 /// Connects, retrying while the server starts (bounded).
 async fn connect(address: &str) -> Client {
     for _ in 0..500 {
-        if let Ok(client) = Client::connect(address).await {
+        let config = rustre_client::ClientConfig { secret: Some(test_secret()), ..Default::default() };
+        if let Ok(client) = Client::connect_with(address, config).await {
             return client;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use rustre_proto::auth;
 use rustre_proto::frame::{Frame, FrameKind, encode_header, read_frame, write_frame};
 use rustre_proto::msg::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
 use rustre_proto::pause::PausePoints;
@@ -41,6 +42,7 @@ pub use cache::CACHE_ENTRIES_MAX;
 pub use error::{Error, Result};
 pub use file::{File, OpenOptions};
 pub use rustre_proto;
+pub use rustre_proto::auth::Secret;
 pub use rustre_proto::{Attr as Metadata, DirEntry as Entry};
 pub use session::{Connector, LinkEvent, LinkHook, RECONNECT_WAIT_DEFAULT, RESENDS_MAX, Stream};
 
@@ -62,6 +64,9 @@ pub struct ClientConfig {
     /// How long a call waits for the connection to come back after it broke (`session.rs`);
     /// then it fails with ENOTCONN.
     pub reconnect_wait: Duration,
+    /// The cluster secret to prove in the hello (`rustre_proto::auth`). With one, the client
+    /// also requires the server to prove it, and refuses a server that does not ask.
+    pub secret: Option<Secret>,
 }
 
 impl Default for ClientConfig {
@@ -73,6 +78,7 @@ impl Default for ClientConfig {
             pause_points: Arc::default(),
             retry_stale_by_name: true,
             reconnect_wait: session::RECONNECT_WAIT_DEFAULT,
+            secret: None,
         }
     }
 }
@@ -321,15 +327,45 @@ async fn open_connection<S: Stream>(
             session,
         },
     };
-    let hello = Request { caller: config.caller, op };
+    let hello = Frame::new(FrameKind::Request, 0, &Request { caller: config.caller, op }, Bytes::new());
     let failed = |error: &dyn std::fmt::Display| Error::new(Errno::EPROTO, format!("hello to {peer}: {error}"));
-    write_frame(&mut stream, &Frame::new(FrameKind::Request, 0, &hello, Bytes::new()))
-        .await
-        .map_err(|error| failed(&error))?;
+    write_frame(&mut stream, &hello).await.map_err(|error| failed(&error))?;
     stream.flush().await.map_err(|error| failed(&error))?;
-    let frame = read_frame(&mut stream).await.map_err(|error| failed(&error))?;
-    let reply: ReplyHeader = frame.decode_header().map_err(|error| failed(&error))?;
-    let reply = reply.result.map_err(|error| Error::from(error).context(format!("hello to {peer}")))?;
+    let answer = async |stream: &mut S| -> Result<Reply> {
+        let frame = read_frame(stream).await.map_err(|error| failed(&error))?;
+        let reply: ReplyHeader = frame.decode_header().map_err(|error| failed(&error))?;
+        reply.result.map_err(|error| Error::from(error).context(format!("hello to {peer}")))
+    };
+    let denied = |why: &str| Error::new(Errno::EACCES, format!("hello to {peer}: {why}"));
+    // The challenge-response of `rustre_proto::auth`: both sides prove the cluster secret.
+    let reply = match (answer(&mut stream).await?, &config.secret) {
+        (Reply::Challenge { .. }, None) => {
+            return Err(denied(
+                "the server asks for the cluster secret (give its file with --secret-file or RUSTRE_SECRET_FILE)",
+            ));
+        }
+        (Reply::Challenge { nonce: server_nonce }, Some(secret)) => {
+            let client_nonce = auth::nonce().map_err(|error| Error::new(Errno::EIO, error.to_string()))?;
+            let proof = secret.client_proof(&server_nonce, &client_nonce, &hello.header);
+            let prove = Request { caller: config.caller, op: Op::Prove { nonce: client_nonce, proof } };
+            write_frame(&mut stream, &Frame::new(FrameKind::Request, 1, &prove, Bytes::new()))
+                .await
+                .map_err(|error| failed(&error))?;
+            stream.flush().await.map_err(|error| failed(&error))?;
+            match answer(&mut stream).await {
+                Ok(Reply::Welcome { proof, reply })
+                    if secret.verify_server(&server_nonce, &client_nonce, &hello.header, &proof) =>
+                {
+                    *reply
+                }
+                Ok(Reply::Welcome { .. }) => return Err(denied("the server does not know the cluster secret")),
+                Ok(other) => return Err(failed(&format!("unexpected reply {other:?}"))),
+                Err(error) => return Err(error),
+            }
+        }
+        (_, Some(_)) => return Err(denied("the server did not ask for the cluster secret; it is not trusted")),
+        (reply, None) => reply,
+    };
     let lease_timeout_ms = match &reply {
         Reply::Hello { lease_timeout_ms, .. } | Reply::Resumed { lease_timeout_ms, .. } => *lease_timeout_ms,
         other => return Err(failed(&format!("unexpected reply {other:?}"))),

@@ -148,6 +148,54 @@ async fn the_hello_is_checked() {
     assert_closed_by_server(&mut stream).await;
 }
 
+// A server with a cluster secret lets in only clients that prove it, and proves it in turn: the
+// right secret works; none, another one, a forged proof or a request in place of the proof are
+// refused (EACCES) before any session is made, and a client with a secret refuses a server that
+// does not ask for it. Other clients go on meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_secret_is_proven_both_ways() {
+    use rustre_client::{Client, ClientConfig, Secret};
+    let secret = Secret::from_bytes(&[7; 32]).unwrap();
+    let server = TestServer::start_with(|config| config.secret = Some(secret.clone())).await;
+    let with = |secret: Option<Secret>| ClientConfig { secret, ..ClientConfig::default() };
+
+    let good = Client::connect_with(&server.address, with(Some(secret.clone()))).await.expect("the right secret");
+    good.write("/f", b"in").await.unwrap();
+    let refused = |result: rustre_client::Result<Client>| match result {
+        Ok(_) => panic!("let in"),
+        Err(error) => error,
+    };
+    let error = refused(Client::connect_with(&server.address, with(None)).await);
+    assert_eq!(error.errno, Errno::EACCES, "{error}");
+    assert!(error.to_string().contains("asks for the cluster secret"), "{error}");
+    let other = Secret::from_bytes(&[8; 32]).unwrap();
+    let error = refused(Client::connect_with(&server.address, with(Some(other))).await);
+    assert_eq!(error.errno, Errno::EACCES, "{error}");
+    assert!(error.to_string().contains("authentication failed"), "{error}");
+
+    // By hand: a forged proof, then a request where the proof should be.
+    for second in [Op::Prove { nonce: [1; 32], proof: [2; 32] }, Op::GetAttr { ino: 1 }] {
+        let mut stream = TcpStream::connect(&server.address).await.unwrap();
+        write_frame(&mut stream, &hello(PROTOCOL_VERSION_MIN, PROTOCOL_VERSION_MAX)).await.unwrap();
+        let challenge: ReplyHeader = read_frame(&mut stream).await.unwrap().decode_header().unwrap();
+        assert!(matches!(challenge.result, Ok(Reply::Challenge { .. })), "{challenge:?}");
+        let request = Request { caller: Caller::default(), op: second };
+        write_frame(&mut stream, &Frame::new(FrameKind::Request, 1, &request, Bytes::new())).await.unwrap();
+        let answer: ReplyHeader = read_frame(&mut stream).await.unwrap().decode_header().unwrap();
+        assert_eq!(answer.result.unwrap_err().errno, Errno::EACCES);
+        assert_closed_by_server(&mut stream).await;
+    }
+
+    let open = TestServer::start().await;
+    let error = refused(Client::connect_with(&open.address, with(Some(secret.clone()))).await);
+    assert_eq!(error.errno, Errno::EACCES, "{error}");
+    assert!(error.to_string().contains("did not ask for the cluster secret"), "{error}");
+
+    assert_eq!(good.read("/f").await.unwrap(), b"in", "the client let in works throughout");
+    assert_eq!(server.server().session_count(), 1, "no session for a refused peer");
+    good.end().await;
+}
+
 // The server sends requests to its clients on their own connections: the library answers pings,
 // and a peer that never answers is disconnected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

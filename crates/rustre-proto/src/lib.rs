@@ -1,6 +1,7 @@
 //! rustre's wire protocol: frames, messages, error numbers, name validation, and the two-way RPC
 //! connection that client and server both run over any byte stream. See `docs/protocol.md`.
 
+pub mod auth;
 pub mod clock;
 pub mod errno;
 pub mod frame;

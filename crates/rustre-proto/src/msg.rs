@@ -13,8 +13,8 @@ pub const ROOT_INO: u64 = 1;
 
 /// Protocol versions this build speaks, inclusive. Version 2 added leases (grants in every
 /// reply header, revocations, releases); nothing speaking version 1 was ever released.
-pub const PROTOCOL_VERSION_MIN: u16 = 2;
-pub const PROTOCOL_VERSION_MAX: u16 = 2;
+pub const PROTOCOL_VERSION_MIN: u16 = 3;
+pub const PROTOCOL_VERSION_MAX: u16 = 3;
 
 /// Sent in `Hello` to recognise a rustre peer before anything else is believed.
 pub const HELLO_MAGIC: u32 = 0x5253_5452; // "RSTR"
@@ -399,6 +399,14 @@ pub enum Op {
     /// The client ends its session: when the connection closes, everything it held is given
     /// back at once instead of being kept for a reconnection. `Done`.
     EndSession,
+    /// The client's answer to `Reply::Challenge`, the second request of a connection to a server
+    /// with a cluster secret: a fresh nonce of its own, and its proof that it knows the secret
+    /// (`auth.rs`). Answered `Welcome`, or EACCES and the connection closes. Refused (EPROTO)
+    /// anywhere else.
+    Prove {
+        nonce: crate::auth::Nonce,
+        proof: crate::auth::Proof,
+    },
 }
 
 /// Slots a session may use for `Op::Once`: the server keeps one reply per slot.
@@ -422,6 +430,7 @@ impl Op {
             | Op::Once { .. }
             | Op::Reclaim { .. }
             | Op::EndSession
+            | Op::Prove { .. }
             | Op::Lookup { .. }
             | Op::GetAttr { .. }
             | Op::Read { .. }
@@ -492,11 +501,12 @@ impl Op {
             Op::Once { .. } => "once",
             Op::Reclaim { .. } => "reclaim",
             Op::EndSession => "end_session",
+            Op::Prove { .. } => "prove",
         }
     }
 
     /// Every kind, in variant order, for per-kind counters.
-    pub const KIND_NAMES: [&'static str; 35] = [
+    pub const KIND_NAMES: [&'static str; 36] = [
         "hello",
         "lookup",
         "getattr",
@@ -532,6 +542,7 @@ impl Op {
         "once",
         "reclaim",
         "end_session",
+        "prove",
     ];
 
     /// The position of this op's kind in `KIND_NAMES`.
@@ -638,6 +649,16 @@ pub enum Reply {
     Reclaimed {
         lost_handles: Vec<u64>,
         lost_pins: Vec<u64>,
+    },
+    /// Hello or Resume, to a server with a cluster secret: prove it (`Op::Prove`).
+    Challenge {
+        nonce: crate::auth::Nonce,
+    },
+    /// Prove: the client is believed. The server's own proof of the secret, and the answer to
+    /// the connection's hello (`Hello` or `Resumed`).
+    Welcome {
+        proof: crate::auth::Proof,
+        reply: Box<Reply>,
     },
 }
 

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use rustre_proto::auth::{self, Secret};
 use rustre_proto::clock::{Clock, SystemClock};
 use rustre_proto::frame::{Frame, FrameKind, encode_header, read_frame, write_frame};
 use rustre_proto::msg::{FILE_SIZE_MAX, IO_SIZE_MAX, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
@@ -102,6 +103,10 @@ pub struct ServerConfig {
     /// every Nth open answers ESTALE, as a file system that trusts stale inode ids would.
     /// Never set in production.
     pub fault_estale_every_nth_open: Option<u64>,
+    /// The cluster secret every client must prove in its hello (`rustre_proto::auth`). `None`:
+    /// any peer that speaks the protocol is let in (embedded use, tests, the simulator);
+    /// `rustre server` always sets one.
+    pub secret: Option<Secret>,
 }
 
 impl ServerConfig {
@@ -122,6 +127,7 @@ impl ServerConfig {
             fault_ack_before_revoke: false,
             fault_ack_before_durable: false,
             metadata_backend: None,
+            secret: None,
         }
     }
 }
@@ -472,6 +478,41 @@ impl Server {
         }
     }
 
+    /// Challenges the client that sent `hello` to prove the cluster secret (`rustre_proto::auth`).
+    /// Returns the id of its proof's frame (the hello is answered there) and the server's own
+    /// proof, or the errno and message it is refused with.
+    async fn challenge<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+        secret: &Secret,
+        hello: &Frame,
+    ) -> Result<(u64, auth::Proof), (Errno, String)> {
+        let server_nonce = auth::nonce().map_err(|error| (Errno::EIO, error.to_string()))?;
+        let challenge = ReplyHeader::new(Ok(Reply::Challenge { nonce: server_nonce }));
+        let sent = async {
+            write_frame(stream, &Frame::new(FrameKind::Reply, hello.id, &challenge, Bytes::new())).await?;
+            stream.flush().await
+        };
+        sent.await.map_err(|error| (Errno::EIO, format!("sending the challenge: {error}")))?;
+        let frame = read_frame(stream).await.map_err(|error| (Errno::EPROTO, format!("reading the proof: {error}")))?;
+        let request: Request = match frame.kind {
+            FrameKind::Request => {
+                frame.decode_header().map_err(|error| (Errno::EPROTO, format!("undecodable proof: {error}")))?
+            }
+            FrameKind::Reply => return Err((Errno::EPROTO, "a reply instead of the proof".into())),
+        };
+        let Op::Prove { nonce: client_nonce, proof } = request.op else {
+            return Err((
+                Errno::EACCES,
+                format!("{} instead of the proof of the cluster secret", request.op.kind_name()),
+            ));
+        };
+        if !secret.verify_client(&server_nonce, &client_nonce, &hello.header, &proof) {
+            return Err((Errno::EACCES, "authentication failed: the client does not know the cluster secret".into()));
+        }
+        Ok((frame.id, secret.server_proof(&server_nonce, &client_nonce, &hello.header)))
+    }
+
     /// Reads and answers the hello (or resume). Returns the session, or why the peer is refused.
     async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
@@ -508,6 +549,15 @@ impl Server {
             );
             return Err(refuse(stream, Errno::EPROTO, message).await);
         }
+        // With a secret, nothing of the hello is believed (no session made or taken up) before
+        // the client has proven it; the answer then goes to its proof.
+        let (answer_id, server_proof) = match &self.inner.config.secret {
+            None => (frame.id, None),
+            Some(secret) => match self.challenge(stream, secret, &frame).await {
+                Ok((id, proof)) => (id, Some(proof)),
+                Err((errno, why)) => return Err(refuse(stream, errno, why).await),
+            },
+        };
         let root = self
             .inner
             .store
@@ -535,8 +585,12 @@ impl Server {
                 Err(why) => return Err(refuse(stream, Errno::ESTALE, why).await),
             },
         };
+        let reply = match server_proof {
+            None => reply,
+            Some(proof) => Reply::Welcome { proof, reply: Box::new(reply) },
+        };
         let reply = ReplyHeader::new(Ok(reply));
-        write_frame(stream, &Frame::new(FrameKind::Reply, frame.id, &reply, Bytes::new()))
+        write_frame(stream, &Frame::new(FrameKind::Reply, answer_id, &reply, Bytes::new()))
             .await
             .map_err(|error| format!("answering hello: {error}"))?;
         stream.flush().await.map_err(|error| format!("answering hello: {error}"))?;
@@ -1187,7 +1241,7 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
         return Err(error).into();
     }
     match request.op {
-        Op::Hello { .. } | Op::Resume { .. } => Err(errno(Errno::EPROTO)).into(),
+        Op::Hello { .. } | Op::Resume { .. } | Op::Prove { .. } => Err(errno(Errno::EPROTO)).into(),
         // Unwrapped by `SessionService::call`; one inside another is refused.
         Op::Once { .. } => Err(errno(Errno::EINVAL)).into(),
         Op::Reclaim { handles, pins, last } => recovery::reclaim(inner, session, handles, pins, last).await.into(),

@@ -774,7 +774,8 @@ pub fn run(args: BenchArgs, server: &str, runtime: tokio::runtime::Handle) -> an
             let mut clients = Vec::new();
             let root = format!("{}/{run_dir}", args.dir.trim_end_matches('/'));
             for index in 0..args.clients {
-                let config = ClientConfig { client_name: format!("rustre bench client {index}"), ..Default::default() };
+                let config =
+                    ClientConfig { client_name: format!("rustre bench client {index}"), ..crate::client_config() };
                 let client = runtime
                     .block_on(Client::connect_with(server, config))
                     .with_context(|| format!("connecting to {server}"))?;

@@ -8,12 +8,18 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[path = "secret.rs"]
+mod secret;
+pub use secret::test_secret_file;
+
 pub const RUSTRE: &str = env!("CARGO_BIN_EXE_rustre");
 
-/// A command line for the binary, free of the caller's environment settings, reading nothing.
+/// A command line for the binary, free of the caller's environment settings, reading nothing,
+/// with the tests' cluster secret.
 pub fn rustre_command() -> Command {
     let mut command = Command::new(RUSTRE);
     command.env_remove("RUSTRE_SERVER").env_remove("RUSTRE_DATA").env_remove("RUST_LOG").stdin(Stdio::null());
+    command.env("RUSTRE_SECRET_FILE", test_secret_file());
     command
 }
 
