@@ -102,6 +102,66 @@ async fn malformed_input_closes_only_that_connection() {
     eventually("broken sessions are gone", || server.server().session_count() == 1).await;
 }
 
+// A peer that sends half a frame and stalls holds nothing for long: before its hello is complete
+// the hello timeout cuts it off, after it the pings it cannot answer do. A well-behaved client
+// goes on meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_stalled_in_the_middle_of_a_frame_are_cut_off() {
+    let server = TestServer::start_with(|config| {
+        config.hello_timeout = Duration::from_millis(300);
+        config.ping_interval = Duration::from_millis(100);
+        config.ping_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let good = server.client().await;
+    let mut frame = Vec::new();
+    write_frame(&mut frame, &hello(PROTOCOL_VERSION_MIN, PROTOCOL_VERSION_MAX)).await.unwrap();
+    let mut stalled_hello = TcpStream::connect(&server.address).await.unwrap();
+    stalled_hello.write_all(&frame[..frame.len() / 2]).await.unwrap();
+    let mut stalled_request = raw_session(&server.address).await;
+    stalled_request.write_all(&frame[..frame.len() / 2]).await.unwrap();
+    // Both stay open on this side, silent.
+    assert_closed_by_server(&mut stalled_hello).await;
+    assert_closed_by_server(&mut stalled_request).await;
+    good.write("/f", b"still served").await.unwrap();
+    eventually("the stalled session is gone", || server.server().session_count() == 1).await;
+    good.end().await;
+}
+
+// Connections beyond `connections_max` (those still in their hello count) are closed at once,
+// before anything is read; once one goes, a new one is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_bound_are_closed_at_once() {
+    let server = TestServer::start_with(|config| {
+        config.connections_max = 3;
+        config.hello_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let good = server.client().await;
+    let idle = TcpStream::connect(&server.address).await.unwrap();
+    let _idle_too = TcpStream::connect(&server.address).await.unwrap();
+    let mut beyond = TcpStream::connect(&server.address).await.unwrap();
+    // Well before the hello timeout: refused for the bound.
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(10), beyond.read(&mut byte)).await;
+    assert!(matches!(closed, Ok(Ok(0) | Err(_))), "the fourth connection was not closed: {closed:?}");
+    good.write("/f", b"still served").await.unwrap();
+
+    drop(idle);
+    let again = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(client) = rustre_client::Client::connect(&server.address).await {
+                return client;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let again = again.await.expect("a place is free again once a connection went");
+    assert_eq!(again.read("/f").await.unwrap(), b"still served");
+    again.end().await;
+    good.end().await;
+}
+
 // A well-framed request whose header does not decode gets an EPROTO reply; the connection stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecodable_header_gets_eproto_and_the_session_goes_on() {

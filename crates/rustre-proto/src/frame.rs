@@ -131,6 +131,31 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, frame: &Frame) -
     Ok(())
 }
 
+/// Reads every frame in `bytes`, and decodes each header as every message type, until the bytes
+/// end or a frame is refused: what the fuzz target (`fuzz/`, `cargo fuzz run frames`) and the
+/// corpus test feed with arbitrary input. Returns how many frames were read. It must never panic
+/// and allocates at most one frame at a time.
+#[doc(hidden)]
+pub fn decode_all(bytes: &[u8]) -> usize {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let mut reader = bytes;
+    let mut frames = 0;
+    loop {
+        // A byte slice is always ready: the read finishes in one poll.
+        let mut reading = std::pin::pin!(read_frame(&mut reader));
+        let frame = match reading.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(frame)) => frame,
+            Poll::Ready(Err(_)) | Poll::Pending => return frames,
+        };
+        frames += 1;
+        let _ = frame.decode_header::<crate::Request>();
+        let _ = frame.decode_header::<crate::ReplyHeader>();
+        let _ = frame.decode_header::<crate::Callback>();
+        let _ = frame.decode_header::<crate::CallbackReply>();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

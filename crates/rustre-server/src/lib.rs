@@ -18,7 +18,7 @@ mod recovery;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +44,9 @@ use crate::recovery::{Fate, OnceSlot, Recovery};
 
 /// Open handles one session may hold by default; the next open gets EMFILE.
 pub const HANDLES_PER_SESSION_MAX: usize = 65536;
+/// Connections a server serves at once by default (`ServerConfig::connections_max`); beyond, a
+/// new connection is closed at once, before its hello is read.
+pub const CONNECTIONS_MAX: usize = 4096;
 /// How long the server waits for the sessions of its previous run to come back after a restart
 /// (and keeps their orphans), and how long it keeps a session whose connection broke.
 pub const RECOVERY_GRACE_DEFAULT: Duration = Duration::from_secs(15);
@@ -73,6 +76,14 @@ pub struct ServerConfig {
     pub ping_timeout: Duration,
     /// Open handles one session may hold; the next open gets EMFILE.
     pub handles_per_session_max: usize,
+    /// Connections served at once (those still in their hello included); beyond, new ones are
+    /// closed at once, with a log line.
+    pub connections_max: usize,
+    /// A connection whose whole handshake (hello, and with a secret the proof) has not arrived
+    /// and been answered within this is closed: a peer that sends half a hello and stalls holds
+    /// a connection no longer. (After the handshake, a peer stalled in the middle of a frame
+    /// cannot answer pings, and `ping_timeout` cuts it off.)
+    pub hello_timeout: Duration,
     /// Free space (bytes) on the data directory's file system that writes and creates leave
     /// alone: they answer ENOSPC rather than eat into it, so the metadata database always has
     /// room to commit (a failed commit would stop the store) and deletes always work.
@@ -118,6 +129,8 @@ impl ServerConfig {
             ping_interval: Duration::from_secs(1),
             ping_timeout: Duration::from_secs(5),
             handles_per_session_max: HANDLES_PER_SESSION_MAX,
+            connections_max: CONNECTIONS_MAX,
+            hello_timeout: HELLO_TIMEOUT,
             space_reserve: SPACE_RESERVE_DEFAULT,
             clock: Arc::new(SystemClock),
             pause_points: Arc::default(),
@@ -316,6 +329,8 @@ struct Inner {
     counters: Arc<ServerCounters>,
     opens: AtomicU64,
     next_session: AtomicU64,
+    /// Connections being served now (`ServerConfig::connections_max` bounds it).
+    connections: AtomicUsize,
     shutdown: watch::Sender<bool>,
 }
 
@@ -371,6 +386,7 @@ impl Server {
                 counters: Arc::default(),
                 opens: AtomicU64::new(0),
                 next_session: AtomicU64::new(boot << 32),
+                connections: AtomicUsize::new(0),
                 shutdown,
             }),
         };
@@ -418,14 +434,20 @@ impl Server {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let session = match tokio::time::timeout(HELLO_TIMEOUT, self.handshake(&mut stream, &peer)).await {
+        let Some(_counted) = ConnectionCount::take(&self.inner) else {
+            let max = self.inner.config.connections_max;
+            tracing::warn!(%peer, "refusing connection: {max} connections already (connections_max)");
+            return;
+        };
+        let hello_timeout = self.inner.config.hello_timeout;
+        let session = match tokio::time::timeout(hello_timeout, self.handshake(&mut stream, &peer)).await {
             Ok(Ok(session)) => session,
             Ok(Err(reason)) => {
                 tracing::warn!(%peer, %reason, "refusing connection");
                 return;
             }
             Err(_) => {
-                tracing::warn!(%peer, "refusing connection: no hello within {HELLO_TIMEOUT:?}");
+                tracing::warn!(%peer, "refusing connection: no hello within {hello_timeout:?}");
                 return;
             }
         };
@@ -996,6 +1018,28 @@ async fn revoke(inner: &Arc<Inner>, change: &Change, requester: Option<u64>) {
         });
     }
     while waiting.join_next().await.is_some() {}
+}
+
+/// One connection counted in `Inner::connections`, until dropped.
+struct ConnectionCount<'a>(&'a Inner);
+
+impl<'a> ConnectionCount<'a> {
+    /// Counts one more connection, unless `connections_max` are served already.
+    fn take(inner: &'a Inner) -> Option<ConnectionCount<'a>> {
+        let before = inner.connections.fetch_add(1, Ordering::Relaxed);
+        if before >= inner.config.connections_max {
+            inner.connections.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(ConnectionCount(inner))
+    }
+}
+
+impl Drop for ConnectionCount<'_> {
+    fn drop(&mut self) {
+        let before = self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        debug_assert!(before > 0, "a connection counted out more often than in");
+    }
 }
 
 struct SessionService {
