@@ -23,10 +23,10 @@
 //! server keeps, per session and slot, the answer to the slot's latest request (`OnceSlot`): a
 //! resend of it, after the connection broke, gets that answer instead of a second run. That
 //! covers a broken connection; a restart loses the memory, so the first change such a request
-//! makes also writes a row `(session, slot) -> (seq, subject, flags)` into `ONCE`, in the same
-//! transaction (`apply` in `lib.rs`). A resend that finds its row after a restart is answered
-//! about the inode recorded there (`recorded_answer`): nothing is looked up by name or made again,
-//! and what an in-flight open opened is kept until recovery ends.
+//! makes also writes a row `(session, slot) -> (seq, subject, flags, subject's record)` into
+//! `ONCE`, in the same transaction (`apply` in `lib.rs`). A resend that finds its row after a
+//! restart is answered from it (`recorded_answer`): the attributes the change left, nothing looked
+//! up by name or made again, and what an in-flight open opened is kept until recovery ends.
 //! A request that failed changed nothing, has no row, and simply runs again.
 //!
 //! Locks: `Inner::sessions`, `Inner::detached`, `Recovery::waiting`, `Session::once` are std
