@@ -19,7 +19,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use rustre_client::rustre_proto::{Attr, Errno, FileKind, Timestamp};
 use rustre_client::{Client, ClientConfig, Entry, OpenOptions};
-use rustre_server::{Server, ServerConfig};
+use rustre_server::{RootSquash, Server, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -51,7 +51,7 @@ fn load_secret(file: Option<&Path>) -> anyhow::Result<Option<rustre_client::Secr
 
 /// A server's configuration on `data`, with its cluster secret: the file given, or DATA/secret
 /// (made, with a new random secret, on the first start).
-fn server_config(data: &Path, secret_file: Option<&Path>) -> anyhow::Result<ServerConfig> {
+fn server_config(data: &Path, secret_file: Option<&Path>, root_squash: bool) -> anyhow::Result<ServerConfig> {
     let secret = match secret_file {
         Some(file) => rustre_client::Secret::load(file)?,
         None => {
@@ -66,6 +66,7 @@ fn server_config(data: &Path, secret_file: Option<&Path>) -> anyhow::Result<Serv
     };
     let mut config = ServerConfig::new(data);
     config.secret = Some(secret);
+    config.root_squash = if root_squash { RootSquash::NOBODY } else { RootSquash::Off };
     Ok(config)
 }
 
@@ -120,6 +121,12 @@ enum Command {
         /// Fault injection for control runs of `rustre race`: every Nth open answers ESTALE.
         #[arg(long, hide = true, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         fault_estale_every: Option<u64>,
+        /// Root squash: the superuser of a client machine acts here as `nobody` (uid and gid
+        /// 65534), so no client machine gets root's power over the file system. `off` trusts
+        /// client roots as root.
+        #[arg(long, env = "RUSTRE_ROOT_SQUASH", default_value = "on", value_name = "on|off",
+              action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+        root_squash: bool,
     },
     /// Checks a data directory offline (no server may run on it): link counts, dangling entries,
     /// nameless inodes, data objects without a file, orphans. Exits 1 if it finds problems.
@@ -143,6 +150,11 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
         listen: String,
+        /// Root squash (see `rustre server`). Off here by default: `up` serves this machine, whose
+        /// root owns the data directory anyway; turn it on when other machines mount this server.
+        #[arg(long, env = "RUSTRE_ROOT_SQUASH", default_value = "off", value_name = "on|off",
+              action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+        root_squash: bool,
     },
     /// Mounts the file system of the server at SERVER (host:port) on MOUNTPOINT with FUSE, until
     /// SIGINT, SIGTERM or `umount MOUNTPOINT`. Several mounts of one server stay coherent.
@@ -373,16 +385,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         assert!(CLUSTER_SECRET.set(secret).is_ok(), "the secret is set once");
     }
     match cli.command {
-        Command::Server { data, listen, recovery_grace, space_reserve, fault_estale_every } => {
-            let mut config = server_config(&data, secret_file)?;
+        Command::Server { data, listen, recovery_grace, space_reserve, fault_estale_every, root_squash } => {
+            let mut config = server_config(&data, secret_file, root_squash)?;
             config.recovery_grace = std::time::Duration::from_secs(recovery_grace);
             config.space_reserve = space_reserve << 20;
             config.fault_estale_every_nth_open = fault_estale_every;
             serve(config, &listen).await
         }
-        Command::Up { mountpoint, data, listen } => {
+        Command::Up { mountpoint, data, listen, root_squash } => {
             // Its own clients prove the secret of the server it runs.
-            let config = server_config(&data, secret_file)?;
+            let config = server_config(&data, secret_file, root_squash)?;
             assert!(CLUSTER_SECRET.set(config.secret.clone()).is_ok(), "the secret is set once");
             let secret = secret_file.map_or_else(|| data.join(SECRET_FILE_NAME), Path::to_path_buf);
             match mountpoint {

@@ -22,6 +22,8 @@ fn rustre_command() -> Command {
     let mut command = Command::new(RUSTRE);
     command.env_remove("RUSTRE_SERVER").env_remove("RUSTRE_DATA").env_remove("RUST_LOG");
     command.env("RUSTRE_SECRET_FILE", test_secret_file());
+    // The tests run as root and act as root: squashed, root could write nowhere.
+    command.env("RUSTRE_ROOT_SQUASH", "off");
     command
 }
 
@@ -47,6 +49,7 @@ impl TestServer {
         let (server, address) = runtime.block_on(async {
             let mut config = ServerConfig::new(data.path());
             config.secret = Some(test_secret());
+            config.root_squash = rustre_server::RootSquash::Off;
             let server = Server::open(config).await.expect("server opens");
             let address = server.listen("127.0.0.1:0").await.expect("server listens");
             (server, address.to_string())
@@ -605,6 +608,26 @@ fn admin_orphans_lists_unlinked_open_files() {
         client.close();
     });
     assert!(server.ok(&["admin", "orphans"]).contains("0 orphan(s)"));
+}
+
+// `rustre server` squashes a client's root to nobody unless told not to: root on a client may
+// then create nothing in the root directory, which is root's.
+#[test]
+fn the_server_squashes_root_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let address = free_address();
+    let mut command = rustre_command();
+    command.env_remove("RUSTRE_ROOT_SQUASH").args(["server", "--data", data.to_str().unwrap(), "--listen", &address]);
+    let logs = |name: &str| File::create(dir.path().join(name)).unwrap();
+    let child = command.stdout(logs("server.stdout")).stderr(logs("server.stderr")).spawn().expect("rustre starts");
+    let mut server =
+        Process { child, stdout: dir.path().join("server.stdout"), stderr: dir.path().join("server.stderr") };
+    server.wait_until("the server accepts connections", || accepts(&address));
+    let mkdir = rustre_command().args(["--server", &address, "mkdir", "/d"]).output().unwrap();
+    assert!(!mkdir.status.success(), "root was not squashed");
+    assert!(String::from_utf8_lossy(&mkdir.stderr).contains("permission denied (EACCES)"), "{mkdir:?}");
+    assert!(server.terminate().success());
 }
 
 // `rustre fsck` finds a store made by a server clean, refuses while a server holds it, names a

@@ -29,6 +29,7 @@ impl ServerProcess {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(data.with_extension("log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_rustre"))
             .env("RUSTRE_SECRET_FILE", test_secret_file())
+            .env("RUSTRE_ROOT_SQUASH", "off")
             .args(["server", "--data"])
             .arg(data)
             .args(["--listen", address])

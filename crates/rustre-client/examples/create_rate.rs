@@ -28,7 +28,9 @@ async fn main() {
 
     for concurrency in CONCURRENCY {
         let data = scratch.path().join(format!("rustre-{concurrency}"));
-        let server = Server::open(ServerConfig::new(&data)).await.expect("server");
+        let mut config = ServerConfig::new(&data);
+        config.root_squash = rustre_server::RootSquash::Off;
+        let server = Server::open(config).await.expect("server");
         let address = server.listen("127.0.0.1:0").await.expect("listen").to_string();
         let client = Client::connect(&address).await.expect("connect");
         let before = server.commit_stats();

@@ -16,7 +16,9 @@ async fn main() {
     let count: usize =
         std::env::args().nth(1).map(|count| count.parse().expect("COUNT is a number")).unwrap_or(200_000);
     let scratch = tempfile::tempdir_in("/dev/shm").expect("scratch directory on tmpfs");
-    let server = Server::open(ServerConfig::new(scratch.path().join("data"))).await.expect("server");
+    let mut config = ServerConfig::new(scratch.path().join("data"));
+    config.root_squash = rustre_server::RootSquash::Off;
+    let server = Server::open(config).await.expect("server");
     let address = server.listen("127.0.0.1:0").await.expect("listen").to_string();
     let client = Client::connect(&address).await.expect("connect");
     client.create_dir_all("/a/b/c").await.unwrap();

@@ -232,7 +232,9 @@ impl File {
     }
 
     pub async fn set_len(&mut self, size: u64) -> Result<Attr> {
-        self.attr = self.client.setattr(self.attr.ino, SetAttrIn { size: Some(size), ..Default::default() }).await?;
+        // Through the handle: allowed as its open was, as ftruncate(2) is.
+        let set = SetAttrIn { size: Some(size), handle: Some(self.handle), ..Default::default() };
+        self.attr = self.client.setattr(self.attr.ino, set).await?;
         Ok(self.attr.clone())
     }
 

@@ -52,7 +52,8 @@ use path::{Walk, bytes, components};
 pub struct ClientConfig {
     /// Reported to the server in the hello, for its logs.
     pub client_name: String,
-    /// The identity stamped on requests (owner of what this client creates).
+    /// The identity stamped on requests, which the server checks permissions against (owner of
+    /// what this client creates). By default this process's (`process_caller`).
     pub caller: Caller,
     /// Cache entries (leases) kept; beyond, the least recently used are given back to the server.
     pub cache_entries_max: usize,
@@ -69,11 +70,21 @@ pub struct ClientConfig {
     pub secret: Option<Secret>,
 }
 
+/// This process's identity: effective uid and gid, and supplementary groups.
+pub fn process_caller() -> Caller {
+    let groups = rustix::process::getgroups().unwrap_or_default();
+    Caller {
+        uid: rustix::process::geteuid().as_raw(),
+        gid: rustix::process::getegid().as_raw(),
+        groups: groups.into_iter().map(|gid| gid.as_raw()).collect(),
+    }
+}
+
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             client_name: format!("rustre-client pid {}", std::process::id()),
-            caller: Caller { uid: rustix::process::getuid().as_raw(), gid: rustix::process::getgid().as_raw() },
+            caller: process_caller(),
             cache_entries_max: cache::CACHE_ENTRIES_MAX,
             pause_points: Arc::default(),
             retry_stale_by_name: true,
@@ -327,7 +338,7 @@ async fn open_connection<S: Stream>(
             session,
         },
     };
-    let hello = Frame::new(FrameKind::Request, 0, &Request { caller: config.caller, op }, Bytes::new());
+    let hello = Frame::new(FrameKind::Request, 0, &Request { caller: config.caller.clone(), op }, Bytes::new());
     let failed = |error: &dyn std::fmt::Display| Error::new(Errno::EPROTO, format!("hello to {peer}: {error}"));
     write_frame(&mut stream, &hello).await.map_err(|error| failed(&error))?;
     stream.flush().await.map_err(|error| failed(&error))?;
@@ -347,7 +358,7 @@ async fn open_connection<S: Stream>(
         (Reply::Challenge { nonce: server_nonce }, Some(secret)) => {
             let client_nonce = auth::nonce().map_err(|error| Error::new(Errno::EIO, error.to_string()))?;
             let proof = secret.client_proof(&server_nonce, &client_nonce, &hello.header);
-            let prove = Request { caller: config.caller, op: Op::Prove { nonce: client_nonce, proof } };
+            let prove = Request { caller: config.caller.clone(), op: Op::Prove { nonce: client_nonce, proof } };
             write_frame(&mut stream, &Frame::new(FrameKind::Request, 1, &prove, Bytes::new()))
                 .await
                 .map_err(|error| failed(&error))?;
@@ -479,7 +490,7 @@ async fn reconnect_once(inner: &Arc<Inner>) -> Result<(Connection, LinkEvent)> {
 
 /// Sends one `Op::Reclaim` chunk on `connection`; what could not be taken back is dead.
 async fn reclaim(inner: &Inner, connection: &Connection, chunk: Op) -> Result<()> {
-    let header = encode_header(&Request { caller: inner.caller, op: chunk });
+    let header = encode_header(&Request { caller: inner.caller.clone(), op: chunk });
     let frame = connection
         .call(header, Bytes::new())
         .await
@@ -605,7 +616,7 @@ impl Client {
             slots: session::Slots::new(),
             peer,
             server_name,
-            caller: config.caller,
+            caller: config.caller.clone(),
             config,
             shared: shared.clone(),
             lookups: Mutex::new(HashMap::new()),
@@ -613,7 +624,7 @@ impl Client {
         });
         tokio::spawn(give_leases_back(Arc::downgrade(&inner), shared));
         tokio::spawn(watch_connection(Arc::downgrade(&inner), connection));
-        Ok(Client { caller: inner.caller, inner })
+        Ok(Client { caller: inner.caller.clone(), inner })
     }
 
     /// The same session (cache, connection) making calls as `caller`: the owner of what they
@@ -724,7 +735,7 @@ impl Client {
         self.inner.link.closing.store(true, Ordering::Relaxed);
         let state = self.inner.link.state.borrow().clone();
         if let session::LinkState::Up { connection, .. } = state {
-            let header = encode_header(&Request { caller: self.caller, op: Op::EndSession });
+            let header = encode_header(&Request { caller: self.caller.clone(), op: Op::EndSession });
             let _ = tokio::time::timeout(END_SESSION_WAIT, connection.call(header, Bytes::new())).await;
         }
         self.inner.drop_connection("client closed the session");
@@ -746,7 +757,7 @@ impl Client {
             Some(slot) => Op::Once { slot: slot.slot, seq: slot.seq, op: Box::new(op.clone()) },
             None => op.clone(),
         };
-        let header = encode_header(&Request { caller: self.caller, op: wire });
+        let header = encode_header(&Request { caller: self.caller.clone(), op: wire });
         let mut sent = 0;
         let mut first_session = None;
         let frame = loop {
@@ -787,7 +798,7 @@ impl Client {
             holdings.closed(handle);
         }
         if let Ok(reply) = &reply.result {
-            holdings.note(&op, reply);
+            holdings.note(&op, reply, &self.caller);
         }
         drop(holdings);
         Ok((reply, frame.payload))
@@ -1341,7 +1352,7 @@ async fn give_leases_back(inner: std::sync::Weak<Inner>, shared: Arc<Shared>) {
                 break;
             }
             let Some(inner) = inner.upgrade() else { return };
-            let client = Client { caller: inner.caller, inner };
+            let client = Client { caller: inner.caller.clone(), inner };
             let count = batch.len() as u64;
             if client.call(Op::ReleaseLeases { leases: batch }, Bytes::new()).await.is_err() {
                 return; // the session is gone, and its leases with it
@@ -1372,7 +1383,7 @@ impl Drop for Inner {
         if let session::LinkState::Up { connection, .. } = state
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            let header = encode_header(&Request { caller: self.caller, op: Op::EndSession });
+            let header = encode_header(&Request { caller: self.caller.clone(), op: Op::EndSession });
             runtime.spawn(async move {
                 let _ = tokio::time::timeout(END_SESSION_WAIT, connection.call(header, Bytes::new())).await;
                 connection.close("client dropped");

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustre_proto::rpc::{BoxFuture, Connection};
-use rustre_proto::{ONCE_SLOTS_MAX, Op, OpenFlags, ReclaimedHandle, Reply};
+use rustre_proto::{Caller, ONCE_SLOTS_MAX, Op, OpenFlags, ReclaimedHandle, Reply};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Semaphore, SemaphorePermit, watch};
 
@@ -82,8 +82,9 @@ pub(crate) enum LinkState {
 /// What the session holds on the server, learnt from replies: given back after a restart.
 #[derive(Default)]
 pub(crate) struct Holdings {
-    /// Open handles: id -> (inode, flags).
-    pub handles: HashMap<u64, (u64, OpenFlags)>,
+    /// Open handles: id -> (inode, flags, who opened it: the server checks a reclaim as that
+    /// identity's open).
+    pub handles: HashMap<u64, (u64, OpenFlags, Caller)>,
     /// Pinned inodes: ino -> count.
     pub pins: HashMap<u64, u64>,
     /// Handles of a session the server no longer knows: each use fails with EIO until closed.
@@ -102,12 +103,12 @@ impl Holdings {
     }
 
     /// Learns from a successful reply what the session now holds.
-    pub(crate) fn note(&mut self, op: &Op, reply: &Reply) {
+    pub(crate) fn note(&mut self, op: &Op, reply: &Reply, caller: &Caller) {
         match (op, reply) {
-            (Op::AtPath { op, .. } | Op::OnPath { op, .. }, reply) => self.note(op, reply),
+            (Op::AtPath { op, .. } | Op::OnPath { op, .. }, reply) => self.note(op, reply, caller),
             (Op::Open { flags, .. } | Op::OpenIno { flags, .. }, Reply::Opened { handle, attr, .. }) => {
                 let kept = OpenFlags(flags.0 & (OpenFlags::READ.0 | OpenFlags::WRITE.0 | OpenFlags::APPEND.0));
-                self.handles.insert(*handle, (attr.ino, kept));
+                self.handles.insert(*handle, (attr.ino, kept, caller.clone()));
                 if flags.contains(OpenFlags::PIN) {
                     *self.pins.entry(attr.ino).or_insert(0) += 1;
                 }
@@ -144,8 +145,16 @@ impl Holdings {
     /// What to give back to a restarted server, in chunks.
     pub(crate) fn reclaims(&self) -> Vec<Op> {
         // In order, so a replayed run (the simulator) reclaims as the first one did.
-        let mut handles: Vec<ReclaimedHandle> =
-            self.handles.iter().map(|(&handle, &(ino, flags))| ReclaimedHandle { handle, ino, flags }).collect();
+        let mut handles: Vec<ReclaimedHandle> = self
+            .handles
+            .iter()
+            .map(|(&handle, (ino, flags, opener))| ReclaimedHandle {
+                handle,
+                ino: *ino,
+                flags: *flags,
+                opener: opener.clone(),
+            })
+            .collect();
         handles.sort_unstable_by_key(|handle| handle.handle);
         let mut pins: Vec<(u64, u64)> = self.pins.iter().map(|(&ino, &count)| (ino, count)).collect();
         pins.sort_unstable();

@@ -35,6 +35,7 @@ impl Drop for Tmpfs {
 
 async fn serve(data: &Path, reserve: u64) -> (Server, Client) {
     let mut config = ServerConfig::new(data);
+    config.root_squash = rustre_server::RootSquash::Off;
     config.space_reserve = reserve;
     let server = Server::open(config).await.expect("server opens");
     let address = server.listen("127.0.0.1:0").await.expect("server listens").to_string();
@@ -184,6 +185,7 @@ async fn an_io_error_in_the_store_stops_changes_and_loses_nothing_acknowledged()
     let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let config = |failing: std::sync::Arc<std::sync::atomic::AtomicBool>| {
         let mut config = ServerConfig::new(&data);
+        config.root_squash = rustre_server::RootSquash::Off;
         let disk = disk.clone();
         config.metadata_backend = Some(std::sync::Arc::new(move || {
             let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&disk);

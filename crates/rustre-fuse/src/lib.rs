@@ -352,10 +352,12 @@ struct Shared {
     refs: Arc<Mutex<KernelRefs>>,
     /// Open files by handle (the server's handle number is the kernel's `fh`).
     files: Mutex<HashMap<u64, Arc<File>>>,
-    /// Read-only opens of pinned inodes, served without a server handle: `fh` -> inode. The
-    /// pin keeps the inode on the server as a handle would, for at least as long as the file is
-    /// open (the kernel holds an open file's inode, so it cannot forget it meanwhile).
-    pinned_opens: Mutex<HashMap<u64, u64>>,
+    /// Read-only opens of pinned inodes, served without a server handle: `fh` -> inode, and the
+    /// session acting as the opener (reads are checked as the opener's, whoever the kernel says
+    /// reads: a page read ahead may come from another context). The pin keeps the inode on the
+    /// server as a handle would, for at least as long as the file is open (the kernel holds an
+    /// open file's inode, so it cannot forget it meanwhile).
+    pinned_opens: Mutex<HashMap<u64, (u64, Client)>>,
     /// The next `fh` of a pinned open: from `PINNED_OPEN_FIRST` up, above every server handle.
     next_pinned_open: std::sync::atomic::AtomicU64,
     /// Open directories by handle.
@@ -370,6 +372,8 @@ struct Shared {
 /// readdir calls are served.
 struct DirHandle {
     file: Option<File>,
+    /// The session acting as the opener: pages are read as the opener's.
+    client: Client,
     ino: u64,
     /// The cookie the page was read after, its entries (cookies growing), and whether it ends
     /// the directory.
@@ -500,22 +504,43 @@ fn time_set(time: TimeOrNow) -> TimeSet {
     }
 }
 
+/// The identity of the process behind a kernel request. The kernel sends its fs uid and gid but
+/// not its supplementary groups, which the server needs as much (the kernel's own check, with
+/// `default_permissions`, uses them): they are read from `/proc/PID/status`, where PID is the
+/// calling thread (groups are per thread in Linux; every thread of a process has the same set,
+/// unless one calls the raw syscall). A thread gone by then (pid 0: the kernel's own requests)
+/// has none. Root's are not read: the superuser passes every check without them, and squashed
+/// it gains nothing from them.
+pub fn caller_of(uid: u32, gid: u32, pid: u32) -> Caller {
+    let groups = if uid == 0 || pid == 0 { Vec::new() } else { groups_of(pid) };
+    Caller { uid, gid, groups }
+}
+
+/// The supplementary groups of thread `pid` (empty if it is gone or `/proc` says nothing).
+fn groups_of(pid: u32) -> Vec<u32> {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return Vec::new() };
+    let Some(line) = status.lines().find_map(|line| line.strip_prefix("Groups:")) else { return Vec::new() };
+    line.split_ascii_whitespace().filter_map(|group| group.parse().ok()).take(rustre_proto::msg::GROUPS_MAX).collect()
+}
+
 fn name_bytes(name: &OsStr) -> Vec<u8> {
     name.as_bytes().to_vec()
 }
 
 impl Shared {
-    /// The session acting as the kernel request's caller (owner of what it creates).
+    /// The session acting as the kernel request's caller: the identity the server checks
+    /// permissions against, and the owner of what it creates.
     fn client_for(&self, request: &Request) -> Client {
-        self.client.as_caller(Caller { uid: request.uid(), gid: request.gid() })
+        self.client.as_caller(caller_of(request.uid(), request.gid(), request.pid()))
     }
 
     /// Answers the kernel's lookup of `name` in `parent`: from the cache when this mount holds
     /// a pin on the inode found, else by `lookup_pinned` (resolve and pin in one server step).
     /// Either way one kernel reference is counted before the reply goes out, so a forget of it
     /// can never arrive first.
-    async fn lookup(&self, parent: u64, name: &[u8]) -> rustre_client::Result<Attr> {
-        let cached = self.client.lookup(parent, name).await?;
+    /// `client` acts as the kernel's caller: the server checks its search permission.
+    async fn lookup(&self, client: &Client, parent: u64, name: &[u8]) -> rustre_client::Result<Attr> {
+        let cached = client.lookup(parent, name).await?;
         if self.refs.lock().expect("refs lock").add_if_pinned(cached.ino) {
             return Ok(cached);
         }
@@ -523,7 +548,7 @@ impl Shared {
             self.refs.lock().expect("refs lock").add(cached.ino);
             return Ok(cached);
         }
-        let attr = self.client.lookup_pinned(parent, name).await?;
+        let attr = client.lookup_pinned(parent, name).await?;
         self.refs.lock().expect("refs lock").add_pinned(attr.ino);
         Ok(attr)
     }
@@ -598,7 +623,7 @@ impl Shared {
             let rest: Vec<DirEntry> = entries.iter().filter(|entry| entry.cookie > cookie).cloned().collect();
             return Ok((rest, *end));
         }
-        let (entries, end) = self.client.read_dir_page(dir.ino, cookie, READDIR_PAGE_ENTRIES, with_attrs).await?;
+        let (entries, end) = dir.client.read_dir_page(dir.ino, cookie, READDIR_PAGE_ENTRIES, with_attrs).await?;
         dir.page = Some((cookie, entries.clone(), end, with_attrs));
         Ok((entries, end))
     }
@@ -642,7 +667,7 @@ impl Filesystem for RustreFs {
         Ok(())
     }
 
-    fn lookup(&self, _request: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, request: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         // The common case, a cached name whose inode this mount has pinned already, is answered
         // here: no hand-off to a task (which costs more than the answer).
         match self.shared.client.lookup_cached(parent.0, name.as_bytes()) {
@@ -653,9 +678,10 @@ impl Filesystem for RustreFs {
             _ => {}
         }
         let shared = self.shared.clone();
+        let client = self.shared.client_for(request);
         let name = name_bytes(name);
         self.shared.runtime.spawn(async move {
-            answer(reply, shared.lookup(parent.0, &name).await, |reply, attr| {
+            answer(reply, shared.lookup(&client, parent.0, &name).await, |reply, attr| {
                 shared.send_entry(reply, parent.0, &name, &attr)
             })
         });
@@ -690,7 +716,7 @@ impl Filesystem for RustreFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _handle: Option<FileHandle>,
+        handle: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
@@ -705,6 +731,8 @@ impl Filesystem for RustreFs {
             size,
             atime: atime.map(time_set),
             mtime: mtime.map(time_set),
+            // An ftruncate: through the server's handle, if the kernel's is one (a write open).
+            handle: handle.filter(|handle| handle.0 < PINNED_OPEN_FIRST && size.is_some()).map(|handle| handle.0),
         };
         let shared = self.shared.clone();
         self.shared.runtime.spawn(async move {
@@ -840,7 +868,8 @@ impl Filesystem for RustreFs {
         let read_only = flags.0 & libc::O_ACCMODE == libc::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
         if read_only && self.shared.refs.lock().expect("refs lock").pins(ino.0) > 0 {
             let handle = self.shared.next_pinned_open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.shared.pinned_opens.lock().expect("pinned opens lock").insert(handle, ino.0);
+            let opener = self.shared.client_for(request);
+            self.shared.pinned_opens.lock().expect("pinned opens lock").insert(handle, (ino.0, opener));
             // No FOPEN_KEEP_CACHE: the kernel drops this file's pages now (close-to-open).
             return reply.opened(FileHandle(handle), FopenFlags::empty());
         }
@@ -871,9 +900,8 @@ impl Filesystem for RustreFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let pinned = self.shared.pinned_opens.lock().expect("pinned opens lock").get(&handle.0).copied();
-        if let Some(ino) = pinned {
-            let client = self.shared.client.clone();
+        let pinned = self.shared.pinned_opens.lock().expect("pinned opens lock").get(&handle.0).cloned();
+        if let Some((ino, client)) = pinned {
             self.shared.runtime.spawn(async move {
                 answer(reply, client.read_pinned(ino, offset, size as usize).await, |reply, data| reply.data(&data))
             });
@@ -951,7 +979,7 @@ impl Filesystem for RustreFs {
             match client.open_ino(ino.0, OpenFlags::READ | OpenFlags::DIRECTORY).await {
                 Ok(file) => {
                     let handle = file.handle();
-                    let dir = DirHandle { file: Some(file), ino: ino.0, page: None };
+                    let dir = DirHandle { file: Some(file), client, ino: ino.0, page: None };
                     shared.dirs.lock().expect("dirs lock").insert(handle, Arc::new(tokio::sync::Mutex::new(dir)));
                     reply.opened(FileHandle(handle), FopenFlags::empty());
                 }
@@ -1084,16 +1112,16 @@ impl Filesystem for RustreFs {
         self.shared.runtime.spawn(async move { done(reply, client.setxattr_ino(ino.0, &name, &value, mode).await) });
     }
 
-    fn getxattr(&self, _request: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let client = self.shared.client.clone();
+    fn getxattr(&self, request: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let client = self.shared.client_for(request);
         let name = name_bytes(name);
         self.shared.runtime.spawn(async move {
             answer(reply, client.getxattr_ino(ino.0, &name).await, |reply, value| reply_xattr(reply, size, &value))
         });
     }
 
-    fn listxattr(&self, _request: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let client = self.shared.client.clone();
+    fn listxattr(&self, request: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let client = self.shared.client_for(request);
         self.shared.runtime.spawn(async move {
             match client.listxattr_ino(ino.0).await {
                 Ok(names) => {

@@ -227,34 +227,6 @@ fn attributes_xattrs_statfs_and_sync() {
     fs::File::open(root).unwrap().sync_all().unwrap();
 }
 
-#[test]
-fn the_kernel_checks_permissions_for_the_calling_user() {
-    // As a non-root user (setpriv): writing into a directory it may not write fails with
-    // EACCES; what it creates where it may is owned by it.
-    let fixture = Fixture::new(1);
-    let root = fixture.root(0);
-    fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
-    fs::create_dir(root.join("open")).unwrap();
-    fs::set_permissions(root.join("open"), fs::Permissions::from_mode(0o777)).unwrap();
-    fs::write(root.join("secret"), b"s").unwrap();
-    fs::set_permissions(root.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
-    let as_user = |script: &str| {
-        std::process::Command::new("setpriv")
-            .args(["--reuid=4321", "--regid=4321", "--clear-groups", "sh", "-c", script])
-            .output()
-            .expect("setpriv runs")
-    };
-    let refused = as_user(&format!("touch {}/mine", root.display()));
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("Permission denied"), "{refused:?}");
-    let refused = as_user(&format!("cat {}/secret", root.display()));
-    assert!(!refused.status.success(), "{refused:?}");
-    let made = as_user(&format!("echo hi > {}/open/mine", root.display()));
-    assert!(made.status.success(), "{made:?}");
-    let meta = fs::metadata(root.join("open/mine")).unwrap();
-    assert_eq!((meta.uid(), meta.gid()), (4321, 4321), "created as the calling user");
-}
-
 /// The mount widens the kernel's read-ahead window (128 KiB by default) so that large
 /// sequential reads go to the server in few requests.
 #[test]

@@ -12,9 +12,11 @@ use crate::Errno;
 pub const ROOT_INO: u64 = 1;
 
 /// Protocol versions this build speaks, inclusive. Version 2 added leases (grants in every
-/// reply header, revocations, releases); nothing speaking version 1 was ever released.
-pub const PROTOCOL_VERSION_MIN: u16 = 3;
-pub const PROTOCOL_VERSION_MAX: u16 = 3;
+/// reply header, revocations, releases); 3 the cluster secret's proof in the hello; 4 the
+/// caller's supplementary groups and the identity a reclaimed handle was opened by. Nothing
+/// speaking an older version was ever released.
+pub const PROTOCOL_VERSION_MIN: u16 = 4;
+pub const PROTOCOL_VERSION_MAX: u16 = 4;
 
 /// Sent in `Hello` to recognise a rustre peer before anything else is believed.
 pub const HELLO_MAGIC: u32 = 0x5253_5452; // "RSTR"
@@ -101,11 +103,40 @@ impl Attr {
     }
 }
 
-/// Who makes a call: owner of what it creates. (Permission checks arrive with the security work.)
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// Most supplementary groups one `Caller` carries: Linux's `NGROUPS_MAX`, so no user of a mount
+/// loses a group on the way (NFS's `sec=sys` keeps 16). At 5 bytes each at most, a full list
+/// stays far below `HEADER_LEN_MAX`. The server refuses a longer list with EINVAL.
+pub const GROUPS_MAX: usize = 65536;
+
+/// Who makes a call: the identity the server checks permissions against (after root squash,
+/// ARCHITECTURE.md "Trust"), and the owner of what the call creates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
+    /// Supplementary groups, besides `gid` (order and repeats do not matter).
+    pub groups: Vec<u32>,
+}
+
+impl Caller {
+    /// The superuser, with no supplementary groups.
+    pub const ROOT: Caller = Caller { uid: 0, gid: 0, groups: Vec::new() };
+
+    /// A caller with no supplementary groups.
+    pub fn new(uid: u32, gid: u32) -> Caller {
+        Caller { uid, gid, groups: Vec::new() }
+    }
+
+    /// Is this the superuser (uid 0), who passes every permission check as Linux's
+    /// `CAP_DAC_OVERRIDE`, `CAP_FOWNER`, `CAP_CHOWN` and `CAP_FSETID` do?
+    pub fn is_root(&self) -> bool {
+        self.uid == 0
+    }
+
+    /// Is `gid` the caller's group or one of its supplementary groups?
+    pub fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.contains(&gid)
+    }
 }
 
 /// Open flags, rustre's own bits (not the host's `O_*` numbers, which differ between platforms).
@@ -178,6 +209,10 @@ pub struct SetAttrIn {
     pub size: Option<u64>,
     pub atime: Option<TimeSet>,
     pub mtime: Option<TimeSet>,
+    /// A size change made through this open handle of the session's (ftruncate): allowed as the
+    /// handle's open was, without write permission now (the file may be 0444 to its creator).
+    /// The handle must be open for writing, on this inode: EINVAL otherwise, EBADF if unknown.
+    pub handle: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -413,11 +448,14 @@ pub enum Op {
 pub const ONCE_SLOTS_MAX: u32 = 256;
 
 /// An open handle taken back after a server restart.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReclaimedHandle {
     pub handle: u64,
     pub ino: u64,
     pub flags: OpenFlags,
+    /// The caller whose open made the handle. The server takes it back only if that caller
+    /// owns the inode or may still open it so (after root squash, like every identity).
+    pub opener: Caller,
 }
 
 impl Op {

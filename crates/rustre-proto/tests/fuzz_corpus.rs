@@ -27,7 +27,7 @@ fn wire(kind: FrameKind, header: Bytes, payload: &'static [u8]) -> Vec<u8> {
 }
 
 fn request(op: Op) -> Bytes {
-    encode_header(&Request { caller: Caller { uid: 1000, gid: 1000 }, op })
+    encode_header(&Request { caller: Caller { uid: 1000, gid: 1000, groups: vec![4, 27] }, op })
 }
 
 /// One valid frame of each kind of message.

@@ -30,8 +30,8 @@ use rustre_proto::msg::{FILE_SIZE_MAX, IO_SIZE_MAX, PROTOCOL_VERSION_MAX, PROTOC
 use rustre_proto::pause::PausePoints;
 use rustre_proto::rpc::{BoxFuture, Connection, Service};
 use rustre_proto::{
-    Attr, Callback, CallbackReply, Errno, FileKind, Grant, HELLO_MAGIC, LeaseKey, Op, OpenFlags, ROOT_INO, RenameMode,
-    Reply, ReplyHeader, Request, SetAttrIn, StatFs, WireError,
+    Attr, Callback, CallbackReply, Caller, Errno, FileKind, Grant, HELLO_MAGIC, LeaseKey, Op, OpenFlags, ROOT_INO,
+    RenameMode, Reply, ReplyHeader, Request, SetAttrIn, StatFs, WireError,
 };
 use rustre_store::{Committer, Ns, Opened, ReadNs, Store, StoreError, Walked};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -59,6 +59,44 @@ pub const HANDLE_BOOT_SHIFT: u32 = 40;
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for connection tasks to let go of the store.
 pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+
+/// The uid and gid of `nobody` on Linux: what a squashed superuser becomes by default.
+pub const NOBODY: u32 = 65534;
+
+/// What the superuser of a client machine is on this server (ARCHITECTURE.md, "Trust"). A
+/// client's root holds the cluster secret and could claim any identity; squashing keeps it from
+/// claiming root's, so files only root may change stay out of reach of every client machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootSquash {
+    /// A client's uid 0 is the superuser here too.
+    Off,
+    /// A client's uid 0 becomes `uid`, and gid 0 (primary or supplementary) becomes `gid`, as
+    /// NFS's `root_squash` maps them.
+    To { uid: u32, gid: u32 },
+}
+
+impl RootSquash {
+    /// Squash to `nobody` (the default).
+    pub const NOBODY: RootSquash = RootSquash::To { uid: NOBODY, gid: NOBODY };
+
+    /// The identity the server believes for `caller`.
+    pub fn apply(self, mut caller: Caller) -> Caller {
+        if let RootSquash::To { uid, gid } = self {
+            if caller.uid == 0 {
+                caller.uid = uid;
+            }
+            if caller.gid == 0 {
+                caller.gid = gid;
+            }
+            for group in &mut caller.groups {
+                if *group == 0 {
+                    *group = gid;
+                }
+            }
+        }
+        caller
+    }
+}
 
 #[derive(Clone)]
 pub struct ServerConfig {
@@ -118,6 +156,8 @@ pub struct ServerConfig {
     /// any peer that speaks the protocol is let in (embedded use, tests, the simulator);
     /// `rustre server` always sets one.
     pub secret: Option<Secret>,
+    /// What a client's superuser is here: by default `nobody` (`RootSquash::NOBODY`).
+    pub root_squash: RootSquash,
 }
 
 impl ServerConfig {
@@ -141,6 +181,7 @@ impl ServerConfig {
             fault_ack_before_durable: false,
             metadata_backend: None,
             secret: None,
+            root_squash: RootSquash::NOBODY,
         }
     }
 }
@@ -853,12 +894,12 @@ async fn count_pin(inner: &Arc<Inner>, session: &Session, ino: u64) -> Result<()
 
 /// `Op::PinName`: a lookup that pins what it finds, in one step on the commit thread (where
 /// changes are ordered), so the inode answered cannot be destroyed before it is pinned.
-async fn pin_name(inner: &Arc<Inner>, session: &Session, parent: u64, name: Vec<u8>) -> Answer {
+async fn pin_name(inner: &Arc<Inner>, session: &Session, caller: Caller, parent: u64, name: Vec<u8>) -> Answer {
     let name_key = name_key(parent, &name);
     let mut ticket = inner.leases.begin_read();
     ticket.observe(&name_key);
     let (found, ticket) = apply(inner, ticket, move |ns, opens, ticket| {
-        let attr = ns.lookup(parent, &name)?;
+        let attr = ns.lookup(parent, &name, &caller)?;
         ticket.observe(&attr_key(attr.ino));
         opens.acquire(attr.ino);
         Ok(attr)
@@ -1052,7 +1093,17 @@ impl Service for SessionService {
         let inner = self.inner.clone();
         let session = self.session.clone();
         Box::pin(async move {
-            let answer = match frame.decode_header::<Request>() {
+            let request = frame.decode_header::<Request>().map_err(|error| (Errno::EPROTO, error.to_string()));
+            let request = request.and_then(|request| {
+                let groups = request.caller.groups.len();
+                if groups > rustre_proto::msg::GROUPS_MAX {
+                    return Err((Errno::EINVAL, format!("{groups} supplementary groups, more than GROUPS_MAX")));
+                }
+                // Every identity the server acts for goes through the squash, here and nowhere else
+                // (but a reclaim's openers, `recovery::reclaim`).
+                Ok(Request { caller: inner.config.root_squash.apply(request.caller), op: request.op })
+            });
+            let answer = match request {
                 Ok(Request { caller, op: Op::Once { slot, seq, op } }) => {
                     recovery::once(&inner, &session, slot, seq, Request { caller, op: *op }, frame.payload).await
                 }
@@ -1060,9 +1111,9 @@ impl Service for SessionService {
                     recovery::wait_if_recovering(&inner, &request.op).await;
                     run(&inner, &session, request, frame.payload).await
                 }
-                Err(error) => {
-                    tracing::warn!(session = format_args!("{:#x}", session.id), %error, "undecodable request");
-                    WireAnswer::from_store(Err(StoreError::Fs(Errno::EPROTO)))
+                Err((errno, error)) => {
+                    tracing::warn!(session = format_args!("{:#x}", session.id), %error, "request refused");
+                    WireAnswer::from_store(Err(StoreError::Fs(errno)))
                 }
             };
             (encode_header(&ReplyHeader { result: answer.result, grants: answer.grants }), answer.payload)
@@ -1175,14 +1226,29 @@ async fn add_handle(
 /// growing, the object is cut back to the old size (its tail is garbage, the new tail must read as
 /// zeros); after shrinking, it is cut to the new size to free space. Returns the new attributes
 /// and the ticket of the change (for the reply's grants).
-async fn set_size(inner: &Arc<Inner>, ino: u64, set: SetAttrIn) -> (Result<Attr, StoreError>, Option<ReadTicket>) {
+/// A `SetAttr` that changes the size. `by_handle`: made through a handle open for writing
+/// (ftruncate), so no write permission is asked for now.
+async fn set_size(
+    inner: &Arc<Inner>,
+    ino: u64,
+    set: SetAttrIn,
+    caller: Caller,
+    by_handle: bool,
+) -> (Result<Attr, StoreError>, Option<ReadTicket>) {
     let size = set.size.expect("set_size changes a size");
     let _guard = inner.locks.exclusive(ino).await;
-    let before = match inner.store.read().and_then(|ns| ns.getattr(ino)) {
+    // Checked before the data object is touched (the store checks again, atomically with the
+    // change; under the exclusive lock, no other size change comes between).
+    let before = match inner.store.read().and_then(|ns| {
+        let record = ns.inode(ino)?.ok_or(StoreError::Fs(Errno::ESTALE))?;
+        rustre_store::access::check_setattr(&record, &set, &caller, by_handle)?;
+        Ok(record.attr(ino))
+    }) {
         Ok(before) => before,
         Err(error) => return (Err(error), None),
     };
-    let setattr = move |ns: &mut Ns<'_>, _: &mut OpenCounts, _: &mut ReadTicket| Ok(ns.setattr(ino, &set)?.0);
+    let setattr =
+        move |ns: &mut Ns<'_>, _: &mut OpenCounts, _: &mut ReadTicket| Ok(ns.setattr(ino, &set, &caller, by_handle)?.0);
     if before.kind != FileKind::Regular {
         // The store refuses (EISDIR, EINVAL); no data object may be touched first.
         return apply(inner, inner.leases.begin_read(), setattr).await;
@@ -1297,7 +1363,7 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
             let name_key = name_key(parent, &name);
             let mut ticket = inner.leases.begin_read();
             ticket.observe(&name_key);
-            let found = inner.store.read().and_then(|ns| ns.lookup(parent, &name));
+            let found = inner.store.read().and_then(|ns| ns.lookup(parent, &name, &caller));
             // Tests stop here to let a change run between this read and its reply.
             inner.config.pause_points.pause("server.lookup.after_read").await;
             match found {
@@ -1327,10 +1393,17 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
             }
         }
         Op::SetAttr { ino, set } => {
+            let by_handle = match set.handle.map(|handle| session.handle(handle)).transpose() {
+                Ok(None) => false,
+                Ok(Some((opened, flags))) if opened == ino && flags.writes() => true,
+                Ok(Some(_)) => return Err(errno(Errno::EINVAL)).into(),
+                Err(error) => return Err(error).into(),
+            };
             let (result, ticket) = if set.size.is_some() {
-                set_size(inner, ino, set).await
+                set_size(inner, ino, set, caller, by_handle).await
             } else {
-                apply(inner, inner.leases.begin_read(), move |ns, _, _| Ok(ns.setattr(ino, &set)?.0)).await
+                apply(inner, inner.leases.begin_read(), move |ns, _, _| Ok(ns.setattr(ino, &set, &caller, false)?.0))
+                    .await
             };
             answer(session, ticket, &[attr_key(ino)], result.map(|attr| (Reply::Attr { attr }, none()))).await
         }
@@ -1349,8 +1422,9 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
             let mut ticket = inner.leases.begin_read();
             ticket.observe(&name_key);
             let pin = flags.contains(OpenFlags::PIN);
+            let opener = caller.clone();
             let (opened, ticket) = apply(inner, ticket, move |ns, opens, ticket| {
-                let opened = ns.open(parent, &name, flags, perm, caller)?;
+                let opened = ns.open(parent, &name, flags, perm, &opener)?;
                 ticket.observe(&attr_key(opened.attr.ino));
                 // The handle's count, and the pin's: both taken where the open is ordered, so
                 // no unlink can come between the open and the pin.
@@ -1366,7 +1440,7 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
                 Ok(opened) => {
                     let ino = opened.attr.ino;
                     let keys = open_grants(flags, name_key, ino);
-                    let result = match open_reply(inner, session, reservation, opened, flags).await {
+                    let result = match open_reply(inner, session, reservation, opened, flags, caller).await {
                         Ok(reply) if pin => count_pin(inner, session, ino).await.map(|()| reply),
                         Ok(reply) => Ok(reply),
                         Err(error) => {
@@ -1393,9 +1467,10 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
                 Ok(reservation) => reservation,
                 Err(error) => return Err(error).into(),
             };
+            let opener = caller.clone();
             let (opened, ticket) = apply(inner, inner.leases.begin_read(), move |ns, opens, ticket| {
                 ticket.observe(&attr_key(ino));
-                let opened = ns.open_existing(ino, flags)?;
+                let opened = ns.open_existing(ino, flags, &opener)?;
                 opens.acquire(ino);
                 opens.acquire_writer(ino, flags);
                 Ok(opened)
@@ -1403,7 +1478,7 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
             .await;
             match opened {
                 Ok(opened) => {
-                    let result = open_reply(inner, session, reservation, opened, flags).await;
+                    let result = open_reply(inner, session, reservation, opened, flags, caller).await;
                     let keys = open_grants(flags, None, ino);
                     answer(session, ticket, &keys, result.map(|reply| (reply, none()))).await
                 }
@@ -1422,7 +1497,8 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
             if !session.pins.lock().expect("pins lock").contains_key(&ino) {
                 return Err(errno(Errno::EBADF)).into();
             }
-            read_ino(inner, ino, offset, len).await.into()
+            // No handle stands for an open that was checked: read permission is asked for now.
+            read_ino(inner, ino, offset, len, Some(&caller)).await.into()
         }
         Op::Write { handle, offset } => {
             let (ino, flags) = match session.handle(handle) {
@@ -1431,7 +1507,7 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
             };
             // No lease on the attributes a write returns: the writer's next write would have to
             // revoke it from the writer itself, one more round trip per write.
-            let (result, _) = write(inner, ino, flags, offset, payload).await;
+            let (result, _) = write(inner, ino, flags, offset, payload, caller).await;
             result.map(|reply| (reply, none())).into()
         }
         Op::Fsync { handle } => {
@@ -1452,26 +1528,27 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
         Op::Mkdir { parent, name, perm } => {
             let key = name_key(parent, &name);
             let ticket = inner.leases.begin_read();
-            let (result, ticket) = apply(inner, ticket, move |ns, _, _| ns.mkdir(parent, &name, perm, caller)).await;
+            let (result, ticket) = apply(inner, ticket, move |ns, _, _| ns.mkdir(parent, &name, perm, &caller)).await;
             entry_answer(session, ticket, key, result).await
         }
         Op::Symlink { parent, name, target } => {
             let key = name_key(parent, &name);
             let ticket = inner.leases.begin_read();
             let (result, ticket) =
-                apply(inner, ticket, move |ns, _, _| ns.symlink(parent, &name, &target, caller)).await;
+                apply(inner, ticket, move |ns, _, _| ns.symlink(parent, &name, &target, &caller)).await;
             entry_answer(session, ticket, key, result).await
         }
         Op::Link { ino, new_parent, new_name } => {
             let key = name_key(new_parent, &new_name);
             let ticket = inner.leases.begin_read();
-            let (result, ticket) = apply(inner, ticket, move |ns, _, _| ns.link(ino, new_parent, &new_name)).await;
+            let (result, ticket) =
+                apply(inner, ticket, move |ns, _, _| ns.link(ino, new_parent, &new_name, &caller)).await;
             entry_answer(session, ticket, key, result).await
         }
         Op::Unlink { parent, name } => {
             let key = name_key(parent, &name);
             let (result, ticket) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
-                ns.unlink(parent, &name)?;
+                ns.unlink(parent, &name, &caller)?;
                 reap(ns, opens)
             })
             .await;
@@ -1480,7 +1557,7 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
         Op::Rmdir { parent, name } => {
             let key = name_key(parent, &name);
             let (result, ticket) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
-                ns.rmdir(parent, &name)?;
+                ns.rmdir(parent, &name, &caller)?;
                 reap(ns, opens)
             })
             .await;
@@ -1491,7 +1568,7 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
             let key = name_key(parent, &name);
             let target = name_key(new_parent, &new_name);
             let (result, ticket) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
-                ns.rename(parent, &name, new_parent, &new_name, mode)?;
+                ns.rename(parent, &name, new_parent, &new_name, mode, &caller)?;
                 reap(ns, opens)
             })
             .await;
@@ -1511,7 +1588,7 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
             let key = LeaseKey::Listing { ino };
             let mut ticket = inner.leases.begin_read();
             ticket.observe(&key);
-            match inner.store.read().and_then(|ns| ns.read_dir(ino, cookie, max_entries, with_attrs)) {
+            match inner.store.read().and_then(|ns| ns.read_dir(ino, cookie, max_entries, with_attrs, &caller)) {
                 Ok((entries, end)) => {
                     // Every attribute shown is revealed; the listing is leased from its start only.
                     let mut reveal = vec![key.clone()];
@@ -1527,34 +1604,35 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
         Op::GetXattr { ino, name } => inner
             .store
             .read()
-            .and_then(|ns| ns.getxattr(ino, &name))
+            .and_then(|ns| ns.getxattr(ino, &name, &caller))
             .map(|value| (Reply::Xattr, Bytes::from(value)))
             .into(),
         Op::SetXattr { ino, name, mode } => {
             let ticket = inner.leases.begin_read();
-            let (result, _) = apply(inner, ticket, move |ns, _, _| ns.setxattr(ino, &name, &payload, mode)).await;
+            let (result, _) =
+                apply(inner, ticket, move |ns, _, _| ns.setxattr(ino, &name, &payload, mode, &caller)).await;
             result.map(|()| (Reply::Done, none())).into()
         }
         Op::ListXattr { ino } => inner
             .store
             .read()
-            .and_then(|ns| ns.listxattr(ino))
+            .and_then(|ns| ns.listxattr(ino, &caller))
             .map(|names| (Reply::XattrNames { names }, none()))
             .into(),
         Op::RemoveXattr { ino, name } => {
             let ticket = inner.leases.begin_read();
-            let (result, _) = apply(inner, ticket, move |ns, _, _| ns.removexattr(ino, &name)).await;
+            let (result, _) = apply(inner, ticket, move |ns, _, _| ns.removexattr(ino, &name, &caller)).await;
             result.map(|()| (Reply::Done, none())).into()
         }
         Op::ReleaseLeases { leases } => {
             inner.leases.release(session.id, &leases);
             Ok((Reply::Done, none())).into()
         }
-        Op::OnPath { path, follow_last, op } => on_path(inner, session, path, follow_last, *op, payload).await,
+        Op::OnPath { path, follow_last, op } => on_path(inner, session, caller, path, follow_last, *op, payload).await,
         Op::ListOrphans => orphan_attrs(inner).map(|orphans| (Reply::Orphans { orphans }, none())).into(),
         Op::Pin { ino } => pin(inner, session, ino).await.into(),
         Op::Unpin { ino, count } => unpin(inner, session, ino, count).await.into(),
-        Op::PinName { parent, name } => pin_name(inner, session, parent, name).await,
+        Op::PinName { parent, name } => pin_name(inner, session, caller, parent, name).await,
         Op::AtPath { dir, new_dir, follow_last, op } => {
             at_path(inner, session, caller, AtPaths { dir, new_dir, follow_last }, *op).await
         }
@@ -1636,26 +1714,22 @@ fn resolve_object(
 /// `resolve_object` inside a commit-thread batch (changes under `AtPath` and `OnPath`).
 fn resolve_object_in_batch(
     ns: &Ns<'_>,
+    caller: &Caller,
     path: &[Vec<u8>],
     follow_last: bool,
     revealed: &mut Vec<LeaseKey>,
 ) -> Result<Result<u64, Reply>, StoreError> {
     let target = |ino| ns.inode(ino).map(|record| record.map(|record| record.target).unwrap_or_default());
-    let walk = |path: &[Vec<u8>], keys: &mut Vec<LeaseKey>| ns.walk(path, keys);
-    resolve_object(walk, |parent, name| ns.entry(parent, name), target, path, follow_last, revealed)
+    let walk = |path: &[Vec<u8>], keys: &mut Vec<LeaseKey>| ns.walk(path, keys, caller);
+    let entry = |parent, name: &[u8]| ns.searched_entry(parent, name, caller);
+    resolve_object(walk, entry, target, path, follow_last, revealed)
 }
 
 /// `Op::AtPath`: the path is resolved by name in the same step as the op (for changes, in the
 /// same commit-thread closure), so no inode id a client held is used and ESTALE cannot happen.
 /// Like any reply, it waits until the state it reveals (the names walked, the name and inode
 /// answered) has no revocation in flight; it grants no lease (the client does not know the ids).
-async fn at_path(
-    inner: &Arc<Inner>,
-    session: &Session,
-    caller: rustre_proto::Caller,
-    paths: AtPaths,
-    op: Op,
-) -> Answer {
+async fn at_path(inner: &Arc<Inner>, session: &Session, caller: Caller, paths: AtPaths, op: Op) -> Answer {
     let AtPaths { dir, new_dir, follow_last } = paths;
     let none = Bytes::new;
     match op {
@@ -1663,12 +1737,13 @@ async fn at_path(
             let ticket = inner.leases.begin_read();
             let mut revealed = Vec::new();
             let found = inner.store.read().and_then(|ns| {
-                let parent = match resolve_paths(|path, keys| ns.walk(path, keys), &dir, None, &mut revealed)? {
+                let parent = match resolve_paths(|path, keys| ns.walk(path, keys, &caller), &dir, None, &mut revealed)?
+                {
                     Resolved::Symlink(reply) => return Ok(Ok(reply)),
                     Resolved::Parents(parent, _) => parent,
                 };
                 revealed.push(name_key(parent, &name));
-                Ok(match ns.lookup(parent, &name) {
+                Ok(match ns.lookup(parent, &name, &caller) {
                     Ok(attr) if follow_last && attr.kind == FileKind::Symlink => {
                         Ok(symlink_reply(false, dir.len(), ns.readlink(attr.ino)?))
                     }
@@ -1693,14 +1768,16 @@ async fn at_path(
                 Ok(reservation) => reservation,
                 Err(error) => return Err(error).into(),
             };
+            let opener = caller.clone();
             let (outcome, ticket) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
                 let mut revealed = Vec::new();
-                let parent = match resolve_paths(|path, keys| ns.walk(path, keys), &dir, None, &mut revealed)? {
+                let parent = match resolve_paths(|path, keys| ns.walk(path, keys, &opener), &dir, None, &mut revealed)?
+                {
                     Resolved::Symlink(reply) => return Ok((Err(reply), revealed)),
                     Resolved::Parents(parent, _) => parent,
                 };
                 revealed.push(name_key(parent, &name));
-                if let Some(entry) = ns.entry(parent, &name)?
+                if let Some(entry) = ns.searched_entry(parent, &name, &opener)?
                     && entry.kind == FileKind::Symlink
                     && follow_last
                 {
@@ -1708,7 +1785,7 @@ async fn at_path(
                     let target = ns.inode(entry.ino)?.map(|record| record.target).unwrap_or_default();
                     return Ok((Err(symlink_reply(false, dir.len(), target)), revealed));
                 }
-                let opened = ns.open(parent, &name, flags, perm, caller)?;
+                let opened = ns.open(parent, &name, flags, perm, &opener)?;
                 opens.acquire(opened.attr.ino);
                 opens.acquire_writer(opened.attr.ino, flags);
                 revealed.push(attr_key(opened.attr.ino));
@@ -1723,7 +1800,7 @@ async fn at_path(
                     }
                     match opened {
                         Err(symlink) => Ok((symlink, none())).into(),
-                        Ok(opened) => open_reply(inner, session, reservation, opened, flags)
+                        Ok(opened) => open_reply(inner, session, reservation, opened, flags, caller)
                             .await
                             .map(|reply| (reply, none()))
                             .into(),
@@ -1731,51 +1808,66 @@ async fn at_path(
                 }
             }
         }
-        Op::Mkdir { name, perm, .. } => at_path_change(inner, session, dir, None, move |ns, _, parent, _| {
-            ns.mkdir(parent, &name, perm, caller).map(|attr| Reply::Entry { attr })
-        })
-        .await
-        .into(),
-        Op::Symlink { name, target, .. } => at_path_change(inner, session, dir, None, move |ns, _, parent, _| {
-            ns.symlink(parent, &name, &target, caller).map(|attr| Reply::Entry { attr })
-        })
-        .await
-        .into(),
-        Op::Unlink { name, .. } => at_path_change(inner, session, dir, None, move |ns, opens, parent, _| {
-            ns.unlink(parent, &name)?;
-            reap(ns, opens).map(|()| Reply::Done)
-        })
-        .await
-        .into(),
-        Op::Rmdir { name, .. } => at_path_change(inner, session, dir, None, move |ns, opens, parent, _| {
-            ns.rmdir(parent, &name)?;
-            reap(ns, opens).map(|()| Reply::Done)
-        })
-        .await
-        .into(),
+        Op::Mkdir { name, perm, .. } => {
+            at_path_change(inner, session, caller, dir, None, move |ns, caller, _, parent, _| {
+                ns.mkdir(parent, &name, perm, caller).map(|attr| Reply::Entry { attr })
+            })
+            .await
+            .into()
+        }
+        Op::Symlink { name, target, .. } => {
+            at_path_change(inner, session, caller, dir, None, move |ns, caller, _, parent, _| {
+                ns.symlink(parent, &name, &target, caller).map(|attr| Reply::Entry { attr })
+            })
+            .await
+            .into()
+        }
+        Op::Unlink { name, .. } => {
+            at_path_change(inner, session, caller, dir, None, move |ns, caller, opens, parent, _| {
+                ns.unlink(parent, &name, caller)?;
+                reap(ns, opens).map(|()| Reply::Done)
+            })
+            .await
+            .into()
+        }
+        Op::Rmdir { name, .. } => {
+            at_path_change(inner, session, caller, dir, None, move |ns, caller, opens, parent, _| {
+                ns.rmdir(parent, &name, caller)?;
+                reap(ns, opens).map(|()| Reply::Done)
+            })
+            .await
+            .into()
+        }
         // For Link, `dir` is the whole path of the source (not followed if a symlink, as link(2)),
         // and `new_dir` the directory of the new name.
         Op::Link { new_name, .. } => {
             let Some(new_dir) = new_dir else { return Err(StoreError::Fs(Errno::EINVAL)).into() };
             let (result, ticket) = apply(inner, inner.leases.begin_read(), move |ns, _, _| {
                 let mut revealed = Vec::new();
-                let ino = match resolve_object_in_batch(ns, &dir, false, &mut revealed)? {
+                let ino = match resolve_object_in_batch(ns, &caller, &dir, false, &mut revealed)? {
                     Err(symlink) => return Ok((symlink, revealed)),
                     Ok(ino) => ino,
                 };
-                let new_parent = match ns.walk(&new_dir, &mut revealed)? {
+                let new_parent = match ns.walk(&new_dir, &mut revealed, &caller)? {
                     Walked::Directory(new_parent) => new_parent,
                     Walked::Symlink { index, target } => return Ok((symlink_reply(true, index, target), revealed)),
                 };
-                Ok((Reply::Entry { attr: ns.link(ino, new_parent, &new_name)? }, revealed))
+                Ok((Reply::Entry { attr: ns.link(ino, new_parent, &new_name, &caller)? }, revealed))
             })
             .await;
             finish_path_reply(session, result, ticket).await.into()
         }
         Op::Rename { name, new_name, mode, .. } => {
             let new_dir = new_dir.unwrap_or_else(|| dir.clone());
-            at_path_change(inner, session, dir, Some(new_dir), move |ns, opens, parent, new_parent| {
-                ns.rename(parent, &name, new_parent.expect("a rename has a target directory"), &new_name, mode)?;
+            at_path_change(inner, session, caller, dir, Some(new_dir), move |ns, caller, opens, parent, new_parent| {
+                ns.rename(
+                    parent,
+                    &name,
+                    new_parent.expect("a rename has a target directory"),
+                    &new_name,
+                    mode,
+                    caller,
+                )?;
                 reap(ns, opens).map(|()| Reply::Done)
             })
             .await
@@ -1793,18 +1885,22 @@ async fn at_path(
 async fn at_path_change<F>(
     inner: &Arc<Inner>,
     session: &Session,
+    caller: Caller,
     dir: Vec<Vec<u8>>,
     new_dir: Option<Vec<Vec<u8>>>,
     change: F,
 ) -> Result<(Reply, Bytes), StoreError>
 where
-    F: for<'txn> FnOnce(&mut Ns<'txn>, &mut OpenCounts, u64, Option<u64>) -> Result<Reply, StoreError> + Send + 'static,
+    F: for<'txn> FnOnce(&mut Ns<'txn>, &Caller, &mut OpenCounts, u64, Option<u64>) -> Result<Reply, StoreError>
+        + Send
+        + 'static,
 {
     let (result, ticket) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
         let mut revealed = Vec::new();
-        let reply = match resolve_paths(|path, keys| ns.walk(path, keys), &dir, new_dir.as_deref(), &mut revealed)? {
+        let walk = |path: &[Vec<u8>], keys: &mut Vec<LeaseKey>| ns.walk(path, keys, &caller);
+        let reply = match resolve_paths(walk, &dir, new_dir.as_deref(), &mut revealed)? {
             Resolved::Symlink(reply) => reply,
-            Resolved::Parents(parent, new_parent) => change(ns, opens, parent, new_parent)?,
+            Resolved::Parents(parent, new_parent) => change(ns, &caller, opens, parent, new_parent)?,
         };
         Ok((reply, revealed))
     })
@@ -1834,64 +1930,66 @@ type ReadAnswer<'a> = dyn Fn(&ReadNs, u64) -> Result<(Reply, Bytes), StoreError>
 async fn on_path(
     inner: &Arc<Inner>,
     session: &Session,
+    caller: Caller,
     path: Vec<Vec<u8>>,
     follow_last: bool,
     op: Op,
     payload: Bytes,
 ) -> Answer {
     let none = Bytes::new;
+    let who = &caller;
     let result = match op {
         Op::GetAttr { .. } => {
-            on_path_read(inner, session, &path, follow_last, &|ns, ino| {
+            on_path_read(inner, session, who, &path, follow_last, &|ns, ino| {
                 Ok((Reply::Attr { attr: ns.getattr(ino)? }, none()))
             })
             .await
         }
         Op::Readlink { .. } => {
-            on_path_read(inner, session, &path, follow_last, &|ns, ino| {
+            on_path_read(inner, session, who, &path, follow_last, &|ns, ino| {
                 Ok((Reply::Target { target: ns.readlink(ino)? }, none()))
             })
             .await
         }
         Op::GetXattr { name, .. } => {
-            on_path_read(inner, session, &path, follow_last, &|ns, ino| {
-                Ok((Reply::Xattr, Bytes::from(ns.getxattr(ino, &name)?)))
+            on_path_read(inner, session, who, &path, follow_last, &|ns, ino| {
+                Ok((Reply::Xattr, Bytes::from(ns.getxattr(ino, &name, who)?)))
             })
             .await
         }
         Op::ListXattr { .. } => {
-            on_path_read(inner, session, &path, follow_last, &|ns, ino| {
-                Ok((Reply::XattrNames { names: ns.listxattr(ino)? }, none()))
+            on_path_read(inner, session, who, &path, follow_last, &|ns, ino| {
+                Ok((Reply::XattrNames { names: ns.listxattr(ino, who)? }, none()))
             })
             .await
         }
         Op::SetAttr { set, .. } if set.size.is_none() => {
-            on_path_change(inner, session, path, follow_last, move |ns, ino| {
-                Ok(Reply::Attr { attr: ns.setattr(ino, &set)?.0 })
+            on_path_change(inner, session, caller.clone(), path, follow_last, move |ns, caller, ino| {
+                Ok(Reply::Attr { attr: ns.setattr(ino, &set, caller, false)?.0 })
             })
             .await
         }
         Op::SetXattr { name, mode, .. } => {
-            on_path_change(inner, session, path, follow_last, move |ns, ino| {
-                ns.setxattr(ino, &name, &payload, mode).map(|()| Reply::Done)
+            on_path_change(inner, session, caller.clone(), path, follow_last, move |ns, caller, ino| {
+                ns.setxattr(ino, &name, &payload, mode, caller).map(|()| Reply::Done)
             })
             .await
         }
         Op::RemoveXattr { name, .. } => {
-            on_path_change(inner, session, path, follow_last, move |ns, ino| {
-                ns.removexattr(ino, &name).map(|()| Reply::Done)
+            on_path_change(inner, session, caller.clone(), path, follow_last, move |ns, caller, ino| {
+                ns.removexattr(ino, &name, caller).map(|()| Reply::Done)
             })
             .await
         }
         // A size change needs the file's data lock, taken before the commit thread: it resolves
         // the path first, then truncates by id. If the file was destroyed in between, the answer
         // is ENOENT, as if the truncate came after the removal (which it did).
-        Op::SetAttr { set, .. } => match on_path_read(inner, session, &path, follow_last, &|ns, ino| {
+        Op::SetAttr { set, .. } => match on_path_read(inner, session, who, &path, follow_last, &|ns, ino| {
             Ok((Reply::Attr { attr: ns.getattr(ino)? }, none()))
         })
         .await
         {
-            Ok((Reply::Attr { attr }, _)) => match set_size(inner, attr.ino, set).await.0 {
+            Ok((Reply::Attr { attr }, _)) => match set_size(inner, attr.ino, set, caller.clone(), false).await.0 {
                 Ok(attr) => Ok((Reply::Attr { attr }, none())),
                 Err(StoreError::Fs(Errno::ESTALE)) => Err(StoreError::Fs(Errno::ENOENT)),
                 Err(error) => Err(error),
@@ -1900,7 +1998,9 @@ async fn on_path(
         },
         // Open what the path names (a directory's "dir/", "/", "a/..", or a listing's handle):
         // found and opened in one commit-thread step, so the handle holds what the path named.
-        Op::OpenIno { flags, .. } => return on_path_open(inner, session, path, follow_last, flags).await.into(),
+        Op::OpenIno { flags, .. } => {
+            return on_path_open(inner, session, caller, path, follow_last, flags).await.into();
+        }
         other => {
             tracing::debug!(op = other.kind_name(), "OnPath does not carry this op");
             Err(StoreError::Fs(Errno::EINVAL))
@@ -1914,18 +2014,20 @@ async fn on_path(
 async fn on_path_open(
     inner: &Arc<Inner>,
     session: &Session,
+    caller: Caller,
     path: Vec<Vec<u8>>,
     follow_last: bool,
     flags: OpenFlags,
 ) -> Result<(Reply, Bytes), StoreError> {
     let reservation = session.reserve_handle()?;
+    let opener = caller.clone();
     let (outcome, ticket) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
         let mut revealed = Vec::new();
-        let ino = match resolve_object_in_batch(ns, &path, follow_last, &mut revealed)? {
+        let ino = match resolve_object_in_batch(ns, &opener, &path, follow_last, &mut revealed)? {
             Err(symlink) => return Ok((Err(symlink), revealed)),
             Ok(ino) => ino,
         };
-        let opened = ns.open_existing(ino, flags)?;
+        let opened = ns.open_existing(ino, flags, &opener)?;
         opens.acquire(ino);
         opens.acquire_writer(ino, flags);
         Ok((Ok(opened), revealed))
@@ -1937,7 +2039,7 @@ async fn on_path_open(
     }
     match opened {
         Err(symlink) => Ok((symlink, Bytes::new())),
-        Ok(opened) => Ok((open_reply(inner, session, reservation, opened, flags).await?, Bytes::new())),
+        Ok(opened) => Ok((open_reply(inner, session, reservation, opened, flags, caller).await?, Bytes::new())),
     }
 }
 
@@ -1945,6 +2047,7 @@ async fn on_path_open(
 async fn on_path_read(
     inner: &Inner,
     session: &Session,
+    caller: &Caller,
     path: &[Vec<u8>],
     follow_last: bool,
     answer: &ReadAnswer<'_>,
@@ -1953,8 +2056,9 @@ async fn on_path_read(
     let mut revealed = Vec::new();
     let result = inner.store.read().and_then(|ns| {
         let target = |ino| ns.readlink(ino);
-        let walk = |path: &[Vec<u8>], keys: &mut Vec<LeaseKey>| ns.walk(path, keys);
-        match resolve_object(walk, |parent, name| ns.entry(parent, name), target, path, follow_last, &mut revealed)? {
+        let walk = |path: &[Vec<u8>], keys: &mut Vec<LeaseKey>| ns.walk(path, keys, caller);
+        let entry = |parent, name: &[u8]| ns.searched_entry(parent, name, caller);
+        match resolve_object(walk, entry, target, path, follow_last, &mut revealed)? {
             Err(symlink) => Ok((symlink, Bytes::new())),
             Ok(ino) => answer(&ns, ino),
         }
@@ -1968,19 +2072,20 @@ async fn on_path_read(
 async fn on_path_change<F>(
     inner: &Arc<Inner>,
     session: &Session,
+    caller: Caller,
     path: Vec<Vec<u8>>,
     follow_last: bool,
     change: F,
 ) -> Result<(Reply, Bytes), StoreError>
 where
-    F: for<'txn> FnOnce(&mut Ns<'txn>, u64) -> Result<Reply, StoreError> + Send + 'static,
+    F: for<'txn> FnOnce(&mut Ns<'txn>, &Caller, u64) -> Result<Reply, StoreError> + Send + 'static,
 {
     let (result, ticket) = apply(inner, inner.leases.begin_read(), move |ns, _, _| {
         let mut revealed = Vec::new();
-        let found = resolve_object_in_batch(ns, &path, follow_last, &mut revealed)?;
+        let found = resolve_object_in_batch(ns, &caller, &path, follow_last, &mut revealed)?;
         let reply = match found {
             Err(symlink) => symlink,
-            Ok(ino) => change(ns, ino)?,
+            Ok(ino) => change(ns, &caller, ino)?,
         };
         Ok((reply, revealed))
     })
@@ -2029,14 +2134,30 @@ async fn read(
     if !flags.contains(OpenFlags::READ) {
         return Err(errno(Errno::EBADF));
     }
-    read_ino(inner, ino, offset, len).await
+    read_ino(inner, ino, offset, len, None).await
 }
 
 /// Reads `ino` (which a handle or a pin of the caller keeps alive) under its shared data lock.
-async fn read_ino(inner: &Inner, ino: u64, offset: u64, len: u32) -> Result<(Reply, Bytes), StoreError> {
+/// `check`: the caller to ask read permission of (a read without a handle, `ReadPinned`).
+async fn read_ino(
+    inner: &Inner,
+    ino: u64,
+    offset: u64,
+    len: u32,
+    check: Option<&Caller>,
+) -> Result<(Reply, Bytes), StoreError> {
     let len = len.min(IO_SIZE_MAX);
     let _guard = inner.locks.shared(ino).await;
-    let attr = inner.store.read()?.getattr(ino)?;
+    let ns = inner.store.read()?;
+    let attr = ns.getattr(ino)?;
+    // The owner may always read (NFS's "owner override"): a file its owner opened and then made
+    // 0200 or 0000 is still read through the open, as it would be through a handle.
+    if let Some(caller) = check
+        && caller.uid != attr.uid
+    {
+        ns.access(ino, caller, rustre_store::access::Want::READ)?;
+    }
+    drop(ns);
     if attr.kind == FileKind::Directory {
         return Err(errno(Errno::EISDIR));
     }
@@ -2053,6 +2174,7 @@ async fn write(
     flags: OpenFlags,
     offset: u64,
     payload: Bytes,
+    caller: Caller,
 ) -> (Result<Reply, StoreError>, Option<ReadTicket>) {
     if !flags.writes() {
         return (Err(errno(Errno::EBADF)), None);
@@ -2084,7 +2206,8 @@ async fn write(
         return (Err(io_error("write", ino, error)), None);
     }
     let len = payload.len() as u32;
-    let (result, ticket) = apply(inner, inner.leases.begin_read(), move |ns, _, _| ns.note_write(ino, end)).await;
+    let (result, ticket) =
+        apply(inner, inner.leases.begin_read(), move |ns, _, _| ns.note_write(ino, end, &caller)).await;
     (result.map(|attr| Reply::Written { len, attr }), ticket)
 }
 
@@ -2094,6 +2217,7 @@ async fn open_reply(
     reservation: Reservation<'_>,
     opened: Opened,
     flags: OpenFlags,
+    caller: Caller,
 ) -> Result<Reply, StoreError> {
     let ino = opened.attr.ino;
     let handle = add_handle(inner, reservation, ino, flags).await?;
@@ -2101,7 +2225,8 @@ async fn open_reply(
     if opened.needs_truncate {
         // While the handle is registered its count keeps the inode; if the session closes meanwhile,
         // the session's teardown takes the handle, and the truncate may then meet a destroy (ESTALE).
-        match set_size(inner, ino, SetAttrIn { size: Some(0), ..SetAttrIn::default() }).await.0 {
+        // The open asked for write permission already: the truncate goes as through its handle.
+        match set_size(inner, ino, SetAttrIn { size: Some(0), ..SetAttrIn::default() }, caller, true).await.0 {
             Ok(truncated) => attr = truncated,
             Err(error) => {
                 // Release only a handle still ours: a closed session's teardown released it already.

@@ -39,6 +39,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rustre_proto::{Errno, ONCE_SLOTS_MAX, Op, OpenFlags, ReclaimedHandle, Reply, Request, WireError};
+use rustre_store::access;
 use rustre_store::{OnceMarker, StoreError};
 use tokio::sync::watch;
 
@@ -308,11 +309,30 @@ pub(crate) async fn reclaim(
             lost_handles.push(handle);
         }
     }
+    let squash = inner.config.root_squash;
+    let session_id = session.id;
     let (result, _) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
         let mut kept = Vec::new();
         let mut gone = Vec::new();
         for handle in wanted {
             if let Some(record) = ns.inode(handle.ino)? {
+                // A reclaim stands for an open made before the restart; it is checked as that
+                // open would be now, except that the owner keeps its handles whatever the mode
+                // (a creator's handle on a 0444 file). Refused, it is lost like a destroyed one's.
+                let opener = squash.apply(handle.opener.clone());
+                let flags = handle.flags;
+                let want = access::open_wants(flags.contains(OpenFlags::READ), flags.writes(), false);
+                if opener.uid != record.uid && !access::permits(&record, &opener, want) {
+                    tracing::warn!(
+                        session = format_args!("{session_id:#x}"),
+                        handle = handle.handle,
+                        ino = handle.ino,
+                        uid = opener.uid,
+                        "reclaim refused: the opener may not open the file so now"
+                    );
+                    gone.push(handle);
+                    continue;
+                }
                 if handle.flags.writes() && record.kind == rustre_proto::FileKind::Regular {
                     ns.mark_writable(handle.ino)?;
                 }
@@ -449,13 +469,16 @@ async fn recorded_answer(
     marker: OnceMarker,
 ) -> WireAnswer {
     let done = WireAnswer { result: Ok(Reply::Done), payload: Bytes::new(), grants: Vec::new() };
-    let Request { caller, op } = request;
+    // The first run was checked against the caller; the reads below only repeat its answer, so
+    // they run as the superuser: a file created 0444 is reopened for writing, as its creator's
+    // handle was.
+    let Request { caller: _, op } = request;
     let op = match op {
         Op::AtPath { op, .. } | Op::OnPath { op, .. } => *op,
         op => op,
     };
     let OnceMarker { subject, made, .. } = marker;
-    let read = |op: Op| run(inner, session, Request { caller, op }, Bytes::new());
+    let read = |op: Op| run(inner, session, Request { caller: rustre_proto::Caller::ROOT, op }, Bytes::new());
     // The subject's attributes as the change left them (as now, for a row without them).
     let attr = async {
         match marker.attr {

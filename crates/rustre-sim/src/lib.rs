@@ -375,6 +375,8 @@ fn scratch_dir() -> std::io::Result<tempfile::TempDir> {
 async fn serve(data: PathBuf, bugs: Bugs, medium: Arc<disk::Medium>) -> turmoil::Result {
     let mut config = rustre_server::ServerConfig::new(&data);
     config.inline_commits = true;
+    // The simulated clients act as root.
+    config.root_squash = rustre_server::RootSquash::Off;
     config.clock = Arc::new(SimClock);
     config.fault_ack_before_revoke = bugs.ack_before_revoke;
     config.fault_ack_before_durable = bugs.ack_before_durable;

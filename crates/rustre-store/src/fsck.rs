@@ -831,7 +831,7 @@ mod tests {
     use super::*;
     use crate::{ObjectStore, Store};
 
-    const ROOT: Caller = Caller { uid: 0, gid: 0 };
+    const ROOT: &Caller = &Caller::ROOT;
 
     /// What `build` made: ids of a file with data, a directory and a file inside it.
     struct Built {
@@ -851,11 +851,11 @@ mod tests {
                 .run(|ns, _| {
                     let flags = OpenFlags::CREATE | OpenFlags::WRITE;
                     let file = ns.open(ROOT_INO, b"file", flags, 0o644, ROOT)?.attr.ino;
-                    ns.note_write(file, 5)?;
-                    ns.setxattr(file, b"user.a", b"1", rustre_proto::XattrMode::Either)?;
+                    ns.note_write(file, 5, ROOT)?;
+                    ns.setxattr(file, b"user.a", b"1", rustre_proto::XattrMode::Either, ROOT)?;
                     let directory = ns.mkdir(ROOT_INO, b"dir", 0o755, ROOT)?.ino;
                     let inner = ns.open(directory, b"inner", flags, 0o644, ROOT)?.attr.ino;
-                    ns.link(file, directory, b"link")?;
+                    ns.link(file, directory, b"link", ROOT)?;
                     ns.symlink(ROOT_INO, b"sym", b"file", ROOT)?;
                     Ok(Built { file, directory, inner })
                 })
@@ -925,8 +925,8 @@ mod tests {
         assert!(repaired.clean(), "{:?} after {:?}", names_of(&repaired), repaired.repaired);
         let store = Store::open(scratch.path(), &SystemClock).expect("store");
         let ns = store.read().expect("read");
-        let lost = ns.lookup(ROOT_INO, LOST_AND_FOUND).expect("lost+found");
-        let found = ns.lookup(lost.ino, format!("#{}", built.file).as_bytes()).expect("the file");
+        let lost = ns.lookup(ROOT_INO, LOST_AND_FOUND, ROOT).expect("lost+found");
+        let found = ns.lookup(lost.ino, format!("#{}", built.file).as_bytes(), ROOT).expect("the file");
         assert_eq!((found.ino, found.nlink, found.size), (built.file, 1, 5));
         let mut data = [0u8; 5];
         store.objects().read_at(built.file, 0, &mut data).expect("read");

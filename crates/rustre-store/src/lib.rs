@@ -1,6 +1,7 @@
 //! rustre's persistent namespace: metadata in redb tables, file contents as data objects, and
 //! the group committer that applies changes. See `docs/storage.md`.
 
+pub mod access;
 mod commit;
 mod error;
 mod fsck;

@@ -16,6 +16,7 @@ use rustre_proto::{
     Attr, Caller, DirEntry, Errno, FileKind, LeaseKey, OpenFlags, ROOT_INO, RenameMode, SetAttrIn, TimeSet, Timestamp,
 };
 
+use crate::access::{self, Want};
 use crate::error::{Result, StoreError};
 use crate::record::*;
 
@@ -107,6 +108,7 @@ fn usable_directory(record: Option<InodeRecord>) -> Result<InodeRecord> {
     Ok(record)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn read_dir_page(
     inodes: &impl ReadableTable<u64, &'static [u8]>,
     dirents: &impl ReadableTable<(u64, &'static [u8]), (u64, u8, u64)>,
@@ -115,11 +117,16 @@ fn read_dir_page(
     cookie: u64,
     max_entries: u32,
     with_attrs: bool,
+    caller: &Caller,
 ) -> Result<(Vec<DirEntry>, bool)> {
     let directory = existing(load_inode(inodes, ino)?)?;
     if directory.kind != FileKind::Directory {
         return Err(Errno::ENOTDIR.into());
     }
+    // Listing names asks for read permission; their attributes are lookups, which ask for search
+    // permission too: without it the names come alone, as `ls -l` in such a directory shows.
+    access::check(&directory, caller, Want::READ)?;
+    let with_attrs = with_attrs && access::permits(&directory, caller, Want::EXEC);
     let max_entries = max_entries.clamp(1, READDIR_ENTRIES_MAX) as usize;
     let mut entries = Vec::new();
     let mut bytes = 0;
@@ -162,22 +169,25 @@ pub enum Walked {
 }
 
 /// Walks `components` (names, or `..`) from the root, by name only: nothing here is addressed
-/// by an inode id a client holds, so it cannot meet a stale one.
+/// by an inode id a client holds, so it cannot meet a stale one. `caller` needs search
+/// permission on every directory it goes through (not on the one it ends at: the op that
+/// follows checks what it needs there).
 fn walk_path(
     inodes: &impl ReadableTable<u64, &'static [u8]>,
     dirents: &impl ReadableTable<(u64, &'static [u8]), (u64, u8, u64)>,
     components: &[Vec<u8>],
     traversed: &mut Vec<LeaseKey>,
+    caller: &Caller,
 ) -> Result<Walked> {
     let mut directory = ROOT_INO;
     for (index, component) in components.iter().enumerate() {
+        let record = usable_directory(load_inode(inodes, directory)?)?;
+        access::check_search(&record, caller)?;
         if component == b".." {
-            let record = usable_directory(load_inode(inodes, directory)?)?;
             directory = record.parent;
             continue;
         }
         validate_name(component)?;
-        usable_directory(load_inode(inodes, directory)?)?;
         traversed.push(LeaseKey::Name { parent: directory, name: component.clone() });
         let dirent = load_dirent(dirents, directory, component)?.ok_or(StoreError::Fs(Errno::ENOENT))?;
         match dirent.kind {
@@ -226,8 +236,8 @@ impl ReadNs {
 
     /// Resolves a path of directory names from the root, by name; the names it went through
     /// are added to `traversed` (their state is revealed by whoever answers from this walk).
-    pub fn walk(&self, components: &[Vec<u8>], traversed: &mut Vec<LeaseKey>) -> Result<Walked> {
-        walk_path(&self.inodes, &self.dirents, components, traversed)
+    pub fn walk(&self, components: &[Vec<u8>], traversed: &mut Vec<LeaseKey>, caller: &Caller) -> Result<Walked> {
+        walk_path(&self.inodes, &self.dirents, components, traversed, caller)
     }
 
     /// The entry `name` in `parent`, if any (no checks on the directory).
@@ -235,9 +245,22 @@ impl ReadNs {
         load_dirent(&self.dirents, parent, name)
     }
 
-    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
+    /// The attributes of `ino`, if `caller` may access it as `want` asks (EACCES if not).
+    pub fn access(&self, ino: u64, caller: &Caller, want: Want) -> Result<Attr> {
+        let record = existing(self.inode(ino)?)?;
+        access::check(&record, caller, want)?;
+        Ok(record.attr(ino))
+    }
+
+    /// `entry`, for `caller`: `parent` must be a usable directory it may search.
+    pub fn searched_entry(&self, parent: u64, name: &[u8], caller: &Caller) -> Result<Option<Dirent>> {
+        access::check_search(&usable_directory(self.inode(parent)?)?, caller)?;
+        self.entry(parent, name)
+    }
+
+    pub fn lookup(&self, parent: u64, name: &[u8], caller: &Caller) -> Result<Attr> {
         validate_name(name)?;
-        usable_directory(self.inode(parent)?)?;
+        access::check_search(&usable_directory(self.inode(parent)?)?, caller)?;
         let dirent = load_dirent(&self.dirents, parent, name)?.ok_or(StoreError::Fs(Errno::ENOENT))?;
         let record = self.inode(dirent.ino)?.ok_or_else(|| {
             StoreError::Corrupt(format!(
@@ -257,26 +280,34 @@ impl ReadNs {
         Ok(record.target)
     }
 
-    pub fn read_dir(&self, ino: u64, cookie: u64, max_entries: u32, with_attrs: bool) -> Result<(Vec<DirEntry>, bool)> {
-        read_dir_page(&self.inodes, &self.dirents, &self.cookies, ino, cookie, max_entries, with_attrs)
+    pub fn read_dir(
+        &self,
+        ino: u64,
+        cookie: u64,
+        max_entries: u32,
+        with_attrs: bool,
+        caller: &Caller,
+    ) -> Result<(Vec<DirEntry>, bool)> {
+        read_dir_page(&self.inodes, &self.dirents, &self.cookies, ino, cookie, max_entries, with_attrs, caller)
     }
 
-    pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
+    pub fn getxattr(&self, ino: u64, name: &[u8], caller: &Caller) -> Result<Vec<u8>> {
         validate_xattr_name(name)?;
-        existing(self.inode(ino)?)?;
+        access::check_xattr_read(&existing(self.inode(ino)?)?, name, caller)?;
         match self.xattrs.get((ino, name))? {
             Some(value) => Ok(value.value().to_vec()),
             None => Err(Errno::ENODATA.into()),
         }
     }
 
-    pub fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
+    pub fn listxattr(&self, ino: u64, caller: &Caller) -> Result<Vec<Vec<u8>>> {
         existing(self.inode(ino)?)?;
-        let names = xattr_names(&self.xattrs, ino)?;
+        let mut names = xattr_names(&self.xattrs, ino)?;
         // setxattr keeps lists within the bound; a longer one can only come from a damaged store.
         if xattr_list_bytes(&names) > XATTR_LIST_BYTES_MAX {
             return Err(Errno::E2BIG.into());
         }
+        names.retain(|name| access::xattr_listed(name, caller));
         Ok(names)
     }
 
@@ -399,10 +430,23 @@ impl<'txn> Ns<'txn> {
         load_dirent(&self.dirents, parent, name)
     }
 
+    /// `ReadNs::searched_entry` inside the batch.
+    pub fn searched_entry(&self, parent: u64, name: &[u8], caller: &Caller) -> Result<Option<Dirent>> {
+        access::check_search(&self.directory(parent)?, caller)?;
+        self.entry(parent, name)
+    }
+
+    /// `ReadNs::access` inside the batch.
+    pub fn access(&self, ino: u64, caller: &Caller, want: Want) -> Result<Attr> {
+        let record = existing(self.inode(ino)?)?;
+        access::check(&record, caller, want)?;
+        Ok(record.attr(ino))
+    }
+
     /// Resolves a path of directory names from the root, by name, inside the batch (so atomic
     /// with the operation that follows it in the same closure); see `ReadNs::walk`.
-    pub fn walk(&self, components: &[Vec<u8>], traversed: &mut Vec<LeaseKey>) -> Result<Walked> {
-        walk_path(&self.inodes, &self.dirents, components, traversed)
+    pub fn walk(&self, components: &[Vec<u8>], traversed: &mut Vec<LeaseKey>, caller: &Caller) -> Result<Walked> {
+        walk_path(&self.inodes, &self.dirents, components, traversed, caller)
     }
 
     fn directory(&self, ino: u64) -> Result<InodeRecord> {
@@ -410,15 +454,22 @@ impl<'txn> Ns<'txn> {
     }
 
     /// `ReadNs::lookup` inside the batch, atomic with what the closure does next (a pin).
-    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
+    pub fn lookup(&self, parent: u64, name: &[u8], caller: &Caller) -> Result<Attr> {
         validate_name(name)?;
-        self.directory(parent)?;
+        access::check_search(&self.directory(parent)?, caller)?;
         let dirent = self.entry(parent, name)?.ok_or(StoreError::Fs(Errno::ENOENT))?;
         self.getattr(dirent.ino)
     }
 
-    pub fn read_dir(&self, ino: u64, cookie: u64, max_entries: u32, with_attrs: bool) -> Result<(Vec<DirEntry>, bool)> {
-        read_dir_page(&self.inodes, &self.dirents, &self.cookies, ino, cookie, max_entries, with_attrs)
+    pub fn read_dir(
+        &self,
+        ino: u64,
+        cookie: u64,
+        max_entries: u32,
+        with_attrs: bool,
+        caller: &Caller,
+    ) -> Result<(Vec<DirEntry>, bool)> {
+        read_dir_page(&self.inodes, &self.dirents, &self.cookies, ino, cookie, max_entries, with_attrs, caller)
     }
 
     // ---- primitive writes: every write goes through these, and counts ----
@@ -440,20 +491,29 @@ impl<'txn> Ns<'txn> {
         Ok(current)
     }
 
-    fn alloc_inode(&mut self, kind: FileKind, perm: u32, caller: Caller, parent: u64) -> Result<(u64, InodeRecord)> {
+    /// A new inode of `caller`'s in `directory` (`parent`); its group and mode as `access::new_owner`.
+    fn alloc_inode(
+        &mut self,
+        kind: FileKind,
+        perm: u32,
+        caller: &Caller,
+        parent: u64,
+        directory: &InodeRecord,
+    ) -> Result<(u64, InodeRecord)> {
         // Inode ids only grow, so an id is never reused at all, let alone with one generation.
         let ino = self.bump_meta(META_NEXT_INO, 1)?;
         assert!(ino > ROOT_INO, "META_NEXT_INO starts above the root");
         self.allocated = Some(ino);
         self.subject = Some(ino);
         self.bump_meta(META_INODES, 1)?;
+        let (uid, gid, perm) = access::new_owner(directory, caller, kind, perm);
         let directory = kind == FileKind::Directory;
         let record = InodeRecord {
             generation: self.boot,
             kind,
-            perm: perm & 0o7777,
-            uid: caller.uid,
-            gid: caller.gid,
+            perm,
+            uid,
+            gid,
             nlink: if directory { 2 } else { 1 },
             size: 0,
             atime: self.now,
@@ -660,18 +720,19 @@ impl<'txn> Ns<'txn> {
 
     /// Resolves `name` in `parent` and opens it, creating a regular file if asked: one atomic
     /// step, so no other change can come between the lookup and the open.
-    pub fn open(&mut self, parent: u64, name: &[u8], flags: OpenFlags, perm: u32, caller: Caller) -> Result<Opened> {
+    pub fn open(&mut self, parent: u64, name: &[u8], flags: OpenFlags, perm: u32, caller: &Caller) -> Result<Opened> {
         validate_name(name)?;
         if !flags.is_known() {
             return Err(Errno::EINVAL.into());
         }
         let mut directory = self.directory(parent)?;
+        access::check_search(&directory, caller)?;
         match self.entry(parent, name)? {
             Some(dirent) => {
                 if flags.contains(OpenFlags::CREATE) && flags.contains(OpenFlags::EXCLUSIVE) {
                     return Err(Errno::EEXIST.into());
                 }
-                self.open_existing(dirent.ino, flags)
+                self.open_existing(dirent.ino, flags, caller)
             }
             None => {
                 if !flags.contains(OpenFlags::CREATE) {
@@ -680,7 +741,10 @@ impl<'txn> Ns<'txn> {
                 if flags.contains(OpenFlags::DIRECTORY) {
                     return Err(Errno::EINVAL.into());
                 }
-                let (ino, record) = self.alloc_inode(FileKind::Regular, perm, caller, parent)?;
+                // The creator's handle is not checked against the new file's mode (a file made
+                // 0444 is still open for writing to its creator), as open(2) rules.
+                access::check(&directory, caller, Want::WRITE_EXEC)?;
+                let (ino, record) = self.alloc_inode(FileKind::Regular, perm, caller, parent, &directory)?;
                 self.add_entry(parent, &mut directory, name, ino, FileKind::Regular)?;
                 self.put_inode(parent, &directory)?;
                 self.put_inode(ino, &record)?;
@@ -695,8 +759,9 @@ impl<'txn> Ns<'txn> {
     }
 
     /// Opens an inode by id. A missing inode is ESTALE. Orphans can be opened (a kernel that
-    /// still references one may open it again).
-    pub fn open_existing(&mut self, ino: u64, flags: OpenFlags) -> Result<Opened> {
+    /// still references one may open it again). `caller` needs read permission to read, write
+    /// permission to write or truncate.
+    pub fn open_existing(&mut self, ino: u64, flags: OpenFlags, caller: &Caller) -> Result<Opened> {
         if !flags.is_known() {
             return Err(Errno::EINVAL.into());
         }
@@ -712,6 +777,8 @@ impl<'txn> Ns<'txn> {
             }
             _ => {}
         }
+        let truncates = flags.contains(OpenFlags::TRUNCATE);
+        access::check(&record, caller, access::open_wants(flags.contains(OpenFlags::READ), writing, truncates))?;
         self.subject = Some(ino);
         self.opened = true;
         if writing && record.kind == FileKind::Regular {
@@ -724,16 +791,18 @@ impl<'txn> Ns<'txn> {
         })
     }
 
-    pub fn mkdir(&mut self, parent: u64, name: &[u8], perm: u32, caller: Caller) -> Result<Attr> {
+    pub fn mkdir(&mut self, parent: u64, name: &[u8], perm: u32, caller: &Caller) -> Result<Attr> {
         validate_name(name)?;
         let mut directory = self.directory(parent)?;
+        access::check_search(&directory, caller)?;
         if self.entry(parent, name)?.is_some() {
             return Err(Errno::EEXIST.into());
         }
+        access::check(&directory, caller, Want::WRITE_EXEC)?;
         if directory.nlink - 2 >= SUBDIRECTORIES_MAX {
             return Err(Errno::EMLINK.into());
         }
-        let (ino, record) = self.alloc_inode(FileKind::Directory, perm, caller, parent)?;
+        let (ino, record) = self.alloc_inode(FileKind::Directory, perm, caller, parent, &directory)?;
         self.add_entry(parent, &mut directory, name, ino, FileKind::Directory)?;
         self.put_inode(parent, &directory)?;
         self.put_inode(ino, &record)?;
@@ -741,14 +810,16 @@ impl<'txn> Ns<'txn> {
         Ok(record.attr(ino))
     }
 
-    pub fn symlink(&mut self, parent: u64, name: &[u8], target: &[u8], caller: Caller) -> Result<Attr> {
+    pub fn symlink(&mut self, parent: u64, name: &[u8], target: &[u8], caller: &Caller) -> Result<Attr> {
         validate_name(name)?;
         validate_symlink_target(target)?;
         let mut directory = self.directory(parent)?;
+        access::check_search(&directory, caller)?;
         if self.entry(parent, name)?.is_some() {
             return Err(Errno::EEXIST.into());
         }
-        let (ino, mut record) = self.alloc_inode(FileKind::Symlink, 0o777, caller, parent)?;
+        access::check(&directory, caller, Want::WRITE_EXEC)?;
+        let (ino, mut record) = self.alloc_inode(FileKind::Symlink, 0o777, caller, parent, &directory)?;
         record.size = target.len() as u64;
         record.target = target.to_vec();
         self.add_entry(parent, &mut directory, name, ino, FileKind::Symlink)?;
@@ -758,7 +829,7 @@ impl<'txn> Ns<'txn> {
         Ok(record.attr(ino))
     }
 
-    pub fn link(&mut self, ino: u64, new_parent: u64, new_name: &[u8]) -> Result<Attr> {
+    pub fn link(&mut self, ino: u64, new_parent: u64, new_name: &[u8], caller: &Caller) -> Result<Attr> {
         self.subject = Some(ino);
         validate_name(new_name)?;
         let mut record = existing(self.inode(ino)?)?;
@@ -772,9 +843,12 @@ impl<'txn> Ns<'txn> {
             return Err(Errno::EMLINK.into());
         }
         let mut directory = self.directory(new_parent)?;
+        access::check_search(&directory, caller)?;
         if self.entry(new_parent, new_name)?.is_some() {
             return Err(Errno::EEXIST.into());
         }
+        access::check(&directory, caller, Want::WRITE_EXEC)?;
+        access::check_link_source(&record, caller)?;
         record.nlink += 1;
         record.ctime = self.now;
         self.add_entry(new_parent, &mut directory, new_name, ino, record.kind)?;
@@ -784,9 +858,10 @@ impl<'txn> Ns<'txn> {
         Ok(record.attr(ino))
     }
 
-    pub fn unlink(&mut self, parent: u64, name: &[u8]) -> Result<()> {
+    pub fn unlink(&mut self, parent: u64, name: &[u8], caller: &Caller) -> Result<()> {
         validate_name(name)?;
         let mut directory = self.directory(parent)?;
+        access::check_search(&directory, caller)?;
         let dirent = self.entry(parent, name)?.ok_or(StoreError::Fs(Errno::ENOENT))?;
         if dirent.kind == FileKind::Directory {
             return Err(Errno::EISDIR.into());
@@ -794,6 +869,7 @@ impl<'txn> Ns<'txn> {
         let mut record = self
             .inode(dirent.ino)?
             .ok_or_else(|| StoreError::Corrupt(format!("entry points at missing inode {}", dirent.ino)))?;
+        access::check_delete(&directory, &record, caller)?;
         self.remove_entry(parent, &mut directory, name, dirent)?;
         self.drop_link(dirent.ino, &mut record)?;
         self.put_inode(parent, &directory)?;
@@ -802,9 +878,10 @@ impl<'txn> Ns<'txn> {
         Ok(())
     }
 
-    pub fn rmdir(&mut self, parent: u64, name: &[u8]) -> Result<()> {
+    pub fn rmdir(&mut self, parent: u64, name: &[u8], caller: &Caller) -> Result<()> {
         validate_name(name)?;
         let mut directory = self.directory(parent)?;
+        access::check_search(&directory, caller)?;
         let dirent = self.entry(parent, name)?.ok_or(StoreError::Fs(Errno::ENOENT))?;
         if dirent.kind != FileKind::Directory {
             return Err(Errno::ENOTDIR.into());
@@ -812,6 +889,7 @@ impl<'txn> Ns<'txn> {
         let mut record = self
             .inode(dirent.ino)?
             .ok_or_else(|| StoreError::Corrupt(format!("entry points at missing inode {}", dirent.ino)))?;
+        access::check_delete(&directory, &record, caller)?;
         if record.entries > 0 {
             return Err(Errno::ENOTEMPTY.into());
         }
@@ -847,11 +925,12 @@ impl<'txn> Ns<'txn> {
         new_parent: u64,
         new_name: &[u8],
         mode: RenameMode,
+        caller: &Caller,
     ) -> Result<()> {
         validate_name(name)?;
         validate_name(new_name)?;
-        self.directory(parent)?;
-        self.directory(new_parent)?;
+        access::check_search(&self.directory(parent)?, caller)?;
+        access::check_search(&self.directory(new_parent)?, caller)?;
         let source = self.entry(parent, name)?.ok_or(StoreError::Fs(Errno::ENOENT))?;
         let target = self.entry(new_parent, new_name)?;
         if parent == new_parent && name == new_name {
@@ -870,12 +949,52 @@ impl<'txn> Ns<'txn> {
                 if target.kind == FileKind::Directory && self.is_ancestor(target.ino, parent)? {
                     return Err(Errno::EINVAL.into());
                 }
+                if source.ino != target.ino {
+                    self.check_rename(parent, source, new_parent, Some(target), true, caller)?;
+                }
                 self.exchange(parent, name, source, new_parent, new_name, target)
             }
             (RenameMode::NoReplace, Some(_)) => Err(Errno::EEXIST.into()),
             (_, Some(target)) if target.ino == source.ino => Ok(()), // two links of one file: POSIX says do nothing
-            (_, target) => self.move_entry(parent, name, source, new_parent, new_name, target),
+            (_, target) => {
+                self.check_rename(parent, source, new_parent, target, false, caller)?;
+                self.move_entry(parent, name, source, new_parent, new_name, target)
+            }
         }
+    }
+
+    /// May `caller` move `source` from `parent` to `new_parent`, replacing (or, exchanging,
+    /// moving back) `target`? Each name removed is a deletion (`access::check_delete`, with the
+    /// sticky rule), the directory gaining a name needs write and search permission, and a
+    /// directory changing parents needs write permission on itself (its `..` changes).
+    fn check_rename(
+        &self,
+        parent: u64,
+        source: Dirent,
+        new_parent: u64,
+        target: Option<Dirent>,
+        exchange: bool,
+        caller: &Caller,
+    ) -> Result<()> {
+        let missing = |ino: u64| StoreError::Corrupt(format!("entry points at missing inode {ino}"));
+        let from = self.directory(parent)?;
+        let to = self.directory(new_parent)?;
+        let moved = self.inode(source.ino)?.ok_or_else(|| missing(source.ino))?;
+        access::check_delete(&from, &moved, caller)?;
+        match target {
+            Some(target) => {
+                let replaced = self.inode(target.ino)?.ok_or_else(|| missing(target.ino))?;
+                access::check_delete(&to, &replaced, caller)?;
+                if exchange && parent != new_parent && replaced.kind == FileKind::Directory {
+                    access::check(&replaced, caller, Want::WRITE)?;
+                }
+            }
+            None => access::check(&to, caller, Want::WRITE_EXEC)?,
+        }
+        if parent != new_parent && moved.kind == FileKind::Directory {
+            access::check(&moved, caller, Want::WRITE)?;
+        }
+        Ok(())
     }
 
     fn move_entry(
@@ -984,10 +1103,12 @@ impl<'txn> Ns<'txn> {
         Ok(())
     }
 
-    /// Changes attributes. Returns the new attributes and the size before the change.
-    pub fn setattr(&mut self, ino: u64, set: &SetAttrIn) -> Result<(Attr, u64)> {
+    /// Changes attributes, as `access::check_setattr` allows `caller` (`by_handle`: a size change
+    /// through a handle open for writing). Returns the new attributes and the size before.
+    pub fn setattr(&mut self, ino: u64, set: &SetAttrIn, caller: &Caller, by_handle: bool) -> Result<(Attr, u64)> {
         self.subject = Some(ino);
         let mut record = existing(self.inode(ino)?)?;
+        let perm = access::check_setattr(&record, set, caller, by_handle)?;
         let old_size = record.size;
         if let Some(size) = set.size {
             match record.kind {
@@ -1002,9 +1123,10 @@ impl<'txn> Ns<'txn> {
                 record.size = size;
                 record.mtime = self.now;
             }
+            access::kill_privileges(&mut record, caller);
         }
-        if let Some(perm) = set.perm {
-            record.perm = perm & 0o7777;
+        if let Some(perm) = perm {
+            record.perm = perm;
         }
         if let Some(uid) = set.uid {
             record.uid = uid;
@@ -1030,10 +1152,12 @@ impl<'txn> Ns<'txn> {
 
     /// Records a data write that ended at `end`: the size grows to cover it, mtime and ctime move.
     /// Not durable by itself: file data is durable at fsync, as on a local file system.
-    pub fn note_write(&mut self, ino: u64, end: u64) -> Result<Attr> {
+    /// A write by anyone but the superuser drops set-user-id (`access::kill_privileges`).
+    pub fn note_write(&mut self, ino: u64, end: u64, caller: &Caller) -> Result<Attr> {
         let mut record = existing(self.inode(ino)?)?;
         self.subject = Some(ino);
         debug_assert_eq!(record.kind, FileKind::Regular, "only regular files are written");
+        access::kill_privileges(&mut record, caller);
         record.size = record.size.max(end);
         record.mtime = self.now;
         record.ctime = self.now;
@@ -1053,12 +1177,20 @@ impl<'txn> Ns<'txn> {
         self.durable = true;
     }
 
-    pub fn setxattr(&mut self, ino: u64, name: &[u8], value: &[u8], mode: rustre_proto::XattrMode) -> Result<()> {
+    pub fn setxattr(
+        &mut self,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        mode: rustre_proto::XattrMode,
+        caller: &Caller,
+    ) -> Result<()> {
         validate_xattr_name(name)?;
         if value.len() > XATTR_VALUE_LEN_MAX {
             return Err(Errno::E2BIG.into());
         }
         let mut record = existing(self.inode(ino)?)?;
+        access::check_xattr_write(&record, name, caller)?;
         let present = self.xattrs.get((ino, name))?.is_some();
         match (mode, present) {
             (rustre_proto::XattrMode::Create, true) => return Err(Errno::EEXIST.into()),
@@ -1076,9 +1208,10 @@ impl<'txn> Ns<'txn> {
         Ok(())
     }
 
-    pub fn removexattr(&mut self, ino: u64, name: &[u8]) -> Result<()> {
+    pub fn removexattr(&mut self, ino: u64, name: &[u8], caller: &Caller) -> Result<()> {
         validate_xattr_name(name)?;
         let mut record = existing(self.inode(ino)?)?;
+        access::check_xattr_write(&record, name, caller)?;
         if self.xattrs.get((ino, name))?.is_none() {
             return Err(Errno::ENODATA.into());
         }

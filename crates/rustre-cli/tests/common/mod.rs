@@ -20,6 +20,8 @@ pub fn rustre_command() -> Command {
     let mut command = Command::new(RUSTRE);
     command.env_remove("RUSTRE_SERVER").env_remove("RUSTRE_DATA").env_remove("RUST_LOG").stdin(Stdio::null());
     command.env("RUSTRE_SECRET_FILE", test_secret_file());
+    // The tests run as root and act as root on their mounts: squashed, root could write nowhere.
+    command.env("RUSTRE_ROOT_SQUASH", "off");
     command
 }
 

@@ -23,6 +23,8 @@ impl TestServer {
     pub async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
         let data = tempfile::tempdir().expect("temporary data directory");
         let mut config = ServerConfig::new(data.path());
+        // The tests run as root and act as root: squashed, root could write nowhere.
+        config.root_squash = rustre_server::RootSquash::Off;
         adjust(&mut config);
         let server = Server::open(config).await.expect("server opens");
         let address = server.listen("127.0.0.1:0").await.expect("server listens").to_string();
@@ -50,6 +52,7 @@ impl TestServer {
     pub async fn restart_with(&mut self, adjust: impl FnOnce(&mut ServerConfig)) {
         self.stop().await;
         let mut config = ServerConfig::new(self.data.path());
+        config.root_squash = rustre_server::RootSquash::Off;
         adjust(&mut config);
         let server = Server::open(config).await.expect("server reopens");
         self.address = server.listen("127.0.0.1:0").await.expect("server listens").to_string();

@@ -27,7 +27,40 @@ impl Fixture {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().expect("runtime");
         let data = tempfile::tempdir().expect("data directory");
-        let server = runtime.block_on(Server::open(ServerConfig::new(data.path()))).expect("server opens");
+        let mut config = ServerConfig::new(data.path());
+        // The tests run as root and act as root: squashed, root could write nowhere.
+        config.root_squash = rustre_server::RootSquash::Off;
+        let server = runtime.block_on(Server::open(config)).expect("server opens");
+        let address = runtime.block_on(server.listen("127.0.0.1:0")).expect("server listens").to_string();
+        let mut fixture =
+            Fixture { mounts: Vec::new(), mountpoints: Vec::new(), server: Some(server), address, data, runtime };
+        for _ in 0..count {
+            fixture.mount();
+        }
+        fixture
+    }
+
+    /// A server that squashes root (`RootSquash::NOBODY`, as `rustre server` by default), and
+    /// `count` mounts of it, made by this root process as a production mount is. The tree is
+    /// first made by `prepare` through a client of the same data directory with squash off.
+    pub fn squashed(count: usize, prepare: impl AsyncFnOnce(&Client)) -> Fixture {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().expect("runtime");
+        let data = tempfile::tempdir().expect("data directory");
+        runtime.block_on(async {
+            let mut config = ServerConfig::new(data.path());
+            config.root_squash = rustre_server::RootSquash::Off;
+            let server = Server::open(config).await.expect("server opens");
+            let address = server.listen("127.0.0.1:0").await.expect("server listens").to_string();
+            let client = Client::connect(&address).await.expect("client connects");
+            prepare(&client).await;
+            client.end().await;
+            server.shutdown().await;
+        });
+        let mut config = ServerConfig::new(data.path());
+        config.recovery_grace = Duration::ZERO;
+        assert_eq!(config.root_squash, rustre_server::RootSquash::NOBODY, "squashed by default");
+        let server = runtime.block_on(Server::open(config)).expect("server opens");
         let address = runtime.block_on(server.listen("127.0.0.1:0")).expect("server listens").to_string();
         let mut fixture =
             Fixture { mounts: Vec::new(), mountpoints: Vec::new(), server: Some(server), address, data, runtime };
