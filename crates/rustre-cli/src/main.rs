@@ -39,9 +39,17 @@ const SECRET_FILE_NAME: &str = "secret";
 /// (from `--secret-file`, or, for `rustre up`, the secret of the server it runs).
 static CLUSTER_SECRET: std::sync::OnceLock<Option<rustre_client::Secret>> = std::sync::OnceLock::new();
 
+/// TLS for this process's clients: set once, like the secret (from `--tls-ca`, or, for
+/// `rustre up --tls`, the CA of the server it runs).
+static CLUSTER_TLS: std::sync::OnceLock<Option<rustre_client::ClientTls>> = std::sync::OnceLock::new();
+
 /// The base configuration of every client this process makes.
 pub(crate) fn client_config() -> ClientConfig {
-    ClientConfig { secret: CLUSTER_SECRET.get().cloned().flatten(), ..ClientConfig::default() }
+    ClientConfig {
+        secret: CLUSTER_SECRET.get().cloned().flatten(),
+        tls: CLUSTER_TLS.get().cloned().flatten(),
+        ..ClientConfig::default()
+    }
 }
 
 /// Loads the secret file given, if any.
@@ -51,7 +59,13 @@ fn load_secret(file: Option<&Path>) -> anyhow::Result<Option<rustre_client::Secr
 
 /// A server's configuration on `data`, with its cluster secret: the file given, or DATA/secret
 /// (made, with a new random secret, on the first start).
-fn server_config(data: &Path, secret_file: Option<&Path>, root_squash: bool) -> anyhow::Result<ServerConfig> {
+fn server_config(
+    data: &Path,
+    secret_file: Option<&Path>,
+    root_squash: bool,
+    tls: &ServerTls,
+    listen: &str,
+) -> anyhow::Result<ServerConfig> {
     let secret = match secret_file {
         Some(file) => rustre_client::Secret::load(file)?,
         None => {
@@ -67,7 +81,60 @@ fn server_config(data: &Path, secret_file: Option<&Path>, root_squash: bool) -> 
     let mut config = ServerConfig::new(data);
     config.secret = Some(secret);
     config.root_squash = if root_squash { RootSquash::NOBODY } else { RootSquash::Off };
+    if let Some(files) = tls.files(data, listen)? {
+        config.tls = Some(rustre_client::rustre_proto::tls::server_config(&files.chain, &files.key)?);
+        tracing::info!(chain = %files.chain.display(), "TLS on; clients trust {}", files.ca.display());
+    }
     Ok(config)
+}
+
+/// TLS of `rustre server` and `rustre up`.
+#[derive(clap::Args, Debug)]
+struct ServerTls {
+    /// Speak TLS 1.3 on the listener. Without --tls-cert, the first start makes a cluster CA and
+    /// a certificate in DATA/tls; clients trust DATA/tls/ca.pem (--tls-ca).
+    #[arg(long)]
+    tls: bool,
+    /// The server's certificate chain (PEM, its own certificate first), with --tls-key, instead
+    /// of the one made in DATA/tls. Implies --tls.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Names (DNS names or IP addresses, comma-separated) that the certificate made on the first
+    /// start carries, besides localhost, 127.0.0.1, ::1 and the host of --listen.
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    tls_san: Vec<String>,
+}
+
+impl ServerTls {
+    /// The chain, key and CA to use, made first in DATA/tls if need be; `None` without TLS.
+    fn files(&self, data: &Path, listen: &str) -> anyhow::Result<Option<rustre_server::tls::TlsFiles>> {
+        if let (Some(chain), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            // Whoever made them knows the CA; the chain's last certificate is a good guess for
+            // this process's own clients (`rustre up`).
+            return Ok(Some(rustre_server::tls::TlsFiles {
+                ca: chain.clone(),
+                chain: chain.clone(),
+                key: key.clone(),
+            }));
+        }
+        if !self.tls {
+            return Ok(None);
+        }
+        let mut names = self.tls_san.clone();
+        if let Ok(address) = listen.parse::<SocketAddr>()
+            && !address.ip().is_unspecified()
+        {
+            names.push(address.ip().to_string());
+        }
+        let (files, made) = rustre_server::tls::load_or_generate(&data.join("tls"), &names)?;
+        if made {
+            tracing::info!(ca = %files.ca.display(), "made a cluster CA and a server certificate; clients trust the CA (--tls-ca)");
+        }
+        Ok(Some(files))
+    }
 }
 
 #[derive(Parser, Debug)]
@@ -86,6 +153,15 @@ struct Cli {
     /// which it writes on its first start; `rustre up` needs nothing.
     #[arg(long, global = true, env = "RUSTRE_SECRET_FILE", value_name = "FILE")]
     secret_file: Option<PathBuf>,
+
+    /// Client commands speak TLS to the server, trusting the certificates in FILE (PEM): the
+    /// cluster's CA, DATA/tls/ca.pem of a `rustre server --tls`. `rustre up --tls` needs nothing.
+    #[arg(long, global = true, env = "RUSTRE_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+
+    /// The name the server's certificate must carry (default: the host of the server's address).
+    #[arg(long, global = true, env = "RUSTRE_TLS_NAME", value_name = "NAME")]
+    tls_name: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -127,6 +203,8 @@ enum Command {
         #[arg(long, env = "RUSTRE_ROOT_SQUASH", default_value = "on", value_name = "on|off",
               action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
         root_squash: bool,
+        #[command(flatten)]
+        tls: ServerTls,
     },
     /// Checks a data directory offline (no server may run on it): link counts, dangling entries,
     /// nameless inodes, data objects without a file, orphans. Exits 1 if it finds problems.
@@ -155,6 +233,8 @@ enum Command {
         #[arg(long, env = "RUSTRE_ROOT_SQUASH", default_value = "off", value_name = "on|off",
               action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
         root_squash: bool,
+        #[command(flatten)]
+        tls: ServerTls,
     },
     /// Mounts the file system of the server at SERVER (host:port) on MOUNTPOINT with FUSE, until
     /// SIGINT, SIGTERM or `umount MOUNTPOINT`. Several mounts of one server stay coherent.
@@ -383,22 +463,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if !matches!(cli.command, Command::Up { .. } | Command::Server { .. }) {
         let secret = load_secret(secret_file)?;
         assert!(CLUSTER_SECRET.set(secret).is_ok(), "the secret is set once");
+        let tls = cli.tls_ca.as_deref().map(|ca| rustre_client::ClientTls::trusting(ca, cli.tls_name.clone()));
+        assert!(CLUSTER_TLS.set(tls.transpose()?).is_ok(), "TLS is set once");
     }
     match cli.command {
-        Command::Server { data, listen, recovery_grace, space_reserve, fault_estale_every, root_squash } => {
-            let mut config = server_config(&data, secret_file, root_squash)?;
+        Command::Server { data, listen, recovery_grace, space_reserve, fault_estale_every, root_squash, tls } => {
+            let mut config = server_config(&data, secret_file, root_squash, &tls, &listen)?;
             config.recovery_grace = std::time::Duration::from_secs(recovery_grace);
             config.space_reserve = space_reserve << 20;
             config.fault_estale_every_nth_open = fault_estale_every;
             serve(config, &listen).await
         }
-        Command::Up { mountpoint, data, listen, root_squash } => {
-            // Its own clients prove the secret of the server it runs.
-            let config = server_config(&data, secret_file, root_squash)?;
+        Command::Up { mountpoint, data, listen, root_squash, tls } => {
+            // Its own clients prove the secret of the server it runs, and trust its certificate.
+            let config = server_config(&data, secret_file, root_squash, &tls, &listen)?;
             assert!(CLUSTER_SECRET.set(config.secret.clone()).is_ok(), "the secret is set once");
+            let trusted = match (&cli.tls_ca, tls.files(&data, &listen)?) {
+                (_, None) => None,
+                (Some(ca), Some(_)) => Some(ca.clone()),
+                (None, Some(files)) => Some(files.ca),
+            };
+            let own = trusted.as_deref().map(|ca| rustre_client::ClientTls::trusting(ca, cli.tls_name.clone()));
+            let own = own.transpose()?;
+            assert!(CLUSTER_TLS.set(own).is_ok(), "TLS is set once");
             let secret = secret_file.map_or_else(|| data.join(SECRET_FILE_NAME), Path::to_path_buf);
             match mountpoint {
-                None => up(config, &data, &secret, &listen).await,
+                None => up(config, &data, &secret, trusted.as_deref(), &listen).await,
                 Some(mountpoint) => up_mounted(config, &listen, &mountpoint).await,
             }
         }
@@ -543,10 +633,16 @@ async fn serve(config: ServerConfig, listen: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn up(config: ServerConfig, data: &Path, secret: &Path, listen: &str) -> anyhow::Result<()> {
+async fn up(
+    config: ServerConfig,
+    data: &Path,
+    secret: &Path,
+    tls_ca: Option<&Path>,
+    listen: &str,
+) -> anyhow::Result<()> {
     let mut signals = StopSignals::install()?;
     let (server, address) = start_server(config, listen).await?;
-    if let Err(error) = demonstrate(data, secret, address).await {
+    if let Err(error) = demonstrate(data, secret, tls_ca, address).await {
         server.shutdown().await;
         return Err(error);
     }
@@ -647,10 +743,10 @@ fn reachable(address: SocketAddr) -> SocketAddr {
 }
 
 /// Shows the server working through a real client, without changing anything in it.
-async fn demonstrate(data: &Path, secret: &Path, address: SocketAddr) -> anyhow::Result<()> {
+async fn demonstrate(data: &Path, secret: &Path, tls_ca: Option<&Path>, address: SocketAddr) -> anyhow::Result<()> {
     let target = reachable(address).to_string();
     let client = Client::connect_with(&target, client_config()).await?;
-    let result = demonstrate_with(&client, data, secret, address, &target).await;
+    let result = demonstrate_with(&client, data, secret, tls_ca, address, &target).await;
     client.end().await;
     result
 }
@@ -659,6 +755,7 @@ async fn demonstrate_with(
     client: &Client,
     data: &Path,
     secret: &Path,
+    tls_ca: Option<&Path>,
     address: SocketAddr,
     target: &str,
 ) -> anyhow::Result<()> {
@@ -697,6 +794,10 @@ async fn demonstrate_with(
     writeln!(out, "(or export RUSTRE_SERVER={target})")?;
     let secret = std::fs::canonicalize(secret).unwrap_or_else(|_| secret.to_path_buf());
     writeln!(out, "Clients prove the cluster secret in {0}: export RUSTRE_SECRET_FILE={0}", secret.display())?;
+    if let Some(ca) = tls_ca {
+        let ca = std::fs::canonicalize(ca).unwrap_or_else(|_| ca.to_path_buf());
+        writeln!(out, "The server speaks TLS; clients trust {0}: export RUSTRE_TLS_CA={0}", ca.display())?;
+    }
     writeln!(out, "Press Ctrl-C to stop the server.")?;
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(&out)?;

@@ -630,6 +630,39 @@ fn the_server_squashes_root_by_default() {
     assert!(server.terminate().success());
 }
 
+// `rustre server --tls` makes a cluster CA and its certificate on its first start; clients that
+// trust the CA (`--tls-ca`) work, a plain client is refused.
+#[test]
+fn tls_with_certificates_the_server_made() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let address = free_address();
+    let args = ["server", "--data", data.to_str().unwrap(), "--listen", &address, "--tls"];
+    let mut server = Process::spawn(&args, dir.path(), "server");
+    server.wait_until("the server accepts connections", || accepts(&address));
+    let ca = data.join("tls/ca.pem");
+    assert_eq!(std::fs::metadata(data.join("tls/key.pem")).unwrap().permissions().mode() & 0o777, 0o600);
+    let client = |tls: bool, args: &[&str]| {
+        let mut command = rustre_command();
+        command.args(["--server", &address]);
+        if tls {
+            command.arg("--tls-ca").arg(&ca);
+        }
+        command.args(args).output().unwrap()
+    };
+    let made = client(true, &["mkdir", "/over-tls"]);
+    assert!(made.status.success(), "{made:?}");
+    let listed = client(true, &["ls", "/"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("over-tls"), "{listed:?}");
+    let plain = client(false, &["ls", "/"]);
+    assert!(!plain.status.success(), "a plain client got in: {plain:?}");
+    assert!(String::from_utf8_lossy(&plain.stderr).contains("--tls-ca"), "the error says what to do: {plain:?}");
+    assert!(server.terminate().success());
+    let log = std::fs::read_to_string(dir.path().join("server.stderr")).unwrap();
+    assert!(log.contains("TLS handshake failed"), "{log}");
+}
+
 // `rustre fsck` finds a store made by a server clean, refuses while a server holds it, names a
 // data object that belongs to no file, and `--repair` moves it aside without losing it.
 #[test]

@@ -43,6 +43,7 @@ pub use error::{Error, Result};
 pub use file::{File, OpenOptions};
 pub use rustre_proto;
 pub use rustre_proto::auth::Secret;
+pub use rustre_proto::tls::ClientTls;
 pub use rustre_proto::{Attr as Metadata, DirEntry as Entry};
 pub use session::{Connector, LinkEvent, LinkHook, RECONNECT_WAIT_DEFAULT, RESENDS_MAX, Stream};
 
@@ -68,6 +69,10 @@ pub struct ClientConfig {
     /// The cluster secret to prove in the hello (`rustre_proto::auth`). With one, the client
     /// also requires the server to prove it, and refuses a server that does not ask.
     pub secret: Option<Secret>,
+    /// TLS to the server (`rustre_proto::tls::ClientTls`): whom to trust, and the name the
+    /// server's certificate must carry. `None`: plain TCP. Used by `connect_with` (and each
+    /// reconnection); `handshake` takes a stream as it is.
+    pub tls: Option<rustre_proto::tls::ClientTls>,
 }
 
 /// This process's identity: effective uid and gid, and supplementary groups.
@@ -90,6 +95,7 @@ impl Default for ClientConfig {
             retry_stale_by_name: true,
             reconnect_wait: session::RECONNECT_WAIT_DEFAULT,
             secret: None,
+            tls: None,
         }
     }
 }
@@ -349,7 +355,15 @@ async fn open_connection<S: Stream>(
     };
     let denied = |why: &str| Error::new(Errno::EACCES, format!("hello to {peer}: {why}"));
     // The challenge-response of `rustre_proto::auth`: both sides prove the cluster secret.
-    let reply = match (answer(&mut stream).await?, &config.secret) {
+    let first = answer(&mut stream).await.map_err(|mut error| {
+        if config.tls.is_none() && error.errno == Errno::EPROTO && error.message.contains("i/o error") {
+            error.message.push_str(
+                " (a server that speaks TLS closes a plain connection: trust its CA with --tls-ca or RUSTRE_TLS_CA)",
+            );
+        }
+        error
+    })?;
+    let reply = match (first, &config.secret) {
         (Reply::Challenge { .. }, None) => {
             return Err(denied(
                 "the server asks for the cluster secret (give its file with --secret-file or RUSTRE_SECRET_FILE)",
@@ -551,12 +565,25 @@ impl Client {
 
     pub async fn connect_with(address: &str, config: ClientConfig) -> Result<Client> {
         let target = address.to_string();
+        let tls = match &config.tls {
+            Some(tls) => {
+                let name = tls.name_for(address).map_err(|error| Error::new(Errno::EINVAL, error.to_string()))?;
+                Some((tokio_rustls::TlsConnector::from(tls.config.clone()), name))
+            }
+            None => None,
+        };
         let connector: Connector = Arc::new(move || {
             let target = target.clone();
+            let tls = tls.clone();
             Box::pin(async move {
                 let stream = tokio::net::TcpStream::connect(&target).await?;
                 let _ = stream.set_nodelay(true);
-                Ok(Box::new(stream) as Box<dyn Stream>)
+                match tls {
+                    // A failed TLS handshake (an untrusted certificate, a server without TLS)
+                    // is an I/O error here: ECONNREFUSED-like, with rustls's reason.
+                    Some((connector, name)) => Ok(Box::new(connector.connect(name, stream).await?) as Box<dyn Stream>),
+                    None => Ok(Box::new(stream) as Box<dyn Stream>),
+                }
             })
         });
         let stream = connector()

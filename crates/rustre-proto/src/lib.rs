@@ -9,6 +9,7 @@ pub mod msg;
 pub mod name;
 pub mod pause;
 pub mod rpc;
+pub mod tls;
 
 pub use errno::Errno;
 pub use msg::*;

@@ -14,6 +14,7 @@
 mod leases;
 mod locks;
 mod recovery;
+pub mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -35,7 +36,7 @@ use rustre_proto::{
 };
 use rustre_store::{Committer, Ns, Opened, ReadNs, Store, StoreError, Walked};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::leases::{Change, Leases, ReadTicket};
@@ -158,6 +159,10 @@ pub struct ServerConfig {
     pub secret: Option<Secret>,
     /// What a client's superuser is here: by default `nobody` (`RootSquash::NOBODY`).
     pub root_squash: RootSquash,
+    /// TLS on the listener (`rustre_proto::tls::server_config`; `tls::load_or_generate` makes a
+    /// cluster CA and a certificate). `None`: plain TCP. Connections served through
+    /// `serve_connection` bring their own transport.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl ServerConfig {
@@ -182,6 +187,7 @@ impl ServerConfig {
             metadata_backend: None,
             secret: None,
             root_squash: RootSquash::NOBODY,
+            tls: None,
         }
     }
 }
@@ -460,7 +466,7 @@ impl Server {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let server = self.clone();
-                    tokio::spawn(async move { server.serve_connection(stream, peer.to_string()).await });
+                    tokio::spawn(async move { server.serve_tcp(stream, peer.to_string()).await });
                 }
                 Err(error) => {
                     tracing::warn!(%error, "accept failed");
@@ -471,15 +477,41 @@ impl Server {
     }
 
     /// Serves one connection over any byte stream: handshake, then requests until it closes.
-    pub async fn serve_connection<S>(&self, mut stream: S, peer: String)
+    pub async fn serve_connection<S>(&self, stream: S, peer: String)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Some(_counted) = ConnectionCount::take(&self.inner) else {
+        let Some(_counted) = self.count_connection(&peer) else { return };
+        self.serve_counted(stream, peer).await
+    }
+
+    /// A connection accepted on the listener: with TLS configured, its TLS handshake comes first,
+    /// counted among the connections and bounded by the hello timeout as the hello is.
+    async fn serve_tcp(&self, stream: TcpStream, peer: String) {
+        let Some(tls) = self.inner.config.tls.clone() else { return self.serve_connection(stream, peer).await };
+        let Some(_counted) = self.count_connection(&peer) else { return };
+        let hello_timeout = self.inner.config.hello_timeout;
+        match tokio::time::timeout(hello_timeout, tokio_rustls::TlsAcceptor::from(tls).accept(stream)).await {
+            Ok(Ok(stream)) => self.serve_counted(stream, peer).await,
+            Ok(Err(error)) => tracing::warn!(%peer, %error, "refusing connection: TLS handshake failed"),
+            Err(_) => tracing::warn!(%peer, "refusing connection: no TLS handshake within {hello_timeout:?}"),
+        }
+    }
+
+    fn count_connection(&self, peer: &str) -> Option<ConnectionCount<'_>> {
+        let counted = ConnectionCount::take(&self.inner);
+        if counted.is_none() {
             let max = self.inner.config.connections_max;
             tracing::warn!(%peer, "refusing connection: {max} connections already (connections_max)");
-            return;
-        };
+        }
+        counted
+    }
+
+    /// `serve_connection` for a connection already counted.
+    async fn serve_counted<S>(&self, mut stream: S, peer: String)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let hello_timeout = self.inner.config.hello_timeout;
         let session = match tokio::time::timeout(hello_timeout, self.handshake(&mut stream, &peer)).await {
             Ok(Ok(session)) => session,
