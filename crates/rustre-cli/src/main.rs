@@ -272,6 +272,20 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Changes permission bits (octal, as chmod(1): 755, 1777, 2775).
+    Chmod {
+        #[arg(value_parser = parse_mode)]
+        mode: u32,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Changes owner and group, as chown(1) with numeric ids: UID, UID:GID or :GID.
+    Chown {
+        #[arg(value_parser = parse_owner)]
+        owner: (Option<u32>, Option<u32>),
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Copies a local file into rustre (into PATH/<name> when PATH is a directory).
     Put { local: PathBuf, path: PathBuf },
     /// Copies a file out of rustre (into LOCAL/<name> when LOCAL is a directory).
@@ -544,6 +558,17 @@ async fn client_command(client: &Client, command: Command) -> anyhow::Result<()>
             })
             .await
         }
+        Command::Chmod { mode, paths } => {
+            for_each(
+                &paths,
+                |path| async move { client.set_permissions(path, mode).await.map(drop).map_err(Into::into) },
+            )
+            .await
+        }
+        Command::Chown { owner: (uid, gid), paths } => {
+            for_each(&paths, |path| async move { client.set_owner(path, uid, gid).await.map(drop).map_err(Into::into) })
+                .await
+        }
         Command::Put { local, path } => put(client, &local, &path).await,
         Command::Get { path, local } => get(client, &path, &local).await,
         Command::Cat { paths } => for_each(&paths, |path| cat(client, path)).await,
@@ -551,6 +576,29 @@ async fn client_command(client: &Client, command: Command) -> anyhow::Result<()>
         Command::Mv { src, dst } => mv(client, &src, &dst).await,
         Command::Admin { command: AdminCommand::Orphans } => orphans(client).await,
     }
+}
+
+/// An octal mode of at most 12 bits.
+fn parse_mode(text: &str) -> Result<u32, String> {
+    match u32::from_str_radix(text, 8) {
+        Ok(mode) if mode <= 0o7777 => Ok(mode),
+        _ => Err(format!("{text:?} is not an octal mode (0 to 7777)")),
+    }
+}
+
+/// `UID`, `UID:GID` or `:GID`, numeric.
+fn parse_owner(text: &str) -> Result<(Option<u32>, Option<u32>), String> {
+    let number = |part: &str| part.parse::<u32>().map_err(|_| format!("{part:?} is not a numeric id"));
+    let (uid, gid) = match text.split_once(':') {
+        Some((uid, gid)) => (uid, Some(gid)),
+        None => (text, None),
+    };
+    let uid = if uid.is_empty() { None } else { Some(number(uid)?) };
+    let gid = gid.map(number).transpose()?;
+    if uid.is_none() && gid.is_none() {
+        return Err(format!("{text:?} names no owner and no group"));
+    }
+    Ok((uid, gid))
 }
 
 async fn orphans(client: &Client) -> anyhow::Result<()> {

@@ -166,6 +166,26 @@ fn mkdir_makes_directories_and_parents() {
     assert_eq!(lines(&server.ok(&["ls", "/"])), ["a", "e", "f"]);
 }
 
+// chmod and chown, as an administrator hands directories over to users.
+#[test]
+fn chmod_and_chown_hand_directories_over() {
+    let server = TestServer::start();
+    server.ok(&["mkdir", "/home", "/tmp"]);
+    server.ok(&["chmod", "1777", "/tmp"]);
+    server.ok(&["chown", "1000:50", "/home"]);
+    server.ok(&["chown", ":60", "/tmp"]);
+    let home = fields(&server.ok(&["stat", "/home"]));
+    assert_eq!((field(&home, "uid"), field(&home, "gid")), ("1000", "50"), "{home:?}");
+    let tmp = server.ok(&["stat", "/tmp"]);
+    assert!(tmp.contains("1777"), "{tmp}");
+    assert_eq!(field(&fields(&tmp), "gid"), "60");
+    let bad = server.run(&["chmod", "8", "/tmp"]);
+    assert_eq!(bad.status.code(), Some(2), "a bad mode is a usage error");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("octal"), "{bad:?}");
+    let error = server.fails(&["chmod", "755", "/missing"]);
+    assert!(error.contains("ENOENT"), "{error}");
+}
+
 #[test]
 fn put_get_and_cat_round_trip_a_large_file() {
     let server = TestServer::start();

@@ -64,6 +64,32 @@ async fn emfile_comes_before_the_create() {
     server.client().await.create("/other").await.unwrap();
 }
 
+// Pins keep inodes alive as handles do, so they are bounded per session too: the orphans one
+// client keeps are at most its handles and its pins. A pin of an inode pinned already passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pins_per_session_are_bounded() {
+    let server = TestServer::start_with(|config| config.pins_per_session_max = 2).await;
+    let client = server.client().await;
+    for name in ["a", "b", "c"] {
+        client.write(format!("/{name}"), b"").await.unwrap();
+    }
+    let a = client.lookup_pinned(rustre_proto::ROOT_INO, b"a").await.unwrap();
+    let b = client.lookup_pinned(rustre_proto::ROOT_INO, b"b").await.unwrap();
+    assert_errno(client.lookup_pinned(rustre_proto::ROOT_INO, b"c").await, Errno::EMFILE);
+    let c = client.stat("/c").await.unwrap();
+    assert_errno(client.pin(c.ino).await, Errno::EMFILE);
+    client.pin(a.ino).await.expect("one more pin of a pinned inode");
+    client.unpin(b.ino, 1).await.unwrap();
+    client.pin(c.ino).await.expect("room again");
+    // The orphans it can keep are bounded with the pins.
+    for name in ["a", "b", "c"] {
+        client.remove_file(format!("/{name}")).await.unwrap();
+    }
+    assert_eq!(server.server().orphans().unwrap().len(), 2, "a and c, which the session pins");
+    // Another session has a bound of its own.
+    server.client().await.pin(b.ino).await.expect_err("b is gone: nobody pinned it");
+}
+
 // Defect: an inode's xattr name list had no bound, so a listxattr reply could outgrow a frame.
 // Adding names stops with ENOSPC at Linux's 64 KiB list bound, and the list still comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

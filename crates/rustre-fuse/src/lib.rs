@@ -548,9 +548,19 @@ impl Shared {
             self.refs.lock().expect("refs lock").add(cached.ino);
             return Ok(cached);
         }
-        let attr = client.lookup_pinned(parent, name).await?;
-        self.refs.lock().expect("refs lock").add_pinned(attr.ino);
-        Ok(attr)
+        match client.lookup_pinned(parent, name).await {
+            Ok(attr) => {
+                self.refs.lock().expect("refs lock").add_pinned(attr.ino);
+                Ok(attr)
+            }
+            // The session pins as many inodes as the server allows (`pins_per_session_max`):
+            // this one is referenced without a pin, as with `pin_lookups` off.
+            Err(error) if error.errno == Errno::EMFILE => {
+                self.refs.lock().expect("refs lock").add(cached.ino);
+                Ok(cached)
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// Counts the kernel reference an entry reply (mkdir, symlink, ...) of `name` in `parent`

@@ -363,3 +363,23 @@ fn a_created_file_open_for_writing_shows_other_mounts_writes() {
         assert_eq!(fs::metadata(b.join(&name)).unwrap().len(), 101, "round {round}: seen on B");
     }
 }
+
+// The server bounds the inodes one session pins (`pins_per_session_max`). A mount whose kernel
+// holds more goes on: lookups beyond the bound answer without a pin.
+#[test]
+fn a_mount_beyond_the_servers_pin_bound_still_looks_names_up() {
+    let fixture = Fixture::with_server(1, |config| config.pins_per_session_max = 2);
+    let root = fixture.root(0);
+    let client = fixture.client();
+    fixture.runtime.block_on(async {
+        for index in 0..6 {
+            client.write(format!("/f{index}"), format!("{index}").as_bytes()).await.unwrap();
+        }
+    });
+    for index in 0..6 {
+        assert_eq!(std::fs::read_to_string(root.join(format!("f{index}"))).unwrap(), index.to_string());
+    }
+    let stats = fixture.mounts[0].stats();
+    assert!(stats.kernel_inodes >= 6, "{stats:?}");
+    assert!(stats.pins <= 2, "no more pins than the server allows: {stats:?}");
+}

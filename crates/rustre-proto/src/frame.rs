@@ -27,6 +27,8 @@ pub const HEADER_LEN_MAX: usize = 1 << 20;
 pub const PAYLOAD_LEN_MAX: usize = IO_SIZE_MAX as usize + 4096;
 /// Largest body a peer may announce; anything larger closes the connection before allocation.
 pub const FRAME_BODY_LEN_MAX: usize = FRAME_FIXED_LEN + HEADER_LEN_MAX + PAYLOAD_LEN_MAX;
+/// The buffer a frame body is first read into; it doubles as bytes arrive, up to the frame's size.
+pub const FRAME_READ_FIRST: usize = 64 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameKind {
@@ -116,8 +118,20 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Frame, F
     if header_len > rest_len || header_len > HEADER_LEN_MAX || rest_len - header_len > PAYLOAD_LEN_MAX {
         return Err(FrameError::BadHeaderLength { header_len, body_len });
     }
-    let mut rest = BytesMut::zeroed(rest_len);
-    reader.read_exact(&mut rest).await?;
+    // The buffer grows with the bytes that arrive (doubling, from `FRAME_READ_FIRST`), so a peer
+    // that claims a large frame and sends little holds little memory, even as address space.
+    let mut rest = BytesMut::with_capacity(rest_len.min(FRAME_READ_FIRST));
+    while rest.len() < rest_len {
+        if rest.len() == rest.capacity() {
+            rest.reserve(rest.capacity().min(rest_len - rest.len()));
+        }
+        let room = rest.capacity().min(rest_len) - rest.len();
+        let read = (&mut *reader).take(room as u64).read_buf(&mut rest).await?;
+        if read == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
+    debug_assert_eq!(rest.len(), rest_len);
     let mut rest = rest.freeze();
     let header = rest.split_to(header_len);
     Ok(Frame { kind, id, header, payload: rest })
@@ -185,5 +199,24 @@ mod tests {
         let mut bad = wire.clone();
         bad[4] = 9;
         assert!(matches!(read_frame(&mut &bad[..]).await, Err(FrameError::BadKind(9))));
+    }
+
+    // A body larger than the first buffer, arriving a few bytes at a time, is read whole: the
+    // buffer grows across many partial reads.
+    #[tokio::test]
+    async fn a_large_frame_arriving_in_pieces_reads_whole() {
+        let payload: Vec<u8> = (0..3 * FRAME_READ_FIRST + 17).map(|at| (at % 251) as u8).collect();
+        let frame = Frame::new(FrameKind::Request, 9, &"header", Bytes::from(payload));
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &frame).await.unwrap();
+        let (mut near, mut far) = tokio::io::duplex(61);
+        let sender = tokio::spawn(async move { far.write_all(&wire).await.unwrap() });
+        assert_eq!(read_frame(&mut near).await.unwrap(), frame);
+        sender.await.unwrap();
+        // Cut short after the first buffer's worth: an error, not a panic or a short frame.
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &frame).await.unwrap();
+        let cut = &wire[..FRAME_READ_FIRST + 100];
+        assert!(read_frame(&mut &cut[..]).await.is_err());
     }
 }

@@ -45,6 +45,10 @@ use crate::recovery::{Fate, OnceSlot, Recovery};
 
 /// Open handles one session may hold by default; the next open gets EMFILE.
 pub const HANDLES_PER_SESSION_MAX: usize = 65536;
+/// Inodes one session may pin by default (`ServerConfig::pins_per_session_max`); a pin of one
+/// more gets EMFILE. With the handles' bound, this bounds the orphans one client keeps alive. A
+/// mount pins what its kernel holds, and beyond the bound looks names up without pinning.
+pub const PINS_PER_SESSION_MAX: usize = 1 << 20;
 /// Connections a server serves at once by default (`ServerConfig::connections_max`); beyond, a
 /// new connection is closed at once, before its hello is read.
 pub const CONNECTIONS_MAX: usize = 4096;
@@ -115,6 +119,9 @@ pub struct ServerConfig {
     pub ping_timeout: Duration,
     /// Open handles one session may hold; the next open gets EMFILE.
     pub handles_per_session_max: usize,
+    /// Distinct inodes one session may pin (`Op::Pin`, `Op::PinName`, an open with `PIN`, a
+    /// reclaim); beyond, EMFILE. Pins of an inode already pinned always pass.
+    pub pins_per_session_max: usize,
     /// Connections served at once (those still in their hello included); beyond, new ones are
     /// closed at once, with a log line.
     pub connections_max: usize,
@@ -174,6 +181,7 @@ impl ServerConfig {
             ping_interval: Duration::from_secs(1),
             ping_timeout: Duration::from_secs(5),
             handles_per_session_max: HANDLES_PER_SESSION_MAX,
+            pins_per_session_max: PINS_PER_SESSION_MAX,
             connections_max: CONNECTIONS_MAX,
             hello_timeout: HELLO_TIMEOUT,
             space_reserve: SPACE_RESERVE_DEFAULT,
@@ -321,6 +329,7 @@ struct Session {
     id: u64,
     /// Inode -> pins this session holds on it (each counted in `OpenCounts` like a handle).
     pins: Mutex<HashMap<u64, u64>>,
+    pins_max: usize,
     handles_max: usize,
     handles: Mutex<Handles>,
     /// Taken up again after a restart (`Op::Resume`): its handles and pins come back with
@@ -337,10 +346,12 @@ struct Session {
 }
 
 impl Session {
-    fn new(id: u64, handles_max: usize, restored: bool) -> Session {
+    fn new(id: u64, config: &ServerConfig, restored: bool) -> Session {
+        let handles_max = config.handles_per_session_max;
         Session {
             id,
             pins: Mutex::new(HashMap::new()),
+            pins_max: config.pins_per_session_max,
             handles_max,
             handles: Mutex::new(Handles { closed: false, map: HashMap::new(), reserved: 0 }),
             restored,
@@ -349,6 +360,18 @@ impl Session {
             attachments: AtomicU64::new(1),
             reclaimed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// May this session pin `ino` (or, with `None`, an inode not known yet)? EMFILE once it pins
+    /// `pins_max` distinct inodes, unless `ino` is one of them. Checked before the pin is taken:
+    /// pins running at once may pass the bound by the requests in flight, no more.
+    fn may_pin(&self, ino: Option<u64>) -> Result<(), StoreError> {
+        let pins = self.pins.lock().expect("pins lock");
+        if pins.len() >= self.pins_max && ino.is_none_or(|ino| !pins.contains_key(&ino)) {
+            tracing::debug!(session = format_args!("{:#x}", self.id), "pin refused: {} inodes pinned", pins.len());
+            return Err(StoreError::Fs(Errno::EMFILE));
+        }
+        Ok(())
     }
 }
 
@@ -668,7 +691,7 @@ impl Server {
                 if let Err(error) = recovery::remember_session(&self.inner, id).await {
                     return Err(refuse(stream, error.errno(), format!("recording the session: {error}")).await);
                 }
-                let session = Session::new(id, self.inner.config.handles_per_session_max, false);
+                let session = Session::new(id, &self.inner.config, false);
                 (session.into(), Reply::Hello { version, session: id, root, server_name, lease_timeout_ms })
             }
             Some(id) => match recovery::resume(&self.inner, id).await {
@@ -897,6 +920,7 @@ async fn release_opens(inner: &Arc<Inner>, ino: u64, count: u64) -> Result<(), S
 
 /// `Op::Pin`: counts the inode open for this session (ESTALE if it is gone already).
 async fn pin(inner: &Arc<Inner>, session: &Session, ino: u64) -> Result<(Reply, Bytes), StoreError> {
+    session.may_pin(Some(ino))?;
     let ticket = inner.leases.begin_read();
     let (result, _) = apply(inner, ticket, move |ns, opens, _| {
         if ns.inode(ino)?.is_none() {
@@ -927,6 +951,9 @@ async fn count_pin(inner: &Arc<Inner>, session: &Session, ino: u64) -> Result<()
 /// `Op::PinName`: a lookup that pins what it finds, in one step on the commit thread (where
 /// changes are ordered), so the inode answered cannot be destroyed before it is pinned.
 async fn pin_name(inner: &Arc<Inner>, session: &Session, caller: Caller, parent: u64, name: Vec<u8>) -> Answer {
+    if let Err(error) = session.may_pin(None) {
+        return Err(error).into();
+    }
     let name_key = name_key(parent, &name);
     let mut ticket = inner.leases.begin_read();
     ticket.observe(&name_key);
@@ -1454,6 +1481,9 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
             let mut ticket = inner.leases.begin_read();
             ticket.observe(&name_key);
             let pin = flags.contains(OpenFlags::PIN);
+            if pin && let Err(error) = session.may_pin(None) {
+                return Err(error).into();
+            }
             let opener = caller.clone();
             let (opened, ticket) = apply(inner, ticket, move |ns, opens, ticket| {
                 let opened = ns.open(parent, &name, flags, perm, &opener)?;

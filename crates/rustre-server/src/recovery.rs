@@ -220,7 +220,7 @@ pub(crate) async fn resume(inner: &Arc<Inner>, id: u64) -> Result<(Arc<Session>,
         return Ok((session, kept));
     }
     if inner.recovery.waiting.lock().expect("waiting lock").contains(&id) {
-        let session = Session::new(id, inner.config.handles_per_session_max, true);
+        let session = Session::new(id, &inner.config, true);
         return Ok((Arc::new(session), false));
     }
     Err(format!("unknown session {id:#x}: it ended, was evicted, or did not come back in time"))
@@ -292,10 +292,20 @@ pub(crate) async fn reclaim(
         let handles: Vec<ReclaimedHandle> =
             handles.into_iter().filter(|handle| !held.map.contains_key(&handle.handle)).collect();
         let pinned = session.pins.lock().expect("pins lock");
+        // Inodes not pinned yet count against the session's bound; beyond it, a pin is lost.
+        let mut pin_room = session.pins_max.saturating_sub(pinned.len());
         let pins: Vec<(u64, u64)> = pins
             .into_iter()
             .map(|(ino, count)| (ino, count.saturating_sub(pinned.get(&ino).copied().unwrap_or(0))))
             .filter(|&(_, count)| count > 0)
+            .map(|(ino, count)| {
+                let new = !pinned.contains_key(&ino);
+                if new && pin_room == 0 {
+                    return (ino, 0);
+                }
+                pin_room -= usize::from(new);
+                (ino, count)
+            })
             .collect();
         (room, handles, pins)
     };

@@ -24,12 +24,18 @@ pub struct Fixture {
 impl Fixture {
     /// A server and `count` mounts of it.
     pub fn new(count: usize) -> Fixture {
+        Fixture::with_server(count, |_| {})
+    }
+
+    /// `new`, letting the test adjust the server's configuration first.
+    pub fn with_server(count: usize, adjust: impl FnOnce(&mut ServerConfig)) -> Fixture {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().expect("runtime");
         let data = tempfile::tempdir().expect("data directory");
         let mut config = ServerConfig::new(data.path());
         // The tests run as root and act as root: squashed, root could write nowhere.
         config.root_squash = rustre_server::RootSquash::Off;
+        adjust(&mut config);
         let server = runtime.block_on(Server::open(config)).expect("server opens");
         let address = runtime.block_on(server.listen("127.0.0.1:0")).expect("server listens").to_string();
         let mut fixture =
