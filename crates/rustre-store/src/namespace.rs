@@ -1325,3 +1325,81 @@ pub(crate) fn remove_doomed(txn: &WriteTransaction, objects: &dyn crate::ObjectS
     }
     Ok(inos.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+    use rustre_proto::clock::SystemClock;
+
+    use super::*;
+    use crate::Store;
+
+    /// One path component as a hostile client might send it.
+    fn component() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(b"d".to_vec()),
+            Just(b"f".to_vec()),
+            Just(b"s".to_vec()),
+            Just(b"closed".to_vec()),
+            Just(b"..".to_vec()),
+            Just(b".".to_vec()),
+            Just(Vec::new()),
+            Just(b"a/b".to_vec()),
+            Just(b"a\0b".to_vec()),
+            Just(vec![b'x'; 256]),
+            proptest::collection::vec(any::<u8>(), 0..8),
+        ]
+    }
+
+    // Paths from the network (`AtPath`, `OnPath`) are walked by the server component by
+    // component: whatever they hold, the walk ends in a directory, at a symlink (never followed),
+    // or in a plain refusal; it never panics, and it never goes through a name that is not one.
+    #[test]
+    fn the_server_walks_any_path_without_panic_or_invalid_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let store = Store::open(dir.path(), &SystemClock).unwrap();
+        let committer = store.start_inline_committer(Arc::new(SystemClock), ());
+        let root = Caller::ROOT;
+        runtime
+            .block_on(committer.run(move |ns, _| {
+                let d = ns.mkdir(ROOT_INO, b"d", 0o755, &root)?.ino;
+                ns.open(d, b"f", OpenFlags::CREATE | OpenFlags::WRITE, 0o644, &root)?;
+                ns.symlink(d, b"s", b"/elsewhere", &root)?;
+                ns.mkdir(d, b"closed", 0o700, &root)?;
+                Ok(())
+            }))
+            .unwrap();
+        let user = Caller::new(1000, 1000);
+        proptest!(ProptestConfig::with_cases(2000), |(path in proptest::collection::vec(component(), 0..6), as_user: bool)| {
+            let caller = if as_user { &user } else { &Caller::ROOT };
+            let ns = store.read().unwrap();
+            let mut traversed = Vec::new();
+            match ns.walk(&path, &mut traversed, caller) {
+                Ok(Walked::Directory(ino)) => {
+                    prop_assert!(ns.inode(ino).unwrap().is_some_and(|record| record.kind == FileKind::Directory));
+                    for component in &path {
+                        prop_assert!(component == b".." || validate_name(component).is_ok(), "{component:?}");
+                    }
+                }
+                Ok(Walked::Symlink { index, target }) => {
+                    prop_assert_eq!(&path[index], &b"s".to_vec());
+                    prop_assert_eq!(target, b"/elsewhere".to_vec());
+                }
+                Err(StoreError::Fs(errno)) => {
+                    let expected = [Errno::EINVAL, Errno::ENAMETOOLONG, Errno::ENOENT, Errno::ENOTDIR, Errno::EACCES];
+                    prop_assert!(expected.contains(&errno), "{errno:?} for {path:?}");
+                    prop_assert!(errno != Errno::EACCES || as_user);
+                }
+                Err(other) => prop_assert!(false, "the store failed: {other}"),
+            }
+            for key in &traversed {
+                if let LeaseKey::Name { name, .. } = key {
+                    prop_assert!(validate_name(name).is_ok(), "walked through {name:?}");
+                }
+            }
+        });
+    }
+}
