@@ -152,6 +152,7 @@ pub fn mount(
         client,
         runtime,
         pin_lookups: config.pin_lookups,
+        groups: Mutex::default(),
         refs: Arc::default(),
         files: Mutex::default(),
         pinned_opens: Mutex::default(),
@@ -348,6 +349,8 @@ struct Shared {
     client: Client,
     runtime: tokio::runtime::Handle,
     pin_lookups: bool,
+    /// Supplementary groups of the threads that made recent requests (`caller_for`).
+    groups: Mutex<GroupsCache>,
     /// Shared with the revocation hook, which asks whether the kernel references an inode.
     refs: Arc<Mutex<KernelRefs>>,
     /// Open files by handle (the server's handle number is the kernel's `fh`).
@@ -516,6 +519,33 @@ pub fn caller_of(uid: u32, gid: u32, pid: u32) -> Caller {
     Caller { uid, gid, groups }
 }
 
+/// How long the groups read for a thread are used without reading /proc again.
+pub const GROUPS_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Threads whose groups are kept at once; beyond, the cache starts afresh.
+pub const GROUPS_CACHE_MAX: usize = 1024;
+
+/// Recently read supplementary groups, by (thread id, uid, gid): a pid reused within the TTL
+/// by a process of the same user and group is the only way to get another's.
+#[derive(Default)]
+struct GroupsCache {
+    entries: HashMap<(u32, u32, u32), (std::time::Instant, Vec<u32>)>,
+}
+
+impl GroupsCache {
+    fn fresh(&self, key: (u32, u32, u32), now: std::time::Instant) -> Option<Vec<u32>> {
+        let (read, groups) = self.entries.get(&key)?;
+        (now.saturating_duration_since(*read) < GROUPS_CACHE_TTL).then(|| groups.clone())
+    }
+
+    fn insert(&mut self, key: (u32, u32, u32), now: std::time::Instant, groups: Vec<u32>) {
+        if self.entries.len() >= GROUPS_CACHE_MAX {
+            self.entries.clear();
+        }
+        self.entries.insert(key, (now, groups));
+        debug_assert!(self.entries.len() <= GROUPS_CACHE_MAX);
+    }
+}
+
 /// The supplementary groups of thread `pid` (empty if it is gone or `/proc` says nothing).
 fn groups_of(pid: u32) -> Vec<u32> {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return Vec::new() };
@@ -531,7 +561,26 @@ impl Shared {
     /// The session acting as the kernel request's caller: the identity the server checks
     /// permissions against, and the owner of what it creates.
     fn client_for(&self, request: &Request) -> Client {
-        self.client.as_caller(caller_of(request.uid(), request.gid(), request.pid()))
+        self.client.as_caller(self.caller_for(request.uid(), request.gid(), request.pid()))
+    }
+
+    /// `caller_of`, with the groups of a thread read from /proc at most once per
+    /// `GROUPS_CACHE_TTL` (a read costs about as much as a whole request the kernel answers
+    /// from a pin). A thread whose groups change keeps the old ones that long at most; the
+    /// kernel's own check (`default_permissions`) uses the live ones, and comes first.
+    fn caller_for(&self, uid: u32, gid: u32, pid: u32) -> Caller {
+        if uid == 0 || pid == 0 {
+            return caller_of(uid, gid, pid);
+        }
+        let now = std::time::Instant::now();
+        let key = (pid, uid, gid);
+        if let Some(groups) = self.groups.lock().expect("groups lock").fresh(key, now) {
+            return Caller { uid, gid, groups };
+        }
+        // Read without the lock: /proc may be slow, and other threads' requests need not wait.
+        let caller = caller_of(uid, gid, pid);
+        self.groups.lock().expect("groups lock").insert(key, now, caller.groups.clone());
+        caller
     }
 
     /// Answers the kernel's lookup of `name` in `parent`: from the cache when this mount holds
@@ -1252,6 +1301,33 @@ fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_callers_groups_come_from_proc() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find_map(|line| line.strip_prefix("Groups:")).unwrap();
+        let mut expected: Vec<u32> = line.split_ascii_whitespace().map(|group| group.parse().unwrap()).collect();
+        let mut read = caller_of(1000, 1000, std::process::id()).groups;
+        expected.sort_unstable();
+        read.sort_unstable();
+        assert_eq!(read, expected);
+        assert!(caller_of(0, 0, std::process::id()).groups.is_empty(), "root's are not read");
+        assert!(caller_of(1000, 1000, 0).groups.is_empty(), "the kernel's own requests have none");
+    }
+
+    #[test]
+    fn groups_are_kept_a_while_and_bounded() {
+        let mut cache = GroupsCache::default();
+        let start = std::time::Instant::now();
+        cache.insert((7, 1000, 1000), start, vec![50]);
+        assert_eq!(cache.fresh((7, 1000, 1000), start), Some(vec![50]));
+        assert_eq!(cache.fresh((7, 1001, 1000), start), None, "another uid is another caller");
+        assert_eq!(cache.fresh((7, 1000, 1000), start + GROUPS_CACHE_TTL), None, "read again after the TTL");
+        for pid in 0..GROUPS_CACHE_MAX as u32 * 2 {
+            cache.insert((pid, 1, 1), start, Vec::new());
+            assert!(cache.entries.len() <= GROUPS_CACHE_MAX);
+        }
+    }
 
     #[test]
     fn the_device_of_a_mount_is_found_in_mountinfo() {

@@ -27,8 +27,10 @@ pub const HEADER_LEN_MAX: usize = 1 << 20;
 pub const PAYLOAD_LEN_MAX: usize = IO_SIZE_MAX as usize + 4096;
 /// Largest body a peer may announce; anything larger closes the connection before allocation.
 pub const FRAME_BODY_LEN_MAX: usize = FRAME_FIXED_LEN + HEADER_LEN_MAX + PAYLOAD_LEN_MAX;
-/// The buffer a frame body is first read into; it doubles as bytes arrive, up to the frame's size.
-pub const FRAME_READ_FIRST: usize = 64 * 1024;
+/// The most a frame body's buffer holds before its bytes have come: a 1 MiB block and its header
+/// (the size of a kernel's read or write through a mount, and of `rustre bench`'s). Once it is
+/// full, the rest of the frame's size is allocated at once.
+pub const FRAME_READ_FIRST: usize = (1 << 20) + 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameKind {
@@ -118,12 +120,14 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Frame, F
     if header_len > rest_len || header_len > HEADER_LEN_MAX || rest_len - header_len > PAYLOAD_LEN_MAX {
         return Err(FrameError::BadHeaderLength { header_len, body_len });
     }
-    // The buffer grows with the bytes that arrive (doubling, from `FRAME_READ_FIRST`), so a peer
-    // that claims a large frame and sends little holds little memory, even as address space.
+    // Memory beyond `FRAME_READ_FIRST` only once that many bytes of the frame have come: a peer
+    // that claims 16 MiB and sends little holds 1 MiB, not 16, even as address space. The first
+    // allocation holds a whole 1 MiB block: reads of 1 MiB blocks whose buffer grew from 64 KiB
+    // were 17 to 20% slower (docs/BENCHMARKS.md).
     let mut rest = BytesMut::with_capacity(rest_len.min(FRAME_READ_FIRST));
     while rest.len() < rest_len {
         if rest.len() == rest.capacity() {
-            rest.reserve(rest.capacity().min(rest_len - rest.len()));
+            rest.reserve(rest_len - rest.len());
         }
         let room = rest.capacity().min(rest_len) - rest.len();
         let read = (&mut *reader).take(room as u64).read_buf(&mut rest).await?;
