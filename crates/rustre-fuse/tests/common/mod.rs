@@ -36,6 +36,11 @@ impl Fixture {
         // The tests run as root and act as root: squashed, root could write nowhere.
         config.root_squash = rustre_server::RootSquash::Off;
         adjust(&mut config);
+        Fixture::serve(runtime, data, config, count)
+    }
+
+    /// Opens the server of `config` on `data`, and mounts it `count` times.
+    fn serve(runtime: tokio::runtime::Runtime, data: tempfile::TempDir, config: ServerConfig, count: usize) -> Fixture {
         let server = runtime.block_on(Server::open(config)).expect("server opens");
         let address = runtime.block_on(server.listen("127.0.0.1:0")).expect("server listens").to_string();
         let mut fixture =
@@ -66,14 +71,7 @@ impl Fixture {
         let mut config = ServerConfig::new(data.path());
         config.recovery_grace = Duration::ZERO;
         assert_eq!(config.root_squash, rustre_server::RootSquash::NOBODY, "squashed by default");
-        let server = runtime.block_on(Server::open(config)).expect("server opens");
-        let address = runtime.block_on(server.listen("127.0.0.1:0")).expect("server listens").to_string();
-        let mut fixture =
-            Fixture { mounts: Vec::new(), mountpoints: Vec::new(), server: Some(server), address, data, runtime };
-        for _ in 0..count {
-            fixture.mount();
-        }
-        fixture
+        Fixture::serve(runtime, data, config, count)
     }
 
     /// One more mount, through a new client session.
