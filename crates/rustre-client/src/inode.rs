@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use crate::cache::Binding;
 use crate::error::{Error, Result};
-use crate::{Client, File};
+use crate::{Client, File, LookupKey};
 
 fn unexpected(reply: &Reply) -> Error {
     Error::new(Errno::EPROTO, format!("unexpected reply {reply:?}"))
@@ -23,7 +23,7 @@ fn validate(name: &[u8]) -> Result<()> {
 /// Removes a finished (or abandoned) lookup from the in-flight table.
 struct InFlight<'a> {
     client: &'a Client,
-    key: (u64, Vec<u8>),
+    key: LookupKey,
 }
 
 impl Drop for InFlight<'_> {
@@ -139,9 +139,11 @@ impl Client {
     }
 
     /// Asks the server, once per (parent, name) at a time: a lookup already in flight for the
-    /// same name is waited for instead of sent again (semantics.md, race 4).
+    /// same name is waited for instead of sent again (semantics.md, race 4). Only by the same
+    /// caller: the server checks each caller's search permission, so one's answer (EACCES, or
+    /// an entry) is not another's.
     async fn lookup_shared(&self, parent: u64, name: &[u8]) -> Result<Attr> {
-        let key = (parent, name.to_vec());
+        let key = (parent, name.to_vec(), self.caller.clone());
         let (sender, waiting) = {
             let mut lookups = self.inner.lookups.lock().expect("lookups lock");
             match lookups.get(&key) {

@@ -75,6 +75,10 @@ pub struct ClientConfig {
     pub tls: Option<rustre_proto::tls::ClientTls>,
 }
 
+/// How long a TLS handshake with the server may take (a server that accepts and says nothing
+/// would otherwise hold a connect forever).
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// This process's identity: effective uid and gid, and supplementary groups.
 pub fn process_caller() -> Caller {
     let groups = rustix::process::getgroups().unwrap_or_default();
@@ -253,6 +257,8 @@ type RemovalDone = watch::Receiver<()>;
 
 /// Where the tasks waiting for a shared lookup find its answer.
 type LookupAnswer = watch::Receiver<Option<Result<Attr>>>;
+/// A lookup in flight: (parent, name, caller).
+type LookupKey = (u64, Vec<u8>, Caller);
 
 struct Inner {
     link: session::Link,
@@ -265,7 +271,7 @@ struct Inner {
     caller: Caller,
     shared: Arc<Shared>,
     /// (parent, name) -> the lookup in flight for it; other tasks wait for its answer.
-    lookups: Mutex<HashMap<(u64, Vec<u8>), LookupAnswer>>,
+    lookups: Mutex<HashMap<LookupKey, LookupAnswer>>,
     /// (parent, name) -> removals (unlink, rmdir) of it in flight; a create of the same name
     /// waits for them (semantics.md race 10: in program order, never EEXIST, never lost data).
     removals: Mutex<HashMap<(u64, Vec<u8>), RemovalDone>>,
@@ -581,7 +587,16 @@ impl Client {
                 match tls {
                     // A failed TLS handshake (an untrusted certificate, a server without TLS)
                     // is an I/O error here: ECONNREFUSED-like, with rustls's reason.
-                    Some((connector, name)) => Ok(Box::new(connector.connect(name, stream).await?) as Box<dyn Stream>),
+                    Some((connector, name)) => {
+                        let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, connector.connect(name, stream));
+                        let stream = handshake.await.map_err(|_| {
+                            std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                format!("no TLS handshake within {TLS_HANDSHAKE_TIMEOUT:?}"),
+                            )
+                        })??;
+                        Ok(Box::new(stream) as Box<dyn Stream>)
+                    }
                     None => Ok(Box::new(stream) as Box<dyn Stream>),
                 }
             })

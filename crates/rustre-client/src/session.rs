@@ -40,6 +40,10 @@ pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub const RECONNECT_WAIT_DEFAULT: Duration = Duration::from_secs(120);
 /// Handles and pins per `Op::Reclaim` request.
 pub const RECLAIM_CHUNK: usize = 4096;
+/// Most bytes of handles one `Op::Reclaim` carries, far below `HEADER_LEN_MAX` (1 MiB), counted
+/// as `RECLAIMED_HANDLE_BYTES` plus 5 per group of each handle's opener (varints: at most).
+pub const RECLAIM_CHUNK_BYTES: usize = 256 * 1024;
+const RECLAIMED_HANDLE_BYTES: usize = 48;
 
 /// A byte stream to a server.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -158,8 +162,25 @@ impl Holdings {
         handles.sort_unstable_by_key(|handle| handle.handle);
         let mut pins: Vec<(u64, u64)> = self.pins.iter().map(|(&ino, &count)| (ino, count)).collect();
         pins.sort_unstable();
+        // Handles carry their openers' groups, so a chunk is bounded by its size as well: a
+        // frame header holds at most `HEADER_LEN_MAX`.
+        let mut handle_chunks: Vec<Vec<ReclaimedHandle>> = Vec::new();
+        let mut bytes = 0;
+        for handle in handles {
+            let size = RECLAIMED_HANDLE_BYTES + 5 * handle.opener.groups.len();
+            match handle_chunks.last_mut() {
+                Some(chunk) if chunk.len() < RECLAIM_CHUNK && bytes + size <= RECLAIM_CHUNK_BYTES => {
+                    bytes += size;
+                    chunk.push(handle);
+                }
+                _ => {
+                    bytes = size;
+                    handle_chunks.push(vec![handle]);
+                }
+            }
+        }
         let mut chunks = Vec::new();
-        let mut handles = handles.chunks(RECLAIM_CHUNK);
+        let mut handles = handle_chunks.into_iter();
         let mut pins = pins.chunks(RECLAIM_CHUNK);
         loop {
             let (h, p) = (handles.next(), pins.next());
@@ -167,7 +188,7 @@ impl Holdings {
                 break;
             }
             chunks.push(Op::Reclaim {
-                handles: h.unwrap_or_default().to_vec(),
+                handles: h.unwrap_or_default(),
                 pins: p.unwrap_or_default().to_vec(),
                 last: false,
             });
@@ -269,5 +290,33 @@ impl Link {
 
     pub(crate) fn can_reconnect(&self) -> bool {
         self.connector.is_some() && !self.closing.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Handles carry their openers' groups: with many handles of users in many groups, every
+    // reclaim still fits a frame header.
+    #[test]
+    fn reclaims_fit_a_frame_whatever_the_openers_groups() {
+        let mut holdings = Holdings::default();
+        let opener = Caller { uid: 1000, gid: 1000, groups: (0..300).map(|group| 4_000_000_000 - group).collect() };
+        for handle in 0..5000 {
+            holdings.handles.insert(handle, (handle + 10, OpenFlags::READ, opener.clone()));
+        }
+        let chunks = holdings.reclaims();
+        let mut handles = 0;
+        for chunk in &chunks {
+            let request = rustre_proto::Request { caller: opener.clone(), op: chunk.clone() };
+            let header = rustre_proto::frame::encode_header(&request);
+            assert!(header.len() <= rustre_proto::frame::HEADER_LEN_MAX, "{} bytes", header.len());
+            if let Op::Reclaim { handles: chunk, .. } = chunk {
+                handles += chunk.len();
+            }
+        }
+        assert_eq!(handles, 5000);
+        assert!(matches!(chunks.last(), Some(Op::Reclaim { last: true, .. })));
     }
 }

@@ -90,6 +90,30 @@ async fn pins_per_session_are_bounded() {
     server.client().await.pin(b.ino).await.expect_err("b is gone: nobody pinned it");
 }
 
+// A path from the network is walked on the server component by component, some of it on the
+// commit thread: one with more than `PATH_COMPONENTS_MAX` components is refused before a step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_from_the_network_are_bounded() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    client.mkdir("/d", 0o755).await.unwrap();
+    let long = vec![b"..".to_vec(); rustre_proto::msg::PATH_COMPONENTS_MAX + 1];
+    let op = rustre_proto::Op::OnPath {
+        path: long.clone(),
+        follow_last: false,
+        op: Box::new(rustre_proto::Op::GetAttr { ino: 0 }),
+    };
+    assert_errno(client.call(op, bytes::Bytes::new()).await, Errno::ENAMETOOLONG);
+    let mkdir = rustre_proto::Op::Mkdir { parent: 0, name: b"x".to_vec(), perm: 0o755 };
+    let op = rustre_proto::Op::AtPath { dir: long, new_dir: None, follow_last: false, op: Box::new(mkdir) };
+    assert_errno(client.call(op, bytes::Bytes::new()).await, Errno::ENAMETOOLONG);
+    // At the bound, a path of ".." walks (to the root).
+    let most = vec![b"..".to_vec(); rustre_proto::msg::PATH_COMPONENTS_MAX];
+    let op =
+        rustre_proto::Op::OnPath { path: most, follow_last: false, op: Box::new(rustre_proto::Op::GetAttr { ino: 0 }) };
+    client.call(op, bytes::Bytes::new()).await.expect("a path at the bound walks");
+}
+
 // Defect: an inode's xattr name list had no bound, so a listxattr reply could outgrow a frame.
 // Adding names stops with ENOSPC at Linux's 64 KiB list bound, and the list still comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -121,3 +121,23 @@ async fn plain_and_tls_peers_do_not_talk() {
     let plain = TestServer::start().await;
     assert!(Client::connect_with(&plain.address, trusting(&files.ca)).await.is_err(), "TLS to a plain server");
 }
+
+// A peer that accepts the connection and never answers the TLS handshake does not hold the
+// client: it gives up after `TLS_HANDSHAKE_TIMEOUT`.
+#[tokio::test]
+async fn a_server_that_never_answers_the_handshake_is_given_up_on() {
+    let (_dir, files) = material(&[]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let connect = Client::connect_with(&address, trusting(&files.ca));
+    let bound = rustre_client::TLS_HANDSHAKE_TIMEOUT * 3;
+    let error = tokio::time::timeout(bound, connect).await.expect("the client gave up").err().expect("no session");
+    assert!(error.message.contains("TLS handshake"), "{error:?}");
+    silent.abort();
+}

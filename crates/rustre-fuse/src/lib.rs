@@ -1239,7 +1239,16 @@ impl Filesystem for RustreFs {
         self.shared.runtime.spawn(async move {
             // One atomic step on the server: open the file the name has now, or create it
             // (EEXIST only with O_EXCL).
-            match client.open_at(parent.0, &name, open, perm).await {
+            let mut pinned = pinned;
+            let mut opened = client.open_at(parent.0, &name, open, perm).await;
+            if pinned && opened.as_ref().is_err_and(|error| error.errno == Errno::EMFILE) {
+                // EMFILE with PIN: the session pins as many inodes as the server allows (or has
+                // as many handles: then the open fails again, as it should). Without the pin, as
+                // a lookup beyond the bound does.
+                pinned = false;
+                opened = client.open_at(parent.0, &name, OpenFlags(open.0 & !OpenFlags::PIN.0), perm).await;
+            }
+            match opened {
                 Ok(file) => {
                     let attr = file.cached_attr().clone();
                     let handle = file.handle();

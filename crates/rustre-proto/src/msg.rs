@@ -27,6 +27,11 @@ pub const IO_SIZE_MAX: u32 = 4 << 20;
 /// Largest number of entries one `ReadDir` reply carries.
 pub const READDIR_ENTRIES_MAX: u32 = 1024;
 
+/// Most components in the paths of one `AtPath` or `OnPath` (ENAMETOOLONG beyond): each is a
+/// lookup on the server, some on its commit thread. Linux's `PATH_MAX` (4096 bytes) allows at most
+/// 2048, and a client's symlink expansions stay far below twice that.
+pub const PATH_COMPONENTS_MAX: usize = 4096;
+
 /// Largest file size (offset + length of any write, or a truncate).
 pub const FILE_SIZE_MAX: u64 = 1 << 50;
 
@@ -110,11 +115,11 @@ pub const GROUPS_MAX: usize = 65536;
 
 /// Who makes a call: the identity the server checks permissions against (after root squash,
 /// ARCHITECTURE.md "Trust"), and the owner of what the call creates.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
-    /// Supplementary groups, besides `gid` (order and repeats do not matter).
+    /// Supplementary groups, besides `gid` (order and repeats do not matter on the wire).
     pub groups: Vec<u32>,
 }
 
@@ -133,9 +138,18 @@ impl Caller {
         self.uid == 0
     }
 
-    /// Is `gid` the caller's group or one of its supplementary groups?
+    /// Is `gid` the caller's group or one of its supplementary groups? A binary search: the
+    /// groups must be sorted (`normalize`; the server normalizes every caller it receives).
     pub fn in_group(&self, gid: u32) -> bool {
-        self.gid == gid || self.groups.contains(&gid)
+        debug_assert!(self.groups.is_sorted(), "groups are normalized before they are searched");
+        self.gid == gid || self.groups.binary_search(&gid).is_ok()
+    }
+
+    /// Sorts the supplementary groups and drops repeats, so `in_group` costs a binary search
+    /// even for a caller in tens of thousands of groups.
+    pub fn normalize(&mut self) {
+        self.groups.sort_unstable();
+        self.groups.dedup();
     }
 }
 

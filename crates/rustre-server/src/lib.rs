@@ -27,7 +27,7 @@ use bytes::Bytes;
 use rustre_proto::auth::{self, Secret};
 use rustre_proto::clock::{Clock, SystemClock};
 use rustre_proto::frame::{Frame, FrameKind, encode_header, read_frame, write_frame};
-use rustre_proto::msg::{FILE_SIZE_MAX, IO_SIZE_MAX, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
+use rustre_proto::msg::{FILE_SIZE_MAX, IO_SIZE_MAX, PATH_COMPONENTS_MAX, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
 use rustre_proto::pause::PausePoints;
 use rustre_proto::rpc::{BoxFuture, Connection, Service};
 use rustre_proto::{
@@ -85,6 +85,7 @@ impl RootSquash {
     pub const NOBODY: RootSquash = RootSquash::To { uid: NOBODY, gid: NOBODY };
 
     /// The identity the server believes for `caller`.
+    /// The groups come out normalized (sorted, without repeats), as `Caller::in_group` needs.
     pub fn apply(self, mut caller: Caller) -> Caller {
         if let RootSquash::To { uid, gid } = self {
             if caller.uid == 0 {
@@ -99,6 +100,7 @@ impl RootSquash {
                 }
             }
         }
+        caller.normalize();
         caller
     }
 }
@@ -1794,6 +1796,9 @@ fn resolve_object_in_batch(
 async fn at_path(inner: &Arc<Inner>, session: &Session, caller: Caller, paths: AtPaths, op: Op) -> Answer {
     let AtPaths { dir, new_dir, follow_last } = paths;
     let none = Bytes::new;
+    if dir.len() + new_dir.as_ref().map_or(0, Vec::len) > PATH_COMPONENTS_MAX {
+        return Err(errno(Errno::ENAMETOOLONG)).into();
+    }
     match op {
         Op::Lookup { name, .. } => {
             let ticket = inner.leases.begin_read();
@@ -1999,6 +2004,9 @@ async fn on_path(
     payload: Bytes,
 ) -> Answer {
     let none = Bytes::new;
+    if path.len() > PATH_COMPONENTS_MAX {
+        return Err(errno(Errno::ENAMETOOLONG)).into();
+    }
     let who = &caller;
     let result = match op {
         Op::GetAttr { .. } => {

@@ -479,16 +479,20 @@ async fn recorded_answer(
     marker: OnceMarker,
 ) -> WireAnswer {
     let done = WireAnswer { result: Ok(Reply::Done), payload: Bytes::new(), grants: Vec::new() };
-    // The first run was checked against the caller; the reads below only repeat its answer, so
-    // they run as the superuser: a file created 0444 is reopened for writing, as its creator's
-    // handle was.
-    let Request { caller: _, op } = request;
+    // The reads below repeat the first run's answer, as the caller (squashed like every
+    // request): the op of a resend is the client's word, not the record's, so it gets nothing the
+    // caller could not get now. Except that an owner reopens its own file whatever the mode, as a
+    // reclaim keeps an owner's handles: a file created 0444 is reopened for writing, as its
+    // creator's handle was.
+    let Request { caller, op } = request;
+    let owner = inner.store.read().and_then(|ns| ns.getattr(marker.subject)).is_ok_and(|now| now.uid == caller.uid);
+    let caller = if owner { rustre_proto::Caller::ROOT } else { caller };
     let op = match op {
         Op::AtPath { op, .. } | Op::OnPath { op, .. } => *op,
         op => op,
     };
     let OnceMarker { subject, made, .. } = marker;
-    let read = |op: Op| run(inner, session, Request { caller: rustre_proto::Caller::ROOT, op }, Bytes::new());
+    let read = |op: Op| run(inner, session, Request { caller: caller.clone(), op }, Bytes::new());
     // The subject's attributes as the change left them (as now, for a row without them).
     let attr = async {
         match marker.attr {

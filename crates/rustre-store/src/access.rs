@@ -157,9 +157,11 @@ pub fn kill_privileges(record: &mut InodeRecord, caller: &Caller) -> bool {
 /// makes it; a chmod by someone outside the file's (new) group drops set-group-id.
 pub fn check_setattr(record: &InodeRecord, set: &SetAttrIn, caller: &Caller, by_handle: bool) -> Result<Option<u32>> {
     let owner = owns(record, caller);
+    // A chown to the owner it has already is the owner's (or root's) too: it still clears
+    // set-user-id, which no one else may do (Linux's `chown_ok`).
     if let Some(uid) = set.uid
-        && uid != record.uid
         && !caller.is_root()
+        && !(caller.uid == record.uid && uid == record.uid)
     {
         return Err(StoreError::Fs(Errno::EPERM));
     }
@@ -342,6 +344,12 @@ mod tests {
         let chmod = |perm| SetAttrIn { perm: Some(perm), ..SetAttrIn::default() };
         let errno = |result: Result<Option<u32>>| result.unwrap_err().errno();
         assert_eq!(errno(check_setattr(&file, &chown(BOB), &alice(), false)), Errno::EPERM);
+        assert_eq!(
+            errno(check_setattr(&file, &chown(ALICE), &bob_in_staff(), false)),
+            Errno::EPERM,
+            "a no-op chown too"
+        );
+        assert_eq!(check_setattr(&file, &chown(ALICE), &alice(), false).unwrap(), Some(0o0755));
         assert_eq!(check_setattr(&file, &chown(BOB), &Caller::ROOT, false).unwrap(), Some(0o0755));
         assert_eq!(errno(check_setattr(&file, &chgrp(STAFF), &alice(), false)), Errno::EPERM);
         let alice_in_staff = Caller { uid: ALICE, gid: ALICE, groups: vec![STAFF] };
