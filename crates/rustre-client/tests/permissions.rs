@@ -249,3 +249,87 @@ async fn handles_are_taken_back_after_a_restart_as_their_opens_allow() {
     assert_eq!(root.read("/w/mine").await.unwrap(), b"still mine");
     bob.end().await;
 }
+
+/// A raw protocol connection, for requests the library never sends: one request at a time,
+/// skipping the server's own requests (pings) on the way to the reply.
+struct Raw {
+    stream: tokio::net::TcpStream,
+    next_id: u64,
+}
+
+impl Raw {
+    async fn connect(address: &str) -> Raw {
+        Raw { stream: tokio::net::TcpStream::connect(address).await.unwrap(), next_id: 1 }
+    }
+
+    async fn call(
+        &mut self,
+        caller: &Caller,
+        op: rustre_proto::Op,
+    ) -> Result<rustre_proto::Reply, rustre_proto::WireError> {
+        use rustre_proto::frame::{Frame, FrameKind, read_frame, write_frame};
+        use tokio::io::AsyncWriteExt;
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = rustre_proto::Request { caller: caller.clone(), op };
+        write_frame(&mut self.stream, &Frame::new(FrameKind::Request, id, &request, bytes::Bytes::new()))
+            .await
+            .unwrap();
+        self.stream.flush().await.unwrap();
+        loop {
+            let frame = read_frame(&mut self.stream).await.unwrap();
+            if frame.kind == FrameKind::Reply && frame.id == id {
+                return frame.decode_header::<rustre_proto::ReplyHeader>().unwrap().result;
+            }
+        }
+    }
+}
+
+// A resend after a restart is answered from its ONCE row, but the op resent is the client's
+// word: a client whose write open of a file was recorded, and who may no longer write it,
+// resends the same slot and sequence number as a truncating open and gets nothing (the replay
+// runs as the caller, not as root).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_resend_after_a_restart_gets_nothing_the_caller_may_not_have() {
+    use rustre_proto::{HELLO_MAGIC, Op, OpenFlags, Reply};
+    let grace = std::time::Duration::from_secs(60);
+    let mut server = TestServer::start_with(|config| config.recovery_grace = grace).await;
+    let root = connect_as(&server, Caller::ROOT).await;
+    root.write("/roots", b"root's").await.unwrap();
+    root.set_permissions("/roots", 0o666).await.unwrap();
+    let ino = root.stat("/roots").await.unwrap().ino;
+
+    let bob = Caller::new(BOB, BOB);
+    let versions = (rustre_proto::msg::PROTOCOL_VERSION_MIN, rustre_proto::msg::PROTOCOL_VERSION_MAX);
+    let mut raw = Raw::connect(&server.address).await;
+    let hello =
+        Op::Hello { magic: HELLO_MAGIC, version_min: versions.0, version_max: versions.1, client_name: "raw".into() };
+    let Ok(Reply::Hello { session, .. }) = raw.call(&bob, hello).await else { panic!("no hello") };
+    let write = Op::Once { slot: 0, seq: 1, op: Box::new(Op::OpenIno { ino, flags: OpenFlags::WRITE }) };
+    assert!(matches!(raw.call(&bob, write).await, Ok(Reply::Opened { .. })), "bob may write it");
+    drop(raw);
+    root.set_permissions("/roots", 0o644).await.unwrap();
+    root.end().await;
+    eventually("only bob's session is left", || server.server().session_count() <= 1).await;
+
+    server.restart_with(|config| config.recovery_grace = grace).await;
+    let mut raw = Raw::connect(&server.address).await;
+    let resume = Op::Resume {
+        magic: HELLO_MAGIC,
+        version_min: versions.0,
+        version_max: versions.1,
+        client_name: "raw".into(),
+        session,
+    };
+    assert!(matches!(raw.call(&bob, resume).await, Ok(Reply::Resumed { .. })));
+    let reclaim = Op::Reclaim { handles: Vec::new(), pins: Vec::new(), last: true };
+    assert!(raw.call(&bob, reclaim).await.is_ok());
+    let forged =
+        Op::Once { slot: 0, seq: 1, op: Box::new(Op::OpenIno { ino, flags: OpenFlags::WRITE | OpenFlags::TRUNCATE }) };
+    match raw.call(&bob, forged).await {
+        Err(error) => assert_eq!(error.errno, Errno::EACCES, "{error:?}"),
+        Ok(reply) => panic!("a forged resend got {reply:?}"),
+    }
+    let root = connect_as(&server, Caller::ROOT).await;
+    assert_eq!(root.read("/roots").await.unwrap(), b"root's", "nothing was truncated");
+}
