@@ -58,14 +58,14 @@ fn load_secret(file: Option<&Path>) -> anyhow::Result<Option<rustre_client::Secr
 }
 
 /// A server's configuration on `data`, with its cluster secret: the file given, or DATA/secret
-/// (made, with a new random secret, on the first start).
+/// (made, with a new random secret, on the first start); and its TLS files, if it speaks TLS.
 fn server_config(
     data: &Path,
     secret_file: Option<&Path>,
     root_squash: bool,
     tls: &ServerTls,
     listen: &str,
-) -> anyhow::Result<ServerConfig> {
+) -> anyhow::Result<(ServerConfig, Option<rustre_server::tls::TlsFiles>)> {
     let secret = match secret_file {
         Some(file) => rustre_client::Secret::load(file)?,
         None => {
@@ -81,11 +81,12 @@ fn server_config(
     let mut config = ServerConfig::new(data);
     config.secret = Some(secret);
     config.root_squash = if root_squash { RootSquash::NOBODY } else { RootSquash::Off };
-    if let Some(files) = tls.files(data, listen)? {
+    let files = tls.files(data, listen)?;
+    if let Some(files) = &files {
         config.tls = Some(rustre_client::rustre_proto::tls::server_config(&files.chain, &files.key)?);
         tracing::info!(chain = %files.chain.display(), "TLS on; clients trust {}", files.ca.display());
     }
-    Ok(config)
+    Ok((config, files))
 }
 
 /// TLS of `rustre server` and `rustre up`.
@@ -482,7 +483,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Server { data, listen, recovery_grace, space_reserve, fault_estale_every, root_squash, tls } => {
-            let mut config = server_config(&data, secret_file, root_squash, &tls, &listen)?;
+            let (mut config, _) = server_config(&data, secret_file, root_squash, &tls, &listen)?;
             config.recovery_grace = std::time::Duration::from_secs(recovery_grace);
             config.space_reserve = space_reserve << 20;
             config.fault_estale_every_nth_open = fault_estale_every;
@@ -490,9 +491,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Up { mountpoint, data, listen, root_squash, tls } => {
             // Its own clients prove the secret of the server it runs, and trust its certificate.
-            let config = server_config(&data, secret_file, root_squash, &tls, &listen)?;
+            let (config, files) = server_config(&data, secret_file, root_squash, &tls, &listen)?;
             assert!(CLUSTER_SECRET.set(config.secret.clone()).is_ok(), "the secret is set once");
-            let trusted = match (&cli.tls_ca, tls.files(&data, &listen)?) {
+            let trusted = match (&cli.tls_ca, files) {
                 (_, None) => None,
                 (Some(ca), Some(_)) => Some(ca.clone()),
                 (None, Some(files)) => Some(files.ca),

@@ -2218,16 +2218,15 @@ async fn read_ino(
 ) -> Result<(Reply, Bytes), StoreError> {
     let len = len.min(IO_SIZE_MAX);
     let _guard = inner.locks.shared(ino).await;
-    let ns = inner.store.read()?;
-    let attr = ns.getattr(ino)?;
+    let record = inner.store.read()?.inode(ino)?.ok_or(StoreError::Fs(Errno::ESTALE))?;
     // The owner may always read (NFS's "owner override"): a file its owner opened and then made
     // 0200 or 0000 is still read through the open, as it would be through a handle.
     if let Some(caller) = check
-        && caller.uid != attr.uid
+        && caller.uid != record.uid
     {
-        ns.access(ino, caller, rustre_store::access::Want::READ)?;
+        rustre_store::access::check(&record, caller, rustre_store::access::Want::READ)?;
     }
-    drop(ns);
+    let attr = record.attr(ino);
     if attr.kind == FileKind::Directory {
         return Err(errno(Errno::EISDIR));
     }

@@ -245,13 +245,6 @@ impl ReadNs {
         load_dirent(&self.dirents, parent, name)
     }
 
-    /// The attributes of `ino`, if `caller` may access it as `want` asks (EACCES if not).
-    pub fn access(&self, ino: u64, caller: &Caller, want: Want) -> Result<Attr> {
-        let record = existing(self.inode(ino)?)?;
-        access::check(&record, caller, want)?;
-        Ok(record.attr(ino))
-    }
-
     /// `entry`, for `caller`: `parent` must be a usable directory it may search.
     pub fn searched_entry(&self, parent: u64, name: &[u8], caller: &Caller) -> Result<Option<Dirent>> {
         access::check_search(&usable_directory(self.inode(parent)?)?, caller)?;
@@ -434,13 +427,6 @@ impl<'txn> Ns<'txn> {
     pub fn searched_entry(&self, parent: u64, name: &[u8], caller: &Caller) -> Result<Option<Dirent>> {
         access::check_search(&self.directory(parent)?, caller)?;
         self.entry(parent, name)
-    }
-
-    /// `ReadNs::access` inside the batch.
-    pub fn access(&self, ino: u64, caller: &Caller, want: Want) -> Result<Attr> {
-        let record = existing(self.inode(ino)?)?;
-        access::check(&record, caller, want)?;
-        Ok(record.attr(ino))
     }
 
     /// Resolves a path of directory names from the root, by name, inside the batch (so atomic
