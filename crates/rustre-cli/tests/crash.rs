@@ -245,7 +245,8 @@ async fn orphans_of_a_killed_server_survive_the_restart_then_are_reclaimed() {
     assert_eq!(client.stat("/doomed").await.unwrap_err().errno, Errno::ENOENT);
     let orphans = client.orphans().await.unwrap();
     assert_eq!(orphans.len(), 1, "the orphan survived the restart");
-    assert_eq!(client.getattr(orphans[0].ino).await.unwrap().size, 14, "an unclaimed orphan is still there");
+    assert!(orphans[0].kept_for_recovery && orphans[0].holders.is_empty(), "kept for recovery: {orphans:?}");
+    assert_eq!(client.getattr(orphans[0].attr.ino).await.unwrap().size, 14, "an unclaimed orphan is still there");
     let mut left = orphans.len();
     for _ in 0..100 {
         left = client.orphans().await.unwrap().len();

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use rustre_proto::msg::READDIR_ENTRIES_MAX;
 use rustre_proto::{
-    Attr, DirEntry, Errno, FileKind, Grant, Op, OpenFlags, RenameMode, Reply, SetAttrIn, StatFs, XattrMode,
+    Attr, DirEntry, Errno, FileKind, Grant, Op, OpenFlags, Orphan, RenameMode, Reply, SetAttrIn, StatFs, XattrMode,
 };
 use tokio::sync::watch;
 
@@ -449,11 +449,29 @@ impl Client {
         }
     }
 
-    /// Inodes whose last name is gone but which open handles keep alive (administration).
-    pub async fn orphans(&self) -> Result<Vec<Attr>> {
-        match self.call(Op::ListOrphans, Bytes::new()).await?.0 {
-            Reply::Orphans { orphans } => Ok(orphans),
-            other => Err(unexpected(&other)),
+    /// Inodes whose last name is gone but which something keeps alive, in inode order, each with
+    /// what does: the sessions holding handles or pins on it (a mount pins what its kernel
+    /// references), and whether the recovery after a restart keeps it (administration). Read one
+    /// page at a time, so the list is not one snapshot: an orphan made or destroyed meanwhile may
+    /// be missing or shown.
+    pub async fn orphans(&self) -> Result<Vec<Orphan>> {
+        let mut orphans: Vec<Orphan> = Vec::new();
+        loop {
+            let after = orphans.last().map_or(0, |orphan| orphan.attr.ino);
+            let (page, end) = match self.call(Op::ListOrphans { after }, Bytes::new()).await?.0 {
+                Reply::Orphans { orphans, end } => (orphans, end),
+                other => return Err(unexpected(&other)),
+            };
+            // Each page must move on, or a confused server would keep this loop going forever.
+            let ascending =
+                page.iter().try_fold(after, |last, orphan| (orphan.attr.ino > last).then_some(orphan.attr.ino));
+            if ascending.is_none() || (page.is_empty() && !end) {
+                return Err(Error::new(Errno::EPROTO, format!("a page of orphans after {after} does not move on")));
+            }
+            orphans.extend(page);
+            if end {
+                return Ok(orphans);
+            }
         }
     }
 

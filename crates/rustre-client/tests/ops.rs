@@ -13,7 +13,7 @@ use common::*;
 use rustre_client::{Client, OpenOptions};
 use rustre_proto::msg::FILE_SIZE_MAX;
 use rustre_proto::{
-    Attr, Errno, FileKind, Op, OpenFlags, ROOT_INO, RenameMode, SetAttrIn, TimeSet, Timestamp, XattrMode,
+    Attr, Errno, FileKind, Op, OpenFlags, Orphan, ROOT_INO, RenameMode, SetAttrIn, TimeSet, Timestamp, XattrMode,
 };
 
 // ---- helpers ----
@@ -2380,6 +2380,106 @@ async fn orphans_of_a_closed_session_are_reclaimed() {
     let srv = server.server().clone();
     eventually("the closed session's orphan is destroyed", || srv.orphans().unwrap().is_empty()).await;
     assert_errno(other.getattr(o).await, Errno::ESTALE);
+}
+
+/// Who holds an orphan, as `Client::orphans` shows it: `(session, connected, handles, pins)` per
+/// holder, in session order.
+fn holders(orphan: &Orphan) -> Vec<(u64, bool, u64, u64)> {
+    orphan.holders.iter().map(|holder| (holder.session, holder.connected, holder.handles, holder.pins)).collect()
+}
+
+// Proves the orphan listing shows what keeps each orphan alive: the session that opened it, with
+// its one handle (and its client's address and name), then a session that pins it as well (what a
+// mount does for its kernel's references); the close leaves the pin the only holder, and the
+// unpin leaves no orphan to list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_show_the_sessions_holding_them() {
+    let server = TestServer::start().await;
+    let opener = server.client().await;
+    let pinner = server.client().await;
+    let admin = server.client().await;
+    opener.write("/o", b"held").await.unwrap();
+    let file = opener.open("/o", &read_only()).await.unwrap();
+    let o = file.ino();
+    admin.remove_file("/o").await.unwrap();
+    let orphans = admin.orphans().await.unwrap();
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    let orphan = &orphans[0];
+    assert_eq!((orphan.attr.ino, orphan.attr.nlink, orphan.attr.size), (o, 0, 4));
+    assert_eq!((orphan.opens, orphan.kept_for_recovery), (1, false));
+    assert_eq!(holders(orphan), vec![(opener.session(), true, 1, 0)]);
+    let holder = &orphan.holders[0];
+    assert!(holder.peer.starts_with("127.0.0.1:"), "the client's address: {holder:?}");
+    assert!(holder.client_name.starts_with("rustre-client pid "), "the name from its hello: {holder:?}");
+
+    pinner.pin(o).await.unwrap();
+    let orphans = admin.orphans().await.unwrap();
+    assert_eq!(orphans[0].opens, 2);
+    let mut expected = vec![(opener.session(), true, 1, 0), (pinner.session(), true, 0, 1)];
+    expected.sort_unstable();
+    assert_eq!(holders(&orphans[0]), expected);
+
+    file.close().await.unwrap();
+    let orphans = admin.orphans().await.unwrap();
+    assert_eq!((orphans.len(), orphans[0].opens), (1, 1));
+    assert_eq!(holders(&orphans[0]), vec![(pinner.session(), true, 0, 1)]);
+    pinner.unpin(o, 1).await.unwrap();
+    assert_eq!(admin.orphans().await.unwrap(), vec![]);
+}
+
+// Proves a session whose connection broke still shows as holding its orphan, as disconnected,
+// while the server keeps it for its client to resume (a grace period longer than the test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_show_a_disconnected_holder() {
+    let server = TestServer::start_with(|config| config.recovery_grace = Duration::from_secs(600)).await;
+    let holder = server.client().await;
+    let admin = server.client().await;
+    holder.write("/o", b"held").await.unwrap();
+    let file = holder.open("/o", &read_only()).await.unwrap();
+    admin.remove_file("/o").await.unwrap();
+    let session = holder.session();
+    std::mem::forget(file);
+    holder.crash();
+    // The server learns of the broken connection in the background.
+    let mut shown = Vec::new();
+    for _ in 0..500 {
+        shown = holders(&admin.orphans().await.unwrap()[0]);
+        if shown == vec![(session, false, 1, 0)] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(shown, vec![(session, false, 1, 0)], "the detached session still holds its handle");
+}
+
+// Proves an orphan left by the previous run shows as kept for recovery, held by no session,
+// until a session of the new run claims it by id, which then shows as holding it too. The
+// previous run's session never comes back (its client does not know the new address), so
+// recovery lasts the whole test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_of_the_previous_run_show_as_kept_for_recovery() {
+    let mut server = TestServer::start().await;
+    let client = server.client().await;
+    client.write("/o", b"orphaned").await.unwrap();
+    let file = client.open("/o", &read_only()).await.unwrap();
+    let o = file.ino();
+    client.remove_file("/o").await.unwrap();
+    std::mem::forget(file);
+    server.restart_with(|config| config.recovery_grace = Duration::from_secs(600)).await;
+    client.close();
+
+    let admin = server.client().await;
+    let orphans = admin.orphans().await.unwrap();
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    assert_eq!((orphans[0].attr.ino, orphans[0].opens, orphans[0].kept_for_recovery), (o, 0, true));
+    assert_eq!(holders(&orphans[0]), vec![]);
+    let claimed = admin.open_ino(o, OpenFlags::READ).await.unwrap();
+    let orphans = admin.orphans().await.unwrap();
+    assert_eq!((orphans[0].opens, orphans[0].kept_for_recovery), (1, true));
+    assert_eq!(holders(&orphans[0]), vec![(admin.session(), true, 1, 0)]);
+    claimed.close().await.unwrap();
+    let orphans = admin.orphans().await.unwrap();
+    assert_eq!((orphans.len(), orphans[0].opens, orphans[0].kept_for_recovery), (1, 0, true), "kept still");
 }
 
 // ---- fsync ----

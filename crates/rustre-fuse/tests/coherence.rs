@@ -199,6 +199,16 @@ fn kernel_lookups_are_pinned_once_and_forget_gives_the_pins_back() {
     let ino = held.metadata().unwrap().ino();
     fs::remove_file(b.join("f")).unwrap();
     assert_eq!(fixture.server().orphans().unwrap(), vec![ino]);
+    // The orphan listing (`rustre admin orphans`) names that pin as what holds it: one session,
+    // connected, one pin, no handle. (B's kernel may hold the inode a moment longer, with the pin
+    // its create took, until it drops the unlinked inode.)
+    let admin = fixture.client();
+    eventually("the listing shows A's pin as the one holder", || {
+        drop_kernel_caches();
+        let orphans = fixture.runtime.block_on(admin.orphans()).unwrap();
+        let holders = orphans[0].holders.iter().map(|holder| (holder.connected, holder.handles, holder.pins));
+        orphans[0].attr.ino == ino && holders.eq([(true, 0, 1)])
+    });
     // The kernel forgets it: the pin goes back exactly once, and the orphan with it.
     drop(held);
     eventually("the kernel's forget unpins the orphan", || {

@@ -13,10 +13,11 @@ pub const ROOT_INO: u64 = 1;
 
 /// Protocol versions this build speaks, inclusive. Version 2 added leases (grants in every
 /// reply header, revocations, releases); 3 the cluster secret's proof in the hello; 4 the
-/// caller's supplementary groups and the identity a reclaimed handle was opened by. Nothing
-/// speaking an older version was ever released.
-pub const PROTOCOL_VERSION_MIN: u16 = 4;
-pub const PROTOCOL_VERSION_MAX: u16 = 4;
+/// caller's supplementary groups and the identity a reclaimed handle was opened by; 5 what
+/// keeps each orphan alive (`Orphan`), in pages (`Op::ListOrphans::after`). Nothing speaking an
+/// older version was ever released.
+pub const PROTOCOL_VERSION_MIN: u16 = 5;
+pub const PROTOCOL_VERSION_MAX: u16 = 5;
 
 /// Sent in `Hello` to recognise a rustre peer before anything else is believed.
 pub const HELLO_MAGIC: u32 = 0x5253_5452; // "RSTR"
@@ -385,9 +386,12 @@ pub enum Op {
         follow_last: bool,
         op: Box<Op>,
     },
-    /// Administration: the orphans (inodes whose last name is gone, kept alive by open handles).
-    /// Answered `Orphans`.
-    ListOrphans,
+    /// Administration: the orphans (inodes whose last name is gone, kept alive by open handles,
+    /// pins or recovery) with ids above `after`, and what keeps each alive. Answered `Orphans`,
+    /// one page at a time: `after` 0 starts, the last ino of a page continues.
+    ListOrphans {
+        after: u64,
+    },
     /// Keeps an inode alive for this session, as an open handle does, without opening it (a
     /// FUSE mount mirrors the kernel's lookup count as pins). ESTALE if it is gone. `Done`.
     Pin {
@@ -492,7 +496,7 @@ impl Op {
             | Op::StatFs
             | Op::GetXattr { .. }
             | Op::ListXattr { .. }
-            | Op::ListOrphans
+            | Op::ListOrphans { .. }
             | Op::ReleaseLeases { .. } => false,
             Op::AtPath { op, .. } | Op::OnPath { op, .. } => op.changes_state(),
             Op::SetAttr { .. }
@@ -544,7 +548,7 @@ impl Op {
             Op::ReleaseLeases { .. } => "release_leases",
             Op::AtPath { .. } => "at_path",
             Op::OnPath { .. } => "on_path",
-            Op::ListOrphans => "list_orphans",
+            Op::ListOrphans { .. } => "list_orphans",
             Op::Pin { .. } => "pin",
             Op::Unpin { .. } => "unpin",
             Op::PinName { .. } => "pin_name",
@@ -626,6 +630,47 @@ pub struct StatFs {
     pub name_len_max: u32,
 }
 
+/// An orphan (`Reply::Orphans`): an inode whose last name is gone, and what keeps it alive.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Orphan {
+    /// Its attributes (`nlink` 0).
+    pub attr: Attr,
+    /// Handles and pins the server counts on it, of every session: what `holders` shows, plus
+    /// opens in flight and holders beyond those listed. An orphan is destroyed when this reaches
+    /// 0 and `kept_for_recovery` is false.
+    pub opens: u64,
+    /// Kept as if open until the recovery after a restart ends: an orphan of the previous run (or
+    /// an inode its unanswered changes opened), which a returning session may still claim.
+    pub kept_for_recovery: bool,
+    /// The sessions holding handles or pins on it, by session id (at most
+    /// `ORPHAN_HOLDERS_MAX`).
+    pub holders: Vec<OrphanHolder>,
+}
+
+/// Most holders `Orphan::holders` lists; `Orphan::opens` still counts the others' opens.
+pub const ORPHAN_HOLDERS_MAX: usize = 64;
+
+/// A session holding an orphan (`Orphan::holders`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrphanHolder {
+    pub session: u64,
+    /// The client's address, as the server saw its latest connection (`ip:port` over TCP).
+    pub peer: String,
+    /// The name the client gave in its hello (`Op::Hello::client_name`), cut to
+    /// `CLIENT_NAME_SHOWN_MAX` bytes.
+    pub client_name: String,
+    /// The session has a connection now. If not, the server keeps it (and what it holds) for
+    /// its client to resume, for the recovery grace period.
+    pub connected: bool,
+    /// Open handles of the session on the inode.
+    pub handles: u64,
+    /// Pins of the session on the inode (`Op::Pin`, `Op::PinName`): a mount's kernel references.
+    pub pins: u64,
+}
+
+/// Most bytes of a client's name a server keeps to show (`OrphanHolder::client_name`).
+pub const CLIENT_NAME_SHOWN_MAX: usize = 128;
+
 /// A successful reply. Which variant answers which `Op` is listed in `docs/protocol.md`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Reply {
@@ -683,9 +728,11 @@ pub enum Reply {
         index: u32,
         target: Vec<u8>,
     },
-    /// ListOrphans: each orphan's attributes (nlink 0).
+    /// ListOrphans: one page of orphans, in inode order, each with what keeps it alive; `end`
+    /// when no orphan follows the last one.
     Orphans {
-        orphans: Vec<Attr>,
+        orphans: Vec<Orphan>,
+        end: bool,
     },
     /// Resume: as `Hello`, and whether the server kept the session's handles and pins (only its
     /// connection broke) or lost them (it restarted): then the client sends `Reclaim` next.

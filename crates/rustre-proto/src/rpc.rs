@@ -220,6 +220,12 @@ impl Connection {
             let frame = match frame {
                 Ok(frame) => frame,
                 Err(FrameError::Closed) => break "peer closed the connection".to_string(),
+                // A peer that exits without closing cleanly resets the connection: broken, not
+                // malformed, and ordinary (the session's fate is logged where it is decided).
+                Err(FrameError::Io(error)) => {
+                    tracing::debug!(connection = %self.inner.name, %error, "connection broke");
+                    break format!("connection broke: {error}");
+                }
                 Err(error) => {
                     tracing::warn!(connection = %self.inner.name, %error, "dropping connection: malformed input");
                     break format!("malformed input: {error}");

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use rustre_proto::frame::{Frame, FrameKind, decode_all, encode_header};
 use rustre_proto::{
-    Callback, CallbackReply, Caller, Errno, HELLO_MAGIC, Op, OpenFlags, Reply, ReplyHeader, Request, WireError,
+    Attr, Callback, CallbackReply, Caller, Errno, FileKind, HELLO_MAGIC, Op, OpenFlags, Orphan, OrphanHolder, Reply,
+    ReplyHeader, Request, Timestamp, WireError,
 };
 
 fn corpus() -> PathBuf {
@@ -30,12 +31,41 @@ fn request(op: Op) -> Bytes {
     encode_header(&Request { caller: Caller { uid: 1000, gid: 1000, groups: vec![4, 27] }, op })
 }
 
+/// The attributes of a small file.
+fn seed_attr() -> Attr {
+    let time = Timestamp { secs: 1_800_000_000, nanos: 7 };
+    Attr {
+        ino: 12,
+        generation: 1,
+        kind: FileKind::Regular,
+        perm: 0o644,
+        nlink: 0,
+        uid: 1000,
+        gid: 1000,
+        size: 4,
+        blocks: 1,
+        atime: time,
+        mtime: time,
+        ctime: time,
+    }
+}
+
 /// One valid frame of each kind of message.
 fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let hello = Op::Hello { magic: HELLO_MAGIC, version_min: 3, version_max: 3, client_name: "seed".into() };
     let create = OpenFlags(OpenFlags::CREATE.0 | OpenFlags::WRITE.0);
     let mkdir = Op::Mkdir { parent: 1, name: b"d".to_vec(), perm: 0o755 };
     let failed = WireError { errno: Errno::ENOENT, message: "x".into() };
+    let holder = OrphanHolder {
+        session: 1 << 32 | 1,
+        peer: "127.0.0.1:9".into(),
+        client_name: "seed".into(),
+        connected: false,
+        handles: 1,
+        pins: 2,
+    };
+    let orphan = Orphan { attr: seed_attr(), opens: 3, kept_for_recovery: true, holders: vec![holder] };
+    let orphans = Reply::Orphans { orphans: vec![orphan], end: false };
     vec![
         ("hello", wire(FrameKind::Request, request(hello), b"")),
         (
@@ -50,6 +80,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("prove", wire(FrameKind::Request, request(Op::Prove { nonce: [1; 32], proof: [2; 32] }), b"")),
         ("once", wire(FrameKind::Request, request(Op::Once { slot: 1, seq: 2, op: Box::new(mkdir) }), b"")),
         ("reply", wire(FrameKind::Reply, encode_header(&ReplyHeader::new(Ok(Reply::Done))), b"")),
+        ("orphans", wire(FrameKind::Reply, encode_header(&ReplyHeader::new(Ok(orphans))), b"")),
         ("error", wire(FrameKind::Reply, encode_header(&ReplyHeader::new(Err(failed))), b"")),
         ("ping", wire(FrameKind::Request, encode_header(&Callback::Ping { nonce: 5 }), b"")),
         ("pong", wire(FrameKind::Reply, encode_header(&CallbackReply::Pong { nonce: 5 }), b"")),

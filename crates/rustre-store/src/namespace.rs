@@ -1213,6 +1213,17 @@ impl<'txn> Ns<'txn> {
     pub fn orphans(&self) -> Result<Vec<u64>> {
         list_orphans(&self.orphans)
     }
+
+    /// At most `max` orphans with ids above `after`, in id order: one page of a listing, read
+    /// without going through the orphans before it.
+    pub fn orphans_after(&self, after: u64, max: usize) -> Result<Vec<u64>> {
+        let Some(first) = after.checked_add(1) else { return Ok(Vec::new()) };
+        let mut orphans = Vec::new();
+        for item in self.orphans.range(first..)?.take(max) {
+            orphans.push(item?.0.value());
+        }
+        Ok(orphans)
+    }
 }
 
 /// Makes a fresh store's tables, counters and root directory. Returns the boot number.
