@@ -17,13 +17,16 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use rustre_client::rustre_proto::{Attr, Errno, FileKind, Timestamp};
+use output::{LongRow, write_long};
+use rustre_client::rustre_proto::{Attr, Errno, FileKind};
 use rustre_client::{Client, ClientConfig, Entry, OpenOptions};
 use rustre_server::{RootSquash, Server, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 mod bench;
+mod mountpoint;
+mod output;
 mod race;
 mod report;
 mod scale;
@@ -170,7 +173,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum AdminCommand {
-    /// Lists orphans: files whose last name is gone but which open handles keep alive.
+    /// Lists orphans (files and directories whose last name is gone) and what keeps each alive:
+    /// the open handles and the kernel references (pins of a mount) of each client session, or
+    /// the recovery after a server restart.
     Orphans,
 }
 
@@ -202,7 +207,7 @@ enum Command {
         /// 65534), so no client machine gets root's power over the file system. `off` trusts
         /// client roots as root.
         #[arg(long, env = "RUSTRE_ROOT_SQUASH", default_value = "on", value_name = "on|off",
-              action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+              action = clap::ArgAction::Set, value_parser = parse_on_off, hide_possible_values = true)]
         root_squash: bool,
         #[command(flatten)]
         tls: ServerTls,
@@ -232,8 +237,16 @@ enum Command {
         /// Root squash (see `rustre server`). Off here by default: `up` serves this machine, whose
         /// root owns the data directory anyway; turn it on when other machines mount this server.
         #[arg(long, env = "RUSTRE_ROOT_SQUASH", default_value = "off", value_name = "on|off",
-              action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+              action = clap::ArgAction::Set, value_parser = parse_on_off)]
         root_squash: bool,
+        /// Seconds the clients of the previous run have to come back after a crash (see
+        /// `rustre server`). A clean stop (Ctrl-C) ends `up`'s own mount's session, so the next
+        /// `up` does not wait for it; other mounts of the last run are waited for.
+        #[arg(long, default_value_t = rustre_server::RECOVERY_GRACE_DEFAULT.as_secs(), value_name = "SECONDS")]
+        recovery_grace: u64,
+        /// Megabytes of free space that writes and creates leave alone (see `rustre server`).
+        #[arg(long, default_value_t = rustre_server::SPACE_RESERVE_DEFAULT >> 20, value_name = "MB")]
+        space_reserve: u64,
         #[command(flatten)]
         tls: ServerTls,
     },
@@ -251,6 +264,28 @@ enum Command {
         #[arg(long, default_value_t = rustre_client::CACHE_ENTRIES_MAX, value_name = "N",
               value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 24))]
         cache_entries: usize,
+        /// Fail a request with EIO once it has waited SECONDS for an unreachable server (an NFS
+        /// `soft` mount). Without it, requests wait for the server as long as it takes (`hard`).
+        ///
+        /// Either way the mount stays and recovers when the server is back, and its log says
+        /// when the server becomes unreachable and when it is back. The wait starts when the
+        /// mount finds the server gone: at once if its connection closes, after about 10 s of
+        /// silence if it vanishes without a word.
+        ///
+        /// Hard, the default: a process using the mount waits, and cannot be killed meanwhile
+        /// (not even with SIGKILL: the mount has its request), until the server is back or the
+        /// mount is stopped (Ctrl-C or SIGTERM to this command; then what waits fails with EIO).
+        ///
+        /// Soft: nothing waits longer than SECONDS, but applications get EIO for calls whose
+        /// outcome is unknown. A write, rename, unlink or create that fails so may have been
+        /// made anyway (the server may have had it before it became unreachable), and an
+        /// application that takes the error for "nothing happened", or gives up half way
+        /// through its work, may lose or duplicate data; a read or stat that fails may make a
+        /// build or a script fail. Choose it where hanging is worse than an error (interactive
+        /// use, monitoring), not under databases or anything that must not stop half way.
+        #[arg(long, value_name = "SECONDS",
+              value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(1..=86_400))]
+        soft_timeout: Option<u64>,
     },
     /// Lists a directory (or shows a single non-directory).
     Ls {
@@ -462,9 +497,22 @@ fn fsck(data: &std::path::Path, repair: bool) -> anyhow::Result<()> {
     Err(Reported.into())
 }
 
-/// The error with its causes, on one line.
+/// The error with its causes, on one line: `what failed: why: why`. A cause whose text its
+/// parent already ends with (an error that prints its source and also names it as its source)
+/// is said once.
 fn one_line(error: &anyhow::Error) -> String {
-    format!("{error:#}").replace('\n', " ")
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
 }
 
 fn is_broken_pipe(error: &anyhow::Error) -> bool {
@@ -473,7 +521,8 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
     })
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(mut cli: Cli) -> anyhow::Result<()> {
+    cli.server = with_default_port(&cli.server);
     let secret_file = cli.secret_file.as_deref();
     if !matches!(cli.command, Command::Up { .. } | Command::Server { .. }) {
         let secret = load_secret(secret_file)?;
@@ -483,15 +532,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Server { data, listen, recovery_grace, space_reserve, fault_estale_every, root_squash, tls } => {
+            let listen = with_default_port(&listen);
             let (mut config, _) = server_config(&data, secret_file, root_squash, &tls, &listen)?;
             config.recovery_grace = std::time::Duration::from_secs(recovery_grace);
             config.space_reserve = space_reserve << 20;
             config.fault_estale_every_nth_open = fault_estale_every;
             serve(config, &listen).await
         }
-        Command::Up { mountpoint, data, listen, root_squash, tls } => {
+        Command::Up { mountpoint, data, listen, root_squash, recovery_grace, space_reserve, tls } => {
+            let listen = with_default_port(&listen);
             // Its own clients prove the secret of the server it runs, and trust its certificate.
-            let (config, files) = server_config(&data, secret_file, root_squash, &tls, &listen)?;
+            let (mut config, files) = server_config(&data, secret_file, root_squash, &tls, &listen)?;
+            config.recovery_grace = std::time::Duration::from_secs(recovery_grace);
+            config.space_reserve = space_reserve << 20;
             assert!(CLUSTER_SECRET.set(config.secret.clone()).is_ok(), "the secret is set once");
             let trusted = match (&cli.tls_ca, files) {
                 (_, None) => None,
@@ -502,13 +555,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let own = own.transpose()?;
             assert!(CLUSTER_TLS.set(own).is_ok(), "TLS is set once");
             let secret = secret_file.map_or_else(|| data.join(SECRET_FILE_NAME), Path::to_path_buf);
+            let shown = Shown { data: &data, secret: &secret, tls_ca: trusted.as_deref() };
             match mountpoint {
-                None => up(config, &data, &secret, trusted.as_deref(), &listen).await,
-                Some(mountpoint) => up_mounted(config, &listen, &mountpoint).await,
+                None => up(config, &shown, &listen).await,
+                Some(mountpoint) => up_mounted(config, &shown, &listen, &mountpoint).await,
             }
         }
-        Command::Mount { server, mountpoint, threads, cache_entries } => {
-            let options = MountOptions { threads, cache_entries, client_stats: cli.client_stats };
+        Command::Mount { server, mountpoint, threads, cache_entries, soft_timeout } => {
+            let server = with_default_port(&server);
+            let soft_timeout = soft_timeout.map(std::time::Duration::from_secs);
+            let options = MountOptions { threads, cache_entries, client_stats: cli.client_stats, soft_timeout };
             mount(&server, &mountpoint, options).await
         }
         Command::Race(args) => race::run(args, &cli.server, cli.client_stats).await,
@@ -579,6 +635,36 @@ async fn client_command(client: &Client, command: Command) -> anyhow::Result<()>
     }
 }
 
+/// `on` or `off` (also `true`/`false`, `yes`/`no`, `1`/`0`).
+fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("{text:?} is neither on nor off")),
+    }
+}
+
+/// The port a server listens on, and clients dial, when an address names none.
+const PORT_DEFAULT: u16 = 7070;
+
+/// `host` or `ip` without a port gets `PORT_DEFAULT`: `files.example` is `files.example:7070`,
+/// `::1` or `[::1]` is `[::1]:7070`. Anything else is left as it is, for the resolver to judge.
+fn with_default_port(address: &str) -> String {
+    if address.parse::<SocketAddr>().is_ok() {
+        return address.to_string();
+    }
+    if address.parse::<std::net::Ipv6Addr>().is_ok() {
+        return format!("[{address}]:{PORT_DEFAULT}");
+    }
+    if address.starts_with('[') && address.ends_with(']') {
+        return format!("{address}:{PORT_DEFAULT}");
+    }
+    if !address.is_empty() && !address.contains(':') {
+        return format!("{address}:{PORT_DEFAULT}");
+    }
+    address.to_string()
+}
+
 /// An octal mode of at most 12 bits.
 fn parse_mode(text: &str) -> Result<u32, String> {
     match u32::from_str_radix(text, 8) {
@@ -602,15 +688,119 @@ fn parse_owner(text: &str) -> Result<(Option<u32>, Option<u32>), String> {
     Ok((uid, gid))
 }
 
+/// `rustre admin orphans`: a table of the orphans, each with what keeps it alive, then a summary.
 async fn orphans(client: &Client) -> anyhow::Result<()> {
-    let orphans = client.orphans().await?;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{:>20} {:>12} {:>6} {:>6} {:>12}", "ino", "size", "uid", "gid", "ctime")?;
-    for attr in &orphans {
-        writeln!(out, "{:>20} {:>12} {:>6} {:>6} {:>12}", attr.ino, attr.size, attr.uid, attr.gid, attr.ctime.secs)?;
+    use rustre_client::rustre_proto::{Orphan, OrphanHolder, Timestamp};
+
+    fn plural(count: u64, one: &str, many: &str) -> String {
+        format!("{count} {}", if count == 1 { one } else { many })
     }
-    writeln!(out, "{} orphan(s)", orphans.len())?;
-    Ok(())
+
+    /// `1 handle, 2 pins (kernel references)`: the nonzero counts.
+    fn counts(handles: u64, pins: u64, and: &str) -> String {
+        let mut held = Vec::new();
+        if handles > 0 {
+            held.push(plural(handles, "handle", "handles"));
+        }
+        if pins > 0 {
+            held.push(plural(pins, "pin (kernel reference)", "pins (kernel references)"));
+        }
+        held.join(and)
+    }
+
+    /// `session 0x100000001 (127.0.0.1:45522 "rustre-client pid 7"): 1 handle`.
+    fn holder_line(holder: &OrphanHolder) -> String {
+        let mut about = Vec::new();
+        if !holder.peer.is_empty() {
+            about.push(holder.peer.clone());
+        }
+        if !holder.client_name.is_empty() {
+            about.push(format!("{:?}", holder.client_name));
+        }
+        let mut about = about.join(" ");
+        if !holder.connected {
+            about = [about.as_str(), "disconnected, kept for its client to resume"].join("; ");
+        }
+        let about = about.trim_start_matches("; ");
+        let held = counts(holder.handles, holder.pins, ", ");
+        match about.is_empty() {
+            true => format!("session {:#x}: {held}", holder.session),
+            false => format!("session {:#x} ({about}): {held}", holder.session),
+        }
+    }
+
+    /// What keeps `orphan` alive, one line each.
+    fn held_by(orphan: &Orphan) -> Vec<String> {
+        let mut lines: Vec<String> = orphan.holders.iter().map(holder_line).collect();
+        let shown: u64 = orphan.holders.iter().map(|holder| holder.handles + holder.pins).sum();
+        if orphan.opens > shown {
+            let more = plural(orphan.opens - shown, "open", "opens");
+            lines.push(format!("{more} in flight, or of sessions not listed"));
+        }
+        if orphan.kept_for_recovery {
+            lines.push("kept until the recovery after a restart ends (left by the previous run)".to_string());
+        }
+        if lines.is_empty() {
+            lines.push("nothing (the server's next start destroys it)".to_string());
+        }
+        lines
+    }
+
+    let orphans = client.orphans().await?;
+    if orphans.is_empty() {
+        return print(|out| writeln!(out, "no orphans"));
+    }
+    let now = Timestamp::from_system_time(std::time::SystemTime::now());
+    let header = ["INO", "TYPE", "SIZE", "UID", "GID", "CTIME"].map(String::from);
+    let rows: Vec<[String; 6]> = orphans
+        .iter()
+        .map(|Orphan { attr, .. }| {
+            [
+                attr.ino.to_string(),
+                output::kind_name(attr.kind).to_string(),
+                attr.size.to_string(),
+                attr.uid.to_string(),
+                attr.gid.to_string(),
+                output::short_date(attr.ctime, now),
+            ]
+        })
+        .collect();
+    let widths: [usize; 6] =
+        std::array::from_fn(|column| rows.iter().chain([&header]).map(|row| row[column].len()).max().unwrap_or(0));
+    // Numbers right-aligned, words left-aligned, as `ls -l` aligns them; the holders follow.
+    let cells = |[ino, kind, size, uid, gid, ctime]: &[String; 6]| {
+        let [w_ino, w_kind, w_size, w_uid, w_gid, w_ctime] = widths;
+        format!("{ino:>w_ino$}  {kind:<w_kind$}  {size:>w_size$}  {uid:>w_uid$}  {gid:>w_gid$}  {ctime:<w_ctime$}  ")
+    };
+    let indent = " ".repeat(cells(&header).len());
+    let (mut handles, mut pins, mut kept, mut sessions) = (0, 0, 0, std::collections::BTreeSet::new());
+    for orphan in &orphans {
+        handles += orphan.holders.iter().map(|holder| holder.handles).sum::<u64>();
+        pins += orphan.holders.iter().map(|holder| holder.pins).sum::<u64>();
+        kept += u64::from(orphan.kept_for_recovery);
+        sessions.extend(orphan.holders.iter().map(|holder| holder.session));
+    }
+    // `2 orphans: held by 1 handle and 1 pin (kernel reference) of 2 sessions; 1 kept until ...`.
+    let mut summary = Vec::new();
+    if handles + pins > 0 {
+        let of = plural(sessions.len() as u64, "session", "sessions");
+        summary.push(format!("held by {} of {of}", counts(handles, pins, " and ")));
+    }
+    if kept > 0 {
+        summary.push(format!("{kept} kept until the recovery after a restart ends"));
+    }
+    let count = plural(orphans.len() as u64, "orphan", "orphans");
+    let summary = if summary.is_empty() { count } else { format!("{count}: {}", summary.join("; ")) };
+    print(|out| {
+        writeln!(out, "{}HELD BY", cells(&header))?;
+        for (orphan, row) in orphans.iter().zip(&rows) {
+            for (index, line) in held_by(orphan).iter().enumerate() {
+                let start = if index == 0 { cells(row) } else { indent.clone() };
+                writeln!(out, "{start}{line}")?;
+            }
+        }
+        writeln!(out, "{summary}")
+    })
 }
 
 /// Runs `action` on every path, reporting each failure and going on; fails if any failed.
@@ -682,16 +872,42 @@ async fn serve(config: ServerConfig, listen: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn up(
-    config: ServerConfig,
-    data: &Path,
-    secret: &Path,
-    tls_ca: Option<&Path>,
-    listen: &str,
-) -> anyhow::Result<()> {
+/// What `rustre up` shows its user: where the data is and what other clients need.
+struct Shown<'a> {
+    data: &'a Path,
+    secret: &'a Path,
+    tls_ca: Option<&'a Path>,
+}
+
+impl Shown<'_> {
+    /// `rustre is up: serving DIR on ADDR`, and how to attach more clients to `target`.
+    fn write_intro(&self, out: &mut Vec<u8>, address: SocketAddr, target: &str) -> std::io::Result<()> {
+        let full = |path: &Path| std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        writeln!(out, "rustre is up: serving {} on {address}", full(self.data).display())?;
+        let secret = full(self.secret);
+        writeln!(out, "Clients prove the cluster secret in {0}: export RUSTRE_SECRET_FILE={0}", secret.display())?;
+        if let Some(ca) = self.tls_ca {
+            let ca = full(ca);
+            writeln!(out, "The server speaks TLS; clients trust {0}: export RUSTRE_TLS_CA={0}", ca.display())?;
+        }
+        writeln!(out, "Another mount of it (on this machine, or another with the secret copied there):")?;
+        writeln!(out, "  rustre mount {target} /mnt/second")?;
+        Ok(())
+    }
+}
+
+/// Writes to stdout at once (ahead of the log lines that follow).
+fn say(out: &[u8]) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(out)?;
+    stdout.flush()?;
+    Ok(())
+}
+
+async fn up(config: ServerConfig, shown: &Shown<'_>, listen: &str) -> anyhow::Result<()> {
     let mut signals = StopSignals::install()?;
     let (server, address) = start_server(config, listen).await?;
-    if let Err(error) = demonstrate(data, secret, tls_ca, address).await {
+    if let Err(error) = demonstrate(shown, address).await {
         server.shutdown().await;
         return Err(error);
     }
@@ -701,10 +917,13 @@ async fn up(
 
 /// `rustre up MOUNTPOINT`: a server on the data directory, mounted through a client of its own;
 /// on a signal, unmounts (lazily if busy), closes the session and stops the server.
-async fn up_mounted(config: ServerConfig, listen: &str, mountpoint: &Path) -> anyhow::Result<()> {
+async fn up_mounted(config: ServerConfig, shown: &Shown<'_>, listen: &str, mountpoint: &Path) -> anyhow::Result<()> {
     let mut signals = StopSignals::install()?;
     let (server, address) = start_server(config, listen).await?;
     let target = reachable(address).to_string();
+    let mut intro = Vec::new();
+    shown.write_intro(&mut intro, address, &target)?;
+    say(&intro)?;
     let served = mount_and_serve(&target, mountpoint, MountOptions::default(), &mut signals).await;
     server.shutdown().await;
     tracing::info!("stopped");
@@ -717,6 +936,9 @@ struct MountOptions {
     cache_entries: usize,
     /// Print the client's counters at the end.
     client_stats: bool,
+    /// How long a request waits for an unreachable server before it fails with EIO; `None`:
+    /// as long as it takes (`rustre mount --soft-timeout`).
+    soft_timeout: Option<std::time::Duration>,
 }
 
 impl Default for MountOptions {
@@ -725,6 +947,7 @@ impl Default for MountOptions {
             threads: rustre_fuse::THREADS_DEFAULT,
             cache_entries: rustre_client::CACHE_ENTRIES_MAX,
             client_stats: false,
+            soft_timeout: None,
         }
     }
 }
@@ -743,18 +966,26 @@ async fn mount_and_serve(
     options: MountOptions,
     signals: &mut StopSignals,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(mountpoint).with_context(|| format!("making the mountpoint {}", mountpoint.display()))?;
-    let client_config = ClientConfig { cache_entries_max: options.cache_entries, ..client_config() };
+    // Made if missing, removed again if this made it, when the mount fails or ends.
+    let _mountpoint = mountpoint::Mountpoint::prepare(mountpoint)?;
+    let reconnect_wait = options.soft_timeout.unwrap_or(rustre_client::RECONNECT_WAIT_FOREVER);
+    let client_config = ClientConfig { cache_entries_max: options.cache_entries, reconnect_wait, ..client_config() };
     let client = Client::connect_with(target, client_config).await?;
     let threads = options.threads;
     let config = rustre_fuse::MountConfig { fsname: format!("rustre@{target}"), threads, ..Default::default() };
     let runtime = tokio::runtime::Handle::current();
     let mountpoint = mountpoint.to_path_buf();
     let mounted = {
-        let client = client.clone();
-        let mountpoint = mountpoint.clone();
+        let (client, mountpoint) = (client.clone(), mountpoint.clone());
         // Mounting waits for the kernel's INIT: off the runtime's threads.
-        tokio::task::spawn_blocking(move || rustre_fuse::mount(client, runtime, &mountpoint, &config)).await??
+        tokio::task::spawn_blocking(move || rustre_fuse::mount(client, runtime, &mountpoint, &config))
+    };
+    let mounted = match mounted.await? {
+        Ok(mounted) => mounted,
+        Err(error) => {
+            client.end().await;
+            return Err(explain_mount_failure(error.into()));
+        }
     };
     println!("rustre: {target} mounted on {} (Ctrl-C or umount to stop)", mountpoint.display());
     let unmounter = mounted.unmounter();
@@ -764,6 +995,14 @@ async fn mount_and_serve(
         name = signals.wait() => {
             tracing::info!(signal = name, "unmounting");
             unmounter.unmount()?;
+            // Requests waiting for an unreachable server would keep a busy mount (and the
+            // processes behind them, unkillable) until it is back: they fail now instead.
+            if let Some(outage) = client.outage() {
+                if outage.requests_waiting > 0 {
+                    tracing::warn!("the server is unreachable: failing the {} requests waiting for it", outage.requests_waiting);
+                }
+                client.close();
+            }
             None
         }
     };
@@ -779,6 +1018,17 @@ async fn mount_and_serve(
     Ok(())
 }
 
+/// A mount refused for want of privilege says what it needs.
+fn explain_mount_failure(error: anyhow::Error) -> anyhow::Error {
+    let denied = error.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+    });
+    if denied && !rustix::process::geteuid().is_root() {
+        return error.context("mounting needs root (this uses /dev/fuse and mount(2) directly, without fusermount)");
+    }
+    error
+}
+
 /// Where a client reaches a server listening on `address` (a wildcard address means this host).
 fn reachable(address: SocketAddr) -> SocketAddr {
     let mut reachable = address;
@@ -792,29 +1042,21 @@ fn reachable(address: SocketAddr) -> SocketAddr {
 }
 
 /// Shows the server working through a real client, without changing anything in it.
-async fn demonstrate(data: &Path, secret: &Path, tls_ca: Option<&Path>, address: SocketAddr) -> anyhow::Result<()> {
+async fn demonstrate(shown: &Shown<'_>, address: SocketAddr) -> anyhow::Result<()> {
     let target = reachable(address).to_string();
     let client = Client::connect_with(&target, client_config()).await?;
-    let result = demonstrate_with(&client, data, secret, tls_ca, address, &target).await;
+    let result = demonstrate_with(&client, shown, address, &target).await;
     client.end().await;
     result
 }
 
-async fn demonstrate_with(
-    client: &Client,
-    data: &Path,
-    secret: &Path,
-    tls_ca: Option<&Path>,
-    address: SocketAddr,
-    target: &str,
-) -> anyhow::Result<()> {
+async fn demonstrate_with(client: &Client, shown: &Shown<'_>, address: SocketAddr, target: &str) -> anyhow::Result<()> {
     let statfs = client.statfs().await?;
     let mut entries = client.read_dir_plus("/").await?;
     entries.sort_by(|a, b| a.name.cmp(&b.name));
-    let data = std::fs::canonicalize(data).unwrap_or_else(|_| data.to_path_buf());
 
     let mut out = Vec::new();
-    writeln!(out, "rustre is up: serving {} on {address}", data.display())?;
+    shown.write_intro(&mut out, address, target)?;
     writeln!(
         out,
         "connected a client to {target}: server {:?}, session {:#x}",
@@ -841,27 +1083,11 @@ async fn demonstrate_with(
         writeln!(out, "  rustre --server {target} {example}")?;
     }
     writeln!(out, "(or export RUSTRE_SERVER={target})")?;
-    let secret = std::fs::canonicalize(secret).unwrap_or_else(|_| secret.to_path_buf());
-    writeln!(out, "Clients prove the cluster secret in {0}: export RUSTRE_SECRET_FILE={0}", secret.display())?;
-    if let Some(ca) = tls_ca {
-        let ca = std::fs::canonicalize(ca).unwrap_or_else(|_| ca.to_path_buf());
-        writeln!(out, "The server speaks TLS; clients trust {0}: export RUSTRE_TLS_CA={0}", ca.display())?;
-    }
     writeln!(out, "Press Ctrl-C to stop the server.")?;
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(&out)?;
-    stdout.flush()?;
-    Ok(())
+    say(&out)
 }
 
 // ---- client commands ----
-
-/// One line of `ls -l`.
-struct LongRow {
-    attr: Attr,
-    name: Vec<u8>,
-    target: Option<Vec<u8>>,
-}
 
 async fn long_row(client: &Client, attr: Attr, name: Vec<u8>) -> anyhow::Result<LongRow> {
     let target = if attr.kind == FileKind::Symlink { Some(client.readlink_ino(attr.ino).await?) } else { None };
@@ -878,53 +1104,6 @@ async fn long_rows(client: &Client, entries: &[Entry]) -> anyhow::Result<Vec<Lon
         rows.push(long_row(client, attr, entry.name.clone()).await?);
     }
     Ok(rows)
-}
-
-fn kind_char(kind: FileKind) -> char {
-    match kind {
-        FileKind::Regular => '-',
-        FileKind::Directory => 'd',
-        FileKind::Symlink => 'l',
-    }
-}
-
-fn kind_name(kind: FileKind) -> &'static str {
-    match kind {
-        FileKind::Regular => "regular",
-        FileKind::Directory => "directory",
-        FileKind::Symlink => "symlink",
-    }
-}
-
-/// `ls -l` lines, numbers right-aligned in columns: `d 0755 2 1000 1000 0 1700000000 name`.
-fn write_long(out: &mut (impl Write + ?Sized), rows: &[LongRow], indent: &str) -> std::io::Result<()> {
-    let width = |field: fn(&Attr) -> String| rows.iter().map(|row| field(&row.attr).len()).max().unwrap_or(0);
-    let nlink = width(|attr| attr.nlink.to_string());
-    let uid = width(|attr| attr.uid.to_string());
-    let gid = width(|attr| attr.gid.to_string());
-    let size = width(|attr| attr.size.to_string());
-    let mtime = width(|attr| attr.mtime.secs.to_string());
-    for row in rows {
-        let attr = &row.attr;
-        write!(
-            out,
-            "{indent}{} {:04o} {:>nlink$} {:>uid$} {:>gid$} {:>size$} {:>mtime$} ",
-            kind_char(attr.kind),
-            attr.perm,
-            attr.nlink,
-            attr.uid,
-            attr.gid,
-            attr.size,
-            attr.mtime.secs,
-        )?;
-        out.write_all(&row.name)?;
-        if let Some(target) = &row.target {
-            out.write_all(b" -> ")?;
-            out.write_all(target)?;
-        }
-        out.write_all(b"\n")?;
-    }
-    Ok(())
 }
 
 async fn ls(client: &Client, path: &Path, long: bool) -> anyhow::Result<()> {
@@ -965,27 +1144,9 @@ fn print(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> anyhow::R
     Ok(())
 }
 
-fn timestamp(time: Timestamp) -> String {
-    format!("{}.{:09}", time.secs, time.nanos)
-}
-
 async fn stat(client: &Client, path: &Path) -> anyhow::Result<()> {
     let attr = client.stat(path).await?;
-    print(|out| {
-        writeln!(out, "path: {}", path.display())?;
-        writeln!(out, "ino: {}", attr.ino)?;
-        writeln!(out, "generation: {}", attr.generation)?;
-        writeln!(out, "kind: {}", kind_name(attr.kind))?;
-        writeln!(out, "mode: {:07o}", attr.mode())?;
-        writeln!(out, "nlink: {}", attr.nlink)?;
-        writeln!(out, "uid: {}", attr.uid)?;
-        writeln!(out, "gid: {}", attr.gid)?;
-        writeln!(out, "size: {}", attr.size)?;
-        writeln!(out, "blocks: {}", attr.blocks)?;
-        writeln!(out, "atime: {}", timestamp(attr.atime))?;
-        writeln!(out, "mtime: {}", timestamp(attr.mtime))?;
-        writeln!(out, "ctime: {}", timestamp(attr.ctime))
-    })
+    print(|out| output::write_stat(out, &path.display().to_string(), &attr))
 }
 
 /// The last component of `path`, for "into that directory" targets.
@@ -1022,8 +1183,17 @@ async fn put(client: &Client, local: &Path, path: &Path) -> anyhow::Result<()> {
     let target = if is_dir(client, path).await {
         path.join(basename(local, "put")?)
     } else if path.as_os_str().as_bytes().ends_with(b"/") {
-        // As cp: "DIR/" promises a directory (the library would ignore the slash and create DIR).
-        bail!("put {}: {}", path.display(), Errno::ENOTDIR);
+        // As cp: "DIR/" promises a directory (the library would ignore the slash and create DIR):
+        // ENOTDIR where the name is something else or could be made, ENOENT where a directory
+        // on the way is missing.
+        let errno = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => match client.stat(parent).await {
+                Err(error) if error.errno == Errno::ENOENT => Errno::ENOENT,
+                _ => Errno::ENOTDIR,
+            },
+            _ => Errno::ENOTDIR,
+        };
+        bail!("put {}: {}", path.display(), errno);
     } else {
         path.to_path_buf()
     };
@@ -1130,4 +1300,48 @@ async fn mv(client: &Client, src: &Path, dst: &Path) -> anyhow::Result<()> {
     let target = if is_dir(client, dst).await { dst.join(basename(src, "mv")?) } else { dst.to_path_buf() };
     client.rename(src, &target).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_without_a_port_gets_the_default_one() {
+        assert_eq!(with_default_port("127.0.0.1"), "127.0.0.1:7070");
+        assert_eq!(with_default_port("files.example"), "files.example:7070");
+        assert_eq!(with_default_port("::1"), "[::1]:7070");
+        assert_eq!(with_default_port("[::1]"), "[::1]:7070");
+        assert_eq!(with_default_port("127.0.0.1:8080"), "127.0.0.1:8080");
+        assert_eq!(with_default_port("[::1]:8080"), "[::1]:8080");
+        assert_eq!(with_default_port("files.example:8080"), "files.example:8080");
+    }
+
+    #[test]
+    fn on_and_off_are_what_the_help_says() {
+        assert_eq!(parse_on_off("on"), Ok(true));
+        assert_eq!(parse_on_off("OFF"), Ok(false));
+        assert_eq!(parse_on_off("true"), Ok(true));
+        assert!(parse_on_off("maybe").is_err());
+    }
+
+    #[test]
+    fn a_cause_said_by_its_parent_is_said_once() {
+        /// Prints its source and also gives it as its source, as many errors do.
+        #[derive(Debug)]
+        struct Twice(std::io::Error);
+        impl std::fmt::Display for Twice {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "binding: {}", self.0)
+            }
+        }
+        impl std::error::Error for Twice {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let io = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let error = anyhow::Error::new(Twice(io)).context("listening on 127.0.0.1:7070");
+        assert_eq!(one_line(&error), "listening on 127.0.0.1:7070: binding: address in use");
+    }
 }

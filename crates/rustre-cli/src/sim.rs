@@ -159,7 +159,7 @@ fn run_seed(args: &SimArgs, seed: u64) -> Result<SimReport, String> {
                 .position(|(one, two)| format!("{one:?}") != format!("{two:?}"));
             let at = first.unwrap_or(report.history.len().min(again.history.len()));
             let event = |history: &[rustre_sim::history::Event]| {
-                history.get(at).map_or_else(|| "nothing (the run ended)".to_string(), |event| format!("{event:?}"))
+                history.get(at).map_or_else(|| "nothing (the run ended)".to_string(), |event| format!("{event}"))
             };
             return Err(format!(
                 "not deterministic: two runs of seed {seed} gave different histories, from event {at}: {} against {}",
@@ -188,7 +188,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<bool> {
                 if args.seed.is_some() {
                     if args.history {
                         for event in &report.history {
-                            println!("{event:?}");
+                            println!("{event}");
                         }
                     }
                     println!(

@@ -131,19 +131,12 @@ fn lines(output: &str) -> Vec<&str> {
     output.lines().collect()
 }
 
-/// `key: value` lines of `rustre stat` as pairs.
-fn fields(output: &str) -> Vec<(String, String)> {
-    output
-        .lines()
-        .map(|line| {
-            let (key, value) = line.split_once(": ").expect("key: value");
-            (key.to_string(), value.to_string())
-        })
-        .collect()
-}
-
-fn field<'a>(fields: &'a [(String, String)], key: &str) -> &'a str {
-    &fields.iter().find(|(name, _)| name == key).unwrap_or_else(|| panic!("no {key} in {fields:?}")).1
+/// A number of a `rustre stat` block (coreutils' layout): `Size`, `Uid` or `Gid`.
+fn stat_number(output: &str, key: &str) -> String {
+    let marker = format!("{key}: ");
+    let at = output.find(&marker).unwrap_or_else(|| panic!("no {key} in {output}")) + marker.len();
+    let value = output[at..].trim_start_matches(['(', ' ']);
+    value.split(|c: char| !c.is_ascii_digit()).next().unwrap().to_string()
 }
 
 #[test]
@@ -174,11 +167,11 @@ fn chmod_and_chown_hand_directories_over() {
     server.ok(&["chmod", "1777", "/tmp"]);
     server.ok(&["chown", "1000:50", "/home"]);
     server.ok(&["chown", ":60", "/tmp"]);
-    let home = fields(&server.ok(&["stat", "/home"]));
-    assert_eq!((field(&home, "uid"), field(&home, "gid")), ("1000", "50"), "{home:?}");
+    let home = server.ok(&["stat", "/home"]);
+    assert_eq!((stat_number(&home, "Uid"), stat_number(&home, "Gid")), ("1000".into(), "50".into()), "{home}");
     let tmp = server.ok(&["stat", "/tmp"]);
     assert!(tmp.contains("1777"), "{tmp}");
-    assert_eq!(field(&fields(&tmp), "gid"), "60");
+    assert_eq!(stat_number(&tmp, "Gid"), "60");
     let bad = server.run(&["chmod", "8", "/tmp"]);
     assert_eq!(bad.status.code(), Some(2), "a bad mode is a usage error");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("octal"), "{bad:?}");
@@ -210,8 +203,8 @@ fn put_get_and_cat_round_trip_a_large_file() {
     assert!(std::fs::read(out_dir.join("blob.bin")).unwrap() == contents);
 
     assert!(server.ok_bytes(&["cat", "/data/blob.bin"]) == contents, "cat returned other bytes");
-    let stat = fields(&server.ok(&["stat", "/data/copy.bin"]));
-    assert_eq!(field(&stat, "size"), contents.len().to_string());
+    let stat = server.ok(&["stat", "/data/copy.bin"]);
+    assert_eq!(stat_number(&stat, "Size"), contents.len().to_string());
 
     // put replaces (truncates) an existing file.
     let small = local.path().join("small");
@@ -248,65 +241,61 @@ fn ls_long_and_stat_show_attributes() {
     });
 
     assert_eq!(lines(&server.ok(&["ls", "/dir"])), ["hello.txt", "link", "sub"]);
+    // As coreutils' ls -l: permissions as letters, owner and group by name where this machine
+    // knows them (root is 0 here), a local date, the name.
     let long = server.ok(&["ls", "-l", "/dir"]);
     let long = lines(&long);
     assert_eq!(long.len(), 3, "{long:?}");
     let columns: Vec<&str> = long[0].split_whitespace().collect();
-    assert_eq!(columns[0], "-");
-    assert_eq!(columns[1], "0644");
-    assert_eq!(columns[2], "1"); // nlink
-    assert_eq!(columns[5], "5"); // size
-    assert!(columns[6].parse::<i64>().is_ok(), "mtime secs: {}", columns[6]);
-    assert_eq!(columns[7], "hello.txt");
-    assert!(long[1].starts_with("l ") && long[1].ends_with(" link -> hello.txt"), "{}", long[1]);
-    assert!(long[2].starts_with("d 0755 ") && long[2].ends_with(" sub"), "{}", long[2]);
+    assert_eq!(columns.len(), 9, "{long:?}");
+    assert_eq!(columns[0], "-rw-r--r--");
+    assert_eq!(columns[1], "1"); // nlink
+    assert_eq!(columns[2..4], ["root", "root"]);
+    assert_eq!(columns[4], "5"); // size
+    let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    assert!(months.contains(&columns[5]), "month: {}", columns[5]);
+    assert!(columns[6].parse::<u8>().is_ok_and(|day| (1..=31).contains(&day)), "day: {}", columns[6]);
+    assert!(columns[7].len() == 5 && columns[7].as_bytes()[2] == b':', "a time of day this year: {}", columns[7]);
+    assert_eq!(columns[8], "hello.txt");
+    assert!(long[1].starts_with("lrwxrwxrwx ") && long[1].ends_with(" link -> hello.txt"), "{}", long[1]);
+    assert!(long[2].starts_with("drwxr-xr-x 2 root root ") && long[2].ends_with(" sub"), "{}", long[2]);
 
     // A non-directory is shown itself, as ls does.
     assert_eq!(server.ok(&["ls", "/dir/hello.txt"]), "/dir/hello.txt\n");
     let single = server.ok(&["ls", "-l", "/dir/hello.txt"]);
-    assert!(single.starts_with("- 0644 ") && single.ends_with(" /dir/hello.txt\n"), "{single}");
+    assert!(single.starts_with("-rw-r--r-- 1 root root 5 ") && single.ends_with(" /dir/hello.txt\n"), "{single}");
     let link = server.ok(&["ls", "-l", "/dir/link"]);
     assert!(link.ends_with(" /dir/link -> hello.txt\n"), "{link}");
 
-    let stat = fields(&server.ok(&["stat", "/dir/hello.txt"]));
-    let keys: Vec<&str> = stat.iter().map(|(key, _)| key.as_str()).collect();
-    assert_eq!(
-        keys,
-        [
-            "path",
-            "ino",
-            "generation",
-            "kind",
-            "mode",
-            "nlink",
-            "uid",
-            "gid",
-            "size",
-            "blocks",
-            "atime",
-            "mtime",
-            "ctime"
-        ]
-    );
-    assert_eq!(field(&stat, "kind"), "regular");
-    assert_eq!(field(&stat, "mode"), "0100644");
-    assert_eq!(field(&stat, "nlink"), "1");
-    assert_eq!(field(&stat, "size"), "5");
-    assert!(field(&stat, "ino").parse::<u64>().is_ok());
-    for time in ["atime", "mtime", "ctime"] {
-        let (secs, nanos) = field(&stat, time).split_once('.').expect("secs.nanos");
-        assert!(secs.parse::<i64>().is_ok() && nanos.len() == 9 && nanos.parse::<u32>().is_ok());
-    }
+    // As coreutils' stat.
     let expected_ino = server.with_client(async |client| client.stat("/dir/hello.txt").await.unwrap().ino);
-    assert_eq!(field(&stat, "ino"), expected_ino.to_string());
+    let stat = server.ok(&["stat", "/dir/hello.txt"]);
+    let stat = lines(&stat);
+    assert_eq!(stat[0], "  File: /dir/hello.txt");
+    let words = |line: &str| line.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(words(stat[1]), ["Size:", "5", "Blocks:", "1", "IO", "Block:", "4096", "regular", "file"], "{stat:?}");
+    assert_eq!(words(stat[2])[..4], ["Inode:", &expected_ino.to_string(), "Links:", "1"], "{stat:?}");
+    assert_eq!(
+        words(stat[3]),
+        ["Access:", "(0644/-rw-r--r--)", "Uid:", "(", "0/", "root)", "Gid:", "(", "0/", "root)"]
+    );
+    for (line, label) in stat[4..7].iter().zip(["Access: ", "Modify: ", "Change: "]) {
+        // `2026-12-07 12:55:01.123456789 +0000`
+        let date = line.strip_prefix(label).unwrap_or_else(|| panic!("{label}: {stat:?}"));
+        let parts: Vec<&str> = date.split(' ').collect();
+        assert_eq!(parts.len(), 3, "{date}");
+        assert_eq!(parts[0].len(), 10, "{date}");
+        assert_eq!(parts[1].len(), 18, "seconds to the nanosecond: {date}");
+        assert!(parts[2].starts_with('+') || parts[2].starts_with('-'), "{date}");
+    }
 
-    let stat = fields(&server.ok(&["stat", "/dir/sub"]));
-    assert_eq!(field(&stat, "kind"), "directory");
-    assert_eq!(field(&stat, "mode"), "0040755");
+    let stat = server.ok(&["stat", "/dir/sub"]);
+    assert!(stat.lines().nth(1).unwrap().ends_with(" directory"), "{stat}");
+    assert!(stat.contains("(0755/drwxr-xr-x)"), "{stat}");
     // stat follows symlinks.
-    let stat = fields(&server.ok(&["stat", "/dir/link"]));
-    assert_eq!(field(&stat, "kind"), "regular");
-    assert_eq!(field(&stat, "ino"), expected_ino.to_string());
+    let stat = server.ok(&["stat", "/dir/link"]);
+    assert!(stat.lines().nth(1).unwrap().ends_with(" regular file"), "{stat}");
+    assert!(stat.contains(&format!("Inode: {expected_ino} ")), "{stat}");
 }
 
 // `stat` takes several paths on one client, and `--client-stats` shows what that client did: the
@@ -320,8 +309,8 @@ fn stat_of_several_paths_shares_the_client_cache() {
     let stderr = String::from_utf8(output.stderr).expect("utf-8 stderr");
     assert!(output.status.success(), "rustre stat failed ({}): {stderr}", output.status);
     let stdout = String::from_utf8(output.stdout).expect("utf-8 stdout");
-    let paths: Vec<&str> = stdout.lines().filter(|line| line.starts_with("path: ")).collect();
-    assert_eq!(paths, ["path: /x", "path: /x"], "{stdout}");
+    let paths: Vec<&str> = stdout.lines().filter(|line| line.starts_with("  File: ")).collect();
+    assert_eq!(paths, ["  File: /x", "  File: /x"], "{stdout}");
 
     let stat_line = |key: &str| {
         let prefix = format!("{key}: ");
@@ -397,6 +386,9 @@ fn errors_exit_1_with_one_line() {
     std::fs::write(&present, b"x").unwrap();
     let error = server.fails(&["put", present.to_str().unwrap(), "/nodir/"]);
     assert!(error.contains("ENOTDIR"), "{error}");
+    // As cp: a directory on the way that is missing is ENOENT.
+    let error = server.fails(&["put", present.to_str().unwrap(), "/no/such/dir/"]);
+    assert!(error.contains("ENOENT"), "{error}");
     assert_eq!(server.ok(&["ls", "/"]), "", "put to a missing DIR/ created nothing");
     let error = server.fails(&["get", "/missing", missing.to_str().unwrap()]);
     assert!(error.contains("ENOENT"), "{error}");
@@ -609,10 +601,11 @@ fn up_printed(stdout: &Path) -> bool {
     std::fs::read_to_string(stdout).is_ok_and(|out| out.contains("Ctrl-C"))
 }
 
-// `rustre admin orphans` lists a file that is unlinked while a client holds it open, and no
-// longer lists it once that client closes it.
+// `rustre admin orphans` lists a file that is unlinked while a client holds it open, with what
+// holds it (that client's session, its address and its one handle), and no longer lists it once
+// that client closes it.
 #[test]
-fn admin_orphans_lists_unlinked_open_files() {
+fn admin_orphans_lists_unlinked_open_files_and_their_holders() {
     let server = TestServer::start();
     let (client, file) = server.runtime.block_on(async {
         let client = connect(&server.address).await;
@@ -621,13 +614,24 @@ fn admin_orphans_lists_unlinked_open_files() {
         (client, file)
     });
     let listed = server.ok(&["admin", "orphans"]);
-    assert!(listed.contains(&file.ino().to_string()), "{listed}");
-    assert!(listed.contains("1 orphan(s)"), "{listed}");
+    let mut lines = listed.lines();
+    let header = lines.next().unwrap();
+    assert!(header.split_whitespace().eq(["INO", "TYPE", "SIZE", "UID", "GID", "CTIME", "HELD", "BY"]), "{listed}");
+    let row = lines.next().unwrap();
+    let ino = file.ino().to_string();
+    let words: Vec<&str> = row.split_whitespace().take(6).collect();
+    assert_eq!(words, [ino.as_str(), "regular", "file", "0", "0", "0"], "ino, type, size, uid, gid: {listed}");
+    let holder = format!("session {:#x} (127.0.0.1:", client.session());
+    assert!(row.contains(&holder), "the holder's session and address: {listed}");
+    let name_and_count = format!(" \"rustre-client pid {}\"): 1 handle", std::process::id());
+    assert!(row.ends_with(&name_and_count), "the client's name and what it holds: {listed}");
+    assert_eq!(lines.next(), Some("1 orphan: held by 1 handle of 1 session"), "{listed}");
+    assert_eq!(lines.next(), None, "{listed}");
     server.runtime.block_on(async {
         file.close().await.unwrap();
         client.close();
     });
-    assert!(server.ok(&["admin", "orphans"]).contains("0 orphan(s)"));
+    assert_eq!(server.ok(&["admin", "orphans"]), "no orphans\n");
 }
 
 // `rustre server` squashes a client's root to nobody unless told not to: root on a client may
@@ -681,6 +685,65 @@ fn tls_with_certificates_the_server_made() {
     assert!(server.terminate().success());
     let log = std::fs::read_to_string(dir.path().join("server.stderr")).unwrap();
     assert!(log.contains("TLS handshake failed"), "{log}");
+
+    // The other way round: a TLS client of a plain server is told what may be wrong.
+    let plain = TestServer::start();
+    let output = rustre_command().args(["--server", &plain.address, "--tls-ca"]).arg(&ca).args(["ls", "/"]).output();
+    let output = output.unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is the server running with --tls?"), "{stderr}");
+}
+
+/// What a new user meets first says what is wrong, once, in the terms of what they did.
+#[test]
+fn messages_say_what_is_wrong_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let output = rustre_command().args(args).output().unwrap();
+        assert_eq!(output.status.code(), Some(1), "{args:?} should fail: {output:?}");
+        String::from_utf8(output.stderr).unwrap()
+    };
+
+    // A port in use: the cause once, after what was being done.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let data = dir.path().join("data");
+    let stderr = run(&["server", "--data", data.to_str().unwrap(), "--listen", &address]);
+    let error = stderr.lines().last().unwrap();
+    assert_eq!(error.matches("Address already in use").count(), 1, "{error}");
+    assert!(error.starts_with(&format!("rustre: listening on {address}: ")), "{error}");
+
+    // A server that is not rustre (here: what an HTTP server answers to anything).
+    let http = TcpListener::bind("127.0.0.1:0").unwrap();
+    let http_address = http.local_addr().unwrap().to_string();
+    let answering = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut stream, _) = http.accept().unwrap();
+        let _ = stream.read(&mut [0; 1024]);
+        let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n");
+    });
+    let stderr = run(&["--server", &http_address, "ls", "/"]);
+    answering.join().unwrap();
+    assert!(stderr.contains("does not speak the rustre protocol") && stderr.contains("HTTP"), "{stderr}");
+
+    // Mountpoints: a file, a missing parent (nothing made), something mounted already. All are
+    // refused before the server is asked.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let stderr = run(&["mount", &address, file.to_str().unwrap()]);
+    assert!(stderr.contains("Not a directory"), "{stderr}");
+    let deep = dir.path().join("no/such/path");
+    let stderr = run(&["mount", &address, deep.to_str().unwrap()]);
+    assert!(stderr.contains("No such file or directory"), "{stderr}");
+    assert!(!dir.path().join("no").exists(), "a failed mount made directories");
+    let stderr = run(&["mount", &address, "/proc"]);
+    assert!(stderr.contains("already a mount"), "{stderr}");
+
+    // Help that shows what to type.
+    let help = rustre_command().args(["server", "--help"]).output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    assert!(help.contains("--root-squash <on|off>") && !help.contains("possible values: true"), "{help}");
 }
 
 // `rustre fsck` finds a store made by a server clean, refuses while a server holds it, names a

@@ -117,6 +117,9 @@ fn a_mount_ends_cleanly_on_signals_and_umount() {
         let status = mount.wait(Duration::from_secs(20));
         assert!(status.success(), "{how}: exit {status}; stderr: {}", mount.stderr());
         assert!(!mounted(&mountpoint), "{how}: still mounted");
+        // An ordinary end is not a failure: fuser's "not mounted any more" stays out of the log.
+        let stderr = mount.stderr();
+        assert!(!stderr.contains(" WARN ") && !stderr.contains(" ERROR "), "{how}: {stderr}");
     }
     // What each mount wrote is on the server.
     let listed = rustre_command().args(["--server", &address, "ls", "/"]).output().unwrap();
@@ -125,7 +128,10 @@ fn a_mount_ends_cleanly_on_signals_and_umount() {
 }
 
 /// `rustre up MOUNTPOINT`, the README's main job: a server on a data directory, mounted; Ctrl-C
-/// unmounts and stops; the next `up` on the same data directory shows what was written.
+/// unmounts and stops; the next `up` on the same data directory shows what was written, and
+/// takes changes at once: the mount of the last run ended its session, so the server has no
+/// client to wait for. What applications ordinarily do (Python's TCGETS ioctl on every open,
+/// `cp`'s copy_file_range) leaves the log without a warning.
 #[test]
 fn up_mounts_serves_and_stops_on_ctrl_c() {
     let scratch = tempfile::tempdir().unwrap();
@@ -143,15 +149,57 @@ fn up_mounts_serves_and_stops_on_ctrl_c() {
         if round == 0 {
             std::fs::create_dir(mountpoint.join("docs")).unwrap();
             std::fs::write(mountpoint.join("docs/note"), b"kept across restarts").unwrap();
+            let file = std::fs::File::open(mountpoint.join("docs/note")).unwrap();
+            let asked = rustix::termios::tcgetattr(&file);
+            assert_eq!(asked.err(), Some(rustix::io::Errno::NOTTY), "a file is no terminal");
+            // std's copy is copy_file_range on Linux, falling back to reads and writes.
+            std::fs::copy(mountpoint.join("docs/note"), mountpoint.join("docs/copy")).unwrap();
+            assert_eq!(std::fs::read(mountpoint.join("docs/copy")).unwrap(), b"kept across restarts");
         } else {
             assert_eq!(std::fs::read(mountpoint.join("docs/note")).unwrap(), b"kept across restarts");
+            std::fs::create_dir(mountpoint.join("docs/changed")).unwrap();
         }
         up.signal("-INT");
         let status = up.wait(Duration::from_secs(20));
-        assert!(status.success(), "up exit {status}; stderr: {}", up.stderr());
+        let stderr = up.stderr();
+        assert!(status.success(), "up exit {status}; stderr: {stderr}");
         assert!(!mounted(&mountpoint), "unmounted on Ctrl-C");
         assert!(TcpStream::connect(&address).is_err(), "the server stopped");
+        assert!(!stderr.contains(" WARN ") && !stderr.contains(" ERROR "), "round {round}: {stderr}");
+        // The restart waited for nobody (the session of round 0 ended with its mount).
+        assert!(!stderr.contains("waiting for the sessions of the previous run"), "round {round}: {stderr}");
+        assert!(stderr.contains("root_squash=\"off\""), "the start-up log says whether root is squashed: {stderr}");
     }
+    assert!(!mountpoint.exists(), "the mountpoint `up` made is gone with the mount");
+}
+
+/// The control of the test above: a server whose mount did not end its session (`up` killed
+/// with SIGKILL, as a crash) waits at its next start for that session to come back, for
+/// `--recovery-grace` seconds, before it lets changes through.
+#[test]
+fn up_after_a_crash_waits_for_the_mounts_of_the_last_run() {
+    let scratch = tempfile::tempdir().unwrap();
+    let data = scratch.path().join("data");
+    let mountpoint = scratch.path().join("mnt");
+    let address = free_address();
+    let args = ["up", mountpoint.to_str().unwrap(), "--data", data.to_str().unwrap(), "--listen", &address];
+    let mut up = Process::spawn(&[&args[..], &["--recovery-grace", "1"]].concat(), scratch.path(), "crashed");
+    up.mountpoint = Some(mountpoint.clone());
+    up.wait_until("the mount", || mounted(&mountpoint));
+    std::fs::write(mountpoint.join("f"), b"before the crash").unwrap();
+    up.signal("-KILL");
+    up.wait(Duration::from_secs(20));
+    assert!(Command::new("umount").arg("-l").arg(&mountpoint).status().unwrap().success());
+
+    let mut again = Process::spawn(&[&args[..], &["--recovery-grace", "1"]].concat(), scratch.path(), "again");
+    again.mountpoint = Some(mountpoint.clone());
+    again.wait_until("the mount", || mounted(&mountpoint));
+    std::fs::create_dir(mountpoint.join("after")).unwrap();
+    assert_eq!(std::fs::read(mountpoint.join("f")).unwrap(), b"before the crash");
+    again.signal("-INT");
+    assert!(again.wait(Duration::from_secs(20)).success(), "{}", again.stderr());
+    let stderr = again.stderr();
+    assert!(stderr.contains("waiting for the sessions of the previous run"), "{stderr}");
 }
 
 /// A mount rides through a server killed with SIGKILL and restarted on the same address: a file

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rustre_proto::auth;
-use rustre_proto::frame::{Frame, FrameKind, encode_header, read_frame, write_frame};
+use rustre_proto::frame::{Frame, FrameError, FrameKind, encode_header, read_frame, write_frame};
 use rustre_proto::msg::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
 use rustre_proto::pause::PausePoints;
 use rustre_proto::rpc::{BoxFuture, Connection, Service};
@@ -45,7 +45,10 @@ pub use rustre_proto;
 pub use rustre_proto::auth::Secret;
 pub use rustre_proto::tls::ClientTls;
 pub use rustre_proto::{Attr as Metadata, DirEntry as Entry};
-pub use session::{Connector, LinkEvent, LinkHook, RECONNECT_WAIT_DEFAULT, RESENDS_MAX, Stream};
+pub use session::{
+    Connector, LinkEvent, LinkHook, Outage, RECONNECT_WAIT_DEFAULT, RECONNECT_WAIT_FOREVER, RESENDS_MAX, Stream,
+    UNREACHABLE_REPORT_INTERVAL,
+};
 
 use path::{Walk, bytes, components};
 
@@ -63,8 +66,11 @@ pub struct ClientConfig {
     /// Retry by name after a stale inode id (`retry.rs`). Always on, except in control runs that
     /// prove tests and tools notice the ESTALE an application would otherwise see.
     pub retry_stale_by_name: bool,
-    /// How long a call waits for the connection to come back after it broke (`session.rs`);
-    /// then it fails with ENOTCONN.
+    /// How long a call waits in all for the connection to come back after it broke
+    /// (`session.rs`); then it fails with ENOTCONN (a mount answers the kernel EIO). By default
+    /// `RECONNECT_WAIT_DEFAULT`, so a tool stops rather than hang; `RECONNECT_WAIT_FOREVER`
+    /// waits as long as it takes (a hard mount). A close or an unpin is never failed for this:
+    /// it is answered as done and waits on in the background (`Client::give_back`).
     pub reconnect_wait: Duration,
     /// The cluster secret to prove in the hello (`rustre_proto::auth`). With one, the client
     /// also requires the server to prove it, and refuses a server that does not ask.
@@ -78,6 +84,9 @@ pub struct ClientConfig {
 /// How long a TLS handshake with the server may take (a server that accepts and says nothing
 /// would otherwise hold a connect forever).
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the server may take to answer the hello: a peer that is not a rustre server (an
+/// HTTP server waiting for a line that never comes) would otherwise hold a connect forever.
+pub const HELLO_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// This process's identity: effective uid and gid, and supplementary groups.
 pub fn process_caller() -> Caller {
@@ -245,7 +254,8 @@ async fn watch_server(connection: Connection, shared: Arc<Shared>, silence_max: 
         }
         let silent = shared.cache().silent_for();
         if silent >= silence_max {
-            tracing::warn!(connection = connection.name(), ?silent, "server silent; closing the session");
+            // The reason is in the log's line about the loss (`session::Link::attempt_failed`).
+            tracing::debug!(connection = connection.name(), ?silent, "server silent; closing the connection");
             connection.close(format!("server silent for {silent:?}"));
             return;
         }
@@ -326,6 +336,23 @@ impl Service for CallbackService {
     }
 }
 
+/// What a server's answer to the hello that is not a rustre frame says: the peer speaks another
+/// protocol (an HTTP server's "HTTP/1.1 400" reads as a frame length of 1,347,703,880 bytes).
+fn not_rustre(error: FrameError) -> String {
+    let first = match &error {
+        FrameError::BadLength(length) => Some((*length as u32).to_le_bytes().escape_ascii().to_string()),
+        _ => None,
+    };
+    match (error, first) {
+        (FrameError::Io(error), _) => format!("i/o error: {error}"),
+        (FrameError::Closed, _) => "the server closed the connection".to_string(),
+        (_, Some(first)) => {
+            format!("the server does not speak the rustre protocol (its answer began with \"{first}\")")
+        }
+        (error, None) => format!("the server does not speak the rustre protocol ({error})"),
+    }
+}
+
 /// Says hello on `stream` (or, with `resume`, takes up that session again) and starts a
 /// connection on it. Returns the connection and the server's `Hello` or `Resumed` reply.
 async fn open_connection<S: Stream>(
@@ -355,14 +382,23 @@ async fn open_connection<S: Stream>(
     write_frame(&mut stream, &hello).await.map_err(|error| failed(&error))?;
     stream.flush().await.map_err(|error| failed(&error))?;
     let answer = async |stream: &mut S| -> Result<Reply> {
-        let frame = read_frame(stream).await.map_err(|error| failed(&error))?;
-        let reply: ReplyHeader = frame.decode_header().map_err(|error| failed(&error))?;
+        let frame = read_frame(stream).await.map_err(|error| failed(&not_rustre(error)))?;
+        let reply: ReplyHeader = frame.decode_header().map_err(|error| failed(&not_rustre(error)))?;
         reply.result.map_err(|error| Error::from(error).context(format!("hello to {peer}")))
     };
     let denied = |why: &str| Error::new(Errno::EACCES, format!("hello to {peer}: {why}"));
     // The challenge-response of `rustre_proto::auth`: both sides prove the cluster secret.
-    let first = answer(&mut stream).await.map_err(|mut error| {
-        if config.tls.is_none() && error.errno == Errno::EPROTO && error.message.contains("i/o error") {
+    let first = tokio::time::timeout(HELLO_ANSWER_TIMEOUT, answer(&mut stream)).await.unwrap_or_else(|_| {
+        Err(Error::new(
+            Errno::ETIMEDOUT,
+            format!("hello to {peer}: no answer within {HELLO_ANSWER_TIMEOUT:?} (is it a rustre server?)"),
+        ))
+    });
+    let first = first.map_err(|mut error| {
+        if config.tls.is_none()
+            && error.errno == Errno::EPROTO
+            && (error.message.contains("i/o error") || error.message.contains("closed the connection"))
+        {
             error.message.push_str(
                 " (a server that speaks TLS closes a plain connection: trust its CA with --tls-ca or RUSTRE_TLS_CA)",
             );
@@ -424,7 +460,10 @@ async fn watch_connection(inner: std::sync::Weak<Inner>, connection: Connection)
     shared.releases.notify_one();
     shared.link_event(LinkEvent::Lost);
     if strong.link.can_reconnect() {
-        tracing::warn!(peer = %strong.peer, %reason, "connection lost; reconnecting");
+        // Said in the log once the first attempt to reconnect has told whether the server is
+        // reachable (`session::Link::attempt_failed`, `restored`).
+        tracing::debug!(peer = %strong.peer, %reason, "connection lost; reconnecting");
+        strong.link.lost(&reason);
         strong.link.state.send_replace(session::LinkState::Down);
         drop(strong);
         tokio::spawn(reconnect(inner));
@@ -452,13 +491,13 @@ async fn reconnect_loop(inner: std::sync::Weak<Inner>) {
         match reconnect_once(&inner).await {
             Ok((connection, event)) => {
                 let generation = inner.link.generations.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::info!(peer = %inner.peer, ?event, "reconnected");
+                inner.link.restored(&inner.peer, &event);
                 inner.shared.link_event(event);
                 inner.link.state.send_replace(session::LinkState::Up { connection: connection.clone(), generation });
                 tokio::spawn(watch_connection(Arc::downgrade(&inner), connection));
                 return;
             }
-            Err(error) => tracing::debug!(peer = %inner.peer, %error, "reconnection failed; trying again"),
+            Err(error) => inner.link.attempt_failed(&inner.peer, &error),
         }
     }
 }
@@ -493,7 +532,8 @@ async fn reconnect_once(inner: &Arc<Inner>) -> Result<(Connection, LinkEvent)> {
             Ok((connection, LinkEvent::Resumed { kept: false }))
         }
         Err(error) if error.errno == Errno::ESTALE => {
-            tracing::warn!(peer = %inner.peer, %error, "the server no longer knows this session; starting a new one");
+            // Said in the log with the outcome (`session::Link::restored`).
+            tracing::debug!(peer = %inner.peer, %error, "the server no longer knows this session; starting a new one");
             let stream = new_stream(inner).await?;
             let (connection, reply) = open_connection(stream, &inner.peer, &inner.config, &inner.shared, None).await?;
             let Reply::Hello { session, .. } = reply else {
@@ -589,12 +629,22 @@ impl Client {
                     // is an I/O error here: ECONNREFUSED-like, with rustls's reason.
                     Some((connector, name)) => {
                         let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, connector.connect(name, stream));
-                        let stream = handshake.await.map_err(|_| {
-                            std::io::Error::new(
-                                std::io::ErrorKind::TimedOut,
-                                format!("no TLS handshake within {TLS_HANDSHAKE_TIMEOUT:?}"),
-                            )
-                        })??;
+                        let stream = handshake
+                            .await
+                            .map_err(|_| {
+                                std::io::Error::new(
+                                    std::io::ErrorKind::TimedOut,
+                                    format!("no TLS handshake within {TLS_HANDSHAKE_TIMEOUT:?}"),
+                                )
+                            })?
+                            .map_err(|error| {
+                                // A plain server reads the ClientHello as a broken frame and
+                                // hangs up: all rustls sees is a reset.
+                                std::io::Error::new(
+                                    error.kind(),
+                                    format!("TLS handshake: {error} (is the server running with --tls?)"),
+                                )
+                            })?;
                         Ok(Box::new(stream) as Box<dyn Stream>)
                     }
                     None => Ok(Box::new(stream) as Box<dyn Stream>),
@@ -653,6 +703,8 @@ impl Client {
                 reconnect_wait: config.reconnect_wait,
                 closing: std::sync::atomic::AtomicBool::new(false),
                 generations: AtomicU64::new(1),
+                waiting: std::sync::atomic::AtomicUsize::new(0),
+                outage: Mutex::new(None),
             },
             holdings: Mutex::new(session::Holdings::default()),
             slots: session::Slots::new(),
@@ -715,6 +767,12 @@ impl Client {
 
     pub fn server_name(&self) -> &str {
         &self.inner.server_name
+    }
+
+    /// The server has been unreachable since the connection was lost, and no new one is up yet:
+    /// for how long, and the requests waiting for it. `None` while connected.
+    pub fn outage(&self) -> Option<Outage> {
+        self.inner.link.outage()
     }
 
     pub fn stats(&self) -> ClientStats {
@@ -787,12 +845,61 @@ impl Client {
     /// changes state goes as `Op::Once`, and every request is sent again after a reconnection
     /// (at most `RESENDS_MAX` times in all; see `session.rs`).
     pub(crate) async fn request(&self, op: Op, payload: Bytes) -> Result<(ReplyHeader, Bytes)> {
+        let wait = self.inner.link.reconnect_wait;
+        if matches!(op, Op::Close { .. } | Op::Unpin { .. }) && wait != session::RECONNECT_WAIT_FOREVER {
+            return self.give_back(op, payload, wait).await;
+        }
+        self.request_with(op, payload, session::Patience::new(wait)).await
+    }
+
+    /// A close or an unpin gives back what the server keeps for the session. Failing it for want
+    /// of a server would give nothing back: the server keeps the handle or pin as long as the
+    /// session, and a restarted one is handed it again (`Holdings`), while the caller (a mount's
+    /// `forget`, a `File` dropped) would count it as given. So once it has waited `wait` for a
+    /// connection, the caller is answered as if it were done, and the request waits on in a task
+    /// of its own: sent (once, as `Op::Once`) when the connection is back, or ended with the
+    /// session (`close`, `end`), which that task keeps alive meanwhile.
+    async fn give_back(&self, op: Op, payload: Bytes, wait: Duration) -> Result<(ReplyHeader, Bytes)> {
+        let (exhausted, waited_out) = tokio::sync::oneshot::channel();
+        let client = self.clone();
+        let mut sending =
+            tokio::spawn(
+                async move { client.request_with(op, payload, session::Patience::telling(wait, exhausted)).await },
+            );
+        tokio::select! {
+            biased;
+            sent = &mut sending => match sent {
+                Ok(result) => result,
+                Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+                Err(_) => Err(Error::new(Errno::ENOTCONN, "the runtime is shutting down")),
+            },
+            // Not told (the sender dropped): the request ended, the branch above answers.
+            Ok(()) = waited_out => {
+                tracing::debug!(?wait, "a give-back waits on for the server in the background");
+                Ok((ReplyHeader::new(Ok(Reply::Done)), Bytes::new()))
+            }
+        }
+    }
+
+    /// `request`, waiting for a connection as long as `patience` lasts.
+    async fn request_with(
+        &self,
+        op: Op,
+        payload: Bytes,
+        mut patience: session::Patience,
+    ) -> Result<(ReplyHeader, Bytes)> {
         let counters = &self.inner.shared.counters;
         counters.requests_sent.fetch_add(1, Ordering::Relaxed);
         counters.requests_by_kind[op.kind_index()].fetch_add(1, Ordering::Relaxed);
         let kind = op.kind_name();
         let slot = match op.changes_state() {
-            true => Some(self.inner.slots.take().await),
+            true => {
+                // While the server is unreachable, wait for it here, where the wait counts
+                // against `patience`, rather than hold one of the few slots: a change queued
+                // behind give-backs waiting on (`give_back`) would wait for a slot unbounded.
+                self.inner.link.connection(&mut patience).await?;
+                Some(self.inner.slots.take().await)
+            }
             false => None,
         };
         let wire = match &slot {
@@ -803,7 +910,7 @@ impl Client {
         let mut sent = 0;
         let mut first_session = None;
         let frame = loop {
-            let (connection, generation) = self.inner.link.connection().await?;
+            let (connection, generation) = self.inner.link.connection(&mut patience).await?;
             // Checked on each attempt: the session may have been lost while the last one failed.
             if let Some(answer) = self.answer_locally(&op) {
                 return answer;
@@ -827,7 +934,7 @@ impl Client {
                     return Err(Error::new(Errno::ENOTCONN, closed.to_string()));
                 }
                 // Sent again once the session is back: as `Once`, a change is not run twice.
-                Err(_) => self.inner.link.after(generation).await?,
+                Err(_) => self.inner.link.after(generation, &mut patience).await?,
             }
         };
         drop(slot);

@@ -160,6 +160,7 @@ pub fn mount(
         dirs: Mutex::default(),
         kernel: Arc::new(KernelCache::default()),
         kernel_cache: config.kernel_cache,
+        unmounter: std::sync::OnceLock::new(),
     });
     let mut options = Config::default();
     options.mount_options = vec![
@@ -191,6 +192,8 @@ pub fn mount(
     })));
     let unmounter = Arc::new(Mutex::new(session.unmount_callable()));
     set_read_ahead(mountpoint, READ_AHEAD_KB);
+    // `destroy` lets fuser's record of the mount go when the session ends (`Shared::unmounter`).
+    assert!(shared.unmounter.set(unmounter.clone()).is_ok(), "set once, before the session runs");
     let thread =
         std::thread::Builder::new().name("rustre-fuse".to_string()).spawn(move || session.run()).map_err(failed)?;
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
@@ -347,6 +350,8 @@ impl Drop for Mounted {
 /// leaf, held for one map operation, never across an await or a call into the kernel.
 struct Shared {
     client: Client,
+    /// fuser's handle on the mount, set before the session runs.
+    unmounter: std::sync::OnceLock<Arc<Mutex<SessionUnmounter>>>,
     runtime: tokio::runtime::Handle,
     pin_lookups: bool,
     /// Supplementary groups of the threads that made recent requests (`caller_for`).
@@ -387,9 +392,15 @@ struct RustreFs {
     shared: Arc<Shared>,
 }
 
-/// The kernel's errno for a library error.
+/// The kernel's errno for a library error: the same, but for ENOTCONN (the library gave up
+/// waiting for an unreachable server, or the session ended). The kernel answers ENOTCONN itself
+/// once a FUSE daemon is gone, so users read it as "this mount is dead", while this mount goes
+/// on and recovers: EIO, as an NFS `soft` mount answers when its server does not.
 fn kernel_errno(error: &rustre_client::Error) -> KernelErrno {
-    KernelErrno::from_i32(error.errno().0)
+    match error.errno() {
+        Errno::ENOTCONN => KernelErrno::EIO,
+        errno => KernelErrno::from_i32(errno.0),
+    }
 }
 
 /// A kernel reply that can carry an errno instead.
@@ -702,6 +713,18 @@ fn cookie_after(offset: u64) -> u64 {
 }
 
 impl Filesystem for RustreFs {
+    /// The session is over: the kernel has unmounted (by us or by `umount`). fuser's record of
+    /// the mount is let go here, where "not mounted" (EINVAL) is the expected answer; when the
+    /// session drops it, fuser would log that answer as a failure on every ordinary `umount`.
+    fn destroy(&mut self) {
+        if let Some(unmounter) = self.shared.unmounter.get()
+            && let Err(error) = unmounter.lock().expect("unmounter lock").unmount()
+            && error.raw_os_error() != Some(libc::EINVAL)
+        {
+            tracing::warn!(%error, "letting the mount go after the session ended");
+        }
+    }
+
     fn init(&mut self, _request: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Each separately: a kernel without one of them still mounts.
         for wanted in [
@@ -1207,6 +1230,71 @@ impl Filesystem for RustreFs {
         // whether the inode is there.
         let client = self.shared.client.clone();
         self.shared.runtime.spawn(async move { answer(reply, client.getattr(ino.0).await, |reply, _| reply.ok()) });
+    }
+
+    // What a local file system does not support is answered quietly, as ext4 or tmpfs answer it:
+    // these are ordinary requests (Python's `open` asks TCGETS of every file; `cp` tries
+    // copy_file_range and SEEK_DATA first), not faults worth a warning in the log.
+
+    /// No ioctl is a terminal's or a file system's here: ENOTTY, as a regular file answers.
+    fn ioctl(
+        &self,
+        _request: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        tracing::trace!(cmd, "ioctl: not supported");
+        reply.error(KernelErrno::ENOTTY);
+    }
+
+    /// ENOSYS: the kernel remembers it and copies through reads and writes itself.
+    fn copy_file_range(
+        &self,
+        _request: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        reply.error(KernelErrno::ENOSYS);
+    }
+
+    /// ENOSYS: the kernel remembers it and seeks itself (the whole file is data).
+    fn lseek(
+        &self,
+        _request: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        reply.error(KernelErrno::ENOSYS);
+    }
+
+    /// ENOSYS: the kernel remembers it and answers EOPNOTSUPP to applications, which fall back
+    /// to writing (posix_fallocate does).
+    fn fallocate(
+        &self,
+        _request: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(KernelErrno::ENOSYS);
     }
 
     fn create(

@@ -16,7 +16,7 @@ mod locks;
 mod recovery;
 pub mod tls;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -31,8 +31,9 @@ use rustre_proto::msg::{FILE_SIZE_MAX, IO_SIZE_MAX, PATH_COMPONENTS_MAX, PROTOCO
 use rustre_proto::pause::PausePoints;
 use rustre_proto::rpc::{BoxFuture, Connection, Service};
 use rustre_proto::{
-    Attr, Callback, CallbackReply, Caller, Errno, FileKind, Grant, HELLO_MAGIC, LeaseKey, Op, OpenFlags, ROOT_INO,
-    RenameMode, Reply, ReplyHeader, Request, SetAttrIn, StatFs, WireError,
+    Attr, CLIENT_NAME_SHOWN_MAX, Callback, CallbackReply, Caller, Errno, FileKind, Grant, HELLO_MAGIC, LeaseKey,
+    ORPHAN_HOLDERS_MAX, Op, OpenFlags, Orphan, OrphanHolder, ROOT_INO, RenameMode, Reply, ReplyHeader, Request,
+    SetAttrIn, StatFs, WireError,
 };
 use rustre_store::{Committer, Ns, Opened, ReadNs, Store, StoreError, Walked};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -42,6 +43,19 @@ use tokio::sync::watch;
 use crate::leases::{Change, Leases, ReadTicket};
 use crate::locks::InodeLocks;
 use crate::recovery::{Fate, OnceSlot, Recovery};
+
+/// Most orphans one `Op::ListOrphans` reply carries.
+pub const ORPHANS_PER_REPLY_MAX: usize = 1024;
+/// A page of `Op::ListOrphans` stops before its orphans' encoded size could pass this, so that
+/// with the holders of one more orphan (at most `ORPHAN_HOLDERS_MAX`, each name bounded) it stays
+/// far below `HEADER_LEN_MAX`. A page holds one orphan at least.
+pub const ORPHANS_REPLY_BYTES_MAX: usize = 256 * 1024;
+/// Encoded bytes of an `Orphan` without its holders, at most: its `Attr` (106: 10 per u64 or
+/// i64 varint, 5 per u32, 1 for the kind), `opens` (10), the flag (1) and the holders' count.
+const ORPHAN_BYTES_BOUND: usize = 128;
+/// Encoded bytes of an `OrphanHolder` beside its two names, at most: three u64 varints, the two
+/// names' lengths, the flag.
+const HOLDER_BYTES_BOUND: usize = 64;
 
 /// Open handles one session may hold by default; the next open gets EMFILE.
 pub const HANDLES_PER_SESSION_MAX: usize = 65536;
@@ -207,7 +221,7 @@ impl ServerConfig {
 pub enum ServerError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("listening on {address}: {source}")]
+    #[error("listening on {address}")]
     Listen { address: String, source: std::io::Error },
 }
 
@@ -329,6 +343,8 @@ struct Handles {
 
 struct Session {
     id: u64,
+    /// Who its client is, as of its latest connection (for `Op::ListOrphans`).
+    peer: Mutex<Peer>,
     /// Inode -> pins this session holds on it (each counted in `OpenCounts` like a handle).
     pins: Mutex<HashMap<u64, u64>>,
     pins_max: usize,
@@ -352,6 +368,7 @@ impl Session {
         let handles_max = config.handles_per_session_max;
         Session {
             id,
+            peer: Mutex::new(Peer::default()),
             pins: Mutex::new(HashMap::new()),
             pins_max: config.pins_per_session_max,
             handles_max,
@@ -374,6 +391,25 @@ impl Session {
             return Err(StoreError::Fs(Errno::EMFILE));
         }
         Ok(())
+    }
+}
+
+/// Who a session's client is, as far as the server can tell, for an administrator.
+#[derive(Clone, Default)]
+struct Peer {
+    /// The address of the session's latest connection.
+    address: String,
+    /// The name the client gave in its hello, cut to `CLIENT_NAME_SHOWN_MAX` bytes.
+    client_name: String,
+}
+
+impl Peer {
+    fn new(address: &str, client_name: &str) -> Peer {
+        let mut end = client_name.len().min(CLIENT_NAME_SHOWN_MAX);
+        while !client_name.is_char_boundary(end) {
+            end -= 1;
+        }
+        Peer { address: address.to_string(), client_name: client_name[..end].to_string() }
     }
 }
 
@@ -475,7 +511,13 @@ impl Server {
             listener.local_addr().map_err(|source| ServerError::Listen { address: address.to_string(), source })?;
         let server = self.clone();
         tokio::spawn(async move { server.accept_loop(listener).await });
-        tracing::info!(%local, data = %self.inner.config.data_dir.display(), "serving");
+        let config = &self.inner.config;
+        let root_squash = match config.root_squash {
+            RootSquash::Off => "off".to_string(),
+            RootSquash::To { uid, gid } => format!("on (root acts as {uid}:{gid})"),
+        };
+        let tls = if config.tls.is_some() { "on" } else { "off" };
+        tracing::info!(%local, data = %config.data_dir.display(), root_squash, tls, "serving");
         Ok(local)
     }
 
@@ -579,7 +621,11 @@ impl Server {
             recovery::detach(&self.inner, session.clone());
         }
         self.inner.sessions.lock().expect("sessions lock").remove(&session_id);
-        if *self.inner.shutdown.borrow() {
+        // A session whose client said goodbye ends even while the server stops: `shutdown`
+        // closes connections and then waits for their tasks before it stops the committer, so
+        // the session's row is forgotten here and the next start does not wait for it (a
+        // `rustre up` stopped with Ctrl-C ends its own mount's session just before the server).
+        if *self.inner.shutdown.borrow() && fate == Fate::Resumable {
             // The server stops, not the client: the session's handles and pins are not given
             // back, so what only they keep alive stays on disk as orphans, and the session stays
             // in the store, for the client to take up again at the next start (recovery).
@@ -705,6 +751,7 @@ impl Server {
                 Err(why) => return Err(refuse(stream, Errno::ESTALE, why).await),
             },
         };
+        *session.peer.lock().expect("peer lock") = Peer::new(peer, &client_name);
         let reply = match server_proof {
             None => reply,
             Some(proof) => Reply::Welcome { proof, reply: Box::new(reply) },
@@ -755,7 +802,8 @@ impl Server {
         self.inner.sessions.lock().expect("sessions lock").len()
     }
 
-    /// Inodes kept alive only by open handles.
+    /// The orphans' ids: inodes whose last name is gone, kept alive by handles, pins or recovery
+    /// (`Op::ListOrphans` also tells which).
     pub fn orphans(&self) -> Result<Vec<u64>, StoreError> {
         self.inner.store.read()?.orphans()
     }
@@ -1693,7 +1741,7 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
             Ok((Reply::Done, none())).into()
         }
         Op::OnPath { path, follow_last, op } => on_path(inner, session, caller, path, follow_last, *op, payload).await,
-        Op::ListOrphans => orphan_attrs(inner).map(|orphans| (Reply::Orphans { orphans }, none())).into(),
+        Op::ListOrphans { after } => list_orphans(inner, after).await.map(|reply| (reply, none())).into(),
         Op::Pin { ino } => pin(inner, session, ino).await.into(),
         Op::Unpin { ino, count } => unpin(inner, session, ino, count).await.into(),
         Op::PinName { parent, name } => pin_name(inner, session, caller, parent, name).await,
@@ -2310,9 +2358,95 @@ async fn open_reply(
     Ok(Reply::Opened { handle, attr, created: opened.created })
 }
 
-fn orphan_attrs(inner: &Inner) -> Result<Vec<Attr>, StoreError> {
-    let ns = inner.store.read()?;
-    ns.orphans()?.into_iter().map(|ino| ns.getattr(ino)).collect()
+/// `Op::ListOrphans`: a page of the orphans with ids above `after`, and what keeps each alive.
+///
+/// The orphans, their attributes, their open counts and whether recovery keeps them are read on
+/// the commit thread, where changes and the counts they move are ordered, so those agree (the
+/// job changes nothing and costs no commit). The holders are then read from the sessions: a
+/// handle or pin taken or given back in between shows in one and not the other, and `opens`
+/// also counts opens in flight, so the two may differ by what is moving.
+async fn list_orphans(inner: &Arc<Inner>, after: u64) -> Result<Reply, StoreError> {
+    let found = inner
+        .committer
+        .run(move |ns, opens| {
+            let inos = ns.orphans_after(after, ORPHANS_PER_REPLY_MAX + 1)?;
+            let end = inos.len() <= ORPHANS_PER_REPLY_MAX;
+            let mut page = Vec::with_capacity(inos.len().min(ORPHANS_PER_REPLY_MAX));
+            for ino in inos.into_iter().take(ORPHANS_PER_REPLY_MAX) {
+                page.push(Orphan {
+                    attr: ns.getattr(ino)?,
+                    opens: opens.counts.get(&ino).copied().map_or(0, u64::from),
+                    kept_for_recovery: opens.protected.contains(&ino),
+                    holders: Vec::new(),
+                });
+            }
+            Ok((page, end))
+        })
+        .await;
+    let (mut page, mut end) = found?;
+    // Every session that may hold something: those connected, and those kept for a resume. Each
+    // map is locked alone, and each session's handles and pins after that, one at a time.
+    let mut sessions: Vec<(Arc<Session>, bool)> = {
+        let live = inner.sessions.lock().expect("sessions lock");
+        live.values().map(|live| (live.session.clone(), true)).collect()
+    };
+    {
+        let detached = inner.detached.lock().expect("detached lock");
+        sessions.extend(detached.values().map(|session| (session.clone(), false)));
+    }
+    // A session being detached is in both maps for a moment: listed once, as connected.
+    sessions.sort_by_key(|(session, connected)| (session.id, !connected));
+    sessions.dedup_by_key(|(session, _)| session.id);
+    let index: HashMap<u64, usize> = page.iter().enumerate().map(|(at, orphan)| (orphan.attr.ino, at)).collect();
+    for (session, connected) in &sessions {
+        let mut held: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
+        for handle in session.handles.lock().expect("handles lock").map.values() {
+            if let Some(&at) = index.get(&handle.ino) {
+                held.entry(at).or_default().0 += 1;
+            }
+        }
+        for (ino, &pins) in session.pins.lock().expect("pins lock").iter() {
+            if let Some(&at) = index.get(ino) {
+                held.entry(at).or_default().1 += pins;
+            }
+        }
+        if held.is_empty() {
+            continue;
+        }
+        let peer = session.peer.lock().expect("peer lock").clone();
+        for (at, (handles, pins)) in held {
+            let holders = &mut page[at].holders;
+            if holders.len() < ORPHAN_HOLDERS_MAX {
+                holders.push(OrphanHolder {
+                    session: session.id,
+                    peer: peer.address.clone(),
+                    client_name: peer.client_name.clone(),
+                    connected: *connected,
+                    handles,
+                    pins,
+                });
+            }
+        }
+    }
+    // The page ends early rather than outgrow a reply header (`ORPHANS_REPLY_BYTES_MAX`).
+    let mut bytes = 0;
+    let fits = page
+        .iter()
+        .position(|orphan| {
+            bytes += ORPHAN_BYTES_BOUND
+                + orphan
+                    .holders
+                    .iter()
+                    .map(|holder| HOLDER_BYTES_BOUND + holder.peer.len() + holder.client_name.len())
+                    .sum::<usize>();
+            bytes > ORPHANS_REPLY_BYTES_MAX
+        })
+        .map_or(page.len(), |first_over| first_over.max(1));
+    if fits < page.len() {
+        page.truncate(fits);
+        end = false;
+    }
+    Ok(Reply::Orphans { orphans: page, end })
 }
 
 /// Space figures from the file system holding the data directory; inode figures from the store.

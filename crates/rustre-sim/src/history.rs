@@ -99,3 +99,95 @@ pub struct Event {
     /// Position of the return; `u64::MAX` for `Outcome::Unknown`.
     pub returned: u64,
 }
+
+impl std::fmt::Display for Call {
+    /// A call as a person reads it: `open /a/f (write, create)`, `rename /a -> /b (noreplace)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Call::Open { path, write, create, exclusive, truncate, handle } => {
+                let flags: Vec<&str> =
+                    [(*write, "write"), (*create, "create"), (*exclusive, "excl"), (*truncate, "trunc")]
+                        .into_iter()
+                        .filter_map(|(set, name)| set.then_some(name))
+                        .collect();
+                let flags = if flags.is_empty() { "read".to_string() } else { flags.join(", ") };
+                write!(f, "open {path} ({flags}) as handle {handle}")
+            }
+            Call::Write { handle, data } => write!(f, "write {} bytes to handle {handle}, fsync", data.len()),
+            Call::Read { handle } => write!(f, "read handle {handle}"),
+            Call::Close { handle } => write!(f, "close handle {handle}"),
+            Call::Unlink { path } => write!(f, "unlink {path}"),
+            Call::Rename { from, to, noreplace } => {
+                write!(f, "rename {from} -> {to}{}", if *noreplace { " (noreplace)" } else { "" })
+            }
+            Call::Mkdir { path } => write!(f, "mkdir {path}"),
+            Call::Rmdir { path } => write!(f, "rmdir {path}"),
+            Call::Link { from, to } => write!(f, "link {from} -> {to}"),
+            Call::Symlink { target, path } => write!(f, "symlink {path} -> {target}"),
+            Call::Stat { path } => write!(f, "stat {path}"),
+            Call::ReadDir { path } => write!(f, "readdir {path}"),
+            Call::Resolve { path, whole, follow, slot } => {
+                let what = if *whole { "" } else { "the parent of " };
+                let follow = if *follow { ", following symlinks" } else { "" };
+                write!(f, "(walk to {what}{path}{follow}, kept in slot {slot})")
+            }
+            Call::Hop { slot } => write!(f, "(walk of slot {slot} through its next symlink)"),
+            Call::Follow { from, to } => write!(f, "(follow slot {from} into slot {to})"),
+            Call::Act { call, slots } => write!(f, "{call} (on slots {} and {})", slots[0], slots[1]),
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    /// `ok`, `ok: created, size 0`, `ENOTDIR`, `unknown (the session broke)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Ok(Value::Done) => write!(f, "ok"),
+            Outcome::Ok(Value::Opened { created, size }) => {
+                write!(f, "ok: {}, size {size}", if *created { "created" } else { "opened" })
+            }
+            Outcome::Ok(Value::Attr { kind, size, nlink }) => {
+                write!(f, "ok: {kind:?}, size {size}, nlink {nlink}")
+            }
+            Outcome::Ok(Value::Data(data)) => write!(f, "ok: {} bytes \"{}\"", data.len(), data.escape_ascii()),
+            Outcome::Ok(Value::Names(names)) => write!(f, "ok: [{}]", names.join(", ")),
+            Outcome::Err(errno) => write!(f, "{}", rustre_proto::Errno(*errno).name()),
+            Outcome::Unknown => write!(f, "unknown (the session broke before the answer)"),
+        }
+    }
+}
+
+impl std::fmt::Display for Event {
+    /// `client 1 [12..15] open /a (write, create) as handle 3 -> ok: created, size 0`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let returned = if self.returned == u64::MAX { "?".to_string() } else { self.returned.to_string() };
+        write!(f, "client {} [{}..{returned}] {} -> {}", self.client, self.invoked, self.call, self.outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_history_reads_as_calls_and_errno_names() {
+        let event = Event {
+            client: 1,
+            call: Call::Open {
+                path: "/a/f".into(),
+                write: true,
+                create: true,
+                exclusive: false,
+                truncate: false,
+                handle: 3,
+            },
+            outcome: Outcome::Err(20),
+            invoked: 12,
+            returned: 15,
+        };
+        assert_eq!(event.to_string(), "client 1 [12..15] open /a/f (write, create) as handle 3 -> ENOTDIR");
+        let lost =
+            Event { outcome: Outcome::Unknown, returned: u64::MAX, call: Call::Unlink { path: "/f".into() }, ..event };
+        assert_eq!(lost.to_string(), "client 1 [12..?] unlink /f -> unknown (the session broke before the answer)");
+    }
+}

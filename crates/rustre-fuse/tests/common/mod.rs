@@ -76,7 +76,12 @@ impl Fixture {
 
     /// One more mount, through a new client session.
     pub fn mount(&mut self) -> PathBuf {
-        let client = self.client();
+        self.mount_with(|_| {})
+    }
+
+    /// `mount`, letting the test adjust the client's configuration first.
+    pub fn mount_with(&mut self, adjust: impl FnOnce(&mut ClientConfig)) -> PathBuf {
+        let client = self.client_with(adjust);
         let mountpoint = tempfile::tempdir().expect("mountpoint");
         let config = MountConfig { fsname: format!("rustre-test@{}", self.address), ..Default::default() };
         let mounted =
@@ -89,8 +94,32 @@ impl Fixture {
 
     /// A library client of the same server (another session).
     pub fn client(&self) -> Client {
-        let config = ClientConfig { client_name: "fuse test".to_string(), ..Default::default() };
+        self.client_with(|_| {})
+    }
+
+    /// `client`, letting the test adjust its configuration first.
+    pub fn client_with(&self, adjust: impl FnOnce(&mut ClientConfig)) -> Client {
+        let mut config = ClientConfig { client_name: "fuse test".to_string(), ..Default::default() };
+        adjust(&mut config);
         self.runtime.block_on(Client::connect_with(&self.address, config)).expect("client connects")
+    }
+
+    /// Stops the server; the mounts stay, and their sessions try to reconnect.
+    pub fn stop_server(&mut self) {
+        if let Some(server) = self.server.take() {
+            self.runtime.block_on(server.shutdown());
+        }
+    }
+
+    /// Starts the server again on its data directory and address (squash off), as a restarted
+    /// process: the mounts' sessions reconnect to it.
+    pub fn restart_server(&mut self) {
+        self.stop_server();
+        let mut config = ServerConfig::new(self.data.path());
+        config.root_squash = rustre_server::RootSquash::Off;
+        let server = self.runtime.block_on(Server::open(config)).expect("server reopens");
+        self.runtime.block_on(server.listen(&self.address)).expect("server listens on its address again");
+        self.server = Some(server);
     }
 
     /// Mount `index`'s root.
