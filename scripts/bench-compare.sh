@@ -48,9 +48,12 @@ bindfs "$work/tmpfs/under-bindfs" "$work/bindfs"
 
 port=$((20000 + RANDOM % 20000))
 address=127.0.0.1:$port
-"$rustre" server --data "$work/tmpfs/store" --listen "$address" 2>"$work/server.log" &
+# Root squash off: the benchmark runs as root and must write where root may. Clients prove the
+# secret the first server makes; the second server (below) is given the same one.
+"$rustre" server --data "$work/tmpfs/store" --listen "$address" --root-squash off 2>"$work/server.log" &
 pids+=($!)
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+export RUSTRE_SECRET_FILE=$work/tmpfs/store/secret
 "$rustre" mount "$address" "$work/mnt" >"$work/mount.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do mountpoint -q "$work/mnt" && break; sleep 0.1; done
@@ -79,7 +82,8 @@ pids=()
 mountpoint -q "$work/mnt" && umount -l "$work/mnt"
 port=$((port + 1))
 address=127.0.0.1:$port
-"$rustre" server --data "$work/disk/store" --listen "$address" 2>"$work/server-disk.log" &
+"$rustre" server --data "$work/disk/store" --listen "$address" --root-squash off \
+    --secret-file "$RUSTRE_SECRET_FILE" 2>"$work/server-disk.log" &
 pids+=($!)
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 curve_reports=()
