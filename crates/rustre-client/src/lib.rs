@@ -66,6 +66,10 @@ pub struct ClientConfig {
     /// Retry by name after a stale inode id (`retry.rs`). Always on, except in control runs that
     /// prove tests and tools notice the ESTALE an application would otherwise see.
     pub retry_stale_by_name: bool,
+    /// Run the revocation hook on the leases the cache gives back (`Cause::Released`), so a
+    /// mount's kernel drops its copies first. Always on, except in control runs that show the
+    /// stale stat a kernel would otherwise keep (race 13).
+    pub release_through_hook: bool,
     /// How long a call waits in all for the connection to come back after it broke
     /// (`session.rs`); then it fails with ENOTCONN (a mount answers the kernel EIO). By default
     /// `RECONNECT_WAIT_DEFAULT`, so a tool stops rather than hang; `RECONNECT_WAIT_FOREVER`
@@ -106,6 +110,7 @@ impl Default for ClientConfig {
             cache_entries_max: cache::CACHE_ENTRIES_MAX,
             pause_points: Arc::default(),
             retry_stale_by_name: true,
+            release_through_hook: true,
             reconnect_wait: session::RECONNECT_WAIT_DEFAULT,
             secret: None,
             tls: None,
@@ -191,6 +196,8 @@ struct Shared {
     releases: Notify,
     pause_points: Arc<PausePoints>,
     retry_stale_by_name: bool,
+    /// `ClientConfig::release_through_hook`.
+    release_through_hook: bool,
     /// Run on every revocation, after the cache dropped the leases and before the
     /// acknowledgement (`Client::set_revocation_hook`).
     revocation_hook: std::sync::RwLock<Option<RevocationHook>>,
@@ -221,6 +228,10 @@ pub enum Cause {
     Other,
     /// A change this session's own request is making (`Callback::RevokeOwn`).
     Own,
+    /// No change: this client gives the leases back (its cache evicted them to stay within
+    /// `cache_entries_max`). Whatever mirrors the cache drops its copies before the server hears
+    /// of it, since from then on nobody revokes them (promise 8).
+    Released,
 }
 
 impl Shared {
@@ -687,6 +698,7 @@ impl Client {
             releases: Notify::new(),
             pause_points: config.pause_points.clone(),
             retry_stale_by_name: config.retry_stale_by_name,
+            release_through_hook: config.release_through_hook,
             revocation_hook: std::sync::RwLock::new(None),
             link_hook: std::sync::RwLock::new(None),
         });
@@ -1499,6 +1511,17 @@ async fn give_leases_back(inner: std::sync::Weak<Inner>, shared: Arc<Shared>) {
             let batch = shared.cache().take_releases();
             if batch.is_empty() {
                 break;
+            }
+            // What the kernel of a mount holds under these leases goes first: once the server
+            // has them back, no change to what they covered is revoked here any more. The hook
+            // may wait on the kernel, so it runs off the runtime's threads.
+            let hook = shared.revocation_hook.read().expect("revocation hook lock").clone();
+            if let Some(hook) = hook.filter(|_| shared.release_through_hook) {
+                let leases = batch.clone();
+                if tokio::task::spawn_blocking(move || hook(&leases, Cause::Released)).await.is_err() {
+                    tracing::error!("the revocation hook panicked; the leases are kept");
+                    return;
+                }
             }
             let Some(inner) = inner.upgrade() else { return };
             let client = Client { caller: inner.caller.clone(), inner };

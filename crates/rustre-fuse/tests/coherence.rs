@@ -8,7 +8,7 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::{Fixture, drop_kernel_caches, errno_of, eventually};
 use rustre_fuse::MountConfig;
@@ -288,6 +288,55 @@ fn attributes_cached_by_the_kernel_are_dropped_when_another_mount_changes_them()
         assert_eq!(fs::metadata(b.join("f")).unwrap().modified().unwrap(), when, "round {round}: mtime");
     }
     assert!(fixture.mounts[1].stats().attribute_drops > drops, "B's kernel was told");
+}
+
+/// Race 13 of docs/semantics.md: the client's cache is full, so it gives leases back (least
+/// recently used first) while the kernel still caches what they covered. Another mount's chmod
+/// then revokes nobody: the kernel's copies must have gone before the leases did. Returns how
+/// many of 20 stats on A showed the mode from before B's chmod.
+fn stale_stats_after_the_cache_gives_leases_back(release_through_hook: bool) -> usize {
+    let mut fixture = Fixture::new(0);
+    let a = fixture.mount_with(|config| {
+        config.cache_entries_max = 64;
+        config.release_through_hook = release_through_hook;
+    });
+    let b = fixture.mount();
+    assert!(fixture.mounts[0].stats().kernel_attributes, "the kernel caches leased attributes");
+    fs::create_dir(b.join("d")).unwrap();
+    let files: Vec<PathBuf> = (0..400).map(|index| PathBuf::from(format!("d/f{index}"))).collect();
+    for file in &files {
+        fs::write(b.join(file), b"x").unwrap();
+    }
+    // The first 20 files are held open on A, so their inodes (and attributes) stay in A's kernel.
+    let first = &files[..20];
+    let _held: Vec<fs::File> = first.iter().map(|file| open_path(&a.join(file))).collect();
+    for file in &files {
+        fs::metadata(a.join(file)).unwrap();
+    }
+    // A's cache holds at most 64 leases: those of the first files went back to the server.
+    let client = fixture.mounts[0].client().clone();
+    eventually("A gives leases back", || client.stats().leases_released >= 100);
+    let mut stale = 0;
+    for (round, file) in first.iter().enumerate() {
+        let mode = 0o600 | ((round as u32 % 7) + 1) << 3;
+        fs::set_permissions(b.join(file), fs::Permissions::from_mode(mode)).unwrap();
+        if fs::metadata(a.join(file)).unwrap().mode() & 0o777 != mode {
+            stale += 1;
+        }
+    }
+    stale
+}
+
+#[test]
+fn leases_the_cache_gives_back_take_the_kernels_copies_with_them() {
+    assert_eq!(stale_stats_after_the_cache_gives_leases_back(true), 0, "stats on A after B's chmod were stale");
+}
+
+/// The control: a client that gives leases back without telling the kernel leaves it stale.
+#[test]
+fn control_leases_given_back_behind_the_kernels_back_leave_stale_stats() {
+    let stale = stale_stats_after_the_cache_gives_leases_back(false);
+    assert!(stale > 0, "the control saw no stale stat: the test cannot tell the fix from its absence");
 }
 
 /// A mount's own changes do not make its kernel forget its other entries: the kernel mirrors
