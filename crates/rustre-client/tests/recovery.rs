@@ -235,3 +235,76 @@ async fn an_evicted_client_is_fenced_when_it_comes_back() {
     old.close().await.expect("closing a fenced handle is fine");
     a.end().await;
 }
+
+/// A relay between one client and the server that the test can make break the protocol towards
+/// the server while the client side stays open and silent: the server closes the connection (a
+/// protocol violation, as it would after a write error too), the client sees nothing. Connections accepted after a sever
+/// are relayed as usual (the client's reconnection).
+struct Severable {
+    address: String,
+    /// Closes the server sides of the connections relayed so far.
+    sever: Arc<tokio::sync::Notify>,
+    /// Client sides kept open (and never read) after a sever.
+    _kept: Arc<Mutex<Vec<tokio::net::TcpStream>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Severable {
+    async fn start(target: &str) -> Severable {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let sever = Arc::new(tokio::sync::Notify::new());
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let (target, severing, keeping) = (target.to_string(), sever.clone(), kept.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else { continue };
+                let (severing, keeping) = (severing.clone(), keeping.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = severing.notified() => {
+                            // A frame length no rustre peer sends: the server closes the
+                            // connection for a protocol violation.
+                            use tokio::io::AsyncWriteExt;
+                            let _ = server.write_all(&[0xff; 4]).await;
+                            keeping.lock().unwrap().push(client);
+                            let mut rest = Vec::new();
+                            let _ = tokio::io::AsyncReadExt::read_to_end(&mut server, &mut rest).await;
+                        }
+                    }
+                });
+            }
+        });
+        Severable { address, sever, _kept: kept, accept }
+    }
+}
+
+impl Drop for Severable {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// The server closes a client's connection and the client does not notice: the client trusts
+/// its cache until its trust window (half the lease timeout since its last news) is over, so
+/// a conflicting change must not be acknowledged before then, although the server can revoke
+/// nothing. After the change returned, the client's next stat shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_of_a_connection_the_server_closed_lapse_before_a_change_goes_through() {
+    let server = TestServer::start().await;
+    let relay = Severable::start(&server.address).await;
+    let a = Client::connect(&relay.address).await.unwrap();
+    let b = server.client().await;
+    b.write("/f", b"x").await.unwrap();
+    b.set_permissions("/f", 0o600).await.unwrap();
+    assert_eq!(a.stat("/f").await.unwrap().perm, 0o600);
+    assert_eq!(a.stat("/f").await.unwrap().perm, 0o600);
+    assert!(a.stats().cache_hits >= 1, "A caches f's attributes under a lease");
+
+    relay.sever.notify_waiters();
+    eventually("the server sees A's connection close", || server.server().session_count() == 1).await;
+    b.set_permissions("/f", 0o640).await.unwrap();
+    // B's change returned: no stat that starts now may show what it replaced.
+    assert_eq!(a.stat("/f").await.unwrap().perm, 0o640, "A's stat after B's chmod returned is stale");
+}

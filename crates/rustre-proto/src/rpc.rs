@@ -53,6 +53,10 @@ pub trait Service: Send + Sync + 'static {
     fn observe_reply(&self, _reply: &Frame) {}
 }
 
+/// The reason `Connection::closed` gives when the peer closed its end between frames (an EOF, or
+/// a reset from a peer that went away): the peer knows the connection is gone.
+pub const PEER_CLOSED: &str = "peer closed the connection";
+
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 #[error("connection {name} closed: {reason}")]
 pub struct ConnectionClosed {
@@ -219,7 +223,7 @@ impl Connection {
             };
             let frame = match frame {
                 Ok(frame) => frame,
-                Err(FrameError::Closed) => break "peer closed the connection".to_string(),
+                Err(FrameError::Closed) => break PEER_CLOSED.to_string(),
                 // A peer that exits without closing cleanly resets the connection: broken, not
                 // malformed, and ordinary (the session's fate is logged where it is decided).
                 Err(FrameError::Io(error)) => {

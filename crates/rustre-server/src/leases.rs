@@ -96,6 +96,11 @@ struct State {
     /// Idle keys kept only because a read in progress is older than their last change, by that
     /// change's version: swept as the oldest reads finish, so the table stays bounded.
     deferred: BTreeMap<u64, Vec<Arc<LeaseKey>>>,
+    /// Sessions whose connection closed while their client may not know it yet: their leases
+    /// stay in the table until the deadline, by which the client has stopped trusting them
+    /// (`Leases::lapse`), with a number telling one lapse of a session from the next.
+    lapsing: HashMap<u64, (tokio::time::Instant, u64)>,
+    next_lapse: u64,
 }
 
 impl State {
@@ -157,6 +162,8 @@ struct Shared {
     state: Mutex<State>,
     /// Woken whenever a change completes.
     completed: Notify,
+    /// Woken whenever a lapse ends (its deadline passed, or its session came back).
+    lapse_ended: Notify,
 }
 
 /// What a change did to the table.
@@ -281,6 +288,74 @@ impl Leases {
                 entry.holders.remove(session);
             }
             state.forget_if_idle(&key);
+        }
+    }
+
+    /// The connection of `session` closed, but its client may not have noticed (the server closed
+    /// it: a write error, a protocol violation) and may go on trusting its cache until its own
+    /// clock says the trust window since the last news is over. Its leases stay in the table
+    /// until `until`, so a conflicting change waits for that (`lapse_deadline`) rather than
+    /// go through at once; then they are dropped. Returns the lapse's number, for `expire`.
+    pub fn lapse(&self, session: u64, until: tokio::time::Instant) -> u64 {
+        let mut state = self.state();
+        state.next_lapse += 1;
+        let number = state.next_lapse;
+        state.lapsing.insert(session, (until, number));
+        number
+    }
+
+    /// Ends lapse `number` of `session` when its deadline has passed, dropping the leases.
+    pub fn expire(&self, session: u64, number: u64) {
+        let expired = {
+            let mut state = self.state();
+            match state.lapsing.get(&session) {
+                Some(&(_, current)) if current == number => {
+                    state.lapsing.remove(&session);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if expired {
+            self.drop_session(session);
+            self.shared.lapse_ended.notify_waiters();
+        }
+    }
+
+    /// The session comes back on a new connection (`Op::Resume`): its client emptied its cache
+    /// when it saw the old connection go, so the lapse ends now, and the old leases with it,
+    /// before the session can be granted new ones.
+    pub fn end_lapse(&self, session: u64) {
+        let lapsed = self.state().lapsing.remove(&session).is_some();
+        if lapsed {
+            self.drop_session(session);
+            self.shared.lapse_ended.notify_waiters();
+        }
+    }
+
+    /// Until when a change must wait for `session`'s leases, which it cannot revoke (no
+    /// connection); `None` if the session is not lapsing.
+    pub fn lapse_deadline(&self, session: u64) -> Option<tokio::time::Instant> {
+        self.state().lapsing.get(&session).map(|&(until, _)| until)
+    }
+
+    /// Waits until `session` is not lapsing any more (its deadline passed, or it came back).
+    pub async fn wait_lapse(&self, session: u64) {
+        loop {
+            let ended = self.shared.lapse_ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            let Some(until) = self.lapse_deadline(session) else { return };
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => {
+                    // The task that expires it runs at the same deadline; it may not have yet.
+                    let number = self.state().lapsing.get(&session).map(|&(_, number)| number);
+                    if let Some(number) = number {
+                        self.expire(session, number);
+                    }
+                }
+                _ = ended => {}
+            }
         }
     }
 

@@ -76,6 +76,12 @@ pub const SPACE_RESERVE_DEFAULT: u64 = 64 << 20;
 pub const HANDLE_BOOT_SHIFT: u32 = 40;
 /// How long a new connection has to send its hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long past a client's trust window (half the lease timeout) the server keeps the leases
+/// of a session whose connection it closed (`Leases::lapse`): for the time the client takes to
+/// hear its last news, and clocks that run a little apart.
+pub const TRUST_LAPSE_MARGIN: Duration = Duration::from_millis(500);
+/// Why a connection is refused whose peer closed it before sending anything.
+const CLOSED_BEFORE_HELLO: &str = "closed before its hello";
 /// How long shutdown waits for connection tasks to let go of the store.
 pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 
@@ -582,6 +588,12 @@ impl Server {
         let hello_timeout = self.inner.config.hello_timeout;
         let session = match tokio::time::timeout(hello_timeout, self.handshake(&mut stream, &peer)).await {
             Ok(Ok(session)) => session,
+            // A peer that connects and goes without a word is a port probe (a health check, a
+            // script waiting for the server to listen), not worth a warning.
+            Ok(Err(reason)) if reason == CLOSED_BEFORE_HELLO => {
+                tracing::debug!(%peer, "connection closed before its hello");
+                return;
+            }
             Ok(Err(reason)) => {
                 tracing::warn!(%peer, %reason, "refusing connection");
                 return;
@@ -611,11 +623,25 @@ impl Server {
         let pinger = tokio::spawn(ping_loop(self.inner.clone(), connection.clone(), session.clone()));
         let reason = connection.closed().await;
         pinger.abort();
-        // A session without a connection caches nothing. Dropped while the session is still
-        // listed as connected, so a resume (which waits for that listing to go) cannot get new
-        // leases before the old ones are dropped.
-        self.inner.leases.drop_session(session_id);
         let fate = *session.fate.lock().expect("fate lock");
+        // A session without a connection caches nothing, once its client knows. One that closed
+        // its end knows; one whose connection the server closed (a write error, a protocol
+        // violation, a ping gone unanswered) may not, and trusts its cache until its own clock
+        // says the trust window (half the lease timeout since the last news) is over: its leases
+        // lapse then, and conflicting changes wait for that (`revoke`). Either is settled while
+        // the session is still listed as connected, so a resume (which waits for that listing
+        // to go, and ends a lapse) cannot get new leases before the old ones are dropped.
+        if fate == Fate::Resumable && reason != rustre_proto::rpc::PEER_CLOSED && !*self.inner.shutdown.borrow() {
+            let until = tokio::time::Instant::now() + self.inner.config.lease_timeout / 2 + TRUST_LAPSE_MARGIN;
+            let number = self.inner.leases.lapse(session_id, until);
+            let leases = self.inner.leases.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(until).await;
+                leases.expire(session_id, number);
+            });
+        } else {
+            self.inner.leases.drop_session(session_id);
+        }
         if fate == Fate::Resumable && !*self.inner.shutdown.borrow() {
             // Kept before it stops being listed as connected: a resume never finds it in neither.
             recovery::detach(&self.inner, session.clone());
@@ -685,7 +711,10 @@ impl Server {
         stream: &mut S,
         peer: &str,
     ) -> Result<Arc<Session>, String> {
-        let frame = read_frame(stream).await.map_err(|error| format!("reading hello: {error}"))?;
+        let frame = read_frame(stream).await.map_err(|error| match error {
+            rustre_proto::frame::FrameError::Closed => CLOSED_BEFORE_HELLO.to_string(),
+            error => format!("reading hello: {error}"),
+        })?;
         if frame.kind != FrameKind::Request {
             return Err("first frame is not a request".into());
         }
@@ -1133,7 +1162,13 @@ async fn revoke(inner: &Arc<Inner>, change: &Change, requester: Option<u64>) {
     for (&session, grants) in &change.revocations {
         let live = inner.sessions.lock().expect("sessions lock").get(&session).cloned();
         let Some(Live { connection, session: holder }) = live else {
-            continue; // the session is gone, and its leases with it
+            // Not connected: its leases are gone with it, unless its client may still trust
+            // them (a lapse, see `serve_connection`): then the change waits for the lapse.
+            if inner.leases.lapse_deadline(session).is_some() {
+                let leases = inner.leases.clone();
+                waiting.spawn(async move { leases.wait_lapse(session).await });
+            }
+            continue;
         };
         let leases = grants.clone();
         let header = encode_header(&match requester == Some(session) {

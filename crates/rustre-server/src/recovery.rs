@@ -211,6 +211,9 @@ pub(crate) async fn resume(inner: &Arc<Inner>, id: u64) -> Result<(Arc<Session>,
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+    // The client saw its old connection go and emptied its cache: leases it may still have
+    // been trusted with go now, before the resumed session is granted new ones.
+    inner.leases.end_lapse(id);
     let detached = inner.detached.lock().expect("detached lock").remove(&id);
     if let Some(session) = detached {
         session.attachments.fetch_add(1, Ordering::Relaxed);
