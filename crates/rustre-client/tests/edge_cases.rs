@@ -200,3 +200,35 @@ async fn a_rename_that_does_nothing_leaves_the_source_visible() {
     assert_eq!(names, vec![b"f".to_vec(), b"g".to_vec()]);
     a.check_cache_invariants();
 }
+
+/// A pin counted while its session ends must not outlive the session (its orphan would live on
+/// until the next restart). The pin stops inside its count, holding the session's handles lock;
+/// the session ends meanwhile, and its teardown must wait for that lock; then the pin goes on.
+/// Either it was counted before the teardown, which gives it back, or it sees the session
+/// closed and gives itself back: the orphan goes. (Checked and counted apart, the teardown ran
+/// in between and the orphan stayed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pin_counted_while_its_session_ends_goes_with_the_session() {
+    let points = std::sync::Arc::new(rustre_proto::pause::PausePoints::default());
+    let server = TestServer::start_with(|config| config.pause_points = points.clone()).await;
+    let (a, b) = (server.client().await, server.client().await);
+    b.write("/f", b"x").await.unwrap();
+    let ino = b.stat("/f").await.unwrap().ino;
+
+    let paused = points.arm("server.count_pin.locked");
+    let pinning = tokio::spawn({
+        let a = a.clone();
+        async move { a.pin(ino).await }
+    });
+    reach(&paused).await;
+    b.remove_file("/f").await.unwrap();
+    assert_eq!(server.server().orphans().unwrap(), [ino], "the pin keeps f as an orphan");
+    // A's session ends while its pin is being counted: give the teardown time to get as far
+    // as it can before the pin goes on.
+    let ending = tokio::spawn(async move { a.end().await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    paused.release();
+    ending.await.unwrap();
+    let _ = pinning.await.unwrap();
+    eventually("the orphan goes with the session", || server.server().orphans().unwrap().is_empty()).await;
+}

@@ -66,6 +66,24 @@ impl PausePoints {
     }
 }
 
+impl PausePoints {
+    /// `pause` for a place where no await may be: inside a critical section, to show a test that
+    /// nothing can get in between (the thread blocks until `Paused::release`, holding what it
+    /// holds). Only ever armed by tests; unarmed, one atomic load.
+    pub fn pause_blocking(&self, point: &'static str) {
+        if self.armed_count.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let armed = self.armed.lock().expect("pause points lock").remove(point);
+        let Some(armed) = armed else { return };
+        self.armed_count.fetch_sub(1, Ordering::SeqCst);
+        armed.reached.add_permits(1);
+        while !armed.released.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
 impl Paused {
     /// Waits until a task has reached the point and stopped there.
     pub async fn reached(&self) {

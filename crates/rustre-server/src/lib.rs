@@ -1016,14 +1016,27 @@ async fn pin(inner: &Arc<Inner>, session: &Session, ino: u64) -> Result<(Reply, 
 
 /// Records a pin the commit thread has just taken for `session`, so that the session's end gives
 /// it back; if that end has run already, gives it back at once (ENOTCONN).
+///
+/// The check and the count are one step under the handles lock, which the teardown
+/// (`close_session_handles`) takes to mark the session closed before it drains the pins: a pin
+/// counted is drained, and one not counted is given back here. (Checked and counted apart, a
+/// teardown could run in between, and the pin would outlive its session with its orphan.)
+/// Lock order: handles, then pins (as `recovery::reclaim`).
 async fn count_pin(inner: &Arc<Inner>, session: &Session, ino: u64) -> Result<(), StoreError> {
-    let closed = session.handles.lock().expect("handles lock").closed;
-    if closed {
+    let counted = {
+        let handles = session.handles.lock().expect("handles lock");
+        // Tests stop here, holding the lock, to show a teardown cannot get in.
+        inner.config.pause_points.pause_blocking("server.count_pin.locked");
+        if !handles.closed {
+            *session.pins.lock().expect("pins lock").entry(ino).or_insert(0) += 1;
+        }
+        !handles.closed
+    };
+    if !counted {
         // The session's teardown has run: nobody is left to unpin.
         release_opens(inner, ino, 1).await?;
         return Err(StoreError::Fs(Errno::ENOTCONN));
     }
-    *session.pins.lock().expect("pins lock").entry(ino).or_insert(0) += 1;
     Ok(())
 }
 
