@@ -153,8 +153,8 @@ impl SimConfig {
 pub struct SimReport {
     pub seed: u64,
     pub history: Vec<Event>,
-    /// Everything wrong, in plain words; empty for a good run.
-    pub violations: Vec<String>,
+    /// Everything wrong, each with its kind; empty for a good run.
+    pub violations: Vec<Violation>,
     pub stats: SimStats,
 }
 
@@ -171,6 +171,32 @@ impl SimReport {
             format!("{event:?}").hash(&mut hasher);
         }
         hasher.finish()
+    }
+}
+
+/// What a run found wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub kind: ViolationKind,
+    /// In plain words.
+    pub text: String,
+}
+
+/// The kinds of `Violation`, so a test of a planted bug can say which one it expects: a
+/// checker that gave up found nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ViolationKind {
+    /// The history has no linearization the model agrees with.
+    NotLinearizable,
+    /// A call did not finish within `CALL_TIME_MAX` of simulated time.
+    Stalled,
+    /// The checker gave up (too many states): neither a pass nor a find.
+    CheckerGaveUp,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
     }
 }
 
@@ -206,7 +232,7 @@ pub enum SimError {
 pub(crate) struct Recorder {
     next: u64,
     pub(crate) history: Vec<Event>,
-    pub(crate) violations: Vec<String>,
+    pub(crate) violations: Vec<Violation>,
     pub(crate) stats: SimStats,
 }
 
@@ -358,7 +384,11 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
     drop(sim);
     let mut violations = std::mem::take(&mut recorder.violations);
     if let Err(error) = checker::check(&phases::split(&recorder.history)) {
-        violations.push(error.to_string());
+        let kind = match &error {
+            checker::CheckError::NotLinearizable(_) => ViolationKind::NotLinearizable,
+            checker::CheckError::TooComplex { .. } => ViolationKind::CheckerGaveUp,
+        };
+        violations.push(Violation { kind, text: error.to_string() });
     }
     Ok(SimReport { seed: config.seed, history: recorder.history, violations, stats: recorder.stats })
 }

@@ -116,10 +116,11 @@ pub(crate) async fn run(plan: Plan) -> turmoil::Result {
             Ok(outcome) => outcome,
             Err(_) => {
                 let mut recorder = plan.recorder.lock().expect("recorder");
-                recorder.violations.push(format!(
-                    "client {} step {step}: {call:?} did not finish within {CALL_TIME_MAX:?} of simulated time",
+                let text = format!(
+                    "client {} step {step}: {call} did not finish within {CALL_TIME_MAX:?} of simulated time",
                     plan.client
-                ));
+                );
+                recorder.violations.push(crate::Violation { kind: crate::ViolationKind::Stalled, text });
                 Outcome::Unknown
             }
         };

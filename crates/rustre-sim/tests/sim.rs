@@ -1,7 +1,7 @@
 //! The simulator in CI: a few hundred seeds with every fault, a replay, and planted bugs that
 //! the checker must find. A failure names its seed; `rustre sim --seed N` replays it.
 
-use rustre_sim::{Bugs, Faults, SimConfig, SimReport};
+use rustre_sim::{Bugs, Faults, SimConfig, SimReport, ViolationKind};
 
 fn run(config: &SimConfig) -> SimReport {
     rustre_sim::run(config).unwrap_or_else(|error| panic!("seed {}: {error}", config.seed))
@@ -11,7 +11,10 @@ fn failures(reports: &[SimReport]) -> Vec<String> {
     reports
         .iter()
         .filter(|report| !report.passed())
-        .map(|report| format!("seed {}: {}", report.seed, report.violations.join("; ")))
+        .map(|report| {
+            let violations: Vec<String> = report.violations.iter().map(ToString::to_string).collect();
+            format!("seed {}: {}", report.seed, violations.join("; "))
+        })
         .collect()
 }
 
@@ -58,52 +61,80 @@ fn one_seed_replays_exactly() {
 /// Seeds within which each planted bug must be found.
 const PLANTED_SEEDS_MAX: u64 = 100;
 
-fn first_failing_seed(bugs: Bugs, faults: Faults) -> Option<u64> {
-    // Five clients and little think time: more caches, and more calls close together, for a
-    // premature answer to be seen stale.
-    let think_max = std::time::Duration::from_millis(5);
-    let config = |seed| SimConfig { bugs, faults: faults.clone(), clients: 5, think_max, ..SimConfig::new(seed) };
-    // Found by the checker (a failed report) or by an invariant the planted bug breaks inside
-    // the run (the client's cache asserts its own rules: the run fails with that panic).
+/// How one run ended, as a planted-bug test judges it.
+#[derive(Debug, PartialEq, Eq)]
+enum Finding {
+    Passed,
+    /// A violation of this kind (the first that is not the checker giving up).
+    Found(ViolationKind),
+    /// The checker gave up and nothing else was wrong: neither a pass nor a find.
+    GaveUp,
+    /// The run panicked (an invariant the client or server asserts) or failed to run.
+    Panicked,
+}
+
+fn finding(config: &SimConfig) -> Finding {
+    // A broken invariant panics inside the run (turmoil passes it on).
+    match std::panic::catch_unwind(|| rustre_sim::run(config)) {
+        Ok(Ok(report)) if report.passed() => Finding::Passed,
+        Ok(Ok(report)) => report
+            .violations
+            .iter()
+            .map(|violation| violation.kind)
+            .find(|&kind| kind != ViolationKind::CheckerGaveUp)
+            .map_or(Finding::GaveUp, Finding::Found),
+        Ok(Err(_)) | Err(_) => Finding::Panicked,
+    }
+}
+
+/// The first seed below `PLANTED_SEEDS_MAX` on which the run with `bugs` fails with `expected`
+/// and the control, the same configuration with no bug, passes: the find is the bug's, not the
+/// configuration's (a checker that gives up, a stall the bug did not cause).
+fn planted_and_control(config: impl Fn(u64, Bugs) -> SimConfig, bugs: Bugs, expected: Finding) -> Option<u64> {
     (0..PLANTED_SEEDS_MAX).find(|&seed| {
-        // A broken invariant panics inside the run (turmoil passes it on).
-        match std::panic::catch_unwind(|| rustre_sim::run(&config(seed))) {
-            Ok(Ok(report)) => !report.passed(),
-            Ok(Err(_)) | Err(_) => true,
-        }
+        finding(&config(seed, bugs)) == expected && finding(&config(seed, Bugs::default())) == Finding::Passed
     })
+}
+
+/// Five clients and little think time: more caches, and more calls close together, for a
+/// premature answer to be seen stale.
+fn crowded(seed: u64, bugs: Bugs) -> SimConfig {
+    let think_max = std::time::Duration::from_millis(5);
+    SimConfig { bugs, faults: Faults::none(), clients: 5, think_max, ..SimConfig::new(seed) }
 }
 
 #[test]
 fn the_checker_finds_a_change_acknowledged_before_its_revocations() {
     let bugs = Bugs { ack_before_revoke: true, ..Bugs::default() };
-    let found = first_failing_seed(bugs, Faults::none());
-    assert!(found.is_some(), "no seed below {PLANTED_SEEDS_MAX} found the planted bug");
+    let found = planted_and_control(crowded, bugs, Finding::Found(ViolationKind::NotLinearizable));
+    assert!(found.is_some(), "no seed below {PLANTED_SEEDS_MAX} found the planted bug with a passing control");
 }
 
 #[test]
 fn power_losses_find_changes_acknowledged_before_they_are_durable() {
     // Process crashes keep every write; only a power loss (mid-commit or between commits) shows
-    // changes answered before they were synced.
-    let bugs = Bugs { ack_before_durable: true, ..Bugs::default() };
-    let faults = Faults {
-        server_crash_rate: 0.5,
-        power_loss_share: 1.0,
-        server_down_max: std::time::Duration::from_secs(1),
-        ..Faults::none()
+    // changes answered before they were synced. Default think times: runs long enough in
+    // simulated time for the crashes to come.
+    let config = |seed, bugs| SimConfig {
+        bugs,
+        faults: Faults {
+            server_crash_rate: 0.5,
+            power_loss_share: 1.0,
+            server_down_max: std::time::Duration::from_secs(1),
+            ..Faults::none()
+        },
+        ..SimConfig::new(seed)
     };
-    // Default think times: runs long enough in simulated time for the crashes to come.
-    let config = |seed| SimConfig { bugs, faults: faults.clone(), ..SimConfig::new(seed) };
-    let found =
-        (0..PLANTED_SEEDS_MAX).find(|&seed| rustre_sim::run(&config(seed)).is_ok_and(|report| !report.passed()));
-    assert!(found.is_some(), "no seed below {PLANTED_SEEDS_MAX} found the planted bug");
+    let bugs = Bugs { ack_before_durable: true, ..Bugs::default() };
+    let found = planted_and_control(config, bugs, Finding::Found(ViolationKind::NotLinearizable));
+    assert!(found.is_some(), "no seed below {PLANTED_SEEDS_MAX} found the planted bug with a passing control");
 }
 
 #[test]
 fn the_checker_finds_a_missing_retry_by_name() {
     let bugs = Bugs { no_stale_retry: true, ..Bugs::default() };
-    let found = first_failing_seed(bugs, Faults::none());
-    assert!(found.is_some(), "no seed below {PLANTED_SEEDS_MAX} found the planted bug");
+    let found = planted_and_control(crowded, bugs, Finding::Found(ViolationKind::NotLinearizable));
+    assert!(found.is_some(), "no seed below {PLANTED_SEEDS_MAX} found the planted bug with a passing control");
 }
 
 /// Seeds on which the simulator found a bug, each fixed since with a test of its own (named in
