@@ -28,6 +28,22 @@ for mountpoint in "${readme_mounts[@]}"; do
 done
 
 work=$(mktemp -d /tmp/rustre-readme.XXXXXX)
+cleanup() {
+    # Whatever a failed run left: mounts first, then processes, then the clone.
+    for mountpoint in "${readme_mounts[@]}"; do
+        if mountpoint -q "$mountpoint" 2>/dev/null; then
+            umount -l "$mountpoint" || true
+        fi
+    done
+    if [ -f "$work/groups" ]; then
+        while read -r group; do
+            kill -TERM -- "-$group" 2>/dev/null || true
+        done < "$work/groups"
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 143' TERM INT
 mkdir "$work/clone"
 (cd "$root" && git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf -) | tar -C "$work/clone" -xf -
 mkdir -p "$root/target"
@@ -133,26 +149,13 @@ PRELUDE
 cat "$script.body" >> "$script"
 echo 'stop_background' >> "$script"
 
-cleanup() {
-    # Whatever a failed run left: mounts first, then processes, then the clone.
-    for mountpoint in "${readme_mounts[@]}"; do
-        if mountpoint -q "$mountpoint" 2>/dev/null; then
-            umount -l "$mountpoint" || true
-        fi
-    done
-    if [ -f "$work/groups" ]; then
-        while read -r group; do
-            kill -TERM -- "-$group" 2>/dev/null || true
-        done < "$work/groups"
-    fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 143' TERM INT
 
 echo "readme-check: $blocks blocks of README.md, in $work/clone"
 status=0
-(cd "$work/clone" && READMECHECK_WORK="$work" setsid --wait bash "$script") || status=$?
+# In the background and waited for, so that a TERM (CI's timeout) interrupts the wait and the
+# cleanup runs; the script runs in a session of its own, whose group the cleanup kills.
+(cd "$work/clone" && READMECHECK_WORK="$work" exec setsid --wait bash "$script") &
+wait "$!" || status=$?
 if [ "$status" -ne 0 ]; then
     echo "readme-check: failed (exit $status)" >&2
     exit "$status"

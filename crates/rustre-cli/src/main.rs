@@ -995,20 +995,12 @@ async fn mount_and_serve(
         name = signals.wait() => {
             tracing::info!(signal = name, "unmounting");
             unmounter.unmount()?;
-            // Requests waiting for an unreachable server would keep a busy mount (and the
-            // processes behind them, unkillable) until it is back: they fail now instead.
-            if let Some(outage) = client.outage() {
-                if outage.requests_waiting > 0 {
-                    tracing::warn!("the server is unreachable: failing the {} requests waiting for it", outage.requests_waiting);
-                }
-                client.close();
-            }
             None
         }
     };
     let ended = match ended {
         Some(ended) => ended,
-        None => session.await,
+        None => session_after_unmount(&mut session, &client, signals).await,
     };
     if options.client_stats {
         eprintln!("{}", client.stats());
@@ -1017,6 +1009,41 @@ async fn mount_and_serve(
     ended??;
     Ok(())
 }
+
+/// After an unmount the session ends once the kernel lets go of the mount, which the processes
+/// of a busy mount (detached lazily) hold up while they wait for an unreachable server, hard and
+/// unkillable: they fail with EIO (the client closes) as soon as the server is found unreachable,
+/// which may take a few seconds of its silence, or at a second signal.
+async fn session_after_unmount(
+    session: &mut tokio::task::JoinHandle<Result<(), rustre_fuse::MountError>>,
+    client: &Client,
+    signals: &mut StopSignals,
+) -> Result<Result<(), rustre_fuse::MountError>, tokio::task::JoinError> {
+    let close = |why: &str| {
+        let waiting = client.outage().map_or(0, |outage| outage.requests_waiting);
+        tracing::warn!(waiting, "{why}: failing the requests waiting for the server");
+        client.close();
+    };
+    let mut closed = false;
+    loop {
+        tokio::select! {
+            ended = &mut *session => return ended,
+            name = signals.wait(), if !closed => {
+                close(&format!("{name} again"));
+                closed = true;
+            }
+            _ = tokio::time::sleep(UNMOUNT_CHECK_INTERVAL), if !closed => {
+                if client.outage().is_some() {
+                    close("the server is unreachable");
+                    closed = true;
+                }
+            }
+        }
+    }
+}
+
+/// How often a stopping mount checks whether its server is unreachable.
+const UNMOUNT_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// A mount refused for want of privilege says what it needs.
 fn explain_mount_failure(error: anyhow::Error) -> anyhow::Error {

@@ -105,7 +105,10 @@ pub(crate) fn short_date(time: Timestamp, now: Timestamp) -> String {
 /// `stat`'s date: `2026-12-07 12:55:01.123456789 +0000`.
 pub(crate) fn full_date(time: Timestamp) -> String {
     match zoned(time) {
-        Some(zoned) => zoned.strftime("%Y-%m-%d %H:%M:%S.%f %z").to_string(),
+        // Nanoseconds always as nine digits, as stat prints them (strftime's %f drops zeros).
+        Some(zoned) => {
+            format!("{}.{:09} {}", zoned.strftime("%Y-%m-%d %H:%M:%S"), time.nanos, zoned.strftime("%z"))
+        }
         None => format!("{}.{:09}", time.secs, time.nanos),
     }
 }
@@ -201,5 +204,7 @@ mod tests {
         assert!(!old.contains(':') && old.ends_with("2026"), "{old}");
         let full = full_date(Timestamp { secs: 0, nanos: 5 });
         assert!(full.contains(".000000005 "), "{full}");
+        let full = full_date(Timestamp { secs: 0, nanos: 804_452_520 });
+        assert!(full.contains(".804452520 "), "trailing zeros kept: {full}");
     }
 }

@@ -295,7 +295,9 @@ fn attributes_cached_by_the_kernel_are_dropped_when_another_mount_changes_them()
 /// then revokes nobody: the kernel's copies must have gone before the leases did. Returns how
 /// many of 20 stats on A showed the mode from before B's chmod.
 fn stale_stats_after_the_cache_gives_leases_back(release_through_hook: bool) -> usize {
-    let mut fixture = Fixture::new(0);
+    // A long lease timeout: the kernel keeps what it cached for as long as the client trusts
+    // it (half of that), so a slow machine cannot let the control's copies expire by themselves.
+    let mut fixture = Fixture::with_server(0, |config| config.lease_timeout = std::time::Duration::from_secs(60));
     let a = fixture.mount_with(|config| {
         config.cache_entries_max = 64;
         config.release_through_hook = release_through_hook;

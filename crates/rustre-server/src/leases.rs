@@ -345,15 +345,11 @@ impl Leases {
             let ended = self.shared.lapse_ended.notified();
             tokio::pin!(ended);
             ended.as_mut().enable();
-            let Some(until) = self.lapse_deadline(session) else { return };
+            let Some((until, number)) = self.state().lapsing.get(&session).copied() else { return };
             tokio::select! {
-                _ = tokio::time::sleep_until(until) => {
-                    // The task that expires it runs at the same deadline; it may not have yet.
-                    let number = self.state().lapsing.get(&session).map(|&(_, number)| number);
-                    if let Some(number) = number {
-                        self.expire(session, number);
-                    }
-                }
+                // The task that expires it runs at the same deadline; it may not have yet. Only
+                // this lapse: the session may have come back and lapsed again meanwhile.
+                _ = tokio::time::sleep_until(until) => self.expire(session, number),
                 _ = ended => {}
             }
         }

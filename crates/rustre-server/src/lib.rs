@@ -1191,6 +1191,7 @@ async fn revoke(inner: &Arc<Inner>, change: &Change, requester: Option<u64>) {
         let timeout = inner.config.lease_timeout;
         let leases = inner.leases.clone();
         let counters = inner.counters.clone();
+        let stopping = inner.shutdown.subscribe();
         waiting.spawn(async move {
             let started = tokio::time::Instant::now();
             let answer = tokio::time::timeout(timeout, connection.call(header, Bytes::new())).await;
@@ -1203,8 +1204,16 @@ async fn revoke(inner: &Arc<Inner>, change: &Change, requester: Option<u64>) {
                     }
                     other => format!("wrong answer to a revocation: {other:?}"),
                 },
-                // Closed meanwhile: its leases are gone with it.
-                Ok(Err(_)) => return,
+                // Closed meanwhile by its client: its leases are gone with it. Closed by this
+                // server (a write error, a protocol violation): the client may not know, and
+                // trusts what it caches for its trust window, which began before the close;
+                // the change waits for that, as for a lapse (`serve_connection`).
+                Ok(Err(closed)) => {
+                    if closed.reason != rustre_proto::rpc::PEER_CLOSED && !*stopping.borrow() {
+                        tokio::time::sleep(timeout / 2 + TRUST_LAPSE_MARGIN).await;
+                    }
+                    return;
+                }
                 Err(_) => format!("no acknowledgement of a revocation within {timeout:?}"),
             };
             tracing::warn!(connection = connection.name(), %reason, "evicting client");
