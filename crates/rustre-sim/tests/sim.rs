@@ -91,16 +91,23 @@ fn finding(config: &SimConfig) -> Finding {
 /// and the control, the same configuration with no bug, passes: the find is the bug's, not the
 /// configuration's (a checker that gives up, a stall the bug did not cause).
 fn planted_and_control(config: impl Fn(u64, Bugs) -> SimConfig, bugs: Bugs, expected: Finding) -> Option<u64> {
-    (0..PLANTED_SEEDS_MAX).find(|&seed| {
-        finding(&config(seed, bugs)) == expected && finding(&config(seed, Bugs::default())) == Finding::Passed
-    })
+    let started = std::time::Instant::now();
+    let mut seen = Vec::new();
+    let found = (0..PLANTED_SEEDS_MAX).find(|&seed| {
+        let planted = finding(&config(seed, bugs));
+        let hit = planted == expected && finding(&config(seed, Bugs::default())) == Finding::Passed;
+        seen.push(planted);
+        hit
+    });
+    eprintln!("{bugs:?}: found on seed {found:?} in {:?}; before it: {seen:?}", started.elapsed());
+    found
 }
 
 /// Five clients and little think time: more caches, and more calls close together, for a
 /// premature answer to be seen stale.
 fn crowded(seed: u64, bugs: Bugs) -> SimConfig {
     let think_max = std::time::Duration::from_millis(5);
-    SimConfig { bugs, faults: Faults::none(), clients: 5, think_max, ..SimConfig::new(seed) }
+    SimConfig { bugs, faults: Faults::none(), clients: 5, think_max, steps: 60, ..SimConfig::new(seed) }
 }
 
 #[test]
