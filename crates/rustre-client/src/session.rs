@@ -561,34 +561,10 @@ mod tests {
     }
 
     // A give-back's patience tells when it has run out and waits on, until the link changes
-    // (here: closed for good); it is never counted as given up.
+    // (here: closed for good); it is never counted as given up. It waits on also the next time
+    // it needs a connection (the link broke again while it was in flight), rather than fail.
     #[tokio::test(start_paused = true)]
     async fn a_give_back_waits_on_after_its_patience() {
-        let wait = Duration::from_secs(30);
-        let link = link_down(wait);
-        let (exhausted, told) = oneshot::channel();
-        let mut patience = Patience::telling(wait, exhausted);
-        let connecting = link.connection(&mut patience);
-        tokio::pin!(connecting);
-        let mut told = std::pin::pin!(told);
-        tokio::select! {
-            _ = &mut connecting => panic!("the link is down"),
-            told = &mut told => told.expect("told that the patience ran out"),
-        }
-        assert!(futures::poll!(&mut connecting).is_pending(), "waits on");
-        tokio::time::advance(Duration::from_secs(3600)).await;
-        assert!(futures::poll!(&mut connecting).is_pending(), "for as long as it takes");
-        assert_eq!(link.outage().unwrap().requests_waiting, 1);
-        link.state.send_replace(LinkState::Closed { reason: "client closed the session".into() });
-        let Err(error) = connecting.await else { panic!("closed for good") };
-        assert_eq!(error.errno, Errno::ENOTCONN);
-        assert_eq!(link.outage().unwrap().requests_gave_up, 0);
-    }
-
-    /// A give-back whose patience ran out once waits on also the next time it needs a
-    /// connection (the link broke again while it was in flight), rather than fail at once.
-    #[tokio::test(start_paused = true)]
-    async fn a_give_back_waits_on_in_every_later_wait_too() {
         let wait = Duration::from_secs(30);
         let link = link_down(wait);
         let (exhausted, told) = oneshot::channel();
@@ -601,12 +577,19 @@ mod tests {
                 _ = &mut connecting => panic!("the link is down"),
                 told = &mut told => told.expect("told that the patience ran out"),
             }
+            assert!(futures::poll!(&mut connecting).is_pending(), "waits on");
+            tokio::time::advance(Duration::from_secs(3600)).await;
+            assert!(futures::poll!(&mut connecting).is_pending(), "for as long as it takes");
+            assert_eq!(link.outage().unwrap().requests_waiting, 1);
         }
         // A second wait, as after a break while the request was in flight.
         let again = link.connection(&mut patience);
         tokio::pin!(again);
         tokio::time::advance(Duration::from_secs(3600)).await;
         assert!(futures::poll!(&mut again).is_pending(), "the second wait waits on too");
+        link.state.send_replace(LinkState::Closed { reason: "client closed the session".into() });
+        let Err(error) = again.await else { panic!("closed for good") };
+        assert_eq!(error.errno, Errno::ENOTCONN);
         assert_eq!(link.outage().unwrap().requests_gave_up, 0);
     }
 
