@@ -8,7 +8,7 @@
 //! client's counters on stderr.
 
 use std::ffi::OsStr;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
@@ -25,6 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 mod bench;
+mod logging;
 mod mountpoint;
 mod output;
 mod race;
@@ -397,13 +398,7 @@ fn main() -> ExitCode {
         command if command.runs_server() => "info",
         _ => "warn",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    logging::init(default_level);
 
     if let Command::Sim(args) = cli.command {
         // The simulator runs its own runtimes (one per simulated host), never inside ours.
