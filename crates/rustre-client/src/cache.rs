@@ -111,6 +111,11 @@ impl State {
         self.last_contact = Instant::now();
     }
 
+    /// How long the cache is trusted after the last news (half the server's lease timeout).
+    pub(crate) fn validity(&self) -> Duration {
+        self.validity
+    }
+
     /// Half the server's lease timeout: how long the cache is trusted after the last news.
     pub(crate) fn set_validity(&mut self, validity: Duration) {
         self.validity = validity;

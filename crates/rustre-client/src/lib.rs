@@ -70,6 +70,10 @@ pub struct ClientConfig {
     /// mount's kernel drops its copies first. Always on, except in control runs that show the
     /// stale stat a kernel would otherwise keep (race 13).
     pub release_through_hook: bool,
+    /// When the revocation hook could not drop a copy (`Forgotten::Kept`), acknowledge the
+    /// revocation, or give the lease back, only after the trust window. Always on, except in
+    /// control runs that show the stale stat a kernel would otherwise keep.
+    pub wait_out_kept_copies: bool,
     /// How long a call waits in all for the connection to come back after it broke
     /// (`session.rs`); then it fails with ENOTCONN (a mount answers the kernel EIO). By default
     /// `RECONNECT_WAIT_DEFAULT`, so a tool stops rather than hang; `RECONNECT_WAIT_FOREVER`
@@ -111,6 +115,7 @@ impl Default for ClientConfig {
             pause_points: Arc::default(),
             retry_stale_by_name: true,
             release_through_hook: true,
+            wait_out_kept_copies: true,
             reconnect_wait: session::RECONNECT_WAIT_DEFAULT,
             secret: None,
             tls: None,
@@ -133,6 +138,9 @@ pub struct ClientStats {
     pub revocations_received: u64,
     /// Time spent applying revocations (from arrival to cache updated), in total.
     pub revocation_handling_micros: u64,
+    /// Revocations acknowledged and give-backs sent only after the trust window, because the
+    /// revocation hook could not drop a copy (`Forgotten::Kept`).
+    pub hook_copies_kept: u64,
     pub leases_held: u64,
     pub leases_released: u64,
     /// Path calls retried by name after the server found an inode id stale.
@@ -151,6 +159,7 @@ impl std::fmt::Display for ClientStats {
         writeln!(f, "callbacks received: {}", self.callbacks_received)?;
         writeln!(f, "revocations received: {}", self.revocations_received)?;
         writeln!(f, "revocation handling: {} µs in total", self.revocation_handling_micros)?;
+        writeln!(f, "copies the hook could not drop: {}", self.hook_copies_kept)?;
         writeln!(f, "leases held: {}", self.leases_held)?;
         writeln!(f, "leases released: {}", self.leases_released)?;
         write!(f, "stale ids retried by name: {}", self.stale_retries)
@@ -183,6 +192,7 @@ struct Counters {
     callbacks_received: AtomicU64,
     revocations_received: AtomicU64,
     revocation_handling_micros: AtomicU64,
+    hook_copies_kept: AtomicU64,
     leases_released: AtomicU64,
     stale_retries: AtomicU64,
 }
@@ -198,6 +208,8 @@ struct Shared {
     retry_stale_by_name: bool,
     /// `ClientConfig::release_through_hook`.
     release_through_hook: bool,
+    /// `ClientConfig::wait_out_kept_copies`.
+    wait_out_kept_copies: bool,
     /// Run on every revocation, after the cache dropped the leases and before the
     /// acknowledgement (`Client::set_revocation_hook`).
     revocation_hook: std::sync::RwLock<Option<RevocationHook>>,
@@ -217,9 +229,48 @@ impl Shared {
 /// What else must forget what a revoked lease covered, and be done with it before the server
 /// learns it is revoked: a FUSE mount's kernel caches (`rustre-fuse`). Called on the
 /// connection's reader task with the revoked leases and their cause, after this client's cache
-/// dropped them; it must return quickly and must never wait for anything that waits for this
-/// client's requests (they cannot be answered until it returns).
-pub type RevocationHook = Arc<dyn Fn(&[Grant], Cause) + Send + Sync>;
+/// dropped them, and with the leases this client gives back, before it does. It must not block:
+/// what it cannot finish at once it returns as `Forgotten::Again`, which the client calls later
+/// from a task of its own, and the acknowledgement (or the give-back) waits for the outcome.
+pub type RevocationHook = Arc<dyn Fn(&[Grant], Cause) -> Forgotten + Send + Sync>;
+
+/// Rounds of `Forgotten::Again` a client waits through before it treats the copy as kept.
+pub const HOOK_ROUNDS_MAX: usize = 10_000;
+
+/// What a revocation hook made of the copies under the leases it was given.
+pub enum Forgotten {
+    /// Every copy is gone: the server may be told at once.
+    All,
+    /// Not yet (a copy is on its way into the kernel and cannot be dropped before it lands):
+    /// call `again` after `after`, and go by what it returns.
+    Again { after: std::time::Duration, again: Box<dyn FnOnce() -> Forgotten + Send> },
+    /// A copy could not be dropped. It was handed out for no longer than this client trusted its
+    /// leases then, so it is gone once the trust window (half the lease timeout) has passed;
+    /// the server is told only then (fail closed: never acknowledge a lease given up while a
+    /// copy may still answer from it). The hook also stops handing out copies that it could not
+    /// take back.
+    Kept,
+}
+
+impl Forgotten {
+    /// Waits until every copy is gone: retries while the hook asks to, and waits out the trust
+    /// window (`trust_window`) for a copy it could not drop. Returns whether a copy was kept.
+    pub async fn settle(self, trust_window: std::time::Duration) -> bool {
+        let mut outcome = self;
+        for _ in 0..HOOK_ROUNDS_MAX {
+            match outcome {
+                Forgotten::All => return false,
+                Forgotten::Kept => break,
+                Forgotten::Again { after, again } => {
+                    tokio::time::sleep(after).await;
+                    outcome = again();
+                }
+            }
+        }
+        tokio::time::sleep(trust_window).await;
+        true
+    }
+}
 
 /// Why leases are revoked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -237,6 +288,15 @@ pub enum Cause {
 impl Shared {
     fn cache(&self) -> sync::MutexGuard<'_, cache::State> {
         self.cache.lock().expect("cache lock")
+    }
+
+    /// How long a copy the revocation hook could not drop may live: the trust window (its time
+    /// to live was no longer than what the client's trust had left when it was handed out).
+    fn kept_copies_wait(&self) -> std::time::Duration {
+        match self.wait_out_kept_copies {
+            true => self.cache().validity(),
+            false => std::time::Duration::ZERO,
+        }
     }
 
     fn hit(&self) {
@@ -598,17 +658,22 @@ fn revoked(
     let next_request = connection.map_or(1, Connection::next_request_id);
     shared.cache().on_revoke(&leases, next_request);
     let hook = shared.revocation_hook.read().expect("revocation hook lock").clone();
-    if let Some(hook) = hook {
-        hook(&leases, cause);
-    }
+    let forgotten = hook.map_or(Forgotten::All, |hook| hook(&leases, cause));
     shared.counters.revocations_received.fetch_add(1, Ordering::Relaxed);
     let micros = started.elapsed().as_micros() as u64;
     shared.counters.revocation_handling_micros.fetch_add(micros, Ordering::Relaxed);
     if shared.cache().has_releases() {
         shared.releases.notify_one();
     }
-    // The cache is updated already; only the acknowledgement may wait (in tests).
+    // The cache is updated already; the acknowledgement waits until the hook's copies are gone
+    // (a copy kept makes it wait the trust window, shorter than the server's patience, which is
+    // the whole lease timeout), and in tests at a pause point.
     Box::pin(async move {
+        let trust_window = shared.kept_copies_wait();
+        if forgotten.settle(trust_window).await {
+            shared.counters.hook_copies_kept.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(?trust_window, "a revocation was acknowledged late: a mirrored copy could not be dropped");
+        }
         shared.pause_points.pause("client.revoke.before_ack").await;
         (encode_header(&CallbackReply::Revoked), Bytes::new())
     })
@@ -699,6 +764,7 @@ impl Client {
             pause_points: config.pause_points.clone(),
             retry_stale_by_name: config.retry_stale_by_name,
             release_through_hook: config.release_through_hook,
+            wait_out_kept_copies: config.wait_out_kept_copies,
             revocation_hook: std::sync::RwLock::new(None),
             link_hook: std::sync::RwLock::new(None),
         });
@@ -804,6 +870,7 @@ impl Client {
             callbacks_received: load(&counters.callbacks_received),
             revocations_received: load(&counters.revocations_received),
             revocation_handling_micros: load(&counters.revocation_handling_micros),
+            hook_copies_kept: load(&counters.hook_copies_kept),
             leases_held: self.inner.shared.cache().leases_held() as u64,
             leases_released: load(&counters.leases_released),
             stale_retries: load(&counters.stale_retries),
@@ -1513,14 +1580,15 @@ async fn give_leases_back(inner: std::sync::Weak<Inner>, shared: Arc<Shared>) {
                 break;
             }
             // What the kernel of a mount holds under these leases goes first: once the server
-            // has them back, no change to what they covered is revoked here any more. The hook
-            // may wait on the kernel, so it runs off the runtime's threads.
+            // has them back, no change to what they covered is revoked here any more. A copy
+            // the hook could not drop delays the give-back by the trust window; meanwhile the
+            // server still counts the leases as ours and revokes them before any change.
             let hook = shared.revocation_hook.read().expect("revocation hook lock").clone();
             if let Some(hook) = hook.filter(|_| shared.release_through_hook) {
-                let leases = batch.clone();
-                if tokio::task::spawn_blocking(move || hook(&leases, Cause::Released)).await.is_err() {
-                    tracing::error!("the revocation hook panicked; the leases are kept");
-                    return;
+                let trust_window = shared.kept_copies_wait();
+                if hook(&batch, Cause::Released).settle(trust_window).await {
+                    shared.counters.hook_copies_kept.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(?trust_window, "leases given back late: a mirrored copy could not be dropped");
                 }
             }
             let Some(inner) = inner.upgrade() else { return };
@@ -1591,5 +1659,34 @@ fn expect_attr(reply: Reply, _: Bytes) -> Result<Attr> {
     match reply {
         Reply::Attr { attr } => Ok(attr),
         other => Err(unexpected(&other)),
+    }
+}
+
+#[cfg(test)]
+mod forgotten_tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A hook that never finishes is given `HOOK_ROUNDS_MAX` rounds, then treated as a kept copy:
+    /// the wait ends, after the trust window.
+    #[tokio::test(start_paused = true)]
+    async fn a_hook_that_never_finishes_is_waited_out() {
+        fn forever() -> Forgotten {
+            Forgotten::Again { after: Duration::from_millis(1), again: Box::new(forever) }
+        }
+        let started = tokio::time::Instant::now();
+        let trust_window = Duration::from_secs(5);
+        assert!(forever().settle(trust_window).await, "reported kept");
+        let waited = started.elapsed();
+        let rounds = Duration::from_millis(1) * HOOK_ROUNDS_MAX as u32;
+        assert!(waited >= rounds + trust_window, "waited {waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_finished_hook_costs_no_wait() {
+        let started = tokio::time::Instant::now();
+        assert!(!Forgotten::All.settle(Duration::from_secs(5)).await);
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 }

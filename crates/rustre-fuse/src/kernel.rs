@@ -39,8 +39,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use rustre_client::Cause;
 use rustre_client::rustre_proto::{Grant, LeaseKey};
+use rustre_client::{Cause, Forgotten};
 
 /// The longest the kernel may keep anything: a revocation or the end of the client's trust ends
 /// it sooner; this only bounds how long a notification the kernel lost would leave it stale.
@@ -49,6 +49,8 @@ pub const TTL_LEASED_MAX: Duration = Duration::from_secs(600);
 /// How long a revocation hook retries dropping the attributes of an inode the kernel is about
 /// to instantiate from a reply of ours (it answered ENOENT, and the mount counts a reference).
 const INSTANTIATION_WAIT_MAX: Duration = Duration::from_millis(50);
+/// The pause between two such tries (on a timer: no thread waits).
+const INSTANTIATION_RETRY: Duration = Duration::from_micros(50);
 
 /// The FUSE minor version that brought `FUSE_NOTIFY_INC_EPOCH`.
 pub const EPOCH_MINOR: u32 = 44;
@@ -78,15 +80,19 @@ pub struct KernelCache {
     epochs: AtomicBool,
     /// The mount wants attributes cached (any kernel can drop them: FUSE 7.12).
     attributes: AtomicBool,
-    /// Epoch bumps written, and those the kernel refused.
+    /// Epoch bumps written.
     pub bumps: AtomicU64,
-    pub bump_failures: AtomicU64,
     /// Renames of this mount in flight (see `on_revoke`).
     renames: AtomicU64,
     /// Attribute invalidations the kernel applied, and those that had to wait for the kernel
     /// to instantiate the inode.
     pub attribute_drops: AtomicU64,
     pub attribute_drop_retries: AtomicU64,
+    /// Notifications the kernel refused (other than after the unmount).
+    pub notification_failures: AtomicU64,
+    /// A fault for tests (`MountConfig::refuse_kernel_notifications`): every notification
+    /// fails with EIO, as if the kernel refused it.
+    pub refuse_notifications: AtomicBool,
 }
 
 impl KernelCache {
@@ -132,7 +138,11 @@ impl KernelCache {
 
     /// The client's revocation hook: a revoked name makes every kernel entry suspect; a revoked
     /// attribute lease drops the kernel's copy of those attributes. `referenced` tells whether
-    /// the kernel holds (or is being handed) a reference to an inode.
+    /// the kernel holds (or is being handed) a reference to an inode. Never blocks: attributes
+    /// of an inode that a reply of ours is about to make are dropped in later rounds
+    /// (`Forgotten::Again`), and whatever the kernel refuses to drop is reported kept
+    /// (`Forgotten::Kept`, after which the mount stops handing the kernel that kind of copy), so
+    /// the client tells the server only once the copy's time to live has run out.
     ///
     /// A name revoked for this mount's own change (`Cause::Own`) needs no bump: every change of
     /// a name this session makes comes from a kernel request (the mount is the session's only
@@ -144,68 +154,111 @@ impl KernelCache {
     /// client may not hold). So while a rename of ours is in flight, own revocations bump too.
     /// Attributes are dropped whatever the cause: the kernel does not recompute all it caches
     /// (a link count, a parent's times).
-    pub fn on_revoke(&self, leases: &[Grant], cause: Cause, referenced: impl Fn(u64) -> bool) {
+    pub fn on_revoke<R>(self: &Arc<Self>, leases: &[Grant], cause: Cause, referenced: R) -> Forgotten
+    where
+        R: Fn(u64) -> bool + Send + 'static,
+    {
         let names = leases.iter().any(|grant| matches!(grant.key, LeaseKey::Name { .. }));
         let mirrored = cause == Cause::Own && self.renames.load(Ordering::Acquire) == 0;
+        let mut refused = false;
         if self.caches_entries() && names && !mirrored {
-            self.bump_epoch();
+            refused |= !self.bump_epoch();
         }
+        let mut waiting = Vec::new();
         for grant in leases {
             if let LeaseKey::Attr { ino } = grant.key {
-                self.forget_attributes(ino, &referenced);
+                match self.drop_attributes(ino, &referenced) {
+                    Dropped::Done => {}
+                    Dropped::NotYet => waiting.push(ino),
+                    Dropped::Refused => refused = true,
+                }
             }
+        }
+        self.clone().settle(waiting, referenced, Instant::now(), refused)
+    }
+
+    /// What is left of a revocation after a round: every drop done (`All`), a refusal
+    /// (`Kept`), or inodes still on their way into the kernel, tried again shortly, up to
+    /// `INSTANTIATION_WAIT_MAX` after the first round (then `Kept`: their reply may have
+    /// installed the old attributes, for at most their time to live).
+    fn settle<R>(self: Arc<Self>, waiting: Vec<u64>, referenced: R, started: Instant, refused: bool) -> Forgotten
+    where
+        R: Fn(u64) -> bool + Send + 'static,
+    {
+        if refused {
+            return Forgotten::Kept;
+        }
+        if waiting.is_empty() {
+            return Forgotten::All;
+        }
+        if started.elapsed() >= INSTANTIATION_WAIT_MAX {
+            tracing::warn!(
+                inodes = waiting.len(),
+                "the kernel did not make referenced inodes in time to drop their attributes"
+            );
+            return Forgotten::Kept;
+        }
+        Forgotten::Again {
+            after: INSTANTIATION_RETRY,
+            again: Box::new(move || {
+                let mut refused = false;
+                let mut still = Vec::new();
+                for ino in waiting {
+                    self.attribute_drop_retries.fetch_add(1, Ordering::Relaxed);
+                    match self.drop_attributes(ino, &referenced) {
+                        Dropped::Done => {}
+                        Dropped::NotYet => still.push(ino),
+                        Dropped::Refused => refused = true,
+                    }
+                }
+                self.settle(still, referenced, started, refused)
+            }),
         }
     }
 
     /// The client's connection closed: it trusts nothing it cached any more, so neither may the
     /// kernel. Every entry goes (one epoch bump) and the attributes of every inode the kernel
     /// references (`referenced`). Told before the session resumes, so before a restarted server
-    /// can end its recovery and let other clients change what the kernel cached.
+    /// can end its recovery and let other clients change what the kernel cached. What the kernel
+    /// refuses here it keeps for at most the time to live it was given, which the client's
+    /// trust bounded, and the mount stops handing out such copies.
     pub fn on_link_lost(&self, referenced: &[u64]) {
         if self.caches_entries() {
             self.bump_epoch();
         }
         for &ino in referenced {
-            self.forget_attributes(ino, &|_| false);
+            self.drop_attributes(ino, &|_| false);
         }
     }
 
-    /// Drops the kernel's attributes of `ino`, if it has the inode (else nothing to drop, unless
-    /// a reply of ours is about to make it: then waits for that, bounded).
-    fn forget_attributes(&self, ino: u64, referenced: &impl Fn(u64) -> bool) {
+    /// Drops the kernel's attributes of `ino`, if it has the inode. An inode it does not have
+    /// holds nothing, unless the mount counts a reference to it: then a reply of ours carries
+    /// it and the kernel has not made the inode yet (or it evicted the inode and its forget is
+    /// on the way), and the drop must be tried again (`NotYet`).
+    fn drop_attributes(&self, ino: u64, referenced: &impl Fn(u64) -> bool) -> Dropped {
         let mut message = [0_u8; 40];
         message[..4].copy_from_slice(&40_u32.to_ne_bytes());
         message[4..8].copy_from_slice(&FUSE_NOTIFY_INVAL_INODE.to_ne_bytes());
         message[16..24].copy_from_slice(&ino.to_ne_bytes());
         message[24..32].copy_from_slice(&(-1_i64).to_ne_bytes());
-        let started = Instant::now();
-        loop {
-            match self.notify(&message) {
-                Ok(()) => {
-                    self.attribute_drops.fetch_add(1, Ordering::Relaxed);
-                    return;
+        match self.notify(&message) {
+            Ok(()) => {
+                self.attribute_drops.fetch_add(1, Ordering::Relaxed);
+                Dropped::Done
+            }
+            Err(error) if error.raw_os_error() == Some(libc::ENOENT) => {
+                match self.caches_attributes() && referenced(ino) {
+                    true => Dropped::NotYet,
+                    false => Dropped::Done,
                 }
-                // Not in the kernel's inode table: nothing cached, unless the mount counts a
-                // reference, which means a reply of ours carries it and the kernel has not made
-                // the inode yet (or it evicted the inode and its forget is on the way).
-                Err(error) if error.raw_os_error() == Some(libc::ENOENT) => {
-                    if !self.caches_attributes() || !referenced(ino) {
-                        return;
-                    }
-                    if started.elapsed() >= INSTANTIATION_WAIT_MAX {
-                        tracing::warn!(
-                            ino,
-                            "the kernel did not make a referenced inode in time to drop its attributes"
-                        );
-                        return;
-                    }
-                    self.attribute_drop_retries.fetch_add(1, Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_micros(20));
-                }
-                Err(error) => {
-                    tracing::warn!(%error, ino, "the kernel refused to drop an inode's attributes");
-                    return;
-                }
+            }
+            // The mount is gone, and everything its kernel cached with it.
+            Err(error) if error.raw_os_error() == Some(libc::ENODEV) => Dropped::Done,
+            Err(error) => {
+                self.notification_failures.fetch_add(1, Ordering::Relaxed);
+                self.attributes.store(false, Ordering::Release);
+                tracing::warn!(%error, ino, "the kernel refused to drop an inode's attributes; attributes are no longer cached");
+                Dropped::Refused
             }
         }
     }
@@ -214,6 +267,9 @@ impl KernelCache {
     /// code in `error`, then its payload) to the session's descriptor.
     fn notify(&self, message: &[u8]) -> std::io::Result<()> {
         let Some(fd) = self.fd.get() else { return Ok(()) };
+        if self.refuse_notifications.load(Ordering::Relaxed) {
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
         // SAFETY: `fd` is an open descriptor this struct owns; `message` outlives the call.
         let written = unsafe { libc::write(fd.as_raw_fd(), message.as_ptr().cast(), message.len()) };
         match written {
@@ -223,7 +279,9 @@ impl KernelCache {
         }
     }
 
-    fn bump_epoch(&self) {
+    /// Makes every entry the kernel holds suspect. Returns false if the kernel refused (the
+    /// entries it holds then live out their time to live; new ones get none).
+    fn bump_epoch(&self) -> bool {
         // struct fuse_out_header { u32 len; i32 error (the notification code); u64 unique (0) }.
         let mut header = [0_u8; 16];
         header[..4].copy_from_slice(&16_u32.to_ne_bytes());
@@ -231,14 +289,27 @@ impl KernelCache {
         match self.notify(&header) {
             Ok(()) => {
                 self.bumps.fetch_add(1, Ordering::Relaxed);
+                true
             }
             outcome => {
-                // Only after the unmount (ENODEV); entries then die with the mount. Otherwise
-                // stop caching: new entries get a time to live of 0.
-                self.bump_failures.fetch_add(1, Ordering::Relaxed);
+                // After the unmount (ENODEV) entries die with the mount. Otherwise stop
+                // caching: new entries get a time to live of 0.
                 self.epochs.store(false, Ordering::Release);
-                tracing::warn!(?outcome, "the kernel refused a dentry epoch bump; entries are no longer cached");
+                let unmounted = matches!(&outcome, Err(error) if error.raw_os_error() == Some(libc::ENODEV));
+                if !unmounted {
+                    self.notification_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(?outcome, "the kernel refused a dentry epoch bump; entries are no longer cached");
+                }
+                unmounted
             }
         }
     }
+}
+
+/// The outcome of one attempt to drop an inode's attributes from the kernel.
+enum Dropped {
+    Done,
+    /// The kernel is about to make the inode from a reply of ours: try again.
+    NotYet,
+    Refused,
 }

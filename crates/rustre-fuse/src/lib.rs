@@ -98,6 +98,9 @@ pub struct MountConfig {
     /// forget them on revocation (`kernel.rs`; entries need Linux 6.16). Off: the kernel asks
     /// this mount for every path component and every stat.
     pub kernel_cache: bool,
+    /// A fault for tests: every notification to the kernel (dentry epoch bump, attribute drop)
+    /// fails with EIO, as if the kernel refused it, to show the mount fails closed.
+    pub refuse_kernel_notifications: bool,
 }
 
 impl Default for MountConfig {
@@ -108,6 +111,7 @@ impl Default for MountConfig {
             allow_other: true,
             pin_lookups: true,
             kernel_cache: true,
+            refuse_kernel_notifications: false,
         }
     }
 }
@@ -138,6 +142,9 @@ pub struct MountStats {
     pub kernel_attributes: bool,
     /// Attribute drops the kernel applied (one per revoked attribute lease of an inode it has).
     pub attribute_drops: u64,
+    /// Notifications the kernel refused (before the unmount): each made the client wait out
+    /// its trust window before telling the server (`kernel.rs`).
+    pub notification_failures: u64,
 }
 
 /// Mounts `client`'s file system on `mountpoint` (which must be an existing directory) and
@@ -176,9 +183,11 @@ pub fn mount(
     // Before the session serves anything: the descriptor that makes the kernel forget.
     shared.kernel.set_fd(session.as_fd().try_clone_to_owned().map_err(failed)?);
     let (kernel, refs) = (shared.kernel.clone(), shared.refs.clone());
+    shared.kernel.refuse_notifications.store(config.refuse_kernel_notifications, std::sync::atomic::Ordering::Relaxed);
     shared.client.set_revocation_hook(Some(Arc::new(move |leases: &[Grant], cause: Cause| {
         // The refs lock is taken and dropped per question, never held while the kernel is told.
-        kernel.on_revoke(leases, cause, |ino| refs.lock().expect("refs lock").kernel(ino) > 0)
+        let refs = refs.clone();
+        kernel.on_revoke(leases, cause, move |ino| refs.lock().expect("refs lock").kernel(ino) > 0)
     })));
     let (kernel, refs) = (shared.kernel.clone(), shared.refs.clone());
     shared.client.set_link_hook(Some(Arc::new(move |event: &LinkEvent| match event {
@@ -306,6 +315,7 @@ impl Mounted {
             epoch_bumps: self.shared.kernel.bumps.load(std::sync::atomic::Ordering::Relaxed),
             kernel_attributes: self.shared.kernel.caches_attributes(),
             attribute_drops: self.shared.kernel.attribute_drops.load(std::sync::atomic::Ordering::Relaxed),
+            notification_failures: self.shared.kernel.notification_failures.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 

@@ -341,6 +341,49 @@ fn control_leases_given_back_behind_the_kernels_back_leave_stale_stats() {
     assert!(stale > 0, "the control saw no stale stat: the test cannot tell the fix from its absence");
 }
 
+/// A revocation hook that cannot drop the kernel's copy fails closed: the kernel refuses every
+/// notification of A's mount (an injected fault), so A's kernel keeps the attributes it cached
+/// for their time to live; A then acknowledges B's chmod only once that has run out (the trust
+/// window), so no stat on A after B's chmod returns shows the old mode. Returns whether A's stat
+/// right after B's chmod was stale, and how many copies A's client reported kept.
+fn stat_after_a_refused_drop(wait_out_kept_copies: bool) -> (bool, u64) {
+    // The kernel keeps what A cached for up to half the lease timeout: long enough that the
+    // control's stale copy cannot expire by itself on a slow machine before A's stat.
+    let lease_timeout = std::time::Duration::from_secs(12);
+    let mut fixture = Fixture::with_server(0, |config| config.lease_timeout = lease_timeout);
+    let a = fixture.mount_configured(
+        |config| config.wait_out_kept_copies = wait_out_kept_copies,
+        |mount| mount.refuse_kernel_notifications = true,
+    );
+    let b = fixture.mount();
+    fs::write(b.join("f"), b"x").unwrap();
+    fs::set_permissions(b.join("f"), fs::Permissions::from_mode(0o644)).unwrap();
+    let _held = open_path(&a.join("f"));
+    assert_eq!(fs::metadata(a.join("f")).unwrap().mode() & 0o777, 0o644);
+    let asked = fixture.mounts[0].client().stats().cache_misses + fixture.mounts[0].client().stats().cache_hits;
+    assert_eq!(fs::metadata(a.join("f")).unwrap().mode() & 0o777, 0o644);
+    let asked_again = fixture.mounts[0].client().stats().cache_misses + fixture.mounts[0].client().stats().cache_hits;
+    assert_eq!(asked, asked_again, "A's kernel answered the second stat from its copy");
+    fs::set_permissions(b.join("f"), fs::Permissions::from_mode(0o600)).unwrap();
+    let stale = fs::metadata(a.join("f")).unwrap().mode() & 0o777 != 0o600;
+    assert!(fixture.mounts[0].stats().notification_failures > 0, "the fault was injected");
+    (stale, fixture.mounts[0].client().stats().hook_copies_kept)
+}
+
+#[test]
+fn a_copy_the_kernel_refuses_to_drop_delays_the_acknowledgement() {
+    let (stale, kept) = stat_after_a_refused_drop(true);
+    assert!(!stale, "A's stat after B's chmod showed the old mode");
+    assert!(kept > 0, "A's client counted the copy it waited out");
+}
+
+/// The control: acknowledging at once despite the refusal leaves A's kernel stale.
+#[test]
+fn control_acknowledging_despite_a_refused_drop_leaves_a_stale_stat() {
+    let (stale, _) = stat_after_a_refused_drop(false);
+    assert!(stale, "the control saw no stale stat: the test cannot tell the fix from its absence");
+}
+
 /// A mount's own changes do not make its kernel forget its other entries: the kernel mirrors
 /// what its own requests did, so the revocations they cause (`Cause::Own`) bump no epoch. A
 /// rename is the exception (the kernel moves the dentry with the old name's time to live), and

@@ -81,9 +81,19 @@ impl Fixture {
 
     /// `mount`, letting the test adjust the client's configuration first.
     pub fn mount_with(&mut self, adjust: impl FnOnce(&mut ClientConfig)) -> PathBuf {
+        self.mount_configured(adjust, |_| {})
+    }
+
+    /// `mount`, letting the test adjust the client's and the mount's configurations first.
+    pub fn mount_configured(
+        &mut self,
+        adjust: impl FnOnce(&mut ClientConfig),
+        adjust_mount: impl FnOnce(&mut MountConfig),
+    ) -> PathBuf {
         let client = self.client_with(adjust);
         let mountpoint = tempfile::tempdir().expect("mountpoint");
-        let config = MountConfig { fsname: format!("rustre-test@{}", self.address), ..Default::default() };
+        let mut config = MountConfig { fsname: format!("rustre-test@{}", self.address), ..Default::default() };
+        adjust_mount(&mut config);
         let mounted =
             rustre_fuse::mount(client, self.runtime.handle().clone(), mountpoint.path(), &config).expect("mounts");
         let path = mountpoint.path().to_path_buf();
