@@ -18,6 +18,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 /// The module of fuser that logs refused replies.
 const FUSER_REPLY_TARGET: &str = "fuser::reply";
+/// The target of every event that came from the `log` crate (tracing-log's bridge).
+const LOG_BRIDGE_TARGET: &str = "log";
 /// How `std::io::Error` shows ENOENT, the kernel's "no such request".
 const NO_SUCH_REQUEST: &str = "(os error 2)";
 
@@ -42,12 +44,16 @@ struct QuietAbandonedReplies;
 
 impl<S: Subscriber> Layer<S> for QuietAbandonedReplies {
     fn event_enabled(&self, event: &Event<'_>, _context: Context<'_, S>) -> bool {
-        if event.metadata().target() != FUSER_REPLY_TARGET {
+        // fuser logs through the `log` crate: its records arrive with the target "log" and
+        // their own target in the field `log.target`.
+        let target = event.metadata().target();
+        if target != FUSER_REPLY_TARGET && target != LOG_BRIDGE_TARGET {
             return true;
         }
-        let mut message = Message(String::new());
-        event.record(&mut message);
-        !is_abandoned_reply(&message.0)
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let from_fuser = target == FUSER_REPLY_TARGET || fields.log_target == FUSER_REPLY_TARGET;
+        !(from_fuser && is_abandoned_reply(&fields.message))
     }
 }
 
@@ -55,13 +61,27 @@ fn is_abandoned_reply(message: &str) -> bool {
     message.starts_with("Failed to send FUSE reply") && message.ends_with(NO_SUCH_REQUEST)
 }
 
-/// The `message` field of an event, as formatted.
-struct Message(String);
+/// The fields of an event this layer reads: its message, and the target of a `log` record.
+#[derive(Default)]
+struct Fields {
+    message: String,
+    log_target: String,
+}
 
-impl Visit for Message {
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "message" => self.message = value.to_string(),
+            "log.target" => self.log_target = value.to_string(),
+            _ => {}
+        }
+    }
+
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == "message" {
-            self.0 = format!("{value:?}");
+        match field.name() {
+            "message" => self.message = format!("{value:?}"),
+            "log.target" => self.log_target = format!("{value:?}"),
+            _ => {}
         }
     }
 }
@@ -93,6 +113,8 @@ mod tests {
             let einval = std::io::Error::from(rustix::io::Errno::INVAL);
             tracing::error!(target: "fuser::reply", "Failed to send FUSE reply: {enoent}");
             tracing::error!(target: "fuser::reply", "Failed to send FUSE reply: {einval}");
+            // As fuser's `log` records arrive through tracing-log's bridge.
+            tracing::error!(target: "log", { log.target = "fuser::reply" }, "Failed to send FUSE reply: {enoent}");
             tracing::error!(target: "rustre::elsewhere", "disk full: {enoent}");
         });
         let log = String::from_utf8(written.lock().unwrap().clone()).unwrap();

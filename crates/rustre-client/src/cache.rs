@@ -24,6 +24,8 @@ use std::time::Duration;
 use rustre_proto::{Attr, DirEntry, FileKind, Grant, LeaseKey};
 use tokio::time::Instant;
 
+use crate::clock::TrustClock;
+
 /// Cache entries (leases) kept by default; beyond, the least recently used are given back.
 pub const CACHE_ENTRIES_MAX: usize = 65536;
 /// Tombstones kept; beyond, every grant in replies to requests already sent is refused instead.
@@ -43,9 +45,15 @@ struct Held {
 
 pub(crate) struct State {
     connected: bool,
-    /// The last time anything arrived from the server.
-    last_contact: Instant,
-    /// How long after the last contact the cache is still trusted (half the lease timeout).
+    /// Trust is measured on this clock (it counts time the machine spent suspended).
+    clock: TrustClock,
+    /// When (on `clock`) the latest request the server has answered was sent: the server had
+    /// heard from this session no earlier than that, so it evicts it no sooner than a lease
+    /// timeout after it, whatever the network delayed or dropped since.
+    renewed: Duration,
+    /// The last time anything arrived from the server (for the watchdog, `silent_for`).
+    last_heard: Instant,
+    /// How long after `renewed` the cache is still trusted (half the lease timeout).
     validity: Duration,
     capacity: usize,
     leases: HashMap<LeaseKey, Held>,
@@ -63,13 +71,23 @@ pub(crate) struct State {
     /// Leases dropped here that the server still counts as ours.
     to_release: Vec<Grant>,
     targets: HashMap<u64, Vec<u8>>,
+    /// A planted bug for control runs (`ClientConfig::fault_cache_under_revoked_lease`): what
+    /// a reply carried is cached even if its lease was revoked before the insert.
+    cache_unheld: bool,
 }
 
 impl State {
+    #[cfg(test)]
     pub(crate) fn new(validity: Duration, capacity: usize) -> State {
+        State::with_clock(validity, capacity, TrustClock::new(std::sync::Arc::new(crate::clock::KernelSuspendClock)))
+    }
+
+    pub(crate) fn with_clock(validity: Duration, capacity: usize, clock: TrustClock) -> State {
         State {
             connected: true,
-            last_contact: Instant::now(),
+            renewed: clock.now(),
+            clock,
+            last_heard: Instant::now(),
             validity,
             capacity: capacity.max(1),
             leases: HashMap::new(),
@@ -83,32 +101,52 @@ impl State {
             refuse_below: 0,
             to_release: Vec::new(),
             targets: HashMap::new(),
+            cache_unheld: false,
         }
     }
 
-    /// The cache answers only while connected and recently heard from: a client cut off from
-    /// the server stops trusting its leases at half the lease timeout, before the server evicts
-    /// it (at the full timeout) and lets a conflicting change through.
+    /// The cache answers only while connected and recently renewed: a client cut off from the
+    /// server stops trusting its leases half a lease timeout after it sent the last request the
+    /// server answered, before the server evicts it (a lease timeout after it last heard from
+    /// the client, which is no earlier) and lets a conflicting change through. Measured from
+    /// the send, not from what arrives: a ping or a reply the network held back says nothing of
+    /// what the server has done since it was sent.
     fn trusted(&self) -> bool {
-        self.connected && self.last_contact.elapsed() < self.validity
+        self.connected && self.clock.now().saturating_sub(self.renewed) < self.validity
     }
 
-    /// How long from now the cache stays trusted if nothing more arrives from the server
-    /// (zero if it is not trusted now).
+    /// How long from now the cache stays trusted if no further request is answered (zero if it
+    /// is not trusted now).
     pub(crate) fn trust_left(&self) -> Duration {
         match self.connected {
-            true => self.validity.saturating_sub(self.last_contact.elapsed()),
+            true => (self.renewed + self.validity).saturating_sub(self.clock.now()),
             false => Duration::ZERO,
         }
     }
 
     /// How long since anything arrived from the server.
     pub(crate) fn silent_for(&self) -> Duration {
-        self.last_contact.elapsed()
+        self.last_heard.elapsed()
     }
 
-    pub(crate) fn contact(&mut self) {
-        self.last_contact = Instant::now();
+    /// Something arrived from the server (the watchdog's measure; trust is not renewed by it).
+    pub(crate) fn heard(&mut self) {
+        self.last_heard = Instant::now();
+    }
+
+    /// Now, on the trust clock: what a request is stamped with when it is sent.
+    pub(crate) fn now(&self) -> Duration {
+        self.clock.now()
+    }
+
+    /// The server answered a request sent at `sent` (on the trust clock).
+    pub(crate) fn renew(&mut self, sent: Duration) {
+        self.renewed = self.renewed.max(sent);
+    }
+
+    /// Time the machine has spent suspended since the cache was made.
+    pub(crate) fn suspended(&self) -> Duration {
+        self.clock.suspended()
     }
 
     /// How long the cache is trusted after the last news (half the server's lease timeout).
@@ -121,10 +159,12 @@ impl State {
         self.validity = validity;
     }
 
-    /// A new connection of the session is up (the cache starts empty again).
-    pub(crate) fn reconnected(&mut self) {
+    /// A new connection of the session is up (the cache starts empty again); its hello was
+    /// sent at `sent` and answered.
+    pub(crate) fn reconnected(&mut self, sent: Duration) {
         self.connected = true;
-        self.contact();
+        self.heard();
+        self.renew(sent);
     }
 
     pub(crate) fn disconnected(&mut self) {
@@ -154,7 +194,7 @@ impl State {
     /// A reply to request `request_id` granted these leases. `oldest_pending` is the smallest
     /// id of our requests still unanswered (tombstones older than it can go).
     pub(crate) fn on_reply(&mut self, request_id: u64, grants: &[Grant], oldest_pending: Option<u64>) {
-        self.contact();
+        self.heard();
         if !self.tombstones.is_empty() {
             let horizon = oldest_pending.unwrap_or(u64::MAX);
             self.tombstones.retain(|_, (_, watermark)| *watermark > horizon);
@@ -188,7 +228,7 @@ impl State {
 
     /// The server revokes these leases. `next_request_id` is the id our next request will get.
     pub(crate) fn on_revoke(&mut self, grants: &[Grant], next_request_id: u64) {
-        self.contact();
+        self.heard();
         for grant in grants {
             let held = self.leases.get(&grant.key).map(|held| held.id);
             if held.is_some_and(|held| held <= grant.id) {
@@ -257,7 +297,7 @@ impl State {
         }
         let key = LeaseKey::Name { parent, name: name.to_vec() };
         let binding = *self.names.get(&(parent, name.to_vec()))?;
-        debug_assert!(self.leases.contains_key(&key), "every cached entry has its lease");
+        debug_assert!(self.cache_unheld || self.leases.contains_key(&key), "every cached entry has its lease");
         self.touch(&key);
         Some(binding)
     }
@@ -295,7 +335,12 @@ impl State {
     /// then: any revocation since, or any newer grant, means the data may be older than the lease.
     fn granted(&self, key: &LeaseKey, grants: &[Grant]) -> bool {
         let Some(grant) = grants.iter().find(|grant| &grant.key == key) else { return false };
-        self.leases.get(key).is_some_and(|held| held.id == grant.id)
+        self.cache_unheld || self.leases.get(key).is_some_and(|held| held.id == grant.id)
+    }
+
+    /// Plants the bug of caching under a revoked lease (control runs only).
+    pub(crate) fn plant_cache_unheld(&mut self) {
+        self.cache_unheld = true;
     }
 
     pub(crate) fn insert_name(&mut self, parent: u64, name: &[u8], binding: Binding, grants: &[Grant]) {
@@ -449,7 +494,7 @@ mod tests {
         state.check_invariants();
     }
 
-    // Without news from the server for half the lease timeout, the cache answers nothing.
+    // Without a request answered in half the lease timeout, the cache answers nothing.
     #[tokio::test(start_paused = true)]
     async fn silence_expires_trust() {
         let mut state = State::new(Duration::from_secs(2), 100);
@@ -459,8 +504,29 @@ mod tests {
         assert_eq!(state.name(1, b"f"), Some(None));
         tokio::time::advance(Duration::from_secs(3)).await;
         assert_eq!(state.name(1, b"f"), None, "not trusted after the validity window");
-        state.contact();
-        assert_eq!(state.name(1, b"f"), Some(None), "trusted again once the server is heard");
+        state.heard();
+        assert_eq!(state.name(1, b"f"), None, "news from the server renews nothing");
+        let sent = state.now();
+        state.renew(sent);
+        assert_eq!(state.name(1, b"f"), Some(None), "trusted again once a request sent now is answered");
+        state.renew(Duration::ZERO);
+        assert_eq!(state.name(1, b"f"), Some(None), "an older answer never shortens trust");
+    }
+
+    // Trust counts time the machine spent suspended: after a suspension longer than what was
+    // left of the window, nothing is answered, although no time passed on tokio's clock.
+    #[tokio::test(start_paused = true)]
+    async fn a_suspension_expires_trust() {
+        let suspend = std::sync::Arc::new(crate::clock::ManualSuspendClock::default());
+        let clock = TrustClock::new(suspend.clone());
+        let mut state = State::with_clock(Duration::from_secs(2), 100, clock);
+        let grant = Grant { key: name("f"), id: 1 };
+        state.on_reply(1, std::slice::from_ref(&grant), None);
+        state.insert_name(1, b"f", None, &[grant]);
+        assert_eq!(state.name(1, b"f"), Some(None));
+        suspend.suspend(Duration::from_secs(3));
+        assert_eq!(state.name(1, b"f"), None, "not trusted after a suspension past the window");
+        assert_eq!(state.trust_left(), Duration::ZERO);
     }
 }
 

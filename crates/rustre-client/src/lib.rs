@@ -11,6 +11,7 @@
 //! ```
 
 mod cache;
+mod clock;
 mod error;
 mod file;
 mod inode;
@@ -39,6 +40,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, watch};
 
 pub use cache::CACHE_ENTRIES_MAX;
+pub use clock::{KernelSuspendClock, ManualSuspendClock, SuspendClock};
 pub use error::{Error, Result};
 pub use file::{File, OpenOptions};
 pub use rustre_proto;
@@ -74,6 +76,13 @@ pub struct ClientConfig {
     /// revocation, or give the lease back, only after the trust window. Always on, except in
     /// control runs that show the stale stat a kernel would otherwise keep.
     pub wait_out_kept_copies: bool,
+    /// A planted bug, for control runs only: cache what a reply carried even when its lease was
+    /// revoked between the reply and the insert (race 11), to show the tests notice.
+    pub fault_cache_under_revoked_lease: bool,
+    /// Where the time the machine spent suspended comes from: trust in leases counts it
+    /// (`clock.rs`). `KernelSuspendClock` by default; tests and the simulator declare
+    /// suspensions with a `ManualSuspendClock`.
+    pub suspend_clock: Arc<dyn SuspendClock>,
     /// How long a call waits in all for the connection to come back after it broke
     /// (`session.rs`); then it fails with ENOTCONN (a mount answers the kernel EIO). By default
     /// `RECONNECT_WAIT_DEFAULT`, so a tool stops rather than hang; `RECONNECT_WAIT_FOREVER`
@@ -116,6 +125,8 @@ impl Default for ClientConfig {
             retry_stale_by_name: true,
             release_through_hook: true,
             wait_out_kept_copies: true,
+            fault_cache_under_revoked_lease: false,
+            suspend_clock: Arc::new(KernelSuspendClock),
             reconnect_wait: session::RECONNECT_WAIT_DEFAULT,
             secret: None,
             tls: None,
@@ -333,6 +344,66 @@ async fn watch_server(connection: Connection, shared: Arc<Shared>, silence_max: 
     }
 }
 
+/// The share of the trust window after which an idle client renews it (`keep_trust`).
+const RENEW_DIVISOR: u32 = 4;
+
+/// Keeps an idle client's trust renewed: trust runs from when the client sent a request the
+/// server answered (`cache::State::renew`), so a client that sends nothing for a while sends an
+/// empty `ReleaseLeases` (answered without touching the store) once a quarter of its trust
+/// window has passed without one. A busy client's own requests renew it, and this sends
+/// nothing. Ends with the connection.
+async fn keep_trust(connection: Connection, shared: Arc<Shared>, caller: Caller) {
+    let header = encode_header(&Request { caller, op: Op::ReleaseLeases { leases: Vec::new() } });
+    loop {
+        let validity = shared.cache().validity();
+        let period = validity / RENEW_DIVISOR;
+        if period.is_zero() {
+            return;
+        }
+        tokio::select! {
+            biased;
+            _ = connection.closed() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        if shared.cache().trust_left() > validity - period {
+            continue;
+        }
+        let sent = shared.cache().now().as_nanos() as u64;
+        if connection.call_stamped(header.clone(), Bytes::new(), sent).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// How often a client with a link hook (a mount) looks for a suspension of the machine.
+const SUSPEND_CHECK_PERIOD: std::time::Duration = std::time::Duration::from_millis(100);
+/// Suspended time below this is not told (the two clocks' readings jitter by microseconds).
+const SUSPEND_NOTICE_MIN: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Tells the link hook of every suspension of the machine (`LinkEvent::Suspended`), within
+/// `SUSPEND_CHECK_PERIOD` of the resume (tokio's timers run on the monotonic clock, which
+/// stopped meanwhile, so the first tick after the resume comes at once). The client's own cache
+/// needs no telling (its trust clock counts the suspension), but what mirrors it does: the
+/// kernel counts the times to live of its entries on a clock that stopped too. Ends with the
+/// session.
+async fn watch_suspension(inner: std::sync::Weak<Inner>) {
+    let mut told = match inner.upgrade() {
+        Some(inner) => inner.shared.cache().suspended(),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(SUSPEND_CHECK_PERIOD).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let suspended = inner.shared.cache().suspended();
+        let more = suspended.saturating_sub(told);
+        if more >= SUSPEND_NOTICE_MIN {
+            told = suspended;
+            tracing::info!(suspended = ?more, "the machine was suspended; mirrored caches are dropped");
+            inner.shared.link_event(LinkEvent::Suspended { suspended: more });
+        }
+    }
+}
+
 /// Ends (its sender is dropped) when a removal in flight completes.
 type RemovalDone = watch::Receiver<()>;
 
@@ -356,6 +427,10 @@ struct Inner {
     /// (parent, name) -> removals (unlink, rmdir) of it in flight; a create of the same name
     /// waits for them (semantics.md race 10: in program order, never EEXIST, never lost data).
     removals: Mutex<HashMap<(u64, Vec<u8>), RemovalDone>>,
+    /// The runtime the session was made on, for tasks started from outside it.
+    runtime: tokio::runtime::Handle,
+    /// `watch_suspension` runs (started with the first link hook).
+    suspension_watched: std::sync::atomic::AtomicBool,
 }
 
 /// A session with a rustre server. Cloning shares the session (and its cache).
@@ -381,7 +456,7 @@ impl Service for CallbackService {
         shared.counters.callbacks_received.fetch_add(1, Ordering::Relaxed);
         let reply = match frame.decode_header::<Callback>() {
             Ok(Callback::Ping { nonce }) => {
-                shared.cache().contact();
+                shared.cache().heard();
                 CallbackReply::Pong { nonce }
             }
             Ok(Callback::Revoke { leases }) => return revoked(shared, self.connection.get(), leases, Cause::Other),
@@ -396,10 +471,15 @@ impl Service for CallbackService {
         Box::pin(async move { (encode_header(&reply), Bytes::new()) })
     }
 
-    fn observe_reply(&self, reply: &Frame) {
+    fn observe_reply(&self, reply: &Frame, stamp: Option<u64>) {
         let Ok(header) = reply.decode_header::<ReplyHeader>() else { return };
         let oldest_pending = self.connection.get().and_then(Connection::oldest_pending_id);
         let mut cache = self.shared.cache();
+        // The server answered a request sent at `stamp` (nanoseconds on the trust clock; 0 for
+        // a request sent unstamped, which renews nothing).
+        if let Some(sent) = stamp {
+            cache.renew(std::time::Duration::from_nanos(sent));
+        }
         cache.on_reply(reply.id, &header.grants, oldest_pending);
         if cache.has_releases() {
             self.shared.releases.notify_one();
@@ -449,6 +529,8 @@ async fn open_connection<S: Stream>(
         },
     };
     let hello = Frame::new(FrameKind::Request, 0, &Request { caller: config.caller.clone(), op }, Bytes::new());
+    // Trust in the new connection's leases is measured from here (`cache::State::renew`).
+    let hello_sent = shared.cache().now();
     let failed = |error: &dyn std::fmt::Display| Error::new(Errno::EPROTO, format!("hello to {peer}: {error}"));
     write_frame(&mut stream, &hello).await.map_err(|error| failed(&error))?;
     stream.flush().await.map_err(|error| failed(&error))?;
@@ -510,13 +592,14 @@ async fn open_connection<S: Stream>(
     };
     let validity = Duration::from_millis(lease_timeout_ms) / 2;
     shared.cache().set_validity(validity);
-    shared.cache().reconnected();
+    shared.cache().reconnected(hello_sent);
     let slot = Arc::new(OnceLock::new());
     let service = Arc::new(CallbackService { shared: shared.clone(), connection: slot.clone() });
     let connection = Connection::start(stream, service, format!("server {peer}"));
     assert!(slot.set(connection.clone()).is_ok(), "the connection is set once");
     let silence_max = (validity * 4).max(SERVER_SILENCE_MIN);
     tokio::spawn(watch_server(connection.clone(), shared.clone(), silence_max));
+    tokio::spawn(keep_trust(connection.clone(), shared.clone(), config.caller.clone()));
     Ok((connection, reply))
 }
 
@@ -758,7 +841,11 @@ impl Client {
     ) -> Result<Client> {
         let shared = Arc::new(Shared {
             // The validity is set from the server's lease timeout below.
-            cache: sync::Mutex::new(cache::State::new(Duration::ZERO, config.cache_entries_max)),
+            cache: sync::Mutex::new(cache::State::with_clock(
+                Duration::ZERO,
+                config.cache_entries_max,
+                clock::TrustClock::new(config.suspend_clock.clone()),
+            )),
             counters: Counters::default(),
             releases: Notify::new(),
             pause_points: config.pause_points.clone(),
@@ -768,6 +855,9 @@ impl Client {
             revocation_hook: std::sync::RwLock::new(None),
             link_hook: std::sync::RwLock::new(None),
         });
+        if config.fault_cache_under_revoked_lease {
+            shared.cache().plant_cache_unheld();
+        }
         let (connection, reply) = open_connection(stream, &peer, &config, &shared, None).await?;
         let Reply::Hello { session, server_name, .. } = reply else {
             return Err(Error::new(Errno::EPROTO, format!("hello to {peer}: unexpected reply {reply:?}")));
@@ -793,6 +883,8 @@ impl Client {
             shared: shared.clone(),
             lookups: Mutex::new(HashMap::new()),
             removals: Mutex::new(HashMap::new()),
+            runtime: tokio::runtime::Handle::current(),
+            suspension_watched: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(give_leases_back(Arc::downgrade(&inner), shared));
         tokio::spawn(watch_connection(Arc::downgrade(&inner), connection));
@@ -814,8 +906,9 @@ impl Client {
     /// How long another cache (the kernel's) may keep the entry `name` -> `ino` in `parent`, and
     /// the attributes of `ino`: while this client holds their leases (it runs the revocation hook
     /// before any change to them is answered) and trusts them, that is until half the lease
-    /// timeout after the server was last heard from if nothing more arrives. Zero for what is not
-    /// leased (or a name that names another inode). One look at the cache for both.
+    /// timeout after the client sent the latest request the server answered, if no later one
+    /// is. Zero for what is not leased (or a name that names another inode). One look at the
+    /// cache for both.
     pub fn leases_left(&self, parent: u64, name: &[u8], ino: u64) -> (Duration, Duration) {
         let mut cache = self.inner.shared.cache();
         let trust = cache.trust_left();
@@ -838,9 +931,14 @@ impl Client {
     }
 
     /// Sets (or with `None`, clears) what runs on every change of the link: lost, resumed, new
-    /// session (see `LinkEvent`). One per session; a later call replaces it.
+    /// session, the machine suspended (see `LinkEvent`). One per session; a later call replaces
+    /// it.
     pub fn set_link_hook(&self, hook: Option<LinkHook>) {
+        let watch = hook.is_some() && !self.inner.suspension_watched.swap(true, Ordering::AcqRel);
         *self.inner.shared.link_hook.write().expect("link hook lock") = hook;
+        if watch {
+            self.inner.runtime.spawn(watch_suspension(Arc::downgrade(&self.inner)));
+        }
     }
 
     pub fn server_name(&self) -> &str {
@@ -1007,7 +1105,8 @@ impl Client {
             }
             sent += 1;
             tracing::trace!(session, sent, ?op, "request");
-            match connection.call(header.clone(), payload.clone()).await {
+            let sent_at = self.inner.shared.cache().now().as_nanos() as u64;
+            match connection.call_stamped(header.clone(), payload.clone(), sent_at).await {
                 Ok(frame) => break frame,
                 Err(closed) if sent >= session::RESENDS_MAX || !self.inner.link.can_reconnect() => {
                     return Err(Error::new(Errno::ENOTCONN, closed.to_string()));

@@ -79,6 +79,10 @@ pub enum LinkEvent {
     /// The server no longer knew the session: a new one began, and the handles and pins of the
     /// old one are gone.
     NewSession,
+    /// The machine was suspended this long (noticed within `SUSPEND_CHECK_PERIOD` of the
+    /// resume). The client's trust counts it already; a mirror whose times to live ran on a
+    /// clock that stopped meanwhile (the kernel's) must drop what it holds.
+    Suspended { suspended: std::time::Duration },
 }
 
 /// Runs on every `LinkEvent`. Must return quickly.
@@ -441,7 +445,7 @@ impl Link {
             LinkEvent::NewSession => {
                 "the server no longer knew the session: a new one began, and files open in the old one fail with EIO"
             }
-            LinkEvent::Lost => unreachable!("a connection is restored with a session"),
+            LinkEvent::Lost | LinkEvent::Suspended { .. } => unreachable!("a connection is restored with a session"),
         };
         let gave_up = match outage.gave_up {
             0 => String::new(),

@@ -83,23 +83,41 @@ async fn a_stale_negative_entry_never_hides_a_file() {
     a.check_cache_invariants();
 }
 
-// Race 2, rename over: a client with `target` cached opens it after another client renamed a new
-// file over it, and gets the new file.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rename_over_a_cached_name_opens_the_new_file() {
-    let server = TestServer::start().await;
+/// Race 2, rename over, up to A's first look after it: A has `/target` cached (read, then
+/// stat), B renames a new file over it. Returns the server, A, the inode A had cached and the one
+/// A's stat shows after B's rename returned. `no_revocation` plants the bug of a change that
+/// revokes nothing (`ServerConfig::fault_no_revocation`).
+async fn stat_after_a_remote_rename_over(no_revocation: bool) -> (TestServer, Client, u64, u64) {
+    let server = TestServer::start_with(|config| config.fault_no_revocation = no_revocation).await;
     let a = server.client().await;
     let b = server.client().await;
     b.write("/target", b"old").await.unwrap();
     assert_eq!(a.read("/target").await.unwrap(), b"old");
-    let old = a.stat("/target").await.unwrap();
+    let old = a.stat("/target").await.unwrap().ino;
     b.write("/source", b"new").await.unwrap();
     b.rename("/source", "/target").await.unwrap();
+    let seen = a.stat("/target").await.unwrap().ino;
+    (server, a, old, seen)
+}
+
+// Race 2, rename over: a client with `target` cached opens it after another client renamed a new
+// file over it, and gets the new file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rename_over_a_cached_name_opens_the_new_file() {
+    let (_server, a, old, seen) = stat_after_a_remote_rename_over(false).await;
     // First from the cache (a stat), then by the open path.
-    assert_ne!(a.stat("/target").await.unwrap().ino, old.ino);
+    assert_ne!(seen, old, "A's stat after the rename returned shows the replaced file");
     assert_eq!(a.read("/target").await.unwrap(), b"new");
     assert_errno(a.stat("/source").await, Errno::ENOENT);
     a.check_cache_invariants();
+}
+
+// Control: with a change that revokes nothing (a planted bug), A's cache answers the replaced
+// file after the rename returned: what the test above would see if revocation broke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_without_revocation_a_cached_name_is_stale() {
+    let (_server, _a, old, seen) = stat_after_a_remote_rename_over(true).await;
+    assert_eq!(seen, old, "without a revocation, A's cache still names the replaced file");
 }
 
 // Race 6, directory moved remotely: a client with /a/x cached finds it at /b/y after another
@@ -128,41 +146,66 @@ async fn a_directory_moved_remotely_has_one_cached_name() {
     b.check_cache_invariants();
 }
 
-// Race 11 on the server: a lookup has read "f exists" when another client unlinks f. The lookup
-// may still answer what it read (it began before the unlink returned) but grants no lease, so
-// the next stat asks again and sees ENOENT.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_change_during_a_server_lookup_is_never_cached() {
+/// What A's next stats show after race 11 on the server, forced twice: A's lookup has read its
+/// answer when B changes it, and answers what it read. First B unlinks the file `/f`; then B
+/// renames the directory `/dir` away (its inode lives on, so only the name is stale). Returns A
+/// and its stats of `/f` and `/dir` after each change returned. `grant_unchecked` plants the bug
+/// of grants without the version check (`ServerConfig::fault_grant_unchecked`).
+async fn stats_after_changes_during_lookups(grant_unchecked: bool) -> (TestServer, Client, Vec<AttrOrErrno>) {
     let pauses = Arc::new(PausePoints::default());
-    let server = TestServer::start_with(|config| config.pause_points = pauses.clone()).await;
+    let server = TestServer::start_with(|config| {
+        config.pause_points = pauses.clone();
+        config.fault_grant_unchecked = grant_unchecked;
+    })
+    .await;
     let a = server.client().await;
     let b = server.client().await;
     b.write("/f", b"x").await.unwrap();
-    let paused = pauses.arm("server.lookup.after_read");
-    let lookup = tokio::spawn({
-        let a = a.clone();
-        async move { a.stat("/f").await }
-    });
-    reach(&paused).await;
-    b.remove_file("/f").await.unwrap();
-    paused.release();
-    assert!(lookup.await.unwrap().is_ok(), "the lookup answers what it read before the unlink");
-    assert_errno(a.stat("/f").await, Errno::ENOENT);
-
-    // The same with a directory renamed away: its inode lives on, so only the name is stale.
     b.mkdir("/dir", 0o755).await.unwrap();
-    let paused = pauses.arm("server.lookup.after_read");
-    let lookup = tokio::spawn({
-        let a = a.clone();
-        async move { a.stat("/dir").await }
-    });
-    reach(&paused).await;
-    b.rename("/dir", "/moved").await.unwrap();
-    paused.release();
-    assert!(lookup.await.unwrap().is_ok(), "the lookup answers what it read before the rename");
-    assert_errno(a.stat("/dir").await, Errno::ENOENT);
+    let mut seen = Vec::new();
+    for (path, change) in [("/f", "unlink"), ("/dir", "rename")] {
+        let paused = pauses.arm("server.lookup.after_read");
+        let lookup = tokio::spawn({
+            let a = a.clone();
+            async move { a.stat(path).await }
+        });
+        reach(&paused).await;
+        match change {
+            "unlink" => b.remove_file(path).await.unwrap(),
+            _ => b.rename(path, "/moved").await.unwrap(),
+        }
+        paused.release();
+        assert!(lookup.await.unwrap().is_ok(), "the lookup answers what it read before the {change}");
+        seen.push(a.stat(path).await.map_err(|error| error.errno));
+    }
+    (server, a, seen)
+}
+
+type AttrOrErrno = Result<rustre_proto::Attr, Errno>;
+
+// Race 11 on the server: a lookup has read "f exists" when another client unlinks f. The lookup
+// may still answer what it read (it began before the unlink returned) but grants no lease, so
+// the next stat asks again and sees ENOENT. The same for a directory renamed away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_during_a_server_lookup_is_never_cached() {
+    let (_server, a, seen) = stats_after_changes_during_lookups(false).await;
+    assert_eq!(seen[0], Err(Errno::ENOENT), "the unlinked file");
+    assert_eq!(seen[1], Err(Errno::ENOENT), "the directory renamed away, under its old name");
     assert_eq!(a.stat("/moved").await.unwrap().kind, FileKind::Directory);
     a.check_cache_invariants();
+}
+
+// Control: with grants made without the version check (a planted bug), the lookup that read
+// across the rename leases the name and attributes it read, and A's next stat answers the
+// directory under the name it no longer has, from the cache: what the test above would see if
+// the check broke. (The unlinked file does not show: its attributes are gone, so the stat asks
+// the server by id, meets ESTALE and retries by name.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_grants_without_the_version_check_cache_a_renamed_name() {
+    let (_server, a, seen) = stats_after_changes_during_lookups(true).await;
+    let stale = seen[1].as_ref().expect("the name granted across the rename answers from the cache");
+    assert_eq!(stale.kind, FileKind::Directory, "the renamed directory under its old name");
+    assert!(a.stats().cache_hits >= 1, "answered from the cache");
 }
 
 // Race 11 on the client: the reply to a lookup has arrived, but before its task caches the
@@ -186,6 +229,29 @@ async fn a_revocation_between_reply_and_insert_wins() {
     assert!(lookup.await.unwrap().is_ok());
     assert_errno(a.stat("/f").await, Errno::ENOENT);
     a.check_cache_invariants();
+}
+
+// The control of the test above: a client that caches what the reply carried although its
+// lease was revoked meanwhile (a planted bug) keeps answering the removed file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_caching_under_a_revoked_lease_answers_a_removed_file() {
+    let server = TestServer::start().await;
+    let pauses = Arc::new(PausePoints::default());
+    let config =
+        ClientConfig { pause_points: pauses.clone(), fault_cache_under_revoked_lease: true, ..ClientConfig::default() };
+    let a = Client::connect_with(&server.address, config).await.unwrap();
+    let b = server.client().await;
+    b.write("/f", b"x").await.unwrap();
+    let paused = pauses.arm("client.lookup.before_insert");
+    let lookup = tokio::spawn({
+        let a = a.clone();
+        async move { a.stat("/f").await }
+    });
+    reach(&paused).await;
+    b.remove_file("/f").await.unwrap();
+    paused.release();
+    assert!(lookup.await.unwrap().is_ok());
+    assert!(a.stat("/f").await.is_ok(), "the planted bug went unseen: the removed file was not answered");
 }
 
 // Race 4: parallel lookups of one name on one client send one request; the others wait for it.
@@ -248,19 +314,23 @@ async fn attributes_and_listings_follow_remote_changes() {
 // A client that stops answering revocations is evicted within the lease timeout; the other
 // client's change then completes, and the evicted client answers nothing stale afterwards: it
 // comes back with a new session (the server refuses to resume an evicted one) and an empty cache.
+// The test waits for the eviction (the unlink returns after it), so the lease timeout is not cut
+// short: B, which does answer, must never be late by it, even on a loaded machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unresponsive_client_is_evicted_and_the_change_completes() {
-    let server = TestServer::start_with(|config| config.lease_timeout = Duration::from_millis(300)).await;
+    let lease_timeout = Duration::from_secs(3);
+    let server = TestServer::start_with(|config| config.lease_timeout = lease_timeout).await;
     let (a, pauses) = client_with_pauses(&server).await;
     let b = server.client().await;
     b.write("/f", b"x").await.unwrap();
     a.stat("/f").await.unwrap();
-    let evicted = a.session();
+    let (evicted, answering) = (a.session(), b.session());
     let _frozen = pauses.arm("client.revoke.before_ack");
     // Bounded so a regression fails instead of hanging; the bound is far above the timeout.
-    let unlink = tokio::time::timeout(Duration::from_secs(20), b.remove_file("/f")).await;
+    let unlink = tokio::time::timeout(lease_timeout * 2 + Duration::from_secs(20), b.remove_file("/f")).await;
     unlink.expect("the change completed after evicting the silent client").unwrap();
-    assert_eq!(server.server().lease_stats().evictions, 1);
+    assert_eq!(server.server().lease_stats().evictions, 1, "the silent client, and only it");
+    assert_eq!(b.session(), answering, "the client that answered kept its session");
     match a.stat("/f").await {
         Err(error) => assert_eq!(error.errno, Errno::ENOENT, "{error}"),
         Ok(attr) => panic!("an evicted client answered from its cache: {attr:?}"),
@@ -329,24 +399,37 @@ async fn contention_on_one_name_leaves_both_caches_exact() {
     }
 }
 
-// Heartbeats keep a cache trusted; without news from the server for half the lease timeout the
-// client stops answering from its cache (the server may have evicted it meanwhile) and asks.
+// A cache is trusted only while the server could not have evicted its client yet: cut off from
+// the server (a partition that drops every byte, the connection still open), a client stops
+// answering from its cache once its trust window (half the lease timeout) has passed since it
+// last heard back, and asks. The partition is the event the test controls; the window is then
+// waited out with a margin, which can only make it longer. (The window itself is long enough
+// that two calls in a row fall within it on a loaded machine.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cache_without_news_from_the_server_is_not_trusted() {
+async fn a_cache_cut_off_from_the_server_is_not_trusted() {
+    let lease_timeout = Duration::from_secs(4);
     let server = TestServer::start_with(|config| {
-        config.lease_timeout = Duration::from_millis(1000);
+        config.lease_timeout = lease_timeout;
         config.ping_interval = Duration::from_secs(3600); // no heartbeat in this test
     })
     .await;
-    let a = server.client().await;
+    let proxy = Proxy::start(&server.address).await;
+    let a = Client::connect(&proxy.address).await.unwrap();
     a.write("/f", b"x").await.unwrap();
     a.stat("/f").await.unwrap();
-    let quiet = a.stats().requests_sent;
+    let misses = a.stats().cache_misses;
     a.stat("/f").await.unwrap();
-    assert_eq!(a.stats().requests_sent, quiet, "trusted right after contact");
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    a.stat("/f").await.unwrap();
-    assert!(a.stats().requests_sent > quiet, "after 800 ms of silence (trust: 500 ms) the client asked");
+    assert_eq!(a.stats().cache_misses, misses, "trusted right after contact");
+
+    proxy.partition(true);
+    tokio::time::sleep(lease_timeout / 2 + Duration::from_millis(500)).await;
+    let stat = tokio::spawn({
+        let a = a.clone();
+        async move { a.stat("/f").await }
+    });
+    eventually("the client asked the server instead of trusting its cache", || a.stats().cache_misses > misses).await;
+    // Its request went into the partition: no answer will come.
+    stat.abort();
 }
 
 // Four clients churn a handful of names (create, rename over, unlink) while stat-ing and listing
@@ -446,10 +529,15 @@ async fn a_refused_change_waits_for_revocations_in_flight_on_its_name() {
         async move { b.mkdir("/d", 0o755).await }
     });
     reach(&paused).await;
+    let committed = server.server().commit_stats().operations;
     let refused = tokio::spawn({
         let c = c.clone();
         async move { c.mkdir("/d", 0o755).await }
     });
+    // The store has refused C's mkdir (EEXIST): from here a refusal that did not wait would be
+    // on its way back. The time given it to arrive starts only now, however slow the machine was
+    // to get C's request there. (It can only make the test miss a regression, never fail.)
+    eventually("the store ran C's mkdir", || server.server().commit_stats().operations > committed).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!refused.is_finished(), "the refusal waits while A may still answer from its cache");
     paused.release();

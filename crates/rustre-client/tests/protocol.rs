@@ -2,6 +2,7 @@
 //! to its clients. Raw TCP sockets stand in for broken clients.
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,10 +30,23 @@ async fn raw_session(address: &str) -> TcpStream {
     stream
 }
 
+/// How long the tests below wait for what a server does on a timer of its configuration: the
+/// timer, and generous slack for a loaded machine. A bound, never a measure of speed.
+const SLACK: Duration = Duration::from_secs(20);
+
+/// Waits (bounded by `limit`) until `condition` holds.
+async fn within(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Waits until the server closes `stream` (reads see end of file or a reset). Bounded.
 async fn assert_closed_by_server(stream: &mut TcpStream) {
     let mut buffer = [0u8; 1024];
-    let outcome = tokio::time::timeout(Duration::from_secs(20), async {
+    let outcome = tokio::time::timeout(SLACK, async {
         loop {
             match stream.read(&mut buffer).await {
                 Ok(0) | Err(_) => return,
@@ -105,12 +119,15 @@ async fn malformed_input_closes_only_that_connection() {
 // A peer that sends half a frame and stalls holds nothing for long: before its hello is complete
 // the hello timeout cuts it off, after it the pings it cannot answer do. A well-behaved client
 // goes on meanwhile.
+// The timeouts are what the test waits out, so they are short, but not so short that the
+// well-behaved client, whose hello and ping answers they also time, could miss one on a loaded
+// machine: that client would be cut off too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_stalled_in_the_middle_of_a_frame_are_cut_off() {
     let server = TestServer::start_with(|config| {
-        config.hello_timeout = Duration::from_millis(300);
-        config.ping_interval = Duration::from_millis(100);
-        config.ping_timeout = Duration::from_millis(300);
+        config.hello_timeout = Duration::from_secs(2);
+        config.ping_interval = Duration::from_millis(200);
+        config.ping_timeout = Duration::from_secs(2);
     })
     .await;
     let good = server.client().await;
@@ -124,31 +141,48 @@ async fn peers_stalled_in_the_middle_of_a_frame_are_cut_off() {
     assert_closed_by_server(&mut stalled_hello).await;
     assert_closed_by_server(&mut stalled_request).await;
     good.write("/f", b"still served").await.unwrap();
-    eventually("the stalled session is gone", || server.server().session_count() == 1).await;
+    within(SLACK, "the stalled session is gone", || server.server().session_count() == 1).await;
     good.end().await;
 }
 
 // Connections beyond `connections_max` (those still in their hello count) are closed at once,
-// before anything is read; once one goes, a new one is served.
+// before anything is read; once one goes, a new one is served. The server counts a connection
+// when the task serving it starts, and tasks start in an order of their own: of three raw
+// connections made after the client's, whichever is counted last is the one beyond the bound,
+// so the test waits for any of them to be closed, and then for no other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_bound_are_closed_at_once() {
+    let hello_timeout = Duration::from_secs(60);
     let server = TestServer::start_with(|config| {
         config.connections_max = 3;
-        config.hello_timeout = Duration::from_secs(60);
+        config.hello_timeout = hello_timeout;
     })
     .await;
     let good = server.client().await;
-    let idle = TcpStream::connect(&server.address).await.unwrap();
-    let _idle_too = TcpStream::connect(&server.address).await.unwrap();
-    let mut beyond = TcpStream::connect(&server.address).await.unwrap();
-    // Well before the hello timeout: refused for the bound.
-    let mut byte = [0u8; 1];
-    let closed = tokio::time::timeout(Duration::from_secs(10), beyond.read(&mut byte)).await;
-    assert!(matches!(closed, Ok(Ok(0) | Err(_))), "the fourth connection was not closed: {closed:?}");
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut raw = Vec::new();
+    for index in 0..3 {
+        let mut stream = TcpStream::connect(&server.address).await.unwrap();
+        let closed_tx = closed_tx.clone();
+        raw.push(tokio::spawn(async move {
+            let mut byte = [0u8; 1];
+            if matches!(stream.read(&mut byte).await, Ok(0) | Err(_)) {
+                let _ = closed_tx.send(index);
+            }
+            // Held open until the test drops it (by aborting this task).
+            std::future::pending::<()>().await
+        }));
+    }
+    // Well before the hello timeout, which would close the others too: refused for the bound.
+    let bound = SLACK.min(hello_timeout / 2);
+    let first = tokio::time::timeout(bound, closed_rx.recv()).await;
+    let beyond = first.expect("no connection beyond the bound was closed").unwrap();
     good.write("/f", b"still served").await.unwrap();
+    assert!(closed_rx.try_recv().is_err(), "only the connection beyond the bound was closed");
 
-    drop(idle);
-    let again = tokio::time::timeout(Duration::from_secs(10), async {
+    // One of those served goes: a place is free again.
+    raw[(beyond + 1) % 3].abort();
+    let again = tokio::time::timeout(SLACK, async {
         loop {
             if let Ok(client) = rustre_client::Client::connect(&server.address).await {
                 return client;
@@ -160,6 +194,9 @@ async fn connections_beyond_the_bound_are_closed_at_once() {
     assert_eq!(again.read("/f").await.unwrap(), b"still served");
     again.end().await;
     good.end().await;
+    for task in raw {
+        task.abort();
+    }
 }
 
 // A well-framed request whose header does not decode gets an EPROTO reply; the connection stays.
@@ -258,22 +295,27 @@ async fn the_cluster_secret_is_proven_both_ways() {
 
 // The server sends requests to its clients on their own connections: the library answers pings,
 // and a peer that never answers is disconnected.
+// The ping timeout is what the test waits out for the silent peer; the well-behaved client must
+// never miss it, so it is not cut short.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_calls_its_clients_and_drops_silent_ones() {
+    let (interval, timeout) = (Duration::from_millis(50), Duration::from_secs(2));
     let server = TestServer::start_with(|config| {
-        config.ping_interval = Duration::from_millis(20);
-        config.ping_timeout = Duration::from_millis(500);
+        config.ping_interval = interval;
+        config.ping_timeout = timeout;
     })
     .await;
     let client = server.client().await;
-    eventually("periodic pings reach the client", || client.stats().callbacks_received >= 3).await;
+    let session = client.session();
+    within(interval * 3 + SLACK, "periodic pings reach the client", || client.stats().callbacks_received >= 3).await;
     assert_eq!(server.server().ping_all().await, 1);
 
     // A raw peer that completes the hello and then never reads or answers.
     let _silent = raw_session(&server.address).await;
-    eventually("the silent peer has a session", || server.server().session_count() == 2).await;
-    eventually("the silent peer is dropped", || server.server().session_count() == 1).await;
+    within(SLACK, "the silent peer has a session", || server.server().session_count() == 2).await;
+    within(interval + timeout + SLACK, "the silent peer is dropped", || server.server().session_count() == 1).await;
     client.write("/alive", b"yes").await.unwrap();
+    assert_eq!(client.session(), session, "the client that answers was never dropped");
 }
 
 // A second server on a data directory in use is refused with a message naming the holder.
@@ -288,20 +330,76 @@ async fn a_second_server_on_one_data_directory_is_refused() {
     assert!(error.contains(&format!("pid {}", std::process::id())), "{error}");
 }
 
-// Group commit: 256 creates in flight at once share transactions and fsyncs, so there are far
-// fewer durable commits than creates. (Counts, not timings.)
+/// The server's wall clock, which the test can hold for the commit thread. The commit thread reads
+/// it once per batch, after taking the batch from its queue and before running it: held there,
+/// it stands for a commit that takes long (a slow fsync), while changes queue up behind it.
+#[derive(Default)]
+struct HeldClock {
+    held: std::sync::Mutex<bool>,
+    released: std::sync::Condvar,
+    /// The commit thread waits in a reading.
+    waiting: std::sync::atomic::AtomicBool,
+}
+
+impl HeldClock {
+    fn hold(&self) {
+        *self.held.lock().unwrap() = true;
+    }
+
+    fn release(&self) {
+        *self.held.lock().unwrap() = false;
+        self.released.notify_all();
+    }
+}
+
+impl rustre_proto::clock::Clock for HeldClock {
+    fn now(&self) -> std::time::SystemTime {
+        // Only the commit thread is held: the server's tasks run on the runtime's threads.
+        if std::thread::current().name() == Some("rustre-commit") {
+            let mut held = self.held.lock().unwrap();
+            while *held {
+                self.waiting.store(true, std::sync::atomic::Ordering::SeqCst);
+                held = self.released.wait(held).unwrap();
+            }
+        }
+        std::time::SystemTime::now()
+    }
+}
+
+// Group commit: changes that arrive while a commit is in progress share the next transaction
+// and its fsync. The test holds the commit thread in one batch (its clock, above), sends 256
+// mkdirs at once from two clients (each client has at most `IN_FLIGHT_REQUESTS_MAX` requests
+// out), waits until the server has queued every one of them, and lets the thread go: two
+// durable commits in all, the held one and one for the 256. (Counts, not timings.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_changes_share_commits() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
+    let clock = Arc::new(HeldClock::default());
+    let server = TestServer::start_with(|config| config.clock = clock.clone()).await;
+    let clients = [server.client().await, server.client().await];
     let before = server.server().commit_stats();
-    let creates = (0..256).map(|index| {
-        let client = client.clone();
-        async move { client.mkdir(format!("/d{index}"), 0o755).await.unwrap() }
+    clock.hold();
+    let first = tokio::spawn({
+        let client = clients[0].clone();
+        async move { client.mkdir("/first", 0o755).await.unwrap() }
     });
-    futures::future::join_all(creates).await;
+    within(SLACK, "the commit thread is held in a batch", || clock.waiting.load(std::sync::atomic::Ordering::SeqCst))
+        .await;
+    let creates: Vec<_> = (0..256)
+        .map(|index| {
+            let client = clients[index % 2].clone();
+            tokio::spawn(async move { client.mkdir(format!("/d{index}"), 0o755).await.unwrap() })
+        })
+        .collect();
+    within(SLACK, "the server queued every mkdir", || {
+        server.server().commit_stats().submitted >= before.submitted + 257
+    })
+    .await;
+    clock.release();
+    first.await.unwrap();
+    for create in creates {
+        create.await.unwrap();
+    }
     let after = server.server().commit_stats();
-    let durable = after.durable_commits - before.durable_commits;
-    assert!(after.operations - before.operations >= 256);
-    assert!((1..128).contains(&durable), "256 concurrent mkdirs took {durable} fsyncs");
+    assert_eq!(after.operations - before.operations, 257);
+    assert_eq!(after.durable_commits - before.durable_commits, 2, "257 mkdirs, all but one queued behind a commit");
 }

@@ -197,12 +197,17 @@ async fn a_resend_after_a_restart_is_answered_even_if_what_it_made_is_gone() {
 // Race 12: a client cut off from the server is evicted so others can go on; when it comes back,
 // the server refuses its old session, so its write through an old handle fails (EIO) and the
 // data written meanwhile is intact; new calls work on a new session with an empty cache.
+// B's write returns only once A is evicted, so the test waits for the eviction, not for a
+// time: the lease timeout is short for the test's sake, yet long enough that B, which answers,
+// is never late by it on a loaded machine. The ping timeout is far longer, so that A is evicted
+// by B's revocation (counted), not cut off by the pings first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_evicted_client_is_fenced_when_it_comes_back() {
+    let lease_timeout = Duration::from_secs(3);
     let server = TestServer::start_with(|config| {
-        config.lease_timeout = Duration::from_millis(300);
-        config.ping_interval = Duration::from_millis(100);
-        config.ping_timeout = Duration::from_millis(300);
+        config.lease_timeout = lease_timeout;
+        config.ping_interval = Duration::from_millis(500);
+        config.ping_timeout = lease_timeout * 4;
     })
     .await;
     let proxy = Proxy::start(&server.address).await;
@@ -217,8 +222,10 @@ async fn an_evicted_client_is_fenced_when_it_comes_back() {
     proxy.partition(true);
     let cut_off = a.clone();
     let in_flight = tokio::spawn(async move { cut_off.mkdir("/during", 0o755).await });
+    let answering = b.session();
     b.write("/f", b"written by b").await.expect("the change goes on without the cut-off client");
-    eventually("the cut-off client is evicted", || server.server().lease_stats().evictions >= 1).await;
+    assert!(server.server().lease_stats().evictions >= 1, "the write went on by evicting the cut-off client");
+    assert_eq!(b.session(), answering, "the client that answers was not evicted");
     proxy.partition(false);
     proxy.cut();
     // A change in flight when its session was lost is not sent again under the new session (it
@@ -287,12 +294,12 @@ impl Drop for Severable {
 }
 
 /// The server closes a client's connection and the client does not notice: the client trusts
-/// its cache until its trust window (half the lease timeout since its last news) is over, so
-/// a conflicting change must not be acknowledged before then, although the server can revoke
-/// nothing. After the change returned, the client's next stat shows it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leases_of_a_connection_the_server_closed_lapse_before_a_change_goes_through() {
-    let server = TestServer::start().await;
+/// its cache until its trust window (half the lease timeout since it sent its last answered
+/// request) is over, so a conflicting change must not be acknowledged before then, although the
+/// server can revoke nothing. Returns the mode A's stat shows right after B's chmod returned.
+/// `no_lapse` plants the bug of dropping the leases at once (`ServerConfig::fault_no_lapse`).
+async fn stat_after_a_change_while_the_connection_is_severed(no_lapse: bool) -> u32 {
+    let server = TestServer::start_with(|config| config.fault_no_lapse = no_lapse).await;
     let relay = Severable::start(&server.address).await;
     let a = Client::connect(&relay.address).await.unwrap();
     let b = server.client().await;
@@ -306,5 +313,89 @@ async fn leases_of_a_connection_the_server_closed_lapse_before_a_change_goes_thr
     eventually("the server sees A's connection close", || server.server().session_count() == 1).await;
     b.set_permissions("/f", 0o640).await.unwrap();
     // B's change returned: no stat that starts now may show what it replaced.
-    assert_eq!(a.stat("/f").await.unwrap().perm, 0o640, "A's stat after B's chmod returned is stale");
+    a.stat("/f").await.unwrap().perm
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_of_a_connection_the_server_closed_lapse_before_a_change_goes_through() {
+    let perm = stat_after_a_change_while_the_connection_is_severed(false).await;
+    assert_eq!(perm, 0o640, "A's stat after B's chmod returned is stale");
+}
+
+/// The control: leases dropped at once let B's chmod through while A still answers from its
+/// cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_leases_dropped_at_once_leave_a_stale_stat() {
+    let perm = stat_after_a_change_while_the_connection_is_severed(true).await;
+    assert_eq!(perm, 0o600, "the planted bug went unseen: A's stat showed B's chmod");
+}
+
+/// A file that a client of the previous run holds open, removed by another client while the
+/// restarted server waits for that client's session to come back. `skip_wait` plants the bug of
+/// changes that do not wait for recovery (`ServerConfig::fault_changes_skip_recovery_wait`).
+/// Returns whether the removal waited, and what a read through the held handle gives once the
+/// holder's session is back.
+async fn remove_what_a_returning_client_holds(skip_wait: bool) -> (bool, rustre_client::Result<Vec<u8>>) {
+    let pauses = Arc::new(rustre_proto::pause::PausePoints::default());
+    let configure = |config: &mut rustre_server::ServerConfig| {
+        // Longer than the test: recovery ends only when the holder's session is back.
+        config.recovery_grace = Duration::from_secs(600);
+        config.pause_points = pauses.clone();
+        config.fault_changes_skip_recovery_wait = skip_wait;
+    };
+    let mut server = TestServer::start_with(configure).await;
+    let proxy = Proxy::start(&server.address).await;
+    // Made by a session that ends before the restart: nothing of the last run but the holder's
+    // open handle keeps the file (an open of the holder's own, or its `ONCE` rows, would).
+    let maker = server.client().await;
+    maker.write("/f", b"held open").await.unwrap();
+    maker.end().await;
+    let holder = Client::connect(&proxy.address).await.unwrap();
+    let held = holder.open("/f", OpenOptions::new().read(true)).await.unwrap();
+
+    server.restart_with(configure).await;
+    // The proxy still points at the old address: the holder cannot come back until it is told.
+    let remover = server.client().await;
+    let waits = pauses.arm("server.recovery.change_waits");
+    let mut removal = tokio::spawn(async move { remover.remove_file("/f").await });
+    let waited = tokio::select! {
+        _ = common::reach(&waits) => true,
+        removed = &mut removal => {
+            removed.unwrap().expect("the removal is answered at once");
+            false
+        }
+    };
+    waits.release();
+    proxy.retarget(&server.address);
+    proxy.cut();
+    let read = held.read_at(0, 100).await.map(|data| data.to_vec());
+    if waited {
+        let removed = tokio::time::timeout(Duration::from_secs(60), removal).await;
+        removed.expect("the removal goes on once the holder is back").unwrap().unwrap();
+        let ino = held.ino();
+        assert_eq!(server.server().orphans().unwrap(), [ino], "the handle taken back keeps the file as an orphan");
+    }
+    holder.end().await;
+    (waited, read)
+}
+
+// After a restart, changes wait until every session of the previous run has taken back what it
+// held (or the grace period is over): here a removal waits for the session holding the file
+// open, whose handle is then taken back, so the file lives on as an orphan and reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_wait_for_the_sessions_of_the_last_run_to_come_back() {
+    let (waited, read) = remove_what_a_returning_client_holds(false).await;
+    assert_eq!(read.expect("the handle was taken back").as_slice(), b"held open");
+    assert!(waited, "the removal waited for the holder's session");
+}
+
+// Control: with changes not waiting for recovery (a planted bug), the removal destroys the file
+// before its holder comes back, and the holder's handle is lost: what the test above would see
+// if the wait broke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_without_the_recovery_wait_a_returning_client_loses_its_file() {
+    let (waited, read) = remove_what_a_returning_client_holds(true).await;
+    assert!(!waited, "nothing waited");
+    let error = read.expect_err("the handle of a destroyed file cannot be taken back");
+    assert_eq!(error.errno, Errno::EIO, "{error}");
 }

@@ -1,8 +1,8 @@
 //! What the kernel caches of this mount, and how it is made to forget.
 //!
 //! The kernel may keep what the client holds a lease on, for as long as the client itself trusts
-//! that lease (until half the lease timeout after the server was last heard from; see
-//! `Client::leases_left`), and at most `TTL_LEASED_MAX`. Exactness comes from the lease, not
+//! that lease (until half the lease timeout after it sent the last request the server answered;
+//! see `Client::leases_left`), and at most `TTL_LEASED_MAX`. Exactness comes from the lease, not
 //! from the time: the client runs its revocation hook before it acknowledges a revocation, so
 //! before the change that caused it is answered to anyone, and the hook makes the kernel forget:
 //!
@@ -71,11 +71,59 @@ impl Drop for Renaming {
     }
 }
 
+/// Where notifications go: a second descriptor of the session's `/dev/fuse` (the same open
+/// file, written to, never read from), or, in the simulator, a model of the kernel's caches.
+pub trait KernelChannel: Send + Sync {
+    /// Writes one notification, whole; the kernel's refusal is its errno.
+    fn notify(&self, message: &[u8]) -> std::io::Result<()>;
+}
+
+impl KernelChannel for OwnedFd {
+    fn notify(&self, message: &[u8]) -> std::io::Result<()> {
+        // SAFETY: `self` is an open descriptor; `message` outlives the call.
+        let written = unsafe { libc::write(self.as_raw_fd(), message.as_ptr().cast(), message.len()) };
+        match written {
+            written if written < 0 => Err(std::io::Error::last_os_error()),
+            written if written as usize == message.len() => Ok(()),
+            written => Err(std::io::Error::other(format!("short notification write: {written} bytes"))),
+        }
+    }
+}
+
+/// A notification this mount sends, decoded (for a model of the kernel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notification {
+    /// `FUSE_NOTIFY_INC_EPOCH`: every entry made before it is revalidated.
+    IncEpoch,
+    /// `FUSE_NOTIFY_INVAL_INODE` with offset -1: the inode's attributes are dropped.
+    DropAttributes { ino: u64 },
+}
+
+impl Notification {
+    /// Reads a notification as the kernel would (`struct fuse_out_header`, then the payload);
+    /// `None` for anything this mount never sends.
+    pub fn decode(message: &[u8]) -> Option<Notification> {
+        let header_len = u32::from_ne_bytes(message.get(..4)?.try_into().ok()?) as usize;
+        let code = i32::from_ne_bytes(message.get(4..8)?.try_into().ok()?);
+        if header_len != message.len() {
+            return None;
+        }
+        match code {
+            FUSE_NOTIFY_INC_EPOCH if message.len() == 16 => Some(Notification::IncEpoch),
+            FUSE_NOTIFY_INVAL_INODE if message.len() == 40 => {
+                let ino = u64::from_ne_bytes(message[16..24].try_into().ok()?);
+                let offset = i64::from_ne_bytes(message[24..32].try_into().ok()?);
+                (offset < 0).then_some(Notification::DropAttributes { ino })
+            }
+            _ => None,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct KernelCache {
-    /// A second descriptor of the session's `/dev/fuse` (the same open file): notifications are
-    /// written to it, never read from it.
-    fd: OnceLock<OwnedFd>,
+    /// Where notifications are written (`KernelChannel`).
+    channel: OnceLock<Box<dyn KernelChannel>>,
     /// The kernel takes epoch bumps, and the mount wants entries cached.
     epochs: AtomicBool,
     /// The mount wants attributes cached (any kernel can drop them: FUSE 7.12).
@@ -93,11 +141,14 @@ pub struct KernelCache {
     /// A fault for tests (`MountConfig::refuse_kernel_notifications`): every notification
     /// fails with EIO, as if the kernel refused it.
     pub refuse_notifications: AtomicBool,
+    /// A planted bug for control runs (`MountConfig::fault_skip_kernel_notifications`): every
+    /// notification is reported written but never reaches the kernel.
+    pub skip_notifications: AtomicBool,
 }
 
 impl KernelCache {
-    pub fn set_fd(&self, fd: OwnedFd) {
-        assert!(self.fd.set(fd).is_ok(), "the notification descriptor is set once, before the session runs");
+    pub fn set_channel(&self, channel: Box<dyn KernelChannel>) {
+        assert!(self.channel.set(channel).is_ok(), "the notification channel is set once, before the session runs");
     }
 
     /// Called from INIT (which fuser answers inside `Session::new`, before the descriptor is
@@ -112,12 +163,12 @@ impl KernelCache {
 
     /// Entries are cached once the kernel has epochs and the descriptor to bump them is set.
     pub fn caches_entries(&self) -> bool {
-        self.epochs.load(Ordering::Acquire) && self.fd.get().is_some()
+        self.epochs.load(Ordering::Acquire) && self.channel.get().is_some()
     }
 
     /// Attributes are cached once the descriptor to drop them is set.
     pub fn caches_attributes(&self) -> bool {
-        self.attributes.load(Ordering::Acquire) && self.fd.get().is_some()
+        self.attributes.load(Ordering::Acquire) && self.channel.get().is_some()
     }
 
     /// Counts a rename in flight until the guard drops (after its reply is sent to the kernel).
@@ -216,13 +267,15 @@ impl KernelCache {
         }
     }
 
-    /// The client's connection closed: it trusts nothing it cached any more, so neither may the
-    /// kernel. Every entry goes (one epoch bump) and the attributes of every inode the kernel
-    /// references (`referenced`). Told before the session resumes, so before a restarted server
-    /// can end its recovery and let other clients change what the kernel cached. What the kernel
-    /// refuses here it keeps for at most the time to live it was given, which the client's
-    /// trust bounded, and the mount stops handing out such copies.
-    pub fn on_link_lost(&self, referenced: &[u64]) {
+    /// The client's connection closed (it trusts nothing it cached any more, so neither may the
+    /// kernel), or the machine was suspended (the kernel counts times to live in jiffies, which
+    /// stopped meanwhile, so its copies outlive the client's trust). Every entry goes (one epoch
+    /// bump) and the attributes of every inode the kernel references (`referenced`). A lost
+    /// connection is told before the session resumes, so before a restarted server can end its
+    /// recovery and let other clients change what the kernel cached. What the kernel refuses
+    /// here it keeps for at most the time to live it was given, and the mount stops handing out
+    /// such copies.
+    pub fn forget_everything(&self, referenced: &[u64]) {
         if self.caches_entries() {
             self.bump_epoch();
         }
@@ -264,19 +317,16 @@ impl KernelCache {
     }
 
     /// Writes one notification (`struct fuse_out_header` with `unique` 0 and the notification
-    /// code in `error`, then its payload) to the session's descriptor.
+    /// code in `error`, then its payload) to the channel.
     fn notify(&self, message: &[u8]) -> std::io::Result<()> {
-        let Some(fd) = self.fd.get() else { return Ok(()) };
+        let Some(channel) = self.channel.get() else { return Ok(()) };
         if self.refuse_notifications.load(Ordering::Relaxed) {
             return Err(std::io::Error::from_raw_os_error(libc::EIO));
         }
-        // SAFETY: `fd` is an open descriptor this struct owns; `message` outlives the call.
-        let written = unsafe { libc::write(fd.as_raw_fd(), message.as_ptr().cast(), message.len()) };
-        match written {
-            written if written < 0 => Err(std::io::Error::last_os_error()),
-            written if written as usize == message.len() => Ok(()),
-            written => Err(std::io::Error::other(format!("short notification write: {written} bytes"))),
+        if self.skip_notifications.load(Ordering::Relaxed) {
+            return Ok(());
         }
+        channel.notify(message)
     }
 
     /// Makes every entry the kernel holds suspect. Returns false if the kernel refused (the
@@ -312,4 +362,85 @@ enum Dropped {
     /// The kernel is about to make the inode from a reply of ours: try again.
     NotYet,
     Refused,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Records what the kernel would be told; answers with `answer`.
+    struct Recorder {
+        told: Arc<Mutex<Vec<Notification>>>,
+        answer: Option<i32>,
+    }
+
+    impl KernelChannel for Recorder {
+        fn notify(&self, message: &[u8]) -> std::io::Result<()> {
+            self.told.lock().unwrap().push(Notification::decode(message).expect("a notification the kernel knows"));
+            match self.answer {
+                None => Ok(()),
+                Some(errno) => Err(std::io::Error::from_raw_os_error(errno)),
+            }
+        }
+    }
+
+    fn kernel(answer: Option<i32>) -> (Arc<KernelCache>, Arc<Mutex<Vec<Notification>>>) {
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let kernel = Arc::new(KernelCache::default());
+        kernel.set_channel(Box::new(Recorder { told: told.clone(), answer }));
+        assert!(kernel.enable(EPOCH_MINOR));
+        (kernel, told)
+    }
+
+    fn grants() -> Vec<Grant> {
+        vec![
+            Grant { key: LeaseKey::Name { parent: 1, name: b"f".to_vec() }, id: 1 },
+            Grant { key: LeaseKey::Attr { ino: 7 }, id: 2 },
+        ]
+    }
+
+    #[test]
+    fn a_revocation_bumps_the_epoch_and_drops_the_attributes() {
+        let (kernel, told) = kernel(None);
+        assert!(matches!(kernel.on_revoke(&grants(), Cause::Other, |_| true), Forgotten::All));
+        assert_eq!(*told.lock().unwrap(), vec![Notification::IncEpoch, Notification::DropAttributes { ino: 7 }]);
+    }
+
+    #[test]
+    fn a_refusal_is_kept_and_ends_the_kernels_caching() {
+        let (kernel, _) = kernel(Some(libc::EIO));
+        assert!(matches!(kernel.on_revoke(&grants(), Cause::Other, |_| true), Forgotten::Kept));
+        assert!(!kernel.caches_entries() && !kernel.caches_attributes());
+        assert_eq!(kernel.attr_ttl(|| Duration::from_secs(5)), Duration::ZERO);
+    }
+
+    /// After the unmount (ENODEV) the kernel holds nothing: nothing is kept.
+    #[test]
+    fn an_unmounted_kernel_holds_nothing() {
+        let (kernel, _) = kernel(Some(libc::ENODEV));
+        assert!(matches!(kernel.on_revoke(&grants(), Cause::Other, |_| true), Forgotten::All));
+    }
+
+    /// An inode the kernel does not have yet, but a reply of ours is bringing: tried again in
+    /// later rounds, off the caller's thread, then kept once the wait is over.
+    #[test]
+    fn an_inode_on_its_way_is_tried_again_then_kept() {
+        let (kernel, told) = kernel(Some(libc::ENOENT));
+        let attr = [Grant { key: LeaseKey::Attr { ino: 7 }, id: 2 }];
+        let mut outcome = kernel.on_revoke(&attr, Cause::Other, |_| true);
+        let mut rounds = 0;
+        let deadline = Instant::now() + INSTANTIATION_WAIT_MAX * 20;
+        while let Forgotten::Again { again, .. } = outcome {
+            rounds += 1;
+            assert!(Instant::now() < deadline, "rounds never end");
+            std::thread::sleep(INSTANTIATION_RETRY);
+            outcome = again();
+        }
+        assert!(matches!(outcome, Forgotten::Kept));
+        assert!(rounds > 0 && told.lock().unwrap().len() == rounds + 1);
+        // An inode nobody references was not cached: nothing to wait for.
+        assert!(matches!(kernel.on_revoke(&attr, Cause::Other, |_| false), Forgotten::All));
+    }
 }

@@ -29,7 +29,7 @@
 //! Requests by (directory, name) are resolved by name on the server in one atomic step (create
 //! is the server's atomic open-or-create).
 
-mod kernel;
+pub mod kernel;
 pub mod refs;
 
 use std::collections::HashMap;
@@ -49,7 +49,7 @@ use fuser::{
 use rustre_client::rustre_proto::{
     Attr, Caller, DirEntry, Errno, FileKind, Grant, OpenFlags, RenameMode, SetAttrIn, TimeSet, Timestamp, XattrMode,
 };
-use rustre_client::{Cause, Client, File, LinkEvent};
+use rustre_client::{Cause, Client, File, LinkEvent, LinkHook, RevocationHook};
 
 use kernel::KernelCache;
 use refs::KernelRefs;
@@ -101,6 +101,9 @@ pub struct MountConfig {
     /// A fault for tests: every notification to the kernel (dentry epoch bump, attribute drop)
     /// fails with EIO, as if the kernel refused it, to show the mount fails closed.
     pub refuse_kernel_notifications: bool,
+    /// A planted bug, for control runs only: the revocation hook's notifications never reach
+    /// the kernel (no epoch bump, no attribute drop), to show the tests notice stale copies.
+    pub fault_skip_kernel_notifications: bool,
 }
 
 impl Default for MountConfig {
@@ -112,8 +115,42 @@ impl Default for MountConfig {
             pin_lookups: true,
             kernel_cache: true,
             refuse_kernel_notifications: false,
+            fault_skip_kernel_notifications: false,
         }
     }
+}
+
+/// Makes `kernel` mirror what `client` caches (`revocation_hook`, `link_hook`). Used by `mount`;
+/// the simulator installs the same hooks in front of a model of the kernel.
+pub fn mirror(client: &Client, kernel: Arc<KernelCache>, refs: Arc<Mutex<KernelRefs>>) {
+    client.set_revocation_hook(Some(revocation_hook(kernel.clone(), refs.clone())));
+    client.set_link_hook(Some(link_hook(kernel, refs)));
+}
+
+/// The client's revocation hook for a kernel: drops the kernel's copies under revoked or
+/// given-back leases (`KernelCache::on_revoke`). `refs` counts the kernel's references.
+pub fn revocation_hook(kernel: Arc<KernelCache>, refs: Arc<Mutex<KernelRefs>>) -> RevocationHook {
+    Arc::new(move |leases: &[Grant], cause: Cause| {
+        // The refs lock is taken and dropped per question, never held while the kernel is told.
+        let refs = refs.clone();
+        kernel.on_revoke(leases, cause, move |ino| refs.lock().expect("refs lock").kernel(ino) > 0)
+    })
+}
+
+/// The client's link hook for a kernel: everything goes when the connection is lost or the
+/// machine was suspended, and the pins go with a session the server forgot.
+pub fn link_hook(kernel: Arc<KernelCache>, refs: Arc<Mutex<KernelRefs>>) -> LinkHook {
+    Arc::new(move |event: &LinkEvent| match event {
+        // Nothing the client cached may be trusted any more (`Lost`), or the kernel's times to
+        // live ran on a clock that stopped while the machine was suspended (`Suspended`).
+        LinkEvent::Lost | LinkEvent::Suspended { .. } => {
+            let referenced = refs.lock().expect("refs lock").referenced();
+            kernel.forget_everything(&referenced);
+        }
+        // The old session's pins are gone: the next lookup of each inode pins it again.
+        LinkEvent::NewSession => refs.lock().expect("refs lock").pins_lost(),
+        LinkEvent::Resumed { .. } => {}
+    })
 }
 
 /// A mounted file system. Dropping it unmounts (lazily if it is busy) and waits for the session.
@@ -181,24 +218,14 @@ pub fn mount(
     let failed = |source| MountError::Mount { mountpoint: mountpoint.to_path_buf(), source };
     let mut session = Session::new(RustreFs { shared: shared.clone() }, mountpoint, &options).map_err(failed)?;
     // Before the session serves anything: the descriptor that makes the kernel forget.
-    shared.kernel.set_fd(session.as_fd().try_clone_to_owned().map_err(failed)?);
-    let (kernel, refs) = (shared.kernel.clone(), shared.refs.clone());
+    let fd = session.as_fd().try_clone_to_owned().map_err(failed)?;
+    shared.kernel.set_channel(Box::new(fd));
     shared.kernel.refuse_notifications.store(config.refuse_kernel_notifications, std::sync::atomic::Ordering::Relaxed);
-    shared.client.set_revocation_hook(Some(Arc::new(move |leases: &[Grant], cause: Cause| {
-        // The refs lock is taken and dropped per question, never held while the kernel is told.
-        let refs = refs.clone();
-        kernel.on_revoke(leases, cause, move |ino| refs.lock().expect("refs lock").kernel(ino) > 0)
-    })));
-    let (kernel, refs) = (shared.kernel.clone(), shared.refs.clone());
-    shared.client.set_link_hook(Some(Arc::new(move |event: &LinkEvent| match event {
-        LinkEvent::Lost => {
-            let referenced = refs.lock().expect("refs lock").referenced();
-            kernel.on_link_lost(&referenced);
-        }
-        // The old session's pins are gone: the next lookup of each inode pins it again.
-        LinkEvent::NewSession => refs.lock().expect("refs lock").pins_lost(),
-        LinkEvent::Resumed { .. } => {}
-    })));
+    shared
+        .kernel
+        .skip_notifications
+        .store(config.fault_skip_kernel_notifications, std::sync::atomic::Ordering::Relaxed);
+    mirror(&shared.client, shared.kernel.clone(), shared.refs.clone());
     let unmounter = Arc::new(Mutex::new(session.unmount_callable()));
     set_read_ahead(mountpoint, READ_AHEAD_KB);
     // `destroy` lets fuser's record of the mount go when the session ends (`Shared::unmounter`).

@@ -11,7 +11,6 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use common::{Fixture, drop_kernel_caches, errno_of, eventually};
-use rustre_fuse::MountConfig;
 
 /// Reopens what an `O_PATH` descriptor refers to, through /proc: the kernel opens the inode by
 /// its id (`FUSE_OPEN`/`FUSE_OPENDIR`) without walking any name, as it does after a walk that
@@ -141,13 +140,9 @@ fn an_unlinked_file_stays_usable_through_descriptors_on_another_mount() {
 /// them by id (as the kernel does after a walk that found them cached). With `pin_lookups`, they
 /// are orphans kept for A and open fine; without (the control), the open meets ESTALE.
 fn open_by_id_after_remote_removal(pin_lookups: bool) -> (Result<String, i32>, Result<usize, i32>) {
+    // The fixture owns the mountpoint, so it unmounts before the directory goes.
     let mut fixture = Fixture::new(0);
-    let config = MountConfig { pin_lookups, ..Default::default() };
-    let mountpoint = tempfile::tempdir().unwrap();
-    let mounted =
-        rustre_fuse::mount(fixture.client(), fixture.runtime.handle().clone(), mountpoint.path(), &config).unwrap();
-    let a = mounted.mountpoint().to_path_buf();
-    fixture.mounts.push(mounted);
+    let a = fixture.mount_configured(|_| {}, |mount| mount.pin_lookups = pin_lookups);
     let b = fixture.mount();
     fs::write(b.join("f"), b"before").unwrap();
     fs::create_dir(b.join("d")).unwrap();
@@ -246,6 +241,28 @@ fn entries_cached_by_the_kernel_are_forgotten_when_another_mount_changes_them() 
         fs::rename(a.join(format!("d{round}")), a.join("d")).unwrap();
         fs::remove_file(b.join("d").join(&renamed)).unwrap();
     }
+}
+
+/// The control of the two tests around it: a mount whose notifications never reach its kernel
+/// (a planted bug) keeps answering a renamed name and an old mode from the kernel's copies.
+#[test]
+fn control_without_kernel_notifications_entries_and_attributes_stay_stale() {
+    let mut fixture = Fixture::new(1);
+    let b = fixture.mount_configured(|_| {}, |mount| mount.fault_skip_kernel_notifications = true);
+    let a = fixture.root(0).to_path_buf();
+    fs::create_dir(a.join("d")).unwrap();
+    fs::write(a.join("d/f"), b"x").unwrap();
+    fs::write(a.join("g"), b"x").unwrap();
+    fs::set_permissions(a.join("g"), fs::Permissions::from_mode(0o644)).unwrap();
+    let _held = open_path(&b.join("g"));
+    for _ in 0..3 {
+        fs::metadata(b.join("d/f")).unwrap();
+        fs::metadata(b.join("g")).unwrap();
+    }
+    fs::rename(a.join("d/f"), a.join("d/renamed")).unwrap();
+    fs::set_permissions(a.join("g"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(fs::metadata(b.join("d/f")).is_ok(), "the planted bug went unseen: the renamed name was looked up");
+    assert_eq!(fs::metadata(b.join("g")).unwrap().mode() & 0o777, 0o644, "the planted bug went unseen: new mode");
 }
 
 /// The kernel keeps the attributes this mount holds leases on (a stat asks the mount nothing),
@@ -382,6 +399,34 @@ fn a_copy_the_kernel_refuses_to_drop_delays_the_acknowledgement() {
 fn control_acknowledging_despite_a_refused_drop_leaves_a_stale_stat() {
     let (stale, _) = stat_after_a_refused_drop(false);
     assert!(stale, "the control saw no stale stat: the test cannot tell the fix from its absence");
+}
+
+/// The kernel counts the times to live of what it caches in jiffies, which stop while the
+/// machine is suspended, as the client's trust does not (`clock.rs`). A suspension (declared on
+/// the client's suspend clock) makes the mount drop every kernel copy, so the next stat asks the
+/// mount again instead of being answered by the kernel for what remained of its time to live.
+#[test]
+fn a_suspension_of_the_machine_drops_the_kernels_copies() {
+    let suspend = std::sync::Arc::new(rustre_client::ManualSuspendClock::default());
+    let lease_timeout = std::time::Duration::from_secs(60);
+    let mut fixture = Fixture::with_server(0, |config| config.lease_timeout = lease_timeout);
+    let clock = suspend.clone();
+    let a = fixture.mount_with(|config| config.suspend_clock = clock);
+    fs::write(a.join("f"), b"x").unwrap();
+    let _held = open_path(&a.join("f"));
+    let asked = || {
+        let stats = fixture.mounts[0].client().stats();
+        stats.cache_hits + stats.cache_misses
+    };
+    fs::metadata(a.join("f")).unwrap();
+    let before = asked();
+    fs::metadata(a.join("f")).unwrap();
+    assert_eq!(asked(), before, "the kernel answered the stat from its copy");
+    let drops = fixture.mounts[0].stats().attribute_drops;
+    suspend.suspend(lease_timeout);
+    eventually("the mount notices the suspension", || fixture.mounts[0].stats().attribute_drops > drops);
+    fs::metadata(a.join("f")).unwrap();
+    assert!(asked() > before, "the stat after the suspension was answered by the kernel's old copy");
 }
 
 /// A mount's own changes do not make its kernel forget its other entries: the kernel mirrors

@@ -49,8 +49,10 @@ pub trait Service: Send + Sync + 'static {
     /// Handles one request frame and returns the reply's header and payload.
     fn call(&self, request: Frame) -> BoxFuture<(Bytes, Bytes)>;
 
-    /// Sees each reply to one of our own requests before its caller does.
-    fn observe_reply(&self, _reply: &Frame) {}
+    /// Sees each reply to one of our own requests before its caller does, with the stamp its
+    /// request was sent with (`Connection::call_stamped`; 0 for `call`), if the request is
+    /// still known.
+    fn observe_reply(&self, _reply: &Frame, _stamp: Option<u64>) {}
 }
 
 /// The reason `Connection::closed` gives when the peer closed its end between frames (an EOF, or
@@ -76,6 +78,8 @@ struct Pending {
 /// our requests the peer holds never exceeds the bound.
 struct Waiter {
     reply: oneshot::Sender<Frame>,
+    /// What the caller stamped the request with (`call_stamped`).
+    stamp: u64,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -126,6 +130,12 @@ impl Connection {
 
     /// Sends a request and waits for its reply frame.
     pub async fn call(&self, header: Bytes, payload: Bytes) -> Result<Frame, ConnectionClosed> {
+        self.call_stamped(header, payload, 0).await
+    }
+
+    /// `call`, with a stamp the service sees beside the reply (`Service::observe_reply`): a
+    /// client stamps each request with when it was sent.
+    pub async fn call_stamped(&self, header: Bytes, payload: Bytes, stamp: u64) -> Result<Frame, ConnectionClosed> {
         let Ok(slot) = self.inner.outgoing.clone().acquire_owned().await else {
             return Err(self.closed_error());
         };
@@ -137,7 +147,7 @@ impl Connection {
                 drop(pending);
                 return Err(self.closed_error());
             }
-            let previous = pending.waiting.insert(id, Waiter { reply: sender, _slot: slot });
+            let previous = pending.waiting.insert(id, Waiter { reply: sender, stamp, _slot: slot });
             assert!(previous.is_none(), "request ids are never reused on a connection");
         }
         // Until the request is queued, giving up (or failing) must take its entry back: the peer
@@ -237,7 +247,16 @@ impl Connection {
             };
             match frame.kind {
                 FrameKind::Reply => {
-                    service.observe_reply(&frame);
+                    // Observed while its request still counts as pending (`oldest_pending_id`).
+                    let stamp = self
+                        .inner
+                        .pending
+                        .lock()
+                        .expect("pending lock poisoned")
+                        .waiting
+                        .get(&frame.id)
+                        .map(|waiter| waiter.stamp);
+                    service.observe_reply(&frame, stamp);
                     let waiter = self.inner.pending.lock().expect("pending lock poisoned").waiting.remove(&frame.id);
                     match waiter {
                         // The caller may have given up; its reply is dropped.

@@ -175,6 +175,23 @@ pub struct ServerConfig {
     /// A planted bug, for proving the simulator's power losses find it: changes are acknowledged
     /// without ever being made durable. Never set outside those tests.
     pub fault_ack_before_durable: bool,
+    /// A planted bug, for proving the recovery tests notice it: changes do not wait while the
+    /// server recovers (`recovery::wait_if_recovering`). Never set outside those tests.
+    pub fault_changes_skip_recovery_wait: bool,
+    /// A planted bug, for proving the coherence tests notice it: a change takes the holders'
+    /// leases out of the table but never sends them a revocation, so they keep serving what it
+    /// replaced. Never set outside those tests.
+    pub fault_no_revocation: bool,
+    /// A planted bug, for proving the coherence tests notice it: a lookup grants its leases
+    /// without the version check, as if it had observed its name after reading it, so a change
+    /// made between its read and its reply does not stop the grant. Never set outside those
+    /// tests.
+    pub fault_grant_unchecked: bool,
+    /// A planted bug, for proving the recovery tests notice it: the leases of a session whose
+    /// connection the server closed (or whose client it evicted) are dropped at once instead of
+    /// lapsing (`Leases::lapse`), so a change goes through while that client still trusts its
+    /// cache. Never set outside those tests.
+    pub fault_no_lapse: bool,
     /// The metadata database's storage, when not the data directory's `meta.redb` file: the
     /// simulator's disk, which can lose power in the middle of a commit. Never set in production.
     pub metadata_backend: Option<rustre_store::MetadataBackend>,
@@ -214,6 +231,10 @@ impl ServerConfig {
             inline_commits: false,
             fault_ack_before_revoke: false,
             fault_ack_before_durable: false,
+            fault_changes_skip_recovery_wait: false,
+            fault_no_revocation: false,
+            fault_grant_unchecked: false,
+            fault_no_lapse: false,
             metadata_backend: None,
             secret: None,
             root_squash: RootSquash::NOBODY,
@@ -626,12 +647,15 @@ impl Server {
         let fate = *session.fate.lock().expect("fate lock");
         // A session without a connection caches nothing, once its client knows. One that closed
         // its end knows; one whose connection the server closed (a write error, a protocol
-        // violation, a ping gone unanswered) may not, and trusts its cache until its own clock
-        // says the trust window (half the lease timeout since the last news) is over: its leases
-        // lapse then, and conflicting changes wait for that (`revoke`). Either is settled while
-        // the session is still listed as connected, so a resume (which waits for that listing
-        // to go, and ends a lapse) cannot get new leases before the old ones are dropped.
-        if fate == Fate::Resumable && reason != rustre_proto::rpc::PEER_CLOSED && !*self.inner.shutdown.borrow() {
+        // violation, a ping gone unanswered, an eviction) may not, and trusts its cache until its
+        // own clock says the trust window (half the lease timeout since it sent the last request
+        // this server answered, so no later than now) is over: its leases lapse then, and
+        // conflicting changes wait for that (`revoke`). An evicted client is no exception: what
+        // it cached is as trusted on its side as any other's. Either is settled while the
+        // session is still listed as connected, so a resume (which waits for that listing to
+        // go, and ends a lapse) cannot get new leases before the old ones are dropped.
+        let lapses = reason != rustre_proto::rpc::PEER_CLOSED && !self.inner.config.fault_no_lapse;
+        if lapses && !*self.inner.shutdown.borrow() {
             let until = tokio::time::Instant::now() + self.inner.config.lease_timeout / 2 + TRUST_LAPSE_MARGIN;
             let number = self.inner.leases.lapse(session_id, until);
             let leases = self.inner.leases.clone();
@@ -1150,7 +1174,10 @@ where
         tokio::spawn(async move { revoke(&inner, &change, requester).await });
     } else if let Some(change) = change {
         // Even if the batch failed, the holders are out of the table: they must drop their copies.
-        revoke(inner, &change, requester).await;
+        // (Unless the planted bug of `fault_no_revocation` says to tell them nothing.)
+        if !inner.config.fault_no_revocation {
+            revoke(inner, &change, requester).await;
+        }
         inner.leases.complete(&change);
         inner.leases.wait_prior(&change).await;
     }
@@ -1189,6 +1216,7 @@ async fn revoke(inner: &Arc<Inner>, change: &Change, requester: Option<u64>) {
             false => Callback::Revoke { leases },
         });
         let timeout = inner.config.lease_timeout;
+        let lapse = !inner.config.fault_no_lapse;
         let leases = inner.leases.clone();
         let counters = inner.counters.clone();
         let stopping = inner.shutdown.subscribe();
@@ -1209,7 +1237,7 @@ async fn revoke(inner: &Arc<Inner>, change: &Change, requester: Option<u64>) {
                 // trusts what it caches for its trust window, which began before the close;
                 // the change waits for that, as for a lapse (`serve_connection`).
                 Ok(Err(closed)) => {
-                    if closed.reason != rustre_proto::rpc::PEER_CLOSED && !*stopping.borrow() {
+                    if lapse && closed.reason != rustre_proto::rpc::PEER_CLOSED && !*stopping.borrow() {
                         tokio::time::sleep(timeout / 2 + TRUST_LAPSE_MARGIN).await;
                     }
                     return;
@@ -1218,10 +1246,27 @@ async fn revoke(inner: &Arc<Inner>, change: &Change, requester: Option<u64>) {
             };
             tracing::warn!(connection = connection.name(), %reason, "evicting client");
             counters.evictions.fetch_add(1, Ordering::Relaxed);
+            if !lapse {
+                *holder.fate.lock().expect("fate lock") = Fate::Evicted;
+                connection.close(format!("evicted: {reason}"));
+                leases.drop_session(session);
+                return;
+            }
+            // The client may have sent a request this server answered until a moment ago (it
+            // only failed to acknowledge), so it may trust its cache for a trust window from
+            // now: its leases lapse before the change goes on (the connection's end lapses them
+            // again, from its close, which `wait_lapse` follows).
+            let until = tokio::time::Instant::now() + timeout / 2 + TRUST_LAPSE_MARGIN;
+            let number = leases.lapse(session, until);
             // Fenced: its handles and pins go, and it may not come back (`Op::Resume` refused).
             *holder.fate.lock().expect("fate lock") = Fate::Evicted;
             connection.close(format!("evicted: {reason}"));
-            leases.drop_session(session);
+            let expiring = leases.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(until).await;
+                expiring.expire(session, number);
+            });
+            leases.wait_lapse(session).await;
         });
     }
     while waiting.join_next().await.is_some() {}
@@ -1532,6 +1577,11 @@ async fn handle(inner: &Arc<Inner>, session: &Session, request: Request, payload
             let found = inner.store.read().and_then(|ns| ns.lookup(parent, &name, &caller));
             // Tests stop here to let a change run between this read and its reply.
             inner.config.pause_points.pause("server.lookup.after_read").await;
+            if inner.config.fault_grant_unchecked {
+                // The planted bug: observed again after the read, the name's version no longer
+                // tells of a change made since the read.
+                ticket.observe(&name_key);
+            }
             match found {
                 Ok(found) => {
                     // The attributes are read again, in a snapshot taken after their key is observed.

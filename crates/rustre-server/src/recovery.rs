@@ -184,10 +184,13 @@ fn waits_for_recovery(op: &Op) -> bool {
 
 /// Waits (at most `recovery_grace` after the start) until changes may run, if `op` is one.
 pub(crate) async fn wait_if_recovering(inner: &Inner, op: &Op) {
-    if inner.recovery.is_over() || !waits_for_recovery(op) {
+    if inner.config.fault_changes_skip_recovery_wait || inner.recovery.is_over() || !waits_for_recovery(op) {
         return;
     }
     let mut over = inner.recovery.over.subscribe();
+    // Tests stop here to know that a change has arrived and waits (then let it wait on): the
+    // event that tells them when to let a session of the previous run come back.
+    inner.config.pause_points.pause("server.recovery.change_waits").await;
     let _ = over.wait_for(|over| *over).await;
 }
 

@@ -54,6 +54,9 @@ enum Message<S> {
 /// What the writer has done so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CommitStats {
+    /// Operations handed to the writer: queued for it, or run. (A test holding the writer back
+    /// knows from this that the changes it sent are waiting in its queue.)
+    pub submitted: u64,
     /// Operations run.
     pub operations: u64,
     /// Batches run (each one transaction).
@@ -64,6 +67,7 @@ pub struct CommitStats {
 
 #[derive(Default)]
 struct Counters {
+    submitted: AtomicU64,
     operations: AtomicU64,
     batches: AtomicU64,
     durable_commits: AtomicU64,
@@ -99,6 +103,7 @@ impl<S> Clone for Committer<S> {
 impl<S> Committer<S> {
     pub fn stats(&self) -> CommitStats {
         CommitStats {
+            submitted: self.counters.submitted.load(Ordering::Relaxed),
             operations: self.counters.operations.load(Ordering::Relaxed),
             batches: self.counters.batches.load(Ordering::Relaxed),
             durable_commits: self.counters.durable_commits.load(Ordering::Relaxed),
@@ -183,9 +188,15 @@ impl<S: Send + 'static> Committer<S> {
             })
         });
         match &self.mode {
-            Mode::Thread { queue, .. } => queue.send(Message::Run(job)).await.map_err(|_| StoreError::Stopped)?,
+            Mode::Thread { queue, .. } => {
+                queue.send(Message::Run(job)).await.map_err(|_| StoreError::Stopped)?;
+                self.counters.submitted.fetch_add(1, Ordering::Relaxed);
+            }
             Mode::Inline(writer) => match writer.lock().expect("inline writer lock").as_mut() {
-                Some(writer) => writer.run_batch(vec![job]),
+                Some(writer) => {
+                    self.counters.submitted.fetch_add(1, Ordering::Relaxed);
+                    writer.run_batch(vec![job]);
+                }
                 None => return Err(StoreError::Stopped),
             },
         }
