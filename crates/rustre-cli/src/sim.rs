@@ -15,12 +15,16 @@ pub struct SimArgs {
     /// Explore a range of seeds, `A..B` (B excluded); the default is 0..100.
     #[arg(long, value_name = "A..B")]
     seeds: Option<String>,
-    /// Calls each client makes.
+    /// Calls each task of each client makes.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     steps: u32,
     /// Simulated clients (each a host with its own sessions).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=32))]
     clients: u32,
+    /// Tasks of each client making calls at once through its one session and cache (each makes
+    /// --steps calls).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    tasks: u32,
     /// Most think time of a client between two calls, in milliseconds.
     #[arg(long, default_value_t = rustre_sim::THINK_MAX_DEFAULT.as_millis() as u64, value_name = "MS")]
     think_ms: u64,
@@ -46,7 +50,25 @@ pub struct SimArgs {
     /// keeps what was synced and part of the rest).
     #[arg(long, default_value_t = 0.5, value_name = "P")]
     power_loss_share: f64,
-    /// No partitions, breaks or crashes (latency still varies up to --latency-ms).
+    /// Chance per simulated second that every message between a client and the server is held
+    /// for a while (a long delay, up to --delay-max-ms), then delivered.
+    #[arg(long, default_value_t = rustre_sim::DELAY_RATE_DEFAULT, value_name = "P")]
+    delay_rate: f64,
+    /// Longest such delay, in milliseconds (the clients trust a lease for 2500 without news).
+    #[arg(long, default_value_t = rustre_sim::DELAY_MAX_DEFAULT.as_millis() as u64, value_name = "MS")]
+    delay_max_ms: u64,
+    /// Chance per simulated second that one direction of a client's link fails (messages
+    /// dropped or held) while the other flows.
+    #[arg(long, default_value_t = rustre_sim::ONEWAY_RATE_DEFAULT, value_name = "P")]
+    oneway_rate: f64,
+    /// Longest one-way fault, in milliseconds.
+    #[arg(long, default_value_t = rustre_sim::ONEWAY_MAX_DEFAULT.as_millis() as u64, value_name = "MS")]
+    oneway_max_ms: u64,
+    /// Share of the one-way faults that hold messages (the rest drop them).
+    #[arg(long, default_value_t = 0.5, value_name = "P")]
+    oneway_hold_share: f64,
+    /// No partitions, delays, one-way faults, breaks or crashes (latency still varies up to
+    /// --latency-ms); then no client may lose its link or session.
     #[arg(long)]
     no_faults: bool,
     /// Print every call of the run with its outcome (with --seed).
@@ -68,6 +90,8 @@ enum Plant {
     NoStaleRetry,
     /// The server acknowledges changes it never makes durable.
     AckBeforeDurable,
+    /// Connections drop now and then with no fault behind them.
+    DropConnections,
 }
 
 fn parse_range(text: &str) -> anyhow::Result<std::ops::Range<u64>> {
@@ -94,35 +118,46 @@ impl SimArgs {
                 server_crash_rate: self.server_crash_rate,
                 server_down_max: Duration::from_secs(2),
                 power_loss_share: self.power_loss_share,
+                delay_rate: self.delay_rate,
+                delay_max: Duration::from_millis(self.delay_max_ms),
+                oneway_rate: self.oneway_rate,
+                oneway_max: Duration::from_millis(self.oneway_max_ms),
+                oneway_hold_share: self.oneway_hold_share,
             }
         };
         let bugs = Bugs {
             ack_before_revoke: matches!(self.plant, Some(Plant::AckBeforeRevoke)),
             no_stale_retry: matches!(self.plant, Some(Plant::NoStaleRetry)),
             ack_before_durable: matches!(self.plant, Some(Plant::AckBeforeDurable)),
+            drop_connections: matches!(self.plant, Some(Plant::DropConnections)),
         };
         let think_max = Duration::from_millis(self.think_ms);
-        SimConfig { seed, clients: self.clients, steps: self.steps, think_max, faults, bugs }
+        SimConfig { seed, clients: self.clients, tasks: self.tasks, steps: self.steps, think_max, faults, bugs }
     }
 
     /// The command line that replays `seed` with the same options.
     fn replay(&self, seed: u64) -> String {
         let mut line = format!(
-            "rustre sim --seed {seed} --steps {} --clients {} --think-ms {}",
-            self.steps, self.clients, self.think_ms
+            "rustre sim --seed {seed} --steps {} --clients {} --tasks {} --think-ms {}",
+            self.steps, self.clients, self.tasks, self.think_ms
         );
         if self.no_faults {
             line += &format!(" --no-faults --latency-ms {}", self.latency_ms);
         } else {
             line += &format!(
-                " --latency-ms {} --partition-rate {} --partition-max {} --break-rate {} --crash-rate {} --server-crash-rate {} --power-loss-share {}",
+                " --latency-ms {} --partition-rate {} --partition-max {} --break-rate {} --crash-rate {} --server-crash-rate {} --power-loss-share {} --delay-rate {} --delay-max-ms {} --oneway-rate {} --oneway-max-ms {} --oneway-hold-share {}",
                 self.latency_ms,
                 self.partition_rate,
                 self.partition_max,
                 self.break_rate,
                 self.crash_rate,
                 self.server_crash_rate,
-                self.power_loss_share
+                self.power_loss_share,
+                self.delay_rate,
+                self.delay_max_ms,
+                self.oneway_rate,
+                self.oneway_max_ms,
+                self.oneway_hold_share
             );
         }
         if let Some(plant) = self.plant {
@@ -171,6 +206,21 @@ fn run_seed(args: &SimArgs, seed: u64) -> Result<SimReport, String> {
     Ok(report)
 }
 
+/// The faults a run met, per class, as one line.
+fn faults_seen(stats: &rustre_sim::SimStats) -> String {
+    format!(
+        "{} partitions, {} long delays, {} one-way drops, {} one-way holds, {} broken connections, {} client crashes, {} server crashes ({} power losses)",
+        stats.partitions,
+        stats.delays,
+        stats.oneway_drops,
+        stats.oneway_holds,
+        stats.breaks,
+        stats.crashes,
+        stats.server_crashes,
+        stats.power_losses
+    )
+}
+
 /// Runs outside any async runtime: every simulated host has its own.
 pub fn run(args: SimArgs) -> anyhow::Result<bool> {
     let seeds = match (&args.seed, &args.seeds) {
@@ -192,17 +242,15 @@ pub fn run(args: SimArgs) -> anyhow::Result<bool> {
                         }
                     }
                     println!(
-                        "seed {seed}: {} calls ({} ok, {} errors, {} unknown), {} sessions, {} partitions, {} broken connections, {} client crashes, {} server crashes ({} power losses), {:.1} s simulated, history {:016x}",
+                        "seed {seed}: {} calls ({} ok, {} errors, {} unknown), {} sessions ({} replaced), {} links lost; faults: {}; {:.1} s simulated, history {:016x}",
                         stats.calls,
                         stats.ok,
                         stats.errors,
                         stats.unknown,
                         stats.sessions,
-                        stats.partitions,
-                        stats.breaks,
-                        stats.crashes,
-                        stats.server_crashes,
-                        stats.power_losses,
+                        stats.sessions_replaced,
+                        stats.links_lost,
+                        faults_seen(stats),
                         stats.simulated.as_secs_f64(),
                         report.fingerprint()
                     );
@@ -212,10 +260,16 @@ pub fn run(args: SimArgs) -> anyhow::Result<bool> {
                 totals.errors += stats.errors;
                 totals.unknown += stats.unknown;
                 totals.partitions += stats.partitions;
+                totals.delays += stats.delays;
+                totals.oneway_drops += stats.oneway_drops;
+                totals.oneway_holds += stats.oneway_holds;
                 totals.breaks += stats.breaks;
                 totals.crashes += stats.crashes;
                 totals.server_crashes += stats.server_crashes;
                 totals.power_losses += stats.power_losses;
+                totals.sessions += stats.sessions;
+                totals.sessions_replaced += stats.sessions_replaced;
+                totals.links_lost += stats.links_lost;
                 totals.simulated += stats.simulated;
                 if report.passed() {
                     passed += 1;
@@ -236,17 +290,16 @@ pub fn run(args: SimArgs) -> anyhow::Result<bool> {
         }
     }
     println!(
-        "{} seeds in {:.1} s: {passed} passed, {} failed; {} calls ({} unknown), {} partitions, {} broken connections, {} client crashes, {} server crashes ({} power losses), {:.0} s simulated",
+        "{} seeds in {:.1} s: {passed} passed, {} failed; {} calls ({} unknown), {} sessions ({} replaced), {} links lost; faults: {}; {:.0} s simulated",
         seeds.end - seeds.start,
         started.elapsed().as_secs_f64(),
         failed.len(),
         totals.calls,
         totals.unknown,
-        totals.partitions,
-        totals.breaks,
-        totals.crashes,
-        totals.server_crashes,
-        totals.power_losses,
+        totals.sessions,
+        totals.sessions_replaced,
+        totals.links_lost,
+        faults_seen(&totals),
         totals.simulated.as_secs_f64()
     );
     if !failed.is_empty() {

@@ -12,6 +12,11 @@
 //!   connections overtake each other: a reply to one client against a revocation to another);
 //! - partitions: a client is cut off from the server for a random time, often past the lease
 //!   timeout, so the server evicts it and the client's watchdog gives up on the server;
+//! - long delays: every message between a client and the server is held for a random time, up
+//!   to and past the client's lease trust bound (half the lease timeout), then delivered;
+//! - one-way faults: one direction of a client's link (client to server, or server to client)
+//!   drops every message (turmoil's one-way partition) or holds them (`Valves`, in our own
+//!   transport layer) while the other direction flows;
 //! - broken connections: our own transport layer (`FaultyStream`) fails a client's connection
 //!   on a random write; the client opens a new session;
 //! - client crashes: a client drops its session with files open, and starts a new one;
@@ -24,6 +29,13 @@
 //!   the metadata database sits on a simulated disk (`disk.rs`) that loses its power after a few
 //!   more writes and syncs, keeping only what was synced and a seeded part of the rest; the
 //!   server answers nothing more, and restarts on what survived.
+//!
+//! A call's outcome is `Unknown` only where a fault could have made its effect uncertain: it
+//! failed for want of a session (EIO, ENOTCONN) and its client's link saw a fault since the call
+//! began (or, for a call on a file handle, since the handle was opened). Such a failure with no
+//! fault on the link is a `LostWithoutFault` violation, and a run without faults that lose
+//! sessions (`Faults::loses_no_session`) must lose none: no link lost, no unknown outcome
+//! (`SessionLost` otherwise).
 
 pub mod checker;
 mod disk;
@@ -58,6 +70,15 @@ pub const SIMULATED_TIME_MAX: Duration = Duration::from_secs(4 * 3600);
 pub const THINK_MAX_DEFAULT: Duration = Duration::from_millis(50);
 /// The simulated wall clock starts here (2027-01-15), so timestamps replay too.
 const EPOCH_SECONDS: u64 = 1_800_000_000;
+/// The server's lease timeout (`ServerConfig::lease_timeout`, left at its default); a client
+/// trusts a lease for half of it (`LEASE_TRUST_BOUND`).
+pub const LEASE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client trusts what a lease covers without news from the server: the bound the
+/// long delays reach and pass.
+pub const LEASE_TRUST_BOUND: Duration = Duration::from_millis(LEASE_TIMEOUT.as_millis() as u64 / 2);
+/// Most message latency under which a run may lose no session: far below the ping timeout and
+/// the trust bound, so latency alone never costs a client its link.
+pub const LATENCY_HARMLESS_MAX: Duration = Duration::from_millis(500);
 
 /// Fault rates. Zero everywhere is a fault-free run (latency still varies).
 #[derive(Clone, Debug, PartialEq)]
@@ -79,6 +100,18 @@ pub struct Faults {
     /// Share of the server crashes that are power losses, mostly in the middle of a commit (the
     /// rest are process crashes, which keep every write).
     pub power_loss_share: f64,
+    /// Chance, per simulated second, that every message between one client and the server is
+    /// held (both ways) for a while, then delivered: a long delay.
+    pub delay_rate: f64,
+    /// Longest such delay; lengths are uniform up to this. Past `LEASE_TRUST_BOUND` by default.
+    pub delay_max: Duration,
+    /// Chance, per simulated second, that one direction of one client's link fails while the
+    /// other flows (an asymmetric partition): its messages dropped, or held until it heals.
+    pub oneway_rate: f64,
+    /// Longest one-way fault; lengths are uniform up to this.
+    pub oneway_max: Duration,
+    /// Share of the one-way faults that hold messages (the rest drop them).
+    pub oneway_hold_share: f64,
 }
 
 impl Default for Faults {
@@ -92,9 +125,25 @@ impl Default for Faults {
             server_crash_rate: 0.02,
             server_down_max: Duration::from_secs(2),
             power_loss_share: 0.5,
+            delay_rate: DELAY_RATE_DEFAULT,
+            delay_max: DELAY_MAX_DEFAULT,
+            oneway_rate: ONEWAY_RATE_DEFAULT,
+            oneway_max: ONEWAY_MAX_DEFAULT,
+            oneway_hold_share: 0.5,
         }
     }
 }
+
+/// Default chance per simulated second of a long delay on one client's link.
+pub const DELAY_RATE_DEFAULT: f64 = 0.05;
+/// Default longest delay: past the trust bound, and past the lease timeout (a revocation held
+/// that long gets its client evicted).
+pub const DELAY_MAX_DEFAULT: Duration = Duration::from_secs(6);
+/// Default chance per simulated second of a one-way fault on one client's link.
+pub const ONEWAY_RATE_DEFAULT: f64 = 0.05;
+/// Default longest one-way fault: past the ping timeout and the client's silence limit, so both
+/// ends' watchdogs get to act.
+pub const ONEWAY_MAX_DEFAULT: Duration = Duration::from_secs(12);
 
 impl Faults {
     pub fn none() -> Faults {
@@ -107,7 +156,31 @@ impl Faults {
             server_crash_rate: 0.0,
             server_down_max: Duration::ZERO,
             power_loss_share: 0.0,
+            delay_rate: 0.0,
+            delay_max: Duration::ZERO,
+            oneway_rate: 0.0,
+            oneway_max: Duration::ZERO,
+            oneway_hold_share: 0.0,
         }
+    }
+
+    /// The faults of the first simulator, without the long delays and one-way faults: what the
+    /// seeds of `tests/sim.rs` that found bugs before those existed ran with (their runs are
+    /// unchanged, as the new classes draw from a random stream of their own).
+    pub fn without_link_delays() -> Faults {
+        Faults { delay_rate: 0.0, oneway_rate: 0.0, ..Faults::default() }
+    }
+
+    /// Can no fault of this set cost a client its link or its session? Then a run must lose
+    /// none (`ViolationKind::SessionLost`).
+    pub fn loses_no_session(&self) -> bool {
+        self.partition_rate == 0.0
+            && self.break_rate == 0.0
+            && self.crash_rate == 0.0
+            && self.server_crash_rate == 0.0
+            && self.delay_rate == 0.0
+            && self.oneway_rate == 0.0
+            && self.latency_max <= LATENCY_HARMLESS_MAX
     }
 }
 
@@ -120,13 +193,20 @@ pub struct Bugs {
     pub no_stale_retry: bool,
     /// The server acknowledges changes it never makes durable (found only by power losses).
     pub ack_before_durable: bool,
+    /// A client's connection drops now and then with no fault behind it, as a regression that
+    /// loses links or sessions would: a run without faults must notice (`SessionLost`).
+    pub drop_connections: bool,
 }
 
 #[derive(Clone, Debug)]
 pub struct SimConfig {
     pub seed: u64,
     pub clients: u32,
-    /// Calls each client makes.
+    /// Tasks of each client making calls at once through its one `Client` (one session, one
+    /// cache): shared lookups, a create waiting for the same client's unlink, a revocation
+    /// racing a grant to the same cache.
+    pub tasks: u32,
+    /// Calls each task of each client makes.
     pub steps: u32,
     /// Most think time of a client between two calls (simulated; uniform up to this), so runs
     /// last long enough for partitions and lease timeouts to matter.
@@ -140,6 +220,7 @@ impl SimConfig {
         SimConfig {
             seed,
             clients: 3,
+            tasks: 1,
             steps: 100,
             think_max: THINK_MAX_DEFAULT,
             faults: Faults::default(),
@@ -192,6 +273,12 @@ pub enum ViolationKind {
     Stalled,
     /// The checker gave up (too many states): neither a pass nor a find.
     CheckerGaveUp,
+    /// A call failed for want of a session (EIO, ENOTCONN) though no fault touched its client's
+    /// link since the call began (or since its file handle was opened).
+    LostWithoutFault,
+    /// A run whose faults cannot cost a session (`Faults::loses_no_session`) lost a link or a
+    /// session, or has a call of unknown outcome.
+    SessionLost,
 }
 
 impl std::fmt::Display for Violation {
@@ -213,7 +300,21 @@ pub struct SimStats {
     /// Server crashes that were power losses (in the middle of a commit, or between two when the
     /// server wrote nothing for a while).
     pub power_losses: u64,
+    /// Long delays (every message of one client's link held, then delivered).
+    pub delays: u64,
+    /// One-way faults that dropped the messages of one direction.
+    pub oneway_drops: u64,
+    /// One-way faults that held the messages of one direction.
+    pub oneway_holds: u64,
+    /// Sessions the workload opened (one per client, and one more after each client crash or
+    /// call of unknown outcome).
     pub sessions: u64,
+    /// Connections a client saw close under it (`LinkEvent::Lost`; its own closes and crashes not
+    /// counted).
+    pub links_lost: u64,
+    /// Sessions the server no longer knew when their client came back, which the client replaced
+    /// (`LinkEvent::NewSession`).
+    pub sessions_replaced: u64,
     pub simulated: Duration,
 }
 
@@ -295,6 +396,7 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
     let medium = disk::Medium::new(config.seed ^ 0xd15c_0000);
     let disk = medium.clone();
     sim.host(SERVER_HOST, move || serve(data.clone(), bugs, disk.clone()));
+    let valves: Vec<Arc<workload::Valves>> = (0..config.clients).map(|_| Arc::default()).collect();
     for client in 0..config.clients {
         let plan = workload::Plan {
             client,
@@ -303,13 +405,19 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
             faults: config.faults.clone(),
             bugs,
             think_max: config.think_max,
+            tasks: config.tasks.max(1),
             recorder: recorder.clone(),
+            valves: valves[client as usize].clone(),
         };
         sim.client(workload::host_name(client), workload::run(plan));
     }
 
     let mut faults = Rng::new(config.seed ^ 0xfa17_5eed);
-    let mut partitions: Vec<(u32, Duration)> = Vec::new();
+    // The long delays and one-way faults draw from a stream of their own, so that turning them
+    // off gives a seed the run it had before they existed.
+    let mut link_faults = Rng::new(config.seed ^ 0x114e_de1a);
+    // The link faults under way: which client's, until when, and what.
+    let mut faulted: Vec<(u32, Duration, LinkFault)> = Vec::new();
     let mut server_down_until: Option<Duration> = None;
     // When a power loss was armed: it happens at the latest `POWER_LOSS_WAIT_MAX` later.
     let mut armed_at: Option<Duration> = None;
@@ -320,14 +428,20 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
             Err(error) => return Err(SimError::Turmoil(error.to_string())),
         }
         let now = sim.elapsed();
-        // Heal the partitions that are over.
-        partitions.retain(|&(client, until)| {
-            if now >= until {
-                sim.repair(workload::host_name(client), SERVER_HOST);
-                false
-            } else {
-                true
+        // End the link faults that are over.
+        faulted.retain(|&(client, until, fault)| {
+            if now < until {
+                return true;
             }
+            let host = workload::host_name(client);
+            match fault {
+                LinkFault::Partition => sim.repair(host, SERVER_HOST),
+                LinkFault::Delay => sim.release(host, SERVER_HOST),
+                LinkFault::Dropped(Direction::Up) => sim.repair_oneway(host, SERVER_HOST),
+                LinkFault::Dropped(Direction::Down) => sim.repair_oneway(SERVER_HOST, host),
+                LinkFault::Held(_) => valves[client as usize].open(),
+            }
+            false
         });
         if server_down_until.is_some_and(|until| now >= until) {
             medium.restore_power();
@@ -363,18 +477,59 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
                 recorder.lock().expect("recorder").stats.server_crashes += 1;
             }
         }
-        // Once per simulated 100 ms, maybe start one.
+        // Once per simulated 100 ms, maybe start one. (One fault per link at a time: turmoil
+        // does not combine its holds with one-way partitions.)
         if now.as_millis() % 100 == 0
             && config.faults.partition_rate > 0.0
             && config.clients > 0
             && faults.chance(config.faults.partition_rate / 10.0)
         {
             let client = faults.below(u64::from(config.clients)) as u32;
-            if !partitions.iter().any(|&(cut, _)| cut == client) {
+            if !faulted.iter().any(|&(cut, _, _)| cut == client) {
                 let length = config.faults.partition_max.mul_f64(faults.unit());
                 sim.partition(workload::host_name(client), SERVER_HOST);
-                partitions.push((client, now + length));
+                faulted.push((client, now + length, LinkFault::Partition));
                 recorder.lock().expect("recorder").stats.partitions += 1;
+            }
+        }
+        if now.as_millis() % 100 == 20
+            && config.faults.delay_rate > 0.0
+            && config.clients > 0
+            && link_faults.chance(config.faults.delay_rate / 10.0)
+        {
+            let client = link_faults.below(u64::from(config.clients)) as u32;
+            let length = config.faults.delay_max.mul_f64(link_faults.unit());
+            if !faulted.iter().any(|&(cut, _, _)| cut == client) {
+                sim.hold(workload::host_name(client), SERVER_HOST);
+                faulted.push((client, now + length, LinkFault::Delay));
+                recorder.lock().expect("recorder").stats.delays += 1;
+            }
+        }
+        if now.as_millis() % 100 == 70
+            && config.faults.oneway_rate > 0.0
+            && config.clients > 0
+            && link_faults.chance(config.faults.oneway_rate / 10.0)
+        {
+            let client = link_faults.below(u64::from(config.clients)) as u32;
+            let length = config.faults.oneway_max.mul_f64(link_faults.unit());
+            let direction = if link_faults.chance(0.5) { Direction::Up } else { Direction::Down };
+            let drop = !link_faults.chance(config.faults.oneway_hold_share);
+            if !faulted.iter().any(|&(cut, _, _)| cut == client) {
+                let host = workload::host_name(client);
+                let mut recorder = recorder.lock().expect("recorder");
+                let fault = if drop {
+                    match direction {
+                        Direction::Up => sim.partition_oneway(host, SERVER_HOST),
+                        Direction::Down => sim.partition_oneway(SERVER_HOST, host),
+                    }
+                    recorder.stats.oneway_drops += 1;
+                    LinkFault::Dropped(direction)
+                } else {
+                    valves[client as usize].hold(direction);
+                    recorder.stats.oneway_holds += 1;
+                    LinkFault::Held(direction)
+                };
+                faulted.push((client, now + length, fault));
             }
         }
     }
@@ -383,6 +538,14 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
     recorder.stats.simulated = sim.elapsed();
     drop(sim);
     let mut violations = std::mem::take(&mut recorder.violations);
+    let stats = &recorder.stats;
+    if config.faults.loses_no_session() && (stats.links_lost > 0 || stats.sessions_replaced > 0 || stats.unknown > 0) {
+        let text = format!(
+            "a run whose faults cannot cost a session lost {} links and {} sessions, and has {} calls of unknown outcome",
+            stats.links_lost, stats.sessions_replaced, stats.unknown
+        );
+        violations.push(Violation { kind: ViolationKind::SessionLost, text });
+    }
     if let Err(error) = checker::check(&phases::split(&recorder.history)) {
         let kind = match &error {
             checker::CheckError::NotLinearizable(_) => ViolationKind::NotLinearizable,
@@ -391,6 +554,28 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
         violations.push(Violation { kind, text: error.to_string() });
     }
     Ok(SimReport { seed: config.seed, history: recorder.history, violations, stats: recorder.stats })
+}
+
+/// A fault on the link between one client and the server, from its start until it ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LinkFault {
+    /// Both ways, messages dropped.
+    Partition,
+    /// Both ways, messages held, then delivered.
+    Delay,
+    /// One way, messages dropped (the other way flows).
+    Dropped(Direction),
+    /// One way, messages held (the other way flows).
+    Held(Direction),
+}
+
+/// A direction of a client's link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Direction {
+    /// Client to server.
+    Up,
+    /// Server to client.
+    Down,
 }
 
 /// Where a run keeps its server's store: memory-backed if the machine has it (fsync is then
@@ -405,6 +590,7 @@ fn scratch_dir() -> std::io::Result<tempfile::TempDir> {
 async fn serve(data: PathBuf, bugs: Bugs, medium: Arc<disk::Medium>) -> turmoil::Result {
     let mut config = rustre_server::ServerConfig::new(&data);
     config.inline_commits = true;
+    config.lease_timeout = LEASE_TIMEOUT;
     // The simulated clients act as root.
     config.root_squash = rustre_server::RootSquash::Off;
     config.clock = Arc::new(SimClock);

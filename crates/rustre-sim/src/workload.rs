@@ -2,14 +2,16 @@
 //! recorded with its outcome, through sessions that break, crash and come back.
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 
 use rustre_client::rustre_proto::{Errno, FileKind, RenameMode};
-use rustre_client::{Client, ClientConfig, Connector, File, OpenOptions};
+use rustre_client::{Client, ClientConfig, Connector, File, LinkEvent, OpenOptions};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::history::{Call, ClientId, Event, HandleId, Kind, Outcome, READ_LEN, Value};
-use crate::{Bugs, CALL_TIME_MAX, Faults, SERVER_HOST, SERVER_PORT, Shared};
+use crate::{Bugs, CALL_TIME_MAX, Direction, Faults, SERVER_HOST, SERVER_PORT, Shared, Violation, ViolationKind};
 
 /// Files one client holds open at most.
 const HANDLES_MAX: usize = 2;
@@ -17,6 +19,9 @@ const HANDLES_MAX: usize = 2;
 const RECONNECT_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
 /// Connection attempts in a row before the client gives up (the run then reports it).
 const CONNECT_ATTEMPTS_MAX: u32 = 200;
+/// Chance per write that a connection drops with no fault behind it, with the planted bug
+/// `Bugs::drop_connections`.
+const PLANTED_DROP_RATE: f64 = 0.002;
 
 /// Directories where names are made, and the names: few, so calls collide.
 /// (The root is listed thrice and `/d` twice: calls land there more often.)
@@ -71,61 +76,177 @@ pub(crate) struct Plan {
     pub faults: Faults,
     pub bugs: Bugs,
     pub think_max: std::time::Duration,
+    /// Tasks making calls at once through the client's one `Client` (one session, one cache).
+    pub tasks: u32,
     pub recorder: Shared,
+    /// The one-way holds of this client's connections, which the simulator opens and closes.
+    pub valves: Arc<Valves>,
 }
 
 struct Open {
     id: HandleId,
     file: File,
     writable: bool,
+    /// The client's link events (`LinkEvents::seen`) when the handle was opened: a failure for
+    /// want of a session is unknown only if a fault came since.
+    opened_at: u64,
 }
 
-/// The client host's software.
-pub(crate) async fn run(plan: Plan) -> turmoil::Result {
-    let mut rng = Rng::new(plan.seed ^ (u64::from(plan.client) + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
-    let mut session: Option<Client> = None;
-    let mut handles: Vec<Open> = Vec::new();
-    let mut next_handle = 0;
-    let mut sessions = 0u64;
-    for step in 0..plan.steps {
-        if session.is_none() {
-            handles.clear();
-            session = Some(connect(&plan, &mut rng, sessions).await?);
-            sessions += 1;
-            plan.recorder.lock().expect("recorder").stats.sessions += 1;
+/// What happened to one client host's links, over all its sessions: every event the link hook
+/// reported, counted, so a call can tell whether a fault touched its link while it ran.
+#[derive(Default)]
+struct LinkEvents {
+    seen: AtomicU64,
+}
+
+impl LinkEvents {
+    fn seen(&self) -> u64 {
+        self.seen.load(Ordering::Relaxed)
+    }
+}
+
+/// What the tasks of one client host share: the session (one `Client`, so one cache) and what
+/// happened to its links.
+struct Host {
+    /// The session in use and its generation (one more for each new session), or none until
+    /// the next call makes one.
+    session: std::sync::Mutex<Option<(u64, Client)>>,
+    /// Held while a task makes a new session, so the others wait for it rather than make theirs.
+    connecting: tokio::sync::Mutex<()>,
+    /// Sessions made so far (the next one's generation).
+    sessions: AtomicU64,
+    links: Arc<LinkEvents>,
+    /// Tasks still making calls; the last one to finish ends the session.
+    running: AtomicU64,
+}
+
+impl Host {
+    fn session(&self) -> std::sync::MutexGuard<'_, Option<(u64, Client)>> {
+        self.session.lock().expect("session lock")
+    }
+
+    /// Drops the session of `generation` (if it is still the one in use): the next call makes
+    /// a new one.
+    fn retire(&self, generation: u64) {
+        let mut session = self.session();
+        if session.as_ref().is_some_and(|(current, _)| *current == generation) {
+            *session = None;
         }
-        let client = session.clone().expect("connected");
+    }
+}
+
+/// The client host's software: `Plan::tasks` tasks making calls through one shared `Client`.
+pub(crate) async fn run(plan: Plan) -> turmoil::Result {
+    let plan = Arc::new(plan);
+    let host = Arc::new(Host {
+        session: std::sync::Mutex::new(None),
+        connecting: tokio::sync::Mutex::new(()),
+        sessions: AtomicU64::new(0),
+        links: Arc::default(),
+        running: AtomicU64::new(u64::from(plan.tasks)),
+    });
+    // The host's tasks run on turmoil's local task set, as the host's own software does.
+    let others: Vec<tokio::task::JoinHandle<turmoil::Result>> =
+        (1..plan.tasks).map(|task| tokio::task::spawn_local(run_task(plan.clone(), host.clone(), task))).collect();
+    let mut result = run_task(plan.clone(), host.clone(), 0).await;
+    for other in others {
+        let joined = match other.await {
+            Ok(done) => done,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(error) => Err(error.to_string().into()),
+        };
+        if result.is_ok() {
+            result = joined;
+        }
+    }
+    result
+}
+
+/// The task seed: task 0 draws as a client with one task always did, so its runs are unchanged.
+fn task_rng(plan: &Plan, task: u32) -> Rng {
+    let seed = plan.seed ^ (u64::from(plan.client) + 1).wrapping_mul(0x2545_f491_4f6c_dd1d);
+    Rng::new(seed ^ u64::from(task).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+/// Bits of a handle id below the task's number (the handle's sequence number within its task).
+const HANDLE_TASK_SHIFT: u32 = 24;
+
+/// One task of a client host: `Plan::steps` calls, each recorded with its outcome.
+async fn run_task(plan: Arc<Plan>, host: Arc<Host>, task: u32) -> turmoil::Result {
+    let mut rng = task_rng(&plan, task);
+    let mut handles: Vec<Open> = Vec::new();
+    // The session the handles were opened in.
+    let mut handles_of = u64::MAX;
+    let mut next_handle = 0;
+    let links = host.links.clone();
+    for step in 0..plan.steps {
+        // Handles of a session no longer in use go before a new one is made (dropped, each
+        // closes in the background on its old session).
+        if host.session().as_ref().map(|(generation, _)| *generation) != Some(handles_of) {
+            handles.clear();
+        }
+        let (mut generation, mut client) = session(&plan, &host, &mut rng).await?;
+        if generation != handles_of {
+            handles.clear();
+            handles_of = generation;
+        }
         let think = plan.think_max.as_millis() as u64;
         tokio::time::sleep(std::time::Duration::from_millis(rng.below(think + 1))).await;
+        // Another task may have crashed or retired the session meanwhile: the call goes on the
+        // session in use now (a call on a session crashed before it began would fail with no
+        // fault of its own).
+        if host.session().as_ref().map(|(current, _)| *current) != Some(generation) {
+            (generation, client) = session(&plan, &host, &mut rng).await?;
+            if generation != handles_of {
+                handles.clear();
+                handles_of = generation;
+            }
+        }
         if rng.chance(plan.faults.crash_rate) {
             // A crash: the session goes with its files open, and nothing is closed politely.
             for open in handles.drain(..) {
                 std::mem::forget(open.file);
             }
+            // The workload's own doing: not a link the client lost. But a fault for the calls
+            // other tasks have in flight on it.
+            client.set_link_hook(None);
+            links.seen.fetch_add(1, Ordering::Relaxed);
             client.crash();
-            session = None;
+            host.retire(generation);
             plan.recorder.lock().expect("recorder").stats.crashes += 1;
             continue;
         }
         next_handle += 1;
-        let handle = (u64::from(plan.client) << 32) | next_handle;
+        let handle = (u64::from(plan.client) << 32) | (u64::from(task) << HANDLE_TASK_SHIFT) | next_handle;
         let call = choose(&mut rng, &handles, handle);
         let invoked = plan.recorder.lock().expect("recorder").tick();
-        let performed = tokio::time::timeout(CALL_TIME_MAX, perform(&client, &call, &mut handles)).await;
+        let performed = tokio::time::timeout(CALL_TIME_MAX, perform(&client, &links, &call, &mut handles)).await;
+        let who = if plan.tasks > 1 {
+            format!("client {} task {task}", plan.client)
+        } else {
+            format!("client {}", plan.client)
+        };
         let outcome = match performed {
-            Ok(outcome) => outcome,
-            Err(_) => {
+            Ok(Performed::Known(outcome)) => outcome,
+            Ok(Performed::LostWithoutFault(errno)) => {
                 let mut recorder = plan.recorder.lock().expect("recorder");
                 let text = format!(
-                    "client {} step {step}: {call} did not finish within {CALL_TIME_MAX:?} of simulated time",
-                    plan.client
+                    "{who} step {step}: {call} failed with {} though no fault touched its link",
+                    Errno(errno).name()
                 );
-                recorder.violations.push(crate::Violation { kind: crate::ViolationKind::Stalled, text });
+                recorder.violations.push(Violation { kind: ViolationKind::LostWithoutFault, text });
+                Outcome::Err(errno)
+            }
+            Err(_) => {
+                let mut recorder = plan.recorder.lock().expect("recorder");
+                let text =
+                    format!("{who} step {step}: {call} did not finish within {CALL_TIME_MAX:?} of simulated time");
+                recorder.violations.push(Violation { kind: ViolationKind::Stalled, text });
                 Outcome::Unknown
             }
         };
         if outcome == Outcome::Unknown {
-            session = None; // a new session for what follows
+            host.retire(generation); // a new session for what follows
         } else {
             // The cache's own invariants, after every call (panics, with the seed, if broken).
             client.check_cache_invariants();
@@ -140,10 +261,50 @@ pub(crate) async fn run(plan: Plan) -> turmoil::Result {
         }
         recorder.history.push(Event { client: plan.client, call, outcome, invoked, returned });
     }
-    if let Some(client) = session {
+    if host.running.fetch_sub(1, Ordering::Relaxed) == 1
+        && let Some((_, client)) = host.session().take()
+    {
+        client.set_link_hook(None);
         client.close();
     }
     Ok(())
+}
+
+/// The host's session, made (through `rng`'s streams) if there is none.
+async fn session(plan: &Plan, host: &Host, rng: &mut Rng) -> turmoil::Result<(u64, Client)> {
+    if let Some(session) = host.session().clone() {
+        return Ok(session);
+    }
+    let _connecting = host.connecting.lock().await;
+    if let Some(session) = host.session().clone() {
+        return Ok(session); // another task made it meanwhile
+    }
+    let generation = host.sessions.fetch_add(1, Ordering::Relaxed);
+    let client = connect(plan, rng, generation).await?;
+    client.set_link_hook(Some(link_hook(&host.links, &plan.recorder)));
+    plan.recorder.lock().expect("recorder").stats.sessions += 1;
+    *host.session() = Some((generation, client.clone()));
+    Ok((generation, client))
+}
+
+/// Counts what happens to a client's link, in `links` and in the run's figures.
+fn link_hook(links: &Arc<LinkEvents>, recorder: &Shared) -> rustre_client::LinkHook {
+    let (links, recorder) = (links.clone(), recorder.clone());
+    Arc::new(move |event: &LinkEvent| {
+        // Only what happens to the connection and the session (not, say, news of a suspended
+        // machine, which costs no session).
+        if !matches!(event, LinkEvent::Lost | LinkEvent::Resumed { .. } | LinkEvent::NewSession) {
+            return;
+        }
+        links.seen.fetch_add(1, Ordering::Relaxed);
+        let mut recorder = recorder.lock().expect("recorder");
+        if *event == LinkEvent::Lost {
+            recorder.stats.links_lost += 1;
+        }
+        if *event == LinkEvent::NewSession {
+            recorder.stats.sessions_replaced += 1;
+        }
+    })
 }
 
 async fn connect(plan: &Plan, rng: &mut Rng, sessions: u64) -> turmoil::Result<Client> {
@@ -158,12 +319,16 @@ async fn connect(plan: &Plan, rng: &mut Rng, sessions: u64) -> turmoil::Result<C
     // the first; their randomness comes from this client's seed, so a run replays exactly.
     let streams = std::sync::Arc::new(std::sync::Mutex::new(Rng::new(rng.next_u64())));
     let (break_rate, recorder) = (plan.faults.break_rate, plan.recorder.clone());
+    let drop_rate = if plan.bugs.drop_connections { PLANTED_DROP_RATE } else { 0.0 };
+    let valves = plan.valves.clone();
     let faulty = move |stream: turmoil::net::TcpStream, seed: u64| FaultyStream {
         inner: stream,
         rng: Rng::new(seed),
         break_rate,
+        drop_rate,
         broken: false,
         recorder: recorder.clone(),
+        valves: valves.clone(),
     };
     let make = faulty.clone();
     let seeds = streams.clone();
@@ -261,22 +426,39 @@ fn attr(attr: &rustre_client::rustre_proto::Attr) -> Value {
     Value::Attr { kind: kind(attr.kind), size: attr.size, nlink: attr.nlink }
 }
 
-/// Makes the call and says what it answered. A lost session is `Unknown`: the call gave up on the
-/// server (ENOTCONN), or the server forgot the session (evicted) while a change was in flight or
-/// before a call on one of its handles (EIO).
-async fn perform(client: &Client, call: &Call, handles: &mut Vec<Open>) -> Outcome {
-    let session = client.session();
-    let outcome = perform_call(client, call, handles).await;
-    let handle_call = matches!(call, Call::Write { .. } | Call::Read { .. } | Call::Close { .. });
+/// What a call answered, as the history records it.
+enum Performed {
+    Known(Outcome),
+    /// It failed for want of a session (this errno) though no fault touched the link: a bug.
+    LostWithoutFault(i32),
+}
+
+/// Makes the call and says what it answered. A call that failed for want of a session (ENOTCONN:
+/// it gave up on the server; EIO: the server forgot the session while a change was in flight, or
+/// the call's file handle was lost with an old session) is `Unknown` if a fault touched the
+/// link since the call began, or since its handle was opened: the link was lost, resumed or
+/// replaced, or it is down now. Otherwise nothing excuses the failure.
+async fn perform(client: &Client, links: &LinkEvents, call: &Call, handles: &mut Vec<Open>) -> Performed {
+    let handle = match call {
+        Call::Write { handle, .. } | Call::Read { handle } | Call::Close { handle } => Some(*handle),
+        _ => None,
+    };
+    let opened_at = handle.and_then(|id| handles.iter().find(|open| open.id == id)).map(|open| open.opened_at);
+    let since = opened_at.unwrap_or(links.seen()).min(links.seen());
+    let outcome = perform_call(client, links, call, handles).await;
     match outcome {
-        Outcome::Err(errno) if errno == Errno::EIO.0 && (handle_call || client.session() != session) => {
-            Outcome::Unknown
+        Outcome::Err(errno) if errno == Errno::EIO.0 || errno == Errno::ENOTCONN.0 => {
+            if links.seen() != since || client.outage().is_some() {
+                Performed::Known(Outcome::Unknown)
+            } else {
+                Performed::LostWithoutFault(errno)
+            }
         }
-        outcome => outcome,
+        outcome => Performed::Known(outcome),
     }
 }
 
-async fn perform_call(client: &Client, call: &Call, handles: &mut Vec<Open>) -> Outcome {
+async fn perform_call(client: &Client, links: &LinkEvents, call: &Call, handles: &mut Vec<Open>) -> Outcome {
     let result: rustre_client::Result<Value> = match call {
         Call::Open { path, write, create, exclusive, truncate, handle } => {
             let mut options = OpenOptions::new();
@@ -286,9 +468,10 @@ async fn perform_call(client: &Client, call: &Call, handles: &mut Vec<Open>) -> 
             } else {
                 options.create(*create);
             }
+            let opened_at = links.seen();
             client.open(path, &options).await.map(|file| {
                 let value = Value::Opened { created: file.created(), size: file.cached_attr().size };
-                handles.push(Open { id: *handle, file, writable: *write });
+                handles.push(Open { id: *handle, file, writable: *write, opened_at });
                 value
             })
         }
@@ -330,19 +513,80 @@ async fn perform_call(client: &Client, call: &Call, handles: &mut Vec<Open>) -> 
     };
     match result {
         Ok(value) => Outcome::Ok(value),
-        Err(error) if error.errno == Errno::ENOTCONN => Outcome::Unknown,
         Err(error) => Outcome::Err(error.errno.0),
     }
 }
 
+/// The one-way holds of one client's connections: while a direction is held, what the client
+/// writes (up) or what it would read (down) waits, and the other direction flows. Shared by every
+/// connection of the client host, so a connection made during a hold is held too.
+#[derive(Default)]
+pub(crate) struct Valves {
+    state: std::sync::Mutex<ValveState>,
+}
+
+#[derive(Default)]
+struct ValveState {
+    up_held: bool,
+    down_held: bool,
+    /// The streams waiting for a hold to end.
+    waiting: Vec<Waker>,
+}
+
+impl Valves {
+    fn state(&self) -> std::sync::MutexGuard<'_, ValveState> {
+        self.state.lock().expect("valves lock")
+    }
+
+    /// Holds one direction until `open`.
+    pub(crate) fn hold(&self, direction: Direction) {
+        let mut state = self.state();
+        match direction {
+            Direction::Up => state.up_held = true,
+            Direction::Down => state.down_held = true,
+        }
+    }
+
+    /// Ends every hold, and wakes what waited.
+    pub(crate) fn open(&self) {
+        let mut state = self.state();
+        state.up_held = false;
+        state.down_held = false;
+        for waker in state.waiting.drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// Ready when `direction` flows; otherwise `cx` is woken when it does.
+    fn poll_flowing(&self, direction: Direction, cx: &Context<'_>) -> Poll<()> {
+        let mut state = self.state();
+        let held = match direction {
+            Direction::Up => state.up_held,
+            Direction::Down => state.down_held,
+        };
+        if !held {
+            return Poll::Ready(());
+        }
+        if !state.waiting.iter().any(|waiting| waiting.will_wake(cx.waker())) {
+            state.waiting.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
 /// Our own fault layer under a client's connection: on a random write the connection breaks
-/// (every later read and write fails), as a reset would.
+/// (every later read and write fails), as a reset would; and one direction waits while the
+/// simulator holds it (`Valves`).
 struct FaultyStream {
     inner: turmoil::net::TcpStream,
     rng: Rng,
     break_rate: f64,
+    /// Chance per write of a break that is no fault of the simulator's (`Bugs::drop_connections`):
+    /// not counted, and no excuse for a lost session.
+    drop_rate: f64,
     broken: bool,
     recorder: Shared,
+    valves: Arc<Valves>,
 }
 
 impl FaultyStream {
@@ -356,6 +600,9 @@ impl AsyncRead for FaultyStream {
         if self.broken {
             return Poll::Ready(Err(FaultyStream::reset()));
         }
+        if self.valves.poll_flowing(Direction::Down, cx).is_pending() {
+            return Poll::Pending;
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -363,10 +610,17 @@ impl AsyncRead for FaultyStream {
 impl AsyncWrite for FaultyStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         if !self.broken {
+            if self.valves.poll_flowing(Direction::Up, cx).is_pending() {
+                return Poll::Pending;
+            }
             let rate = self.break_rate;
             if self.rng.chance(rate) {
                 self.broken = true;
                 self.recorder.lock().expect("recorder").stats.breaks += 1;
+            }
+            let drop_rate = self.drop_rate;
+            if !self.broken && self.rng.chance(drop_rate) {
+                self.broken = true;
             }
         }
         if self.broken {
@@ -378,6 +632,9 @@ impl AsyncWrite for FaultyStream {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         if self.broken {
             return Poll::Ready(Err(FaultyStream::reset()));
+        }
+        if self.valves.poll_flowing(Direction::Up, cx).is_pending() {
+            return Poll::Pending;
         }
         Pin::new(&mut self.inner).poll_flush(cx)
     }
