@@ -25,6 +25,10 @@ pub struct SimArgs {
     /// --steps calls).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
     tasks: u32,
+    /// How many of the clients are mounts: their stats go through a model of the kernel's
+    /// caches fed by the mount's own revocation hooks, and their caches are small.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=32))]
+    mounts: u32,
     /// Most think time of a client between two calls, in milliseconds.
     #[arg(long, default_value_t = rustre_sim::THINK_MAX_DEFAULT.as_millis() as u64, value_name = "MS")]
     think_ms: u64,
@@ -92,6 +96,10 @@ enum Plant {
     AckBeforeDurable,
     /// Connections drop now and then with no fault behind them.
     DropConnections,
+    /// A mount's client gives leases back without dropping its kernel's copies first.
+    ReleaseBehindKernel,
+    /// A mount's revocation hook never reaches its kernel.
+    SkipKernelNotifications,
 }
 
 fn parse_range(text: &str) -> anyhow::Result<std::ops::Range<u64>> {
@@ -130,16 +138,27 @@ impl SimArgs {
             no_stale_retry: matches!(self.plant, Some(Plant::NoStaleRetry)),
             ack_before_durable: matches!(self.plant, Some(Plant::AckBeforeDurable)),
             drop_connections: matches!(self.plant, Some(Plant::DropConnections)),
+            release_behind_kernel: matches!(self.plant, Some(Plant::ReleaseBehindKernel)),
+            skip_kernel_notifications: matches!(self.plant, Some(Plant::SkipKernelNotifications)),
         };
         let think_max = Duration::from_millis(self.think_ms);
-        SimConfig { seed, clients: self.clients, tasks: self.tasks, steps: self.steps, think_max, faults, bugs }
+        SimConfig {
+            seed,
+            clients: self.clients,
+            tasks: self.tasks,
+            steps: self.steps,
+            mounts: self.mounts,
+            think_max,
+            faults,
+            bugs,
+        }
     }
 
     /// The command line that replays `seed` with the same options.
     fn replay(&self, seed: u64) -> String {
         let mut line = format!(
-            "rustre sim --seed {seed} --steps {} --clients {} --tasks {} --think-ms {}",
-            self.steps, self.clients, self.tasks, self.think_ms
+            "rustre sim --seed {seed} --steps {} --clients {} --tasks {} --mounts {} --think-ms {}",
+            self.steps, self.clients, self.tasks, self.mounts, self.think_ms
         );
         if self.no_faults {
             line += &format!(" --no-faults --latency-ms {}", self.latency_ms);
@@ -270,6 +289,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<bool> {
                 totals.sessions += stats.sessions;
                 totals.sessions_replaced += stats.sessions_replaced;
                 totals.links_lost += stats.links_lost;
+                totals.kernel_hits += stats.kernel_hits;
                 totals.simulated += stats.simulated;
                 if report.passed() {
                     passed += 1;
@@ -290,12 +310,13 @@ pub fn run(args: SimArgs) -> anyhow::Result<bool> {
         }
     }
     println!(
-        "{} seeds in {:.1} s: {passed} passed, {} failed; {} calls ({} unknown), {} sessions ({} replaced), {} links lost; faults: {}; {:.0} s simulated",
+        "{} seeds in {:.1} s: {passed} passed, {} failed; {} calls ({} unknown), {} stats answered by a model kernel, {} sessions ({} replaced), {} links lost; faults: {}; {:.0} s simulated",
         seeds.end - seeds.start,
         started.elapsed().as_secs_f64(),
         failed.len(),
         totals.calls,
         totals.unknown,
+        totals.kernel_hits,
         totals.sessions,
         totals.sessions_replaced,
         totals.links_lost,

@@ -40,6 +40,7 @@
 pub mod checker;
 mod disk;
 pub mod history;
+mod kernel;
 pub mod model;
 mod phases;
 mod workload;
@@ -196,6 +197,12 @@ pub struct Bugs {
     /// A client's connection drops now and then with no fault behind it, as a regression that
     /// loses links or sessions would: a run without faults must notice (`SessionLost`).
     pub drop_connections: bool,
+    /// A mount's client gives leases back without first dropping the kernel's copies
+    /// (`ClientConfig::release_through_hook` off): race 13.
+    pub release_behind_kernel: bool,
+    /// A mount's kernel never gets the revocation hook's notifications
+    /// (`MountConfig::fault_skip_kernel_notifications`).
+    pub skip_kernel_notifications: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -208,6 +215,10 @@ pub struct SimConfig {
     pub tasks: u32,
     /// Calls each task of each client makes.
     pub steps: u32,
+    /// The first this many clients are mounts: their stats go through a model of the kernel's
+    /// caches (`kernel.rs`) fed by the mount's own hooks, and their caches are small
+    /// (`MOUNT_CACHE_ENTRIES`), so leases are given back while the kernel holds copies.
+    pub mounts: u32,
     /// Most think time of a client between two calls (simulated; uniform up to this), so runs
     /// last long enough for partitions and lease timeouts to matter.
     pub think_max: Duration,
@@ -222,6 +233,7 @@ impl SimConfig {
             clients: 3,
             tasks: 1,
             steps: 100,
+            mounts: 1,
             think_max: THINK_MAX_DEFAULT,
             faults: Faults::default(),
             bugs: Bugs::default(),
@@ -315,6 +327,8 @@ pub struct SimStats {
     /// Sessions the server no longer knew when their client came back, which the client replaced
     /// (`LinkEvent::NewSession`).
     pub sessions_replaced: u64,
+    /// Stats a mount's model kernel answered from its own caches, without asking the client.
+    pub kernel_hits: u64,
     pub simulated: Duration,
 }
 
@@ -406,6 +420,7 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
             bugs,
             think_max: config.think_max,
             tasks: config.tasks.max(1),
+            mount: client < config.mounts,
             recorder: recorder.clone(),
             valves: valves[client as usize].clone(),
         };

@@ -78,6 +78,8 @@ pub(crate) struct Plan {
     pub think_max: std::time::Duration,
     /// Tasks making calls at once through the client's one `Client` (one session, one cache).
     pub tasks: u32,
+    /// The host is a mount: stats go through a model of the kernel's caches.
+    pub mount: bool,
     pub recorder: Shared,
     /// The one-way holds of this client's connections, which the simulator opens and closes.
     pub valves: Arc<Valves>,
@@ -118,6 +120,9 @@ struct Host {
     links: Arc<LinkEvents>,
     /// Tasks still making calls; the last one to finish ends the session.
     running: AtomicU64,
+    /// A mount's kernel, made with each session (a new session is a new mount: the old mount's
+    /// process crashed or gave up, and its kernel state went with it).
+    kernel: std::sync::Mutex<Option<(u64, Arc<crate::kernel::ModelKernel>)>>,
 }
 
 impl Host {
@@ -144,6 +149,7 @@ pub(crate) async fn run(plan: Plan) -> turmoil::Result {
         sessions: AtomicU64::new(0),
         links: Arc::default(),
         running: AtomicU64::new(u64::from(plan.tasks)),
+        kernel: std::sync::Mutex::new(None),
     });
     // The host's tasks run on turmoil's local task set, as the host's own software does.
     let others: Vec<tokio::task::JoinHandle<turmoil::Result>> =
@@ -167,6 +173,10 @@ fn task_rng(plan: &Plan, task: u32) -> Rng {
     let seed = plan.seed ^ (u64::from(plan.client) + 1).wrapping_mul(0x2545_f491_4f6c_dd1d);
     Rng::new(seed ^ u64::from(task).wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
+
+/// Leases a mount's client caches: few, so that the workload's names overflow it and leases are
+/// given back while the model kernel holds copies under them (race 13).
+const MOUNT_CACHE_ENTRIES: usize = 8;
 
 /// Bits of a handle id below the task's number (the handle's sequence number within its task).
 const HANDLE_TASK_SHIFT: u32 = 24;
@@ -220,7 +230,14 @@ async fn run_task(plan: Arc<Plan>, host: Arc<Host>, task: u32) -> turmoil::Resul
         let handle = (u64::from(plan.client) << 32) | (u64::from(task) << HANDLE_TASK_SHIFT) | next_handle;
         let call = choose(&mut rng, &handles, handle);
         let invoked = plan.recorder.lock().expect("recorder").tick();
-        let performed = tokio::time::timeout(CALL_TIME_MAX, perform(&client, &links, &call, &mut handles)).await;
+        let kernel = host.kernel.lock().expect("kernel lock").clone();
+        let kernel = kernel.filter(|(made, _)| *made == generation).map(|(_, kernel)| kernel);
+        let through = Through { client: &client, kernel: kernel.as_deref() };
+        let hits = kernel.as_ref().map_or(0, |kernel| kernel.hits());
+        let performed = tokio::time::timeout(CALL_TIME_MAX, perform(through, &links, &call, &mut handles)).await;
+        if let Some(kernel) = &kernel {
+            plan.recorder.lock().expect("recorder").stats.kernel_hits += kernel.hits() - hits;
+        }
         let who = if plan.tasks > 1 {
             format!("client {} task {task}", plan.client)
         } else {
@@ -281,7 +298,14 @@ async fn session(plan: &Plan, host: &Host, rng: &mut Rng) -> turmoil::Result<(u6
     }
     let generation = host.sessions.fetch_add(1, Ordering::Relaxed);
     let client = connect(plan, rng, generation).await?;
-    client.set_link_hook(Some(link_hook(&host.links, &plan.recorder)));
+    let counting = link_hook(&host.links, &plan.recorder);
+    if plan.mount {
+        let (kernel, mirror) = crate::kernel::ModelKernel::mount(&client, plan.bugs.skip_kernel_notifications);
+        client.set_link_hook(Some(crate::kernel::both(mirror, counting)));
+        *host.kernel.lock().expect("kernel lock") = Some((generation, Arc::new(kernel)));
+    } else {
+        client.set_link_hook(Some(counting));
+    }
     plan.recorder.lock().expect("recorder").stats.sessions += 1;
     *host.session() = Some((generation, client.clone()));
     Ok((generation, client))
@@ -311,6 +335,11 @@ async fn connect(plan: &Plan, rng: &mut Rng, sessions: u64) -> turmoil::Result<C
     let config = ClientConfig {
         client_name: format!("{} session {sessions}", host_name(plan.client)),
         retry_stale_by_name: !plan.bugs.no_stale_retry,
+        // A mount's cache is small, so it gives leases back while its kernel holds copies.
+        cache_entries_max: if plan.mount { MOUNT_CACHE_ENTRIES } else { rustre_client::CACHE_ENTRIES_MAX },
+        release_through_hook: !(plan.mount && plan.bugs.release_behind_kernel),
+        // No suspensions unless a fault declares one (and no reading of the machine's clocks).
+        suspend_clock: Arc::new(rustre_client::ManualSuspendClock::default()),
         // A call gives up on a lost server well before the run calls it hung.
         reconnect_wait: CALL_TIME_MAX / 2,
         ..ClientConfig::default()
@@ -438,14 +467,22 @@ enum Performed {
 /// the call's file handle was lost with an old session) is `Unknown` if a fault touched the
 /// link since the call began, or since its handle was opened: the link was lost, resumed or
 /// replaced, or it is down now. Otherwise nothing excuses the failure.
-async fn perform(client: &Client, links: &LinkEvents, call: &Call, handles: &mut Vec<Open>) -> Performed {
+/// What a call goes through: the client, and for a mount its model kernel in front of it.
+#[derive(Clone, Copy)]
+struct Through<'a> {
+    client: &'a Client,
+    kernel: Option<&'a crate::kernel::ModelKernel>,
+}
+
+async fn perform(through: Through<'_>, links: &LinkEvents, call: &Call, handles: &mut Vec<Open>) -> Performed {
+    let client = through.client;
     let handle = match call {
         Call::Write { handle, .. } | Call::Read { handle } | Call::Close { handle } => Some(*handle),
         _ => None,
     };
     let opened_at = handle.and_then(|id| handles.iter().find(|open| open.id == id)).map(|open| open.opened_at);
     let since = opened_at.unwrap_or(links.seen()).min(links.seen());
-    let outcome = perform_call(client, links, call, handles).await;
+    let outcome = perform_call(through, links, call, handles).await;
     match outcome {
         Outcome::Err(errno) if errno == Errno::EIO.0 || errno == Errno::ENOTCONN.0 => {
             if links.seen() != since || client.outage().is_some() {
@@ -458,7 +495,34 @@ async fn perform(client: &Client, links: &LinkEvents, call: &Call, handles: &mut
     }
 }
 
-async fn perform_call(client: &Client, links: &LinkEvents, call: &Call, handles: &mut Vec<Open>) -> Outcome {
+async fn perform_call(through: Through<'_>, links: &LinkEvents, call: &Call, handles: &mut Vec<Open>) -> Outcome {
+    let Some(kernel) = through.kernel else { return perform_library_call(through, links, call, handles).await };
+    // A mount: the kernel mirrors its own changes (`ModelKernel::own_change`) once answered.
+    let _renaming = matches!(call, Call::Rename { .. }).then(|| kernel.renaming());
+    let outcome = perform_library_call(through, links, call, handles).await;
+    let last = |path: &str| path.rsplit('/').next().unwrap_or("").to_string();
+    let touched: Vec<String> = match call {
+        Call::Unlink { path } | Call::Rmdir { path } | Call::Mkdir { path } | Call::Symlink { path, .. } => {
+            vec![last(path)]
+        }
+        Call::Open { path, create: true, .. } => vec![last(path)],
+        Call::Rename { from, to, .. } => vec![last(from), last(to)],
+        Call::Link { to, .. } => vec![last(to)],
+        _ => Vec::new(),
+    };
+    if !touched.is_empty() {
+        kernel.own_change(&touched.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    outcome
+}
+
+async fn perform_library_call(
+    through: Through<'_>,
+    links: &LinkEvents,
+    call: &Call,
+    handles: &mut Vec<Open>,
+) -> Outcome {
+    let client = through.client;
     let result: rustre_client::Result<Value> = match call {
         Call::Open { path, write, create, exclusive, truncate, handle } => {
             let mut options = OpenOptions::new();
@@ -500,7 +564,10 @@ async fn perform_call(client: &Client, links: &LinkEvents, call: &Call, handles:
         Call::Rmdir { path } => client.remove_dir(path).await.map(|()| Value::Done),
         Call::Link { from, to } => client.hard_link(from, to).await.map(|made| attr(&made)),
         Call::Symlink { target, path } => client.symlink(target, path).await.map(|made| attr(&made)),
-        Call::Stat { path } => client.stat(path).await.map(|found| attr(&found)),
+        Call::Stat { path } => match through.kernel {
+            Some(kernel) => kernel.stat(client, path).await.map(|found| attr(&found)),
+            None => client.stat(path).await.map(|found| attr(&found)),
+        },
         Call::Resolve { .. } | Call::Hop { .. } | Call::Follow { .. } | Call::Act { .. } => {
             unreachable!("the workload makes only client calls")
         }
