@@ -210,10 +210,19 @@ async fn control_grants_without_the_version_check_cache_a_renamed_name() {
 
 // Race 11 on the client: the reply to a lookup has arrived, but before its task caches the
 // answer, another client's unlink revokes the lease the reply granted. The revocation wins.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revocation_between_reply_and_insert_wins() {
+// `cache_unheld` plants the bug of caching under the revoked lease
+// (`ClientConfig::fault_cache_under_revoked_lease`). Returns A's stat of the removed file, and A.
+async fn stat_after_a_revocation_between_reply_and_insert(
+    cache_unheld: bool,
+) -> (rustre_client::Result<rustre_proto::Attr>, Client) {
     let server = TestServer::start().await;
-    let (a, pauses) = client_with_pauses(&server).await;
+    let pauses = Arc::new(PausePoints::default());
+    let config = ClientConfig {
+        pause_points: pauses.clone(),
+        fault_cache_under_revoked_lease: cache_unheld,
+        ..ClientConfig::default()
+    };
+    let a = Client::connect_with(&server.address, config).await.unwrap();
     let b = server.client().await;
     b.write("/f", b"x").await.unwrap();
     let paused = pauses.arm("client.lookup.before_insert");
@@ -227,31 +236,22 @@ async fn a_revocation_between_reply_and_insert_wins() {
     assert!(a.stats().revocations_received > revocations, "the unlink waited for a's acknowledgement");
     paused.release();
     assert!(lookup.await.unwrap().is_ok());
-    assert_errno(a.stat("/f").await, Errno::ENOENT);
+    (a.stat("/f").await, a)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_between_reply_and_insert_wins() {
+    let (stat, a) = stat_after_a_revocation_between_reply_and_insert(false).await;
+    assert_errno(stat, Errno::ENOENT);
     a.check_cache_invariants();
 }
 
-// The control of the test above: a client that caches what the reply carried although its
-// lease was revoked meanwhile (a planted bug) keeps answering the removed file.
+// The control: a client that caches what the reply carried although its lease was revoked
+// meanwhile keeps answering the removed file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_caching_under_a_revoked_lease_answers_a_removed_file() {
-    let server = TestServer::start().await;
-    let pauses = Arc::new(PausePoints::default());
-    let config =
-        ClientConfig { pause_points: pauses.clone(), fault_cache_under_revoked_lease: true, ..ClientConfig::default() };
-    let a = Client::connect_with(&server.address, config).await.unwrap();
-    let b = server.client().await;
-    b.write("/f", b"x").await.unwrap();
-    let paused = pauses.arm("client.lookup.before_insert");
-    let lookup = tokio::spawn({
-        let a = a.clone();
-        async move { a.stat("/f").await }
-    });
-    reach(&paused).await;
-    b.remove_file("/f").await.unwrap();
-    paused.release();
-    assert!(lookup.await.unwrap().is_ok());
-    assert!(a.stat("/f").await.is_ok(), "the planted bug went unseen: the removed file was not answered");
+    let (stat, _) = stat_after_a_revocation_between_reply_and_insert(true).await;
+    assert!(stat.is_ok(), "the planted bug went unseen: the removed file was not answered");
 }
 
 // Race 4: parallel lookups of one name on one client send one request; the others wait for it.
