@@ -263,14 +263,22 @@ pub(crate) fn detach(inner: &Arc<Inner>, session: Arc<Session>) {
     });
 }
 
-/// Ends a session: gives back its handles and pins, and forgets it in the store. Returns how
+/// Ends a session: forgets it in the store, then gives back its handles and pins. Returns how
 /// many handles it held.
+///
+/// In that order because a crash may come between the two. Forgotten first, a session whose
+/// handles are not yet given back is refused when it tries to resume (its in-flight call fails
+/// with EIO, of unknown outcome, as it should), and what it held goes anyway: handles and pins
+/// live in memory, and its orphans are removed at the end of the next recovery. The other order
+/// let an evicted session resume after the crash with `ONCE` rows about inodes its released
+/// handles had let go: a resent exclusive create found its recorded inode gone (ESTALE), was
+/// retried by name as a new request, and ran twice (simulator seed 1392).
 pub(crate) async fn end_session(inner: &Arc<Inner>, session: &Session) -> usize {
-    let released = close_session_handles(inner, session).await;
     let id = session.id;
     if let (Err(error), _) = apply(inner, inner.leases.begin_read(), move |ns, _, _| ns.forget_session(id)).await {
         tracing::error!(session = format_args!("{id:#x}"), %error, "forgetting an ended session");
     }
+    let released = close_session_handles(inner, session).await;
     if session.restored {
         session_back(inner, id).await;
     }

@@ -276,6 +276,10 @@ fn seeds_that_found_bugs_pass() {
     // client did not walk the path again (namespace.rs, `usable_directory`).
     reports.push(run(&found(81)));
     reports.push(run(&found(776)));
+    // Seed 1392: an evicted session whose end a server crash cut between giving back its
+    // handles and forgetting it resumed after the restart, and a resent exclusive create ran
+    // twice (recovery.rs, `end_session` now forgets first).
+    reports.push(run(&found(1392)));
     // Seed 1268: the checker's fault, not the server's. A stat whose walk was cut by a partition
     // looked up its last name 300 ticks after its first, inside a directory renamed meanwhile;
     // the model took each stretch of a walk between symlinks as one step (`phases.rs`, `hops`).
