@@ -54,6 +54,10 @@ pub struct SimArgs {
     /// keeps what was synced and part of the rest).
     #[arg(long, default_value_t = 0.5, value_name = "P")]
     power_loss_share: f64,
+    /// File data on the simulated disk too, so power losses hit it as well as the metadata (off
+    /// by default: it finds a size made durable before its data, fixed by a later issue)
+    #[arg(long)]
+    data_power_loss: bool,
     /// Chance per simulated second that every message between a client and the server is held
     /// for a while (a long delay, up to --delay-max-ms), then delivered.
     #[arg(long, default_value_t = rustre_sim::DELAY_RATE_DEFAULT, value_name = "P")]
@@ -126,6 +130,7 @@ impl SimArgs {
                 server_crash_rate: self.server_crash_rate,
                 server_down_max: Duration::from_secs(2),
                 power_loss_share: self.power_loss_share,
+                data_power_loss: self.data_power_loss,
                 delay_rate: self.delay_rate,
                 delay_max: Duration::from_millis(self.delay_max_ms),
                 oneway_rate: self.oneway_rate,
@@ -178,6 +183,9 @@ impl SimArgs {
                 self.oneway_max_ms,
                 self.oneway_hold_share
             );
+        }
+        if self.data_power_loss {
+            line += " --data-power-loss";
         }
         if let Some(plant) = self.plant {
             line += &format!(" --plant {}", plant.to_possible_value().expect("a visible value").get_name());

@@ -574,3 +574,45 @@ async fn a_writing_open_may_lease_the_attributes() {
     file.close().await.unwrap();
     a.check_cache_invariants();
 }
+
+// Found by the simulator (seed 9155): the same for a request by path (`AtPath`, the retry by
+// name), which a refusal answered at once: walking through a name another client had just made
+// a file, it answered ENOTDIR while A's cache, whose revocation was in flight, still said the
+// name did not exist. Here A caches /d as absent and holds back its acknowledgement of B's
+// create of the file /d; C's mkdir of /d/e by path must not answer before A has dropped its copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_by_path_waits_for_revocations_in_flight_on_what_it_walked() {
+    let server = TestServer::start().await;
+    let (a, pauses) = client_with_pauses(&server).await;
+    let b = server.client().await;
+    let c = server.client().await;
+    assert_errno(a.stat("/d").await, Errno::ENOENT); // cached: absent
+    let paused = pauses.arm("client.revoke.before_ack");
+    let made = tokio::spawn({
+        let b = b.clone();
+        async move { b.write("/d", b"a file").await }
+    });
+    reach(&paused).await;
+    let committed = server.server().commit_stats().operations;
+    let refused = tokio::spawn({
+        let c = c.clone();
+        async move {
+            let mkdir = rustre_proto::Op::Mkdir { parent: 0, name: b"e".to_vec(), perm: 0o755 };
+            let op = rustre_proto::Op::AtPath {
+                dir: vec![b"d".to_vec()],
+                new_dir: None,
+                follow_last: true,
+                op: Box::new(mkdir),
+            };
+            c.call(op, bytes::Bytes::new()).await
+        }
+    });
+    // As above: the time given a refusal that did not wait starts once the store has run it.
+    eventually("the store ran C's mkdir", || server.server().commit_stats().operations > committed).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!refused.is_finished(), "the refusal waits while A may still answer from its cache");
+    paused.release();
+    made.await.unwrap().unwrap();
+    assert_errno(refused.await.unwrap(), Errno::ENOTDIR);
+    assert_eq!(a.stat("/d").await.unwrap().kind, FileKind::Regular);
+}

@@ -399,3 +399,185 @@ async fn control_without_the_recovery_wait_a_returning_client_loses_its_file() {
     let error = read.expect_err("the handle of a destroyed file cannot be taken back");
     assert_eq!(error.errno, Errno::EIO, "{error}");
 }
+
+/// The wall clock, moved on by what a test says (the server's timestamps and recovery deadlines
+/// read it; its timers do not).
+#[derive(Default)]
+struct MovedClock(std::sync::atomic::AtomicU64);
+
+impl MovedClock {
+    fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_secs(), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl rustre_proto::clock::Clock for MovedClock {
+    fn now(&self) -> std::time::SystemTime {
+        std::time::SystemTime::now() + Duration::from_secs(self.0.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+// A server that restarts during recovery holds a session that never comes back (its client
+// crashed) to the deadline the first recovery gave it, not to a fresh grace at every start: a
+// crash loop shorter than the grace kept every change waiting for ever (simulator seeds 1094,
+// 2361). A session that did come back gets a whole grace again. The clock is moved past the
+// first deadline between the two restarts; the grace (600 s) is far longer than the test, so a
+// change that completes shows the missing session was let go at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_never_returns_keeps_its_first_recovery_deadline() {
+    let grace = Duration::from_secs(600);
+    let clock = Arc::new(MovedClock::default());
+    let configure = |config: &mut rustre_server::ServerConfig| {
+        config.recovery_grace = grace;
+        config.clock = clock.clone();
+    };
+    let mut server = TestServer::start_with(configure).await;
+    let proxy = Proxy::start(&server.address).await;
+    let lost = server.client().await;
+    lost.write("/f", b"held open").await.unwrap();
+    let returning = Client::connect(&proxy.address).await.unwrap();
+    let held = returning.open("/f", OpenOptions::new().read(true)).await.unwrap();
+    lost.crash();
+
+    server.restart_with(configure).await;
+    proxy.retarget(&server.address);
+    proxy.cut();
+    assert_eq!(held.read_at(0, 100).await.unwrap().as_ref(), b"held open", "taken back after the first restart");
+
+    clock.advance(grace + Duration::from_secs(1));
+    server.restart_with(configure).await;
+    proxy.retarget(&server.address);
+    proxy.cut();
+    assert_eq!(held.read_at(0, 100).await.unwrap().as_ref(), b"held open", "a fresh grace after the second");
+    let writer = server.client().await;
+    let mkdir = tokio::time::timeout(Duration::from_secs(60), writer.mkdir("/d", 0o755));
+    mkdir.await.expect("the crashed client's session was let go at its first deadline").unwrap();
+    writer.end().await;
+    returning.end().await;
+}
+
+/// Sends an open that creates `path` through `client`, whose reply the proxy loses, and waits
+/// until the server has made the file.
+async fn create_unanswered(
+    client: &Client,
+    server: &TestServer,
+    proxy: &Proxy,
+    path: &'static str,
+) -> tokio::task::JoinHandle<rustre_client::Result<rustre_client::File>> {
+    open_unanswered(client, server, proxy, path, OpenOptions::new().write(true).create_new(true).clone(), 1).await
+}
+
+/// Sends an open of `path` with `options` through `client`, whose reply the proxy loses, and
+/// waits until the server has committed its `steps` changes.
+async fn open_unanswered(
+    client: &Client,
+    server: &TestServer,
+    proxy: &Proxy,
+    path: &'static str,
+    options: OpenOptions,
+    steps: u64,
+) -> tokio::task::JoinHandle<rustre_client::Result<rustre_client::File>> {
+    proxy.lose_replies(true);
+    let before = server.server().commit_stats().operations;
+    let opener = client.clone();
+    let open = tokio::spawn(async move { opener.open(path, &options).await });
+    until_committed(server, before, steps).await;
+    proxy.lose_replies(false);
+    open
+}
+
+// An exclusive create whose reply was lost, and whose file another client unlinked before the
+// server crashed: the file lives on as an orphan for the creator's resend, which gets a handle
+// on it. Recovery ends when the creator has taken back what it held, before it resends; the
+// orphan used to be destroyed then, the resend's reopen failed ESTALE, and the client ran the
+// create again by name as a new request: the file existed a second time (simulator seeds
+// 2087, 2476; 622 had the unlink come after the restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_create_finds_its_file_though_unlinked_before_the_restart() {
+    let grace = Duration::from_secs(600);
+    let mut server = TestServer::start_with(|config| config.recovery_grace = grace).await;
+    let proxy = Proxy::start(&server.address).await;
+    let client = Client::connect(&proxy.address).await.unwrap();
+    let observer = server.client().await;
+    let open = create_unanswered(&client, &server, &proxy, "/x").await;
+    observer.remove_file("/x").await.unwrap();
+    observer.end().await;
+
+    server.restart_with(|config| config.recovery_grace = grace).await;
+    proxy.retarget(&server.address);
+    proxy.cut();
+    let opened = tokio::time::timeout(Duration::from_secs(20), open).await.expect("answered").unwrap();
+    let mut file = opened.expect("the create is answered as made");
+    assert!(file.created(), "answered as the first run did");
+    file.write_at(0, b"orphan").await.expect("the handle is on the orphan");
+    let fresh = server.client().await;
+    assert_eq!(names(&fresh.read_dir("/").await.unwrap()), Vec::<String>::new(), "nothing was made twice");
+    assert_eq!(server.server().orphans().unwrap(), [file.ino()], "the file lives while the handle does");
+    file.close().await.unwrap();
+    client.end().await;
+}
+
+// The answer to a resent open carries the attributes the open left, not those of later changes:
+// another client wrote to the file before the server crashed, and the creator learns it made an
+// empty file (simulator seed 1388 saw the writer's size).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_create_is_answered_with_the_attributes_it_made() {
+    let grace = Duration::from_secs(600);
+    let mut server = TestServer::start_with(|config| config.recovery_grace = grace).await;
+    let proxy = Proxy::start(&server.address).await;
+    let client = Client::connect(&proxy.address).await.unwrap();
+    let observer = server.client().await;
+    let open = create_unanswered(&client, &server, &proxy, "/y").await;
+    observer.write("/y", b"sixteen bytes!!!").await.unwrap();
+    observer.end().await;
+
+    server.restart_with(|config| config.recovery_grace = grace).await;
+    proxy.retarget(&server.address);
+    proxy.cut();
+    let opened = tokio::time::timeout(Duration::from_secs(20), open).await.expect("answered").unwrap();
+    let file = opened.expect("the create is answered as made");
+    assert_eq!(file.cached_attr().size, 0, "the file as the create made it");
+    file.close().await.unwrap();
+    client.end().await;
+}
+
+/// Runs an open of `/t` with O_TRUNC whose reply is lost (`existing`: of a file with data;
+/// else it creates it), has another client write to it, restarts the server, and returns what
+/// the file holds once the open's resend is answered.
+async fn truncating_open_resent_after_a_write(existing: bool) -> Vec<u8> {
+    let grace = Duration::from_secs(600);
+    let mut server = TestServer::start_with(|config| config.recovery_grace = grace).await;
+    let proxy = Proxy::start(&server.address).await;
+    let client = Client::connect(&proxy.address).await.unwrap();
+    let observer = server.client().await;
+    if existing {
+        observer.write("/t", b"old contents").await.unwrap();
+    }
+    // The open of an existing file commits twice: the open (with its `ONCE` row), then the
+    // truncate.
+    let options = OpenOptions::new().write(true).create(true).truncate(true).clone();
+    let open = open_unanswered(&client, &server, &proxy, "/t", options, if existing { 2 } else { 1 }).await;
+    observer.write("/t", b"written after the open").await.unwrap();
+    observer.end().await;
+
+    server.restart_with(|config| config.recovery_grace = grace).await;
+    proxy.retarget(&server.address);
+    proxy.cut();
+    let opened = tokio::time::timeout(Duration::from_secs(20), open).await.expect("answered").unwrap();
+    let file = opened.expect("the open is answered");
+    assert_eq!(file.cached_attr().size, 0, "answered as the open and its truncate left the file");
+    file.close().await.unwrap();
+    let fresh = server.client().await;
+    let contents = fresh.read("/t").await.unwrap();
+    client.end().await;
+    contents
+}
+
+// The resend of an open with O_TRUNC does not truncate again what others wrote since its first
+// run: not after a create (simulator seed 4533 lost another client's fsynced data so), nor
+// after a truncate that committed (its `ONCE` row says so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_truncating_open_does_not_truncate_again() {
+    assert_eq!(truncating_open_resent_after_a_write(false).await, b"written after the open", "after a create");
+    assert_eq!(truncating_open_resent_after_a_write(true).await, b"written after the open", "after a truncate");
+}

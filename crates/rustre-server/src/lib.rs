@@ -165,10 +165,11 @@ pub struct ServerConfig {
     /// may also claim one by opening or pinning it by id); those unclaimed are then destroyed.
     /// A session whose connection broke (not evicted, not ended) is kept this long too.
     pub recovery_grace: Duration,
-    /// Commit on the request's own task, one operation per transaction, instead of on the group
-    /// commit thread: for the deterministic simulator (`rustre-sim`), where no thread may run
-    /// outside the simulated schedule. Slower; never set in production.
-    pub inline_commits: bool,
+    /// Where the committer runs (`rustre_store::CommitMode`): its own thread (the default, and
+    /// production), a task on the server's runtime (group commit under the deterministic
+    /// simulator, `rustre-sim`, where no thread may run outside the simulated schedule), or
+    /// inline on each request's task, one operation per transaction.
+    pub commit_mode: rustre_store::CommitMode,
     /// A planted bug, for proving the simulator's checker finds it: a change answers before its
     /// revocations are acknowledged. Never set outside those tests.
     pub fault_ack_before_revoke: bool,
@@ -195,6 +196,10 @@ pub struct ServerConfig {
     /// The metadata database's storage, when not the data directory's `meta.redb` file: the
     /// simulator's disk, which can lose power in the middle of a commit. Never set in production.
     pub metadata_backend: Option<rustre_store::MetadataBackend>,
+    /// The data objects' storage, when not `LocalObjects` under the data directory: the
+    /// simulator's object store, which loses unsynced writes when its power goes. Never set in
+    /// production.
+    pub object_store: Option<Arc<dyn rustre_store::ObjectStore>>,
     /// Fault injection, for proving that tools detect failures (`rustre race`'s control run):
     /// every Nth open answers ESTALE, as a file system that trusts stale inode ids would.
     /// Never set in production.
@@ -228,7 +233,7 @@ impl ServerConfig {
             pause_points: Arc::default(),
             fault_estale_every_nth_open: None,
             recovery_grace: RECOVERY_GRACE_DEFAULT,
-            inline_commits: false,
+            commit_mode: rustre_store::CommitMode::Thread,
             fault_ack_before_revoke: false,
             fault_ack_before_durable: false,
             fault_changes_skip_recovery_wait: false,
@@ -236,6 +241,7 @@ impl ServerConfig {
             fault_grant_unchecked: false,
             fault_no_lapse: false,
             metadata_backend: None,
+            object_store: None,
             secret: None,
             root_squash: RootSquash::NOBODY,
             tls: None,
@@ -281,6 +287,15 @@ pub struct OpenCounts {
     protected: HashSet<u64>,
     /// Handles that may write, per inode: the last one's close drops the inode's `WRITABLE` row.
     writers: HashMap<u64, u32>,
+    /// (session, slot) of the previous run -> the inode its request opened, per its `ONCE` row:
+    /// kept as if open until that slot's resend is answered with a new handle on it, or the
+    /// session ends (`recovery::once`, `stop_awaiting`). Not until recovery ends: a session is
+    /// back once it has taken back its handles, before it resends, and the inode of an open
+    /// whose reply was lost, unlinked meanwhile, must outlive that gap (simulator seeds 622,
+    /// 2087, 2476: its resend found it gone and the client created the file a second time).
+    awaiting_resend: HashMap<(u64, u32), u64>,
+    /// How many `awaiting_resend` entries keep each inode.
+    kept_for_resends: HashMap<u64, u32>,
 }
 
 impl OpenCounts {
@@ -341,7 +356,56 @@ impl OpenCounts {
     }
 
     fn is_open(&self, ino: u64) -> bool {
-        self.counts.contains_key(&ino) || self.protected.contains(&ino)
+        self.counts.contains_key(&ino) || self.protected.contains(&ino) || self.kept_for_resends.contains_key(&ino)
+    }
+
+    /// Keeps `ino` for the resend on `slot` (session, slot).
+    fn await_resend(&mut self, slot: (u64, u32), ino: u64) {
+        if let Some(previous) = self.awaiting_resend.insert(slot, ino) {
+            self.forget_resend(previous);
+        }
+        *self.kept_for_resends.entry(ino).or_insert(0) += 1;
+    }
+
+    fn forget_resend(&mut self, ino: u64) {
+        let kept = self.kept_for_resends.get_mut(&ino).expect("a kept inode is counted");
+        assert!(*kept > 0, "resend counts never go below zero");
+        *kept -= 1;
+        if *kept == 0 {
+            self.kept_for_resends.remove(&ino);
+        }
+    }
+}
+
+/// On the commit thread: the resends on `slots` of `session` are answered (or will never come):
+/// the inodes kept for them go unless something else holds them.
+pub(crate) fn stop_awaiting(
+    ns: &mut Ns<'_>,
+    opens: &mut OpenCounts,
+    session: u64,
+    slots: Option<u32>,
+) -> Result<(), StoreError> {
+    let mut keys: Vec<(u64, u32)> = match slots {
+        Some(slot) => vec![(session, slot)],
+        None => opens.awaiting_resend.keys().filter(|(owner, _)| *owner == session).copied().collect(),
+    };
+    keys.sort_unstable();
+    for key in keys {
+        let Some(ino) = opens.awaiting_resend.remove(&key) else { continue };
+        opens.forget_resend(ino);
+        if !opens.is_open(ino) {
+            ns.newly_unlinked.extend(ns.inode(ino)?.filter(|record| record.nlink == 0).map(|_| ino));
+        }
+    }
+    reap(ns, opens)
+}
+
+/// `stop_awaiting` on the commit thread.
+pub(crate) async fn stop_awaiting_resends(inner: &Arc<Inner>, session: u64, slot: Option<u32>) {
+    let (result, _) =
+        apply(inner, inner.leases.begin_read(), move |ns, opens, _| stop_awaiting(ns, opens, session, slot)).await;
+    if let Err(error) = result {
+        tracing::error!(session = format_args!("{session:#x}"), %error, "letting go of what a resend was kept for");
     }
 }
 
@@ -480,20 +544,18 @@ impl Server {
     /// `recovery_grace` to come back, and their orphans are kept until then (`recovery.rs`).
     pub async fn open(config: ServerConfig) -> Result<Server, ServerError> {
         let backend = config.metadata_backend.as_ref().map(|make| make());
-        let store = Store::open_with(&config.data_dir, config.clock.as_ref(), backend)?;
+        let store = Store::open_with(&config.data_dir, config.clock.as_ref(), backend, config.object_store.clone())?;
         let leftover = store.read()?.orphans()?;
         let previous = store.sessions()?;
         // Kept until recovery ends: orphans of the last run, and what its unanswered changes made
         // or opened (`recovery.rs`).
-        let mut protected: HashSet<u64> = leftover.iter().copied().collect();
-        protected.extend(store.once_opened()?);
-        let protecting = !protected.is_empty();
-        let counts = OpenCounts { counts: HashMap::new(), protected, writers: HashMap::new() };
-        let committer = if config.inline_commits {
-            store.start_inline_committer(config.clock.clone(), counts)
-        } else {
-            store.start_committer(config.clock.clone(), counts)
-        };
+        let protected: HashSet<u64> = leftover.iter().copied().collect();
+        let mut counts = OpenCounts { counts: HashMap::new(), protected, ..OpenCounts::default() };
+        for (slot, ino) in store.once_opened()? {
+            counts.await_resend(slot, ino);
+        }
+        let protecting = !counts.protected.is_empty() || !counts.awaiting_resend.is_empty();
+        let committer = store.start_committer_in(config.commit_mode, config.clock.clone(), counts);
         if config.fault_ack_before_durable {
             committer.plant_never_durable();
         }
@@ -1135,13 +1197,19 @@ where
             let before = ns.mutation_count();
             let mut result = operation(ns, opens, &mut ticket);
             // The first change a `Once` request makes records it, in the same transaction.
+            // A later change of it (an open's truncate) flags the row, so a resend does not run
+            // that step again over what others wrote since (simulator seed 4533).
             if result.is_ok()
                 && ns.mutation_count() > before
                 && let Some(once) = once
-                && !once.recorded.swap(true, Ordering::Relaxed)
-                && let Err(failure) = ns.record_once(once.session, once.slot, once.seq)
             {
-                result = Err(failure);
+                let recorded = match once.recorded.swap(true, Ordering::Relaxed) {
+                    false => ns.record_once(once.session, once.slot, once.seq),
+                    true => ns.record_once_followed(once.session, once.slot, once.seq),
+                };
+                if let Err(failure) = recorded {
+                    result = Err(failure);
+                }
             }
             let touched = std::mem::take(&mut ns.touched);
             if !touched.is_empty() {
@@ -1992,26 +2060,26 @@ async fn at_path(inner: &Arc<Inner>, session: &Session, caller: Caller, paths: A
             };
             let opener = caller.clone();
             let (outcome, ticket) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
-                let mut revealed = Vec::new();
-                let parent = match resolve_paths(|path, keys| ns.walk(path, keys, &opener), &dir, None, &mut revealed)?
-                {
-                    Resolved::Symlink(reply) => return Ok((Err(reply), revealed)),
-                    Resolved::Parents(parent, _) => parent,
-                };
-                revealed.push(name_key(parent, &name));
-                if let Some(entry) = ns.searched_entry(parent, &name, &opener)?
-                    && entry.kind == FileKind::Symlink
-                    && follow_last
-                {
-                    // The server never follows a symlink; the client does (or refuses, O_NOFOLLOW).
-                    let target = ns.inode(entry.ino)?.map(|record| record.target).unwrap_or_default();
-                    return Ok((Err(symlink_reply(false, dir.len(), target)), revealed));
-                }
-                let opened = ns.open(parent, &name, flags, perm, &opener)?;
-                opens.acquire(opened.attr.ino);
-                opens.acquire_writer(opened.attr.ino, flags);
-                revealed.push(attr_key(opened.attr.ino));
-                Ok((Ok(opened), revealed))
+                keep_revealed(ns, |ns, revealed| {
+                    let parent = match resolve_paths(|path, keys| ns.walk(path, keys, &opener), &dir, None, revealed)? {
+                        Resolved::Symlink(reply) => return Ok(Err(reply)),
+                        Resolved::Parents(parent, _) => parent,
+                    };
+                    revealed.push(name_key(parent, &name));
+                    if let Some(entry) = ns.searched_entry(parent, &name, &opener)?
+                        && entry.kind == FileKind::Symlink
+                        && follow_last
+                    {
+                        // The server never follows a symlink; the client does (or refuses, O_NOFOLLOW).
+                        let target = ns.inode(entry.ino)?.map(|record| record.target).unwrap_or_default();
+                        return Ok(Err(symlink_reply(false, dir.len(), target)));
+                    }
+                    let opened = ns.open(parent, &name, flags, perm, &opener)?;
+                    opens.acquire(opened.attr.ino);
+                    opens.acquire_writer(opened.attr.ino, flags);
+                    revealed.push(attr_key(opened.attr.ino));
+                    Ok(Ok(opened))
+                })
             })
             .await;
             match outcome {
@@ -2020,6 +2088,10 @@ async fn at_path(inner: &Arc<Inner>, session: &Session, caller: Caller, paths: A
                     if let Some(ticket) = ticket {
                         ticket.finish(session.id, &revealed, &[]).await;
                     }
+                    let opened = match opened {
+                        Ok(opened) => opened,
+                        Err(refused) => return Err(StoreError::Fs(refused)).into(),
+                    };
                     match opened {
                         Err(symlink) => Ok((symlink, none())).into(),
                         Ok(opened) => open_reply(inner, session, reservation, opened, flags, caller)
@@ -2031,21 +2103,24 @@ async fn at_path(inner: &Arc<Inner>, session: &Session, caller: Caller, paths: A
             }
         }
         Op::Mkdir { name, perm, .. } => {
-            at_path_change(inner, session, caller, dir, None, move |ns, caller, _, parent, _| {
+            let names = (name.clone(), None);
+            at_path_change(inner, session, caller, dir, None, names, move |ns, caller, _, parent, _| {
                 ns.mkdir(parent, &name, perm, caller).map(|attr| Reply::Entry { attr })
             })
             .await
             .into()
         }
         Op::Symlink { name, target, .. } => {
-            at_path_change(inner, session, caller, dir, None, move |ns, caller, _, parent, _| {
+            let names = (name.clone(), None);
+            at_path_change(inner, session, caller, dir, None, names, move |ns, caller, _, parent, _| {
                 ns.symlink(parent, &name, &target, caller).map(|attr| Reply::Entry { attr })
             })
             .await
             .into()
         }
         Op::Unlink { name, .. } => {
-            at_path_change(inner, session, caller, dir, None, move |ns, caller, opens, parent, _| {
+            let names = (name.clone(), None);
+            at_path_change(inner, session, caller, dir, None, names, move |ns, caller, opens, parent, _| {
                 ns.unlink(parent, &name, caller)?;
                 reap(ns, opens).map(|()| Reply::Done)
             })
@@ -2053,7 +2128,8 @@ async fn at_path(inner: &Arc<Inner>, session: &Session, caller: Caller, paths: A
             .into()
         }
         Op::Rmdir { name, .. } => {
-            at_path_change(inner, session, caller, dir, None, move |ns, caller, opens, parent, _| {
+            let names = (name.clone(), None);
+            at_path_change(inner, session, caller, dir, None, names, move |ns, caller, opens, parent, _| {
                 ns.rmdir(parent, &name, caller)?;
                 reap(ns, opens).map(|()| Reply::Done)
             })
@@ -2065,33 +2141,45 @@ async fn at_path(inner: &Arc<Inner>, session: &Session, caller: Caller, paths: A
         Op::Link { new_name, .. } => {
             let Some(new_dir) = new_dir else { return Err(StoreError::Fs(Errno::EINVAL)).into() };
             let (result, ticket) = apply(inner, inner.leases.begin_read(), move |ns, _, _| {
-                let mut revealed = Vec::new();
-                let ino = match resolve_object_in_batch(ns, &caller, &dir, false, &mut revealed)? {
-                    Err(symlink) => return Ok((symlink, revealed)),
-                    Ok(ino) => ino,
-                };
-                let new_parent = match ns.walk(&new_dir, &mut revealed, &caller)? {
-                    Walked::Directory(new_parent) => new_parent,
-                    Walked::Symlink { index, target } => return Ok((symlink_reply(true, index, target), revealed)),
-                };
-                Ok((Reply::Entry { attr: ns.link(ino, new_parent, &new_name, &caller)? }, revealed))
+                keep_revealed(ns, |ns, revealed| {
+                    let ino = match resolve_object_in_batch(ns, &caller, &dir, false, revealed)? {
+                        Err(symlink) => return Ok(symlink),
+                        Ok(ino) => ino,
+                    };
+                    let new_parent = match ns.walk(&new_dir, revealed, &caller)? {
+                        Walked::Directory(new_parent) => new_parent,
+                        Walked::Symlink { index, target } => return Ok(symlink_reply(true, index, target)),
+                    };
+                    revealed.push(attr_key(ino));
+                    revealed.push(name_key(new_parent, &new_name));
+                    Ok(Reply::Entry { attr: ns.link(ino, new_parent, &new_name, &caller)? })
+                })
             })
             .await;
             finish_path_reply(session, result, ticket).await.into()
         }
         Op::Rename { name, new_name, mode, .. } => {
             let new_dir = new_dir.unwrap_or_else(|| dir.clone());
-            at_path_change(inner, session, caller, dir, Some(new_dir), move |ns, caller, opens, parent, new_parent| {
-                ns.rename(
-                    parent,
-                    &name,
-                    new_parent.expect("a rename has a target directory"),
-                    &new_name,
-                    mode,
-                    caller,
-                )?;
-                reap(ns, opens).map(|()| Reply::Done)
-            })
+            let names = (name.clone(), Some(new_name.clone()));
+            at_path_change(
+                inner,
+                session,
+                caller,
+                dir,
+                Some(new_dir),
+                names,
+                move |ns, caller, opens, parent, new_parent| {
+                    ns.rename(
+                        parent,
+                        &name,
+                        new_parent.expect("a rename has a target directory"),
+                        &new_name,
+                        mode,
+                        caller,
+                    )?;
+                    reap(ns, opens).map(|()| Reply::Done)
+                },
+            )
             .await
             .into()
         }
@@ -2110,6 +2198,7 @@ async fn at_path_change<F>(
     caller: Caller,
     dir: Vec<Vec<u8>>,
     new_dir: Option<Vec<Vec<u8>>>,
+    names: (Vec<u8>, Option<Vec<u8>>),
     change: F,
 ) -> Result<(Reply, Bytes), StoreError>
 where
@@ -2118,29 +2207,58 @@ where
         + 'static,
 {
     let (result, ticket) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
-        let mut revealed = Vec::new();
-        let walk = |path: &[Vec<u8>], keys: &mut Vec<LeaseKey>| ns.walk(path, keys, &caller);
-        let reply = match resolve_paths(walk, &dir, new_dir.as_deref(), &mut revealed)? {
-            Resolved::Symlink(reply) => reply,
-            Resolved::Parents(parent, new_parent) => change(ns, &caller, opens, parent, new_parent)?,
-        };
-        Ok((reply, revealed))
+        keep_revealed(ns, |ns, revealed| {
+            let walk = |path: &[Vec<u8>], keys: &mut Vec<LeaseKey>| ns.walk(path, keys, &caller);
+            match resolve_paths(walk, &dir, new_dir.as_deref(), revealed)? {
+                Resolved::Symlink(reply) => Ok(reply),
+                Resolved::Parents(parent, new_parent) => {
+                    // The names the change reads (a refusal such as EEXIST reveals them).
+                    revealed.push(name_key(parent, &names.0));
+                    if let (Some(new_parent), Some(new_name)) = (new_parent, &names.1) {
+                        revealed.push(name_key(new_parent, new_name));
+                    }
+                    change(ns, &caller, opens, parent, new_parent)
+                }
+            }
+        })
     })
     .await;
     finish_path_reply(session, result, ticket).await
 }
 
-/// Waits for the revocations in flight on what a path reply reveals, then gives the reply.
+/// Runs `step`, the commit-thread part of a request by path, keeping the keys it reveals even
+/// when it is refused: a refusal reveals what it walked as much as a success does (ENOTDIR says
+/// a name is there, and is no directory), so its answer too waits until those keys have no
+/// revocation in flight. Answered at once, it let a client learn of a file whose creation other
+/// clients' caches had not yet heard of, and a mount's cached "no such name" then contradicted it
+/// (simulator seed 9155).
+fn keep_revealed<'txn, T>(
+    ns: &mut Ns<'txn>,
+    step: impl FnOnce(&mut Ns<'txn>, &mut Vec<LeaseKey>) -> Result<T, StoreError>,
+) -> Result<(Result<T, Errno>, Vec<LeaseKey>), StoreError> {
+    let before = ns.mutation_count();
+    let mut revealed = Vec::new();
+    match step(ns, &mut revealed) {
+        Ok(value) => Ok((Ok(value), revealed)),
+        Err(StoreError::Fs(refused)) => {
+            assert_eq!(ns.mutation_count(), before, "a refused request by path changes nothing");
+            Ok((Err(refused), revealed))
+        }
+        Err(failure) => Err(failure),
+    }
+}
+
+/// Waits for the revocations in flight on what a path reply (or refusal) reveals, then gives it.
 async fn finish_path_reply(
     session: &Session,
-    result: Result<(Reply, Vec<LeaseKey>), StoreError>,
+    result: Result<(Result<Reply, Errno>, Vec<LeaseKey>), StoreError>,
     ticket: Option<ReadTicket>,
 ) -> Result<(Reply, Bytes), StoreError> {
     let (reply, revealed) = result?;
     if let Some(ticket) = ticket {
         ticket.finish(session.id, &revealed, &[]).await;
     }
-    Ok((reply, Bytes::new()))
+    Ok((reply.map_err(StoreError::Fs)?, Bytes::new()))
 }
 
 /// How `OnPath` answers a read once the object is found.
@@ -2247,22 +2365,24 @@ async fn on_path_open(
     let reservation = session.reserve_handle()?;
     let opener = caller.clone();
     let (outcome, ticket) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
-        let mut revealed = Vec::new();
-        let ino = match resolve_object_in_batch(ns, &opener, &path, follow_last, &mut revealed)? {
-            Err(symlink) => return Ok((Err(symlink), revealed)),
-            Ok(ino) => ino,
-        };
-        let opened = ns.open_existing(ino, flags, &opener)?;
-        opens.acquire(ino);
-        opens.acquire_writer(ino, flags);
-        Ok((Ok(opened), revealed))
+        keep_revealed(ns, |ns, revealed| {
+            let ino = match resolve_object_in_batch(ns, &opener, &path, follow_last, revealed)? {
+                Err(symlink) => return Ok(Err(symlink)),
+                Ok(ino) => ino,
+            };
+            revealed.push(attr_key(ino));
+            let opened = ns.open_existing(ino, flags, &opener)?;
+            opens.acquire(ino);
+            opens.acquire_writer(ino, flags);
+            Ok(Ok(opened))
+        })
     })
     .await;
     let (opened, revealed) = outcome?;
     if let Some(ticket) = ticket {
         ticket.finish(session.id, &revealed, &[]).await;
     }
-    match opened {
+    match opened.map_err(StoreError::Fs)? {
         Err(symlink) => Ok((symlink, Bytes::new())),
         Ok(opened) => Ok((open_reply(inner, session, reservation, opened, flags, caller).await?, Bytes::new())),
     }
@@ -2306,13 +2426,13 @@ where
     F: for<'txn> FnOnce(&mut Ns<'txn>, &Caller, u64) -> Result<Reply, StoreError> + Send + 'static,
 {
     let (result, ticket) = apply(inner, inner.leases.begin_read(), move |ns, _, _| {
-        let mut revealed = Vec::new();
-        let found = resolve_object_in_batch(ns, &caller, &path, follow_last, &mut revealed)?;
-        let reply = match found {
-            Err(symlink) => symlink,
-            Ok(ino) => change(ns, &caller, ino)?,
-        };
-        Ok((reply, revealed))
+        keep_revealed(ns, |ns, revealed| match resolve_object_in_batch(ns, &caller, &path, follow_last, revealed)? {
+            Err(symlink) => Ok(symlink),
+            Ok(ino) => {
+                revealed.push(attr_key(ino));
+                change(ns, &caller, ino)
+            }
+        })
     })
     .await;
     finish_path_reply(session, result, ticket).await
@@ -2483,7 +2603,7 @@ async fn list_orphans(inner: &Arc<Inner>, after: u64) -> Result<Reply, StoreErro
                 page.push(Orphan {
                     attr: ns.getattr(ino)?,
                     opens: opens.counts.get(&ino).copied().map_or(0, u64::from),
-                    kept_for_recovery: opens.protected.contains(&ino),
+                    kept_for_recovery: opens.protected.contains(&ino) || opens.kept_for_resends.contains_key(&ino),
                     holders: Vec::new(),
                 });
             }

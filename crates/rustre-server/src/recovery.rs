@@ -26,7 +26,9 @@
 //! makes also writes a row `(session, slot) -> (seq, subject, flags, subject's record)` into
 //! `ONCE`, in the same transaction (`apply` in `lib.rs`). A resend that finds its row after a
 //! restart is answered from it (`recorded_answer`): the attributes the change left, nothing looked
-//! up by name or made again, and what an in-flight open opened is kept until recovery ends.
+//! up by name or made again, and what an in-flight open opened is kept until that resend is
+//! answered or its session ends (not merely until recovery ends: a session counts as back once
+//! it has taken back its handles, before its resends arrive).
 //! A request that failed changed nothing, has no row, and simply runs again.
 //!
 //! Locks: `Inner::sessions`, `Inner::detached`, `Recovery::waiting`, `Session::once` are std
@@ -45,7 +47,7 @@ use tokio::sync::watch;
 
 use crate::{
     HANDLE_BOOT_SHIFT, Handle, Inner, Session, WireAnswer, apply, close_session_handles, errno, reclaim_orphans,
-    release_handle, release_opens, run,
+    release_handle, release_opens, run, stop_awaiting_resends,
 };
 
 /// How long a resume waits for the connection it replaces to be let go.
@@ -105,10 +107,18 @@ impl Recovery {
 }
 
 /// Starts recovery at server start: it ends when every session of the previous run is back, or
-/// when `recovery_grace` has passed.
+/// has missed its deadline.
+///
+/// A session's deadline is `recovery_grace` after the first start that waited for it, and it is
+/// kept in the store (`RECOVERY_DEADLINES`) until the session comes back or is forgotten: a
+/// server that crashes again during recovery does not give a session that never returns (its
+/// client crashed) a fresh grace at every start, which in a crash loop kept every change waiting
+/// for ever (simulator seeds 1094, 2361). A session that did come back has its deadline cleared,
+/// and gets a whole grace again after the next restart.
 pub(crate) async fn start(inner: &Arc<Inner>) -> Result<(), StoreError> {
-    let pending = !inner.recovery.waiting.lock().expect("waiting lock").is_empty()
-        || *inner.recovery.protecting.lock().expect("protecting lock");
+    let mut waiting: Vec<u64> = inner.recovery.waiting.lock().expect("waiting lock").iter().copied().collect();
+    waiting.sort_unstable();
+    let pending = !waiting.is_empty() || *inner.recovery.protecting.lock().expect("protecting lock");
     if !pending {
         return Ok(());
     }
@@ -116,19 +126,100 @@ pub(crate) async fn start(inner: &Arc<Inner>) -> Result<(), StoreError> {
     if grace.is_zero() {
         return finish(inner, "no grace period").await;
     }
+    let now = epoch_millis(inner.config.clock.now());
+    let fresh = now.saturating_add(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX));
+    let (deadlines, _) = apply(inner, inner.leases.begin_read(), move |ns, _, _| {
+        let known: std::collections::HashMap<u64, i64> = ns.recovery_deadlines()?.into_iter().collect();
+        let mut deadlines = Vec::with_capacity(waiting.len());
+        for session in waiting {
+            let deadline = match known.get(&session) {
+                // Never later than a fresh grace, should the clock have been set back since.
+                Some(&deadline) => deadline.min(fresh),
+                None => {
+                    ns.set_recovery_deadline(session, fresh)?;
+                    fresh
+                }
+            };
+            deadlines.push((deadline, session));
+        }
+        Ok(deadlines)
+    })
+    .await;
+    let mut deadlines = deadlines?;
+    deadlines.sort_unstable();
+    let carried = deadlines.iter().filter(|&&(deadline, _)| deadline < fresh).count();
+    if carried > 0 {
+        tracing::info!(carried, "recovery: sessions missing since an earlier start keep that start's deadline");
+    }
+    let started = tokio::time::Instant::now();
     let server = inner.clone();
     let mut shutdown = inner.shutdown.subscribe();
     tokio::spawn(async move {
-        tokio::select! {
-            biased;
-            _ = tokio::time::sleep(grace) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return,
+        // Only orphans to keep, no session to wait for: they are kept for one grace.
+        if deadlines.is_empty() {
+            deadlines.push((fresh, 0));
+        }
+        let mut next = 0;
+        while next < deadlines.len() {
+            let deadline = deadlines[next].0;
+            let after = Duration::from_millis(u64::try_from(deadline.saturating_sub(now)).unwrap_or(0));
+            tokio::select! {
+                biased;
+                _ = tokio::time::sleep_until(started + after) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            let mut due = Vec::new();
+            while next < deadlines.len() && deadlines[next].0 == deadline {
+                due.push(deadlines[next].1);
+                next += 1;
+            }
+            if let Err(error) = expire(&server, due).await {
+                tracing::error!(%error, "forgetting sessions that did not come back in time");
+            }
+            if inner_waiting_is_empty(&server) {
+                break;
+            }
         }
         if let Err(error) = finish(&server, "grace period over").await {
             tracing::error!(%error, "ending recovery");
         }
     });
     Ok(())
+}
+
+fn inner_waiting_is_empty(inner: &Inner) -> bool {
+    inner.recovery.waiting.lock().expect("waiting lock").is_empty()
+}
+
+/// Milliseconds since the epoch (negative before it).
+fn epoch_millis(time: std::time::SystemTime) -> i64 {
+    match time.duration_since(std::time::UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+        Err(before) => -i64::try_from(before.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+/// Sessions of an earlier run whose deadline has passed before they came back: forgotten, as
+/// `finish` forgets those still missing (a resume of one is refused from now on).
+async fn expire(inner: &Arc<Inner>, due: Vec<u64>) -> Result<(), StoreError> {
+    let missing: Vec<u64> = {
+        let mut waiting = inner.recovery.waiting.lock().expect("waiting lock");
+        due.into_iter().filter(|session| waiting.remove(session)).collect()
+    };
+    if missing.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(count = missing.len(), "recovery: sessions of an earlier run did not come back by their deadline");
+    close_forgotten(inner, &missing);
+    let (result, _) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
+        for session in missing {
+            ns.forget_session(session)?;
+            crate::stop_awaiting(ns, opens, session, None)?;
+        }
+        Ok(())
+    })
+    .await;
+    result
 }
 
 /// Ends recovery (once): sessions that did not come back are forgotten, changes may run, and
@@ -138,9 +229,11 @@ async fn finish(inner: &Arc<Inner>, why: &str) -> Result<(), StoreError> {
     let missing: Vec<u64> = inner.recovery.waiting.lock().expect("waiting lock").drain().collect();
     if !missing.is_empty() {
         tracing::info!(count = missing.len(), why, "recovery: sessions of the previous run did not come back");
-        let (result, _) = apply(inner, inner.leases.begin_read(), move |ns, _, _| {
+        close_forgotten(inner, &missing);
+        let (result, _) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
             for session in missing {
                 ns.forget_session(session)?;
+                crate::stop_awaiting(ns, opens, session, None)?;
             }
             Ok(())
         })
@@ -157,15 +250,26 @@ async fn finish(inner: &Arc<Inner>, why: &str) -> Result<(), StoreError> {
     }
 }
 
-/// A session of the previous run has taken back all it held.
-async fn session_back(inner: &Arc<Inner>, session: u64) {
-    let all_back = {
+/// A session of the previous run has taken back all it held (`forgotten`: or has ended, and
+/// the store forgot it).
+/// Returns whether recovery was still waiting for it.
+async fn session_back(inner: &Arc<Inner>, session: u64, forgotten: bool) -> bool {
+    let (was_waiting, all_back) = {
         let mut waiting = inner.recovery.waiting.lock().expect("waiting lock");
-        waiting.remove(&session) && waiting.is_empty()
+        let was_waiting = waiting.remove(&session);
+        (was_waiting, was_waiting && waiting.is_empty())
     };
+    if was_waiting && !forgotten {
+        let (result, _) =
+            apply(inner, inner.leases.begin_read(), move |ns, _, _| ns.clear_recovery_deadline(session)).await;
+        if let Err(error) = result {
+            tracing::error!(session = format_args!("{session:#x}"), %error, "clearing a recovery deadline");
+        }
+    }
     if all_back && let Err(error) = finish(inner, "every session came back").await {
         tracing::error!(%error, "ending recovery");
     }
+    was_waiting
 }
 
 /// Does `op` change the namespace or data, and so wait for the end of recovery? Every change
@@ -219,6 +323,18 @@ pub(crate) async fn resume(inner: &Arc<Inner>, id: u64) -> Result<(Arc<Session>,
     inner.leases.end_lapse(id);
     let detached = inner.detached.lock().expect("detached lock").remove(&id);
     if let Some(session) = detached {
+        if forgotten_midway(inner, &session) {
+            // Recovery gave up on it while it was taking back what it held (its deadline passed
+            // between its resume and its last reclaim): the store forgot it, with its `ONCE` rows,
+            // so it may not go on, or its resends would run a second time (simulator seed 2533).
+            let released = close_session_handles(inner, &session).await;
+            tracing::info!(
+                session = format_args!("{id:#x}"),
+                released,
+                "a session forgotten by recovery tried to resume"
+            );
+            return Err(format!("unknown session {id:#x}: it did not come back before its recovery deadline"));
+        }
         session.attachments.fetch_add(1, Ordering::Relaxed);
         // A session of the last run that broke off before it had taken everything back must
         // send its reclaim again.
@@ -230,6 +346,25 @@ pub(crate) async fn resume(inner: &Arc<Inner>, id: u64) -> Result<(Arc<Session>,
         return Ok((Arc::new(session), false));
     }
     Err(format!("unknown session {id:#x}: it ended, was evicted, or did not come back in time"))
+}
+
+/// A session of the previous run that resumed, but which recovery forgot (its deadline passed)
+/// before it had taken back all it held.
+fn forgotten_midway(inner: &Inner, session: &Session) -> bool {
+    session.restored
+        && !session.reclaimed.load(Ordering::Relaxed)
+        && !inner.recovery.waiting.lock().expect("waiting lock").contains(&session.id)
+}
+
+/// Closes the connections of sessions recovery forgets while they are still taking back what
+/// they held: their clients learn at once, and their next resume is refused (`resume`).
+fn close_forgotten(inner: &Inner, forgotten: &[u64]) {
+    let sessions = inner.sessions.lock().expect("sessions lock");
+    for id in forgotten {
+        if let Some(live) = sessions.get(id) {
+            live.connection.close("recovery forgot the session: it did not come back in time");
+        }
+    }
 }
 
 /// Keeps a session whose connection broke for `recovery_grace`; then, if no connection took it
@@ -280,7 +415,8 @@ pub(crate) async fn end_session(inner: &Arc<Inner>, session: &Session) -> usize 
     }
     let released = close_session_handles(inner, session).await;
     if session.restored {
-        session_back(inner, id).await;
+        stop_awaiting_resends(inner, id, None).await;
+        session_back(inner, id, true).await;
     }
     released
 }
@@ -296,6 +432,9 @@ pub(crate) async fn reclaim(
 ) -> Result<(Reply, Bytes), StoreError> {
     if !session.restored || handles.len() + pins.len() > RECLAIM_CHUNK_MAX {
         return Err(errno(Errno::EINVAL));
+    }
+    if forgotten_midway(inner, session) {
+        return Err(errno(Errno::ESTALE));
     }
     let this_run = inner.store.boot() << HANDLE_BOOT_SHIFT;
     // A reclaim may come again (its connection broke midway): what is held already is not taken
@@ -405,9 +544,13 @@ pub(crate) async fn reclaim(
         }
         return Err(errno(Errno::ENOTCONN));
     }
-    if last {
+    // Back only if recovery has not forgotten the session meanwhile (checked and marked under
+    // the one `waiting` lock, so `finish` and `expire` cannot forget it after this).
+    if last && !session.reclaimed.load(Ordering::Relaxed) {
+        if !session_back(inner, session.id, false).await {
+            return Err(errno(Errno::ESTALE));
+        }
         session.reclaimed.store(true, Ordering::Relaxed);
-        session_back(inner, session.id).await;
     }
     let lost_handles = lost_handles.into_iter().map(|handle| handle.handle).collect();
     Ok((Reply::Reclaimed { lost_handles, lost_pins }, Bytes::new()))
@@ -474,6 +617,11 @@ pub(crate) async fn once(
             ONCE.scope(context, run(inner, session, request, payload)).await
         }
     };
+    // The slot's first request in this run is answered: it was the resend, or the client has
+    // moved on from it; the inode kept for the resend goes unless held otherwise.
+    if session.restored && first_use {
+        stop_awaiting_resends(inner, session.id, Some(slot)).await;
+    }
     // A resend gets no leases: the ones granted with the first answer may be revoked by then.
     answered.send_replace(Some(WireAnswer { grants: Vec::new(), ..answer.clone() }));
     answer
@@ -484,7 +632,7 @@ pub(crate) async fn once(
 /// opened, linked, changed or wrote (the marker's subject), with the attributes the row kept from
 /// right after the change, so it holds even if another change has removed that inode since.
 /// Nothing is looked up by name again, and nothing is made again. An open needs a new handle:
-/// its inode was kept until recovery ends (`OpenCounts::protected`) for that, even if unlinked.
+/// its inode was kept for this resend (`OpenCounts::awaiting_resend`), even if unlinked.
 async fn recorded_answer(
     inner: &Arc<Inner>,
     session: &Arc<Session>,
@@ -505,7 +653,8 @@ async fn recorded_answer(
         Op::AtPath { op, .. } | Op::OnPath { op, .. } => *op,
         op => op,
     };
-    let OnceMarker { subject, made, .. } = marker;
+    let OnceMarker { subject, made, followed, .. } = marker;
+    let recorded_attr = marker.attr.clone();
     let read = |op: Op| run(inner, session, Request { caller: caller.clone(), op }, Bytes::new());
     // The subject's attributes as the change left them (as now, for a row without them).
     let attr = async {
@@ -516,13 +665,36 @@ async fn recorded_answer(
     };
     let mut answer = match op {
         Op::Open { flags, .. } | Op::OpenIno { flags, .. } => {
-            // The file exists: opened again by id, without creating; a truncate is kept (the
-            // record may come from the open, before its truncate ran; truncating again what
-            // nothing has written since changes nothing). A pin is taken as the first run did.
-            let again = OpenFlags(flags.0 & !(OpenFlags::CREATE.0 | OpenFlags::EXCLUSIVE.0 | OpenFlags::PIN.0));
+            // The file exists: opened again by id, without creating. Its truncate runs only if
+            // the first run did not get to it: not after a create (a new file is empty), nor
+            // once the row says the truncate committed (`followed`); others may have written
+            // since, and truncating again would lose their data (simulator seed 4533). A pin is
+            // taken as the first run did.
+            let mut dropped = OpenFlags::CREATE.0 | OpenFlags::EXCLUSIVE.0 | OpenFlags::PIN.0;
+            if made || followed {
+                dropped |= OpenFlags::TRUNCATE.0;
+            }
+            let again = OpenFlags(flags.0 & !dropped);
             let mut answer = read(Op::OpenIno { ino: subject, flags: again }).await;
-            if let Ok(Reply::Opened { created, .. }) = &mut answer.result {
+            if let Err(error) = &answer.result
+                && error.errno == Errno::ESTALE
+            {
+                // The inode was kept for this resend (`OpenCounts::awaiting_resend`), so this is
+                // a bug; still, ESTALE would make the client run the open again by name as a new
+                // request, a second create. The open did run: its outcome is lost, not undone.
+                tracing::error!(ino = subject, "the inode a resent open opened before the restart is gone");
+                return refused(Errno::EIO, "the open ran before the server restarted, but the file it opened is gone");
+            }
+            if let Ok(Reply::Opened { created, attr, .. }) = &mut answer.result {
                 *created = made;
+                // The attributes as the open (and its truncate) left them, not as later changes
+                // made them (another client may have written since: simulator seed 1388); unless
+                // its truncate runs only now, and the reopen's attributes are the open's.
+                if let Some(recorded) = recorded_attr
+                    && !again.contains(OpenFlags::TRUNCATE)
+                {
+                    *attr = recorded;
+                }
                 if flags.contains(OpenFlags::PIN)
                     && let Err(error) = crate::pin(inner, session, subject).await
                 {

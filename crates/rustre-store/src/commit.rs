@@ -1,18 +1,27 @@
-//! Group commit: one writer thread applies queued operations in batches, one redb write
-//! transaction and (at most) one fsync per batch, and answers each caller after the commit that
-//! made its change durable. Throughput grows with concurrency because a batch takes everything
-//! queued while the previous fsync ran.
+//! Group commit: one writer applies queued operations in batches, one redb write transaction and
+//! (at most) one fsync per batch, and answers each caller after the commit that made its change
+//! durable. Throughput grows with concurrency because a batch takes everything queued while the
+//! previous fsync ran.
 //!
-//! The writer thread also owns a piece of caller state `S` (the server's open-handle table), so
+//! The writer also owns a piece of caller state `S` (the server's open-handle table), so
 //! operations that must be atomic with respect to it (open against unlink, last close against
 //! destroy) are serialized with the namespace changes without any lock.
+//!
+//! Where the writer runs (`CommitMode`): on its own OS thread (production), or as a tokio task on
+//! the runtime that started it (deterministic simulation: the simulator's scheduler decides when
+//! it runs, so batches form when several callers' operations are queued, and nothing runs outside
+//! the simulated schedule). Both wait for a first operation, then take everything queued behind
+//! it, up to `COMMIT_BATCH_MAX`, as one batch (`Writer::take_and_run`, shared); only the wait
+//! differs (blocking on the thread, `.await` on the task). The task runs each batch, commit and
+//! fsync included, without yielding: on a real runtime it would block a worker thread for the
+//! fsync, which is why production uses the thread.
 //!
 //! Replies: an operation that changed nothing, and ran before any change in its batch, is answered
 //! at once: it saw only committed state. Every other reply waits for the commit.
 //!
-//! Inline mode (deterministic simulation): no thread; each operation runs as its own batch on the
-//! caller's task, under the writer's lock, before `run` returns. Same ordering and failure rules,
-//! no group commit, and no thread for a simulator's scheduler to lose control of.
+//! Inline mode (tests; a deterministic simulation without group commit): no writer of its own;
+//! each operation runs as its own batch on the caller's task, under the writer's lock, before
+//! `run` returns. Same ordering and failure rules, no group commit.
 //!
 //! Failure: a storage error (in an operation or at commit) rolls the whole batch back, fails every
 //! operation of it still waiting for the commit, and stops the committer for good (fail-stop): the
@@ -75,25 +84,46 @@ struct Counters {
     fault_never_durable: std::sync::atomic::AtomicBool,
 }
 
-/// A handle to the writer (its thread, or itself in inline mode); cloning shares it.
+/// Where the writer runs (see the module doc).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CommitMode {
+    /// Its own OS thread, `rustre-commit`: group commit (production).
+    #[default]
+    Thread,
+    /// A tokio task on the runtime that starts it: group commit, scheduled by that runtime (the
+    /// deterministic simulator). Each batch runs, fsync included, without yielding.
+    Task,
+    /// No writer: each operation commits alone on the caller's task (tests).
+    Inline,
+}
+
+/// A handle to the writer (its thread or task, or itself in inline mode); cloning shares it.
 pub struct Committer<S> {
     mode: Mode<S>,
     counters: Arc<Counters>,
 }
 
 enum Mode<S> {
-    Thread {
+    /// A writer (thread or task) fed by a queue.
+    Queued {
         queue: mpsc::Sender<Message<S>>,
-        thread: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+        /// `None` once stopped (or being stopped).
+        worker: Arc<std::sync::Mutex<Option<Worker>>>,
     },
     /// `None` once stopped.
     Inline(Arc<std::sync::Mutex<Option<Writer<S>>>>),
 }
 
+/// What runs a queued writer.
+enum Worker {
+    Thread(JoinHandle<()>),
+    Task(tokio::task::JoinHandle<()>),
+}
+
 impl<S> Clone for Committer<S> {
     fn clone(&self) -> Self {
         let mode = match &self.mode {
-            Mode::Thread { queue, thread } => Mode::Thread { queue: queue.clone(), thread: thread.clone() },
+            Mode::Queued { queue, worker } => Mode::Queued { queue: queue.clone(), worker: worker.clone() },
             Mode::Inline(writer) => Mode::Inline(writer.clone()),
         };
         Committer { mode, counters: self.counters.clone() }
@@ -118,7 +148,7 @@ impl<S: Send + 'static> Committer<S> {
         clock: Arc<dyn Clock>,
         boot: u64,
         state: S,
-        inline: bool,
+        mode: CommitMode,
     ) -> Committer<S> {
         let counters = Arc::new(Counters::default());
         let writer = Writer {
@@ -133,15 +163,20 @@ impl<S: Send + 'static> Committer<S> {
             removed_objects: Vec::new(),
             unwritable: std::collections::HashSet::new(),
         };
-        if inline {
-            return Committer { mode: Mode::Inline(Arc::new(std::sync::Mutex::new(Some(writer)))), counters };
-        }
         let (queue, receiver) = mpsc::channel(COMMIT_QUEUE_DEPTH);
-        let thread = std::thread::Builder::new()
-            .name("rustre-commit".into())
-            .spawn(move || writer.run(receiver))
-            .expect("spawning the commit thread");
-        Committer { mode: Mode::Thread { queue, thread: Arc::new(std::sync::Mutex::new(Some(thread))) }, counters }
+        let worker = match mode {
+            CommitMode::Inline => {
+                return Committer { mode: Mode::Inline(Arc::new(std::sync::Mutex::new(Some(writer)))), counters };
+            }
+            CommitMode::Thread => Worker::Thread(
+                std::thread::Builder::new()
+                    .name("rustre-commit".into())
+                    .spawn(move || writer.run_thread(receiver))
+                    .expect("spawning the commit thread"),
+            ),
+            CommitMode::Task => Worker::Task(tokio::spawn(writer.run_task(receiver))),
+        };
+        Committer { mode: Mode::Queued { queue, worker: Arc::new(std::sync::Mutex::new(Some(worker))) }, counters }
     }
 
     /// Plants a bug, for proving the simulator's power losses find it: from now on no batch is
@@ -188,7 +223,7 @@ impl<S: Send + 'static> Committer<S> {
             })
         });
         match &self.mode {
-            Mode::Thread { queue, .. } => {
+            Mode::Queued { queue, .. } => {
                 queue.send(Message::Run(job)).await.map_err(|_| StoreError::Stopped)?;
                 self.counters.submitted.fetch_add(1, Ordering::Relaxed);
             }
@@ -206,14 +241,24 @@ impl<S: Send + 'static> Committer<S> {
     /// Stops the writer after what is queued, and waits for it (the store can then be reopened).
     pub async fn stop(&self) {
         match &self.mode {
-            Mode::Thread { queue, thread } => {
+            Mode::Queued { queue, worker } => {
                 let _ = queue.send(Message::Stop).await;
-                let thread = thread.lock().expect("commit thread lock").take();
-                if let Some(thread) = thread {
-                    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+                let worker = worker.lock().expect("commit worker lock").take();
+                match worker {
+                    Some(Worker::Thread(thread)) => {
+                        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+                    }
+                    Some(Worker::Task(task)) => {
+                        let _ = task.await;
+                    }
+                    None => {}
                 }
             }
-            Mode::Inline(writer) => drop(writer.lock().expect("inline writer lock").take()),
+            Mode::Inline(writer) => {
+                if let Some(mut writer) = writer.lock().expect("inline writer lock").take() {
+                    writer.flush();
+                }
+            }
         }
     }
 }
@@ -236,28 +281,73 @@ struct Writer<S> {
 }
 
 impl<S> Writer<S> {
-    fn run(mut self, mut receiver: mpsc::Receiver<Message<S>>) {
+    /// The writer thread (`CommitMode::Thread`): blocks for each first operation.
+    fn run_thread(mut self, mut receiver: mpsc::Receiver<Message<S>>) {
         while let Some(first) = receiver.blocking_recv() {
-            let mut batch = Vec::new();
-            let mut stop = false;
-            for message in std::iter::once(first).chain(std::iter::from_fn(|| receiver.try_recv().ok())) {
-                match message {
-                    Message::Run(job) => batch.push(job),
-                    Message::Stop => {
-                        stop = true;
-                        break;
-                    }
-                }
-                if batch.len() >= COMMIT_BATCH_MAX {
+            if self.take_and_run(first, &mut receiver).is_break() {
+                break;
+            }
+        }
+    }
+
+    /// The writer task (`CommitMode::Task`): awaits each first operation.
+    async fn run_task(mut self, mut receiver: mpsc::Receiver<Message<S>>) {
+        while let Some(first) = receiver.recv().await {
+            if self.take_and_run(first, &mut receiver).is_break() {
+                break;
+            }
+        }
+    }
+
+    /// One batch, the same for the thread and the task: `first`, then everything queued behind
+    /// it (without waiting) up to `COMMIT_BATCH_MAX` operations or a `Stop`, run as one
+    /// transaction. Breaks when a `Stop` was taken (what was queued before it has run).
+    fn take_and_run(
+        &mut self,
+        first: Message<S>,
+        receiver: &mut mpsc::Receiver<Message<S>>,
+    ) -> std::ops::ControlFlow<()> {
+        let mut batch = Vec::new();
+        let mut stop = false;
+        for message in std::iter::once(first).chain(std::iter::from_fn(|| receiver.try_recv().ok())) {
+            match message {
+                Message::Run(job) => batch.push(job),
+                Message::Stop => {
+                    stop = true;
                     break;
                 }
             }
-            if !batch.is_empty() {
-                self.run_batch(batch);
-            }
-            if stop {
+            if batch.len() >= COMMIT_BATCH_MAX {
                 break;
             }
+        }
+        if !batch.is_empty() {
+            self.run_batch(batch);
+        }
+        if stop {
+            self.flush();
+            return std::ops::ControlFlow::Break(());
+        }
+        std::ops::ControlFlow::Continue(())
+    }
+
+    /// At a stop: makes the batches committed without an fsync durable, so a clean shutdown
+    /// keeps every change it acknowledged (a restart used to lose them, with the `ONCE` flags
+    /// and size updates they carried).
+    fn flush(&mut self) {
+        if self.stopped || self.non_durable_batches == 0 || self.counters.fault_never_durable.load(Ordering::Relaxed) {
+            return;
+        }
+        let flushed = self.db.begin_write().map_err(StoreError::from).and_then(|mut txn| {
+            txn.set_durability(Durability::Immediate).map_err(StoreError::from)?;
+            txn.commit().map_err(StoreError::from)
+        });
+        match flushed {
+            Ok(()) => {
+                self.non_durable_batches = 0;
+                self.counters.durable_commits.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => tracing::error!(%error, "making the last changes durable at shutdown"),
         }
     }
 
@@ -355,5 +445,77 @@ impl<S> Writer<S> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustre_proto::clock::SystemClock;
+    use rustre_proto::msg::{Caller, ROOT_INO};
+
+    use super::*;
+    use crate::Store;
+
+    /// `count` mkdirs sent at once, each from its own task, then awaited.
+    async fn mkdirs(committer: &Committer<()>, count: usize) {
+        let tasks: Vec<_> = (0..count)
+            .map(|index| {
+                let committer = committer.clone();
+                tokio::spawn(async move {
+                    committer
+                        .run(move |ns, _| ns.mkdir(ROOT_INO, format!("d{index}").as_bytes(), 0o755, &Caller::ROOT))
+                        .await
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("task").expect("mkdir");
+        }
+    }
+
+    // The task writer takes what is queued when it runs as one batch, as the thread does: on a
+    // current-thread runtime the callers' tasks all queue their operations before the writer's
+    // turn, so 600 mkdirs make two batches (`COMMIT_BATCH_MAX`) and two fsyncs, and every one
+    // is committed.
+    #[test]
+    fn the_task_writer_batches_what_is_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let store = Store::open(dir.path(), &SystemClock).unwrap();
+        runtime.block_on(async {
+            let committer = store.start_committer_in(CommitMode::Task, Arc::new(SystemClock), ());
+            mkdirs(&committer, 600).await;
+            let stats = committer.stats();
+            assert_eq!((stats.submitted, stats.operations), (600, 600));
+            assert_eq!(stats.batches, 600usize.div_ceil(COMMIT_BATCH_MAX) as u64, "{stats:?}");
+            assert_eq!(stats.durable_commits, stats.batches);
+            committer.stop().await;
+            let after = committer.run(|_, _| Ok(())).await;
+            assert!(matches!(after, Err(StoreError::Stopped)), "a stopped writer takes nothing more");
+        });
+        assert_eq!(store.read().unwrap().getattr(ROOT_INO).unwrap().nlink, 2 + 600, "every mkdir committed");
+    }
+
+    // The three modes run the same operations to the same end; only the batching differs (the
+    // inline mode: one operation per batch).
+    #[test]
+    fn every_mode_commits_every_operation() {
+        for mode in [CommitMode::Thread, CommitMode::Task, CommitMode::Inline] {
+            let dir = tempfile::tempdir().unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let store = Store::open(dir.path(), &SystemClock).unwrap();
+            let stats = runtime.block_on(async {
+                let committer = store.start_committer_in(mode, Arc::new(SystemClock), ());
+                mkdirs(&committer, 40).await;
+                committer.stop().await;
+                committer.stats()
+            });
+            assert_eq!(stats.operations, 40, "{mode:?}");
+            assert!(stats.batches >= 1 && stats.batches <= 40, "{mode:?}: {stats:?}");
+            if mode == CommitMode::Inline {
+                assert_eq!(stats.batches, 40);
+            }
+            assert_eq!(store.read().unwrap().getattr(ROOT_INO).unwrap().nlink, 2 + 40, "{mode:?}");
+        }
     }
 }

@@ -52,7 +52,7 @@ impl redb::StorageBackend for BoxedBackend {
 use rustre_proto::Timestamp;
 use rustre_proto::clock::Clock;
 
-pub use commit::{COMMIT_BATCH_MAX, COMMIT_QUEUE_DEPTH, CommitStats, Committer};
+pub use commit::{COMMIT_BATCH_MAX, COMMIT_QUEUE_DEPTH, CommitMode, CommitStats, Committer};
 pub use error::{Result, StoreError};
 pub use fsck::{LOST_AND_FOUND, PROBLEMS_LISTED_MAX, Problem, Report, fsck};
 pub use namespace::{Dirent, LINK_COUNT_MAX, Ns, Opened, ReadNs, Walked};
@@ -68,6 +68,9 @@ pub struct OnceMarker {
     pub subject: u64,
     /// It made its subject.
     pub made: bool,
+    /// A later step of the request committed too (an open's truncate): a resend must not run
+    /// it again.
+    pub followed: bool,
     /// The subject's attributes right after the change (if it had a subject).
     pub attr: Option<rustre_proto::Attr>,
 }
@@ -86,12 +89,19 @@ impl Store {
     /// Opens (creating if needed) the store in `dir`. Refuses with `StoreError::Locked` when
     /// another server holds the directory.
     pub fn open(dir: &Path, clock: &dyn Clock) -> Result<Store> {
-        Store::open_with(dir, clock, None)
+        Store::open_with(dir, clock, None, None)
     }
 
-    /// `open`, with the metadata database on `backend` instead of `dir/meta.redb` when given:
-    /// the simulator's disk that loses unsynced writes when its power goes.
-    pub fn open_with(dir: &Path, clock: &dyn Clock, backend: Option<Box<dyn redb::StorageBackend>>) -> Result<Store> {
+    /// `open`, with the metadata database on `backend` instead of `dir/meta.redb` when given,
+    /// and the data objects in `objects` instead of `LocalObjects` under `dir/objects/` when
+    /// given: the simulator's disk and object store, which lose unsynced writes when their power
+    /// goes. The directory still holds the lock.
+    pub fn open_with(
+        dir: &Path,
+        clock: &dyn Clock,
+        backend: Option<Box<dyn redb::StorageBackend>>,
+        objects: Option<Arc<dyn ObjectStore>>,
+    ) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(|error| StoreError::io(format!("creating {}", dir.display()), error))?;
         let lock = lock_directory(dir)?;
         // Every page's checksum is verified at open: a store altered outside redb (a disk fault)
@@ -110,15 +120,20 @@ impl Store {
             )),
             other => other.into(),
         })?;
-        let objects = LocalObjects::open(&dir.join("objects"))
-            .map_err(|error| StoreError::io(format!("opening {}/objects", dir.display()), error))?;
+        let objects: Arc<dyn ObjectStore> = match objects {
+            Some(objects) => objects,
+            None => Arc::new(
+                LocalObjects::open(&dir.join("objects"))
+                    .map_err(|error| StoreError::io(format!("opening {}/objects", dir.display()), error))?,
+            ),
+        };
         let txn = db.begin_write()?;
         let boot = namespace::initialize(&txn, Timestamp::from_system_time(clock.now()))?;
-        let removed = namespace::remove_doomed(&txn, &objects)?;
-        let restored = namespace::reconcile_writable(&txn, &objects)?;
+        let removed = namespace::remove_doomed(&txn, objects.as_ref())?;
+        let restored = namespace::reconcile_writable(&txn, objects.as_ref())?;
         txn.commit()?;
         tracing::info!(dir = %dir.display(), boot, removed, restored, "store opened");
-        Ok(Store { dir: dir.to_path_buf(), db: Arc::new(db), objects: Arc::new(objects), boot, _lock: lock })
+        Ok(Store { dir: dir.to_path_buf(), db: Arc::new(db), objects, boot, _lock: lock })
     }
 
     pub fn dir(&self) -> &Path {
@@ -156,23 +171,31 @@ impl Store {
             true => None,
             false => Some(record::InodeRecord::decode(subject, record)?.attr(subject)),
         };
-        Ok(Some(OnceMarker { seq, subject, made: flags & record::ONCE_MADE != 0, attr }))
+        Ok(Some(OnceMarker {
+            seq,
+            subject,
+            made: flags & record::ONCE_MADE != 0,
+            followed: flags & record::ONCE_FOLLOWED != 0,
+            attr,
+        }))
     }
 
-    /// Every inode a `ONCE` row says its request opened: a restarted server keeps them until
-    /// recovery ends, so a resend gets its new handle on the inode its first run opened even if
+    /// Every inode a `ONCE` row says its request opened, with the row's (session, slot): a
+    /// restarted server keeps each one until that slot's resend is answered (or its session
+    /// ends), so the resend gets its new handle on the inode its first run opened even if
     /// another change has unlinked it since.
-    pub fn once_opened(&self) -> Result<Vec<u64>> {
+    pub fn once_opened(&self) -> Result<Vec<((u64, u32), u64)>> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(record::ONCE)?;
-        let mut subjects = Vec::new();
+        let mut opened = Vec::new();
         for item in table.iter()? {
-            let (_, subject, flags, _) = item?.1.value();
+            let (key, row) = item?;
+            let (_, subject, flags, _) = row.value();
             if subject != 0 && flags & record::ONCE_OPENED != 0 {
-                subjects.push(subject);
+                opened.push((key.value(), subject));
             }
         }
-        Ok(subjects)
+        Ok(opened)
     }
 
     pub fn objects(&self) -> &Arc<dyn ObjectStore> {
@@ -181,13 +204,24 @@ impl Store {
 
     /// Starts the writer thread, which owns `state` from now on.
     pub fn start_committer<S: Send + 'static>(&self, clock: Arc<dyn Clock>, state: S) -> Committer<S> {
-        Committer::start(self.db.clone(), self.objects.clone(), clock, self.boot, state, false)
+        self.start_committer_in(CommitMode::Thread, clock, state)
     }
 
     /// The writer without a thread: each operation is committed on the caller's task, alone
-    /// (deterministic simulation; see `commit.rs`).
+    /// (tests; see `commit.rs`).
     pub fn start_inline_committer<S: Send + 'static>(&self, clock: Arc<dyn Clock>, state: S) -> Committer<S> {
-        Committer::start(self.db.clone(), self.objects.clone(), clock, self.boot, state, true)
+        self.start_committer_in(CommitMode::Inline, clock, state)
+    }
+
+    /// Starts the writer in `mode`, which owns `state` from now on. `CommitMode::Task` spawns it
+    /// on the current tokio runtime, so it must be called inside one (as `tokio::spawn`).
+    pub fn start_committer_in<S: Send + 'static>(
+        &self,
+        mode: CommitMode,
+        clock: Arc<dyn Clock>,
+        state: S,
+    ) -> Committer<S> {
+        Committer::start(self.db.clone(), self.objects.clone(), clock, self.boot, state, mode)
     }
 }
 

@@ -651,6 +651,37 @@ impl<'txn> Ns<'txn> {
         Ok(())
     }
 
+    /// A later change of the request recorded on `slot` as `seq` (its first change wrote the
+    /// row): flags the row `ONCE_FOLLOWED` and keeps the subject's record as this change left it,
+    /// in this change's transaction.
+    pub fn record_once_followed(&mut self, session: u64, slot: u32, seq: u64) -> Result<()> {
+        if self.once.is_none() {
+            self.once = Some(self.txn.open_table(ONCE)?);
+        }
+        let row = self.once.as_mut().expect("opened above").get((session, slot))?.map(|row| {
+            let (row_seq, subject, flags, record) = row.value();
+            (row_seq, subject, flags, record.to_vec())
+        });
+        // The row may be gone (the session ended meanwhile) or newer: nothing to flag then.
+        let Some((row_seq, subject, flags, record)) = row else { return Ok(()) };
+        if row_seq != seq {
+            return Ok(());
+        }
+        // The subject as this step left it: what a resend answers (an open's truncated size).
+        let record = match subject {
+            0 => record,
+            ino => self.inode(ino)?.map(|record| record.encode()).unwrap_or(record),
+        };
+        // Not made durable here: a truncate lost in a crash with its flag is run again by the
+        // resend, which is right. (Made durable, the truncate outlived a crash that came before
+        // its data object was cut, and the next start took the file's size back from the
+        // object's length: simulator seed 996.)
+        self.mutations += 1;
+        let table = self.once.as_mut().expect("opened above");
+        table.insert((session, slot), (seq, subject, flags | ONCE_FOLLOWED, record.as_slice()))?;
+        Ok(())
+    }
+
     /// A new client session, remembered across restarts until it ends (`forget_session`).
     pub fn add_session(&mut self, session: u64) -> Result<()> {
         self.mutations += 1;
@@ -659,12 +690,42 @@ impl<'txn> Ns<'txn> {
         Ok(())
     }
 
-    /// A session ended (or was evicted, or never came back after a restart): its row and its
-    /// `ONCE` rows go.
+    /// The deadlines of earlier runs' sessions still expected back (`RECOVERY_DEADLINES`), in
+    /// milliseconds since the epoch, by session.
+    pub fn recovery_deadlines(&mut self) -> Result<Vec<(u64, i64)>> {
+        let table = self.txn.open_table(RECOVERY_DEADLINES)?;
+        let mut deadlines = Vec::new();
+        for item in table.iter()? {
+            let (session, deadline) = item?;
+            deadlines.push((session.value(), deadline.value()));
+        }
+        Ok(deadlines)
+    }
+
+    /// `session` must come back by `deadline` (milliseconds since the epoch), whatever restarts
+    /// come meanwhile.
+    pub fn set_recovery_deadline(&mut self, session: u64, deadline: i64) -> Result<()> {
+        self.mutations += 1;
+        self.durable = true;
+        self.txn.open_table(RECOVERY_DEADLINES)?.insert(session, deadline)?;
+        Ok(())
+    }
+
+    /// `session` came back: a later restart gives it a grace of its own again.
+    pub fn clear_recovery_deadline(&mut self, session: u64) -> Result<()> {
+        self.mutations += 1;
+        self.durable = true;
+        self.txn.open_table(RECOVERY_DEADLINES)?.remove(session)?;
+        Ok(())
+    }
+
+    /// A session ended (or was evicted, or never came back after a restart): its row, its
+    /// recovery deadline and its `ONCE` rows go.
     pub fn forget_session(&mut self, session: u64) -> Result<()> {
         self.mutations += 1;
         self.durable = true;
         self.txn.open_table(SESSIONS)?.remove(session)?;
+        self.txn.open_table(RECOVERY_DEADLINES)?.remove(session)?;
         let mut once = match self.once.take() {
             Some(table) => table,
             None => self.txn.open_table(ONCE)?,
@@ -770,11 +831,15 @@ impl<'txn> Ns<'txn> {
         if writing && record.kind == FileKind::Regular {
             self.mark_writable(ino)?;
         }
-        Ok(Opened {
-            needs_truncate: flags.contains(OpenFlags::TRUNCATE) && writing && record.size > 0,
-            attr: record.attr(ino),
-            created: false,
-        })
+        let needs_truncate = flags.contains(OpenFlags::TRUNCATE) && writing && record.size > 0;
+        if needs_truncate {
+            // A change in two steps: this open counts as one even when it wrote nothing, so its
+            // request's `ONCE` row is written now, with the inode it opened, and the truncate
+            // flags it (`record_once_followed`): a crash between the two steps is then told
+            // apart from one after both, and a resend truncates only in the first case.
+            self.mutations += 1;
+        }
+        Ok(Opened { needs_truncate, attr: record.attr(ino), created: false })
     }
 
     pub fn mkdir(&mut self, parent: u64, name: &[u8], perm: u32, caller: &Caller) -> Result<Attr> {
@@ -1268,6 +1333,7 @@ pub(crate) fn initialize(txn: &WriteTransaction, now: Timestamp) -> Result<u64> 
     txn.open_table(ORPHANS)?;
     txn.open_table(DOOMED)?;
     txn.open_table(SESSIONS)?;
+    txn.open_table(RECOVERY_DEADLINES)?;
     txn.open_table(ONCE)?;
     txn.open_table(WRITABLE)?;
     // Request records in the first layout: their requests' answers are long gone.

@@ -27,6 +27,12 @@ pub const WRITABLE: TableDefinition<u64, ()> = TableDefinition::new("writable");
 /// session id -> (): the client sessions of this server, kept across restarts so that after one
 /// the server knows whom to wait for (recovery) and whose `ONCE` rows to keep.
 pub const SESSIONS: TableDefinition<u64, ()> = TableDefinition::new("sessions");
+/// session id -> milliseconds since the epoch by which that session of an earlier run must come
+/// back to a recovering server. Written when a recovery first waits for the session, removed when
+/// it comes back or is forgotten, so a server that restarts again during recovery holds a session
+/// that never returns to its first deadline instead of granting it a fresh grace at every start
+/// (a crash loop would otherwise keep changes waiting for ever).
+pub const RECOVERY_DEADLINES: TableDefinition<u64, i64> = TableDefinition::new("recovery_deadlines");
 /// (session, slot) -> (seq, subject inode or 0, `ONCE_*` flags, the subject's record right after
 /// the change or empty): the last request of each `Op::Once` slot that changed the store, written
 /// in the same transaction as its change, so a resend after a crash is answered from here instead
@@ -42,6 +48,9 @@ pub const ONCE_LEGACY: &str = "once";
 pub const ONCE_MADE: u8 = 1;
 /// `ONCE` flag: the request opened its subject (a resend needs that inode for its new handle).
 pub const ONCE_OPENED: u8 = 2;
+/// `ONCE` flag: a later step of the request committed too, in a transaction of its own (the
+/// truncate of an open with O_TRUNC): a resend must not run it again over what others wrote since.
+pub const ONCE_FOLLOWED: u8 = 4;
 /// Counters: see the `META_*` keys.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
