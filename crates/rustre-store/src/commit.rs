@@ -254,11 +254,7 @@ impl<S: Send + 'static> Committer<S> {
                     None => {}
                 }
             }
-            Mode::Inline(writer) => {
-                if let Some(mut writer) = writer.lock().expect("inline writer lock").take() {
-                    writer.flush();
-                }
-            }
+            Mode::Inline(writer) => drop(writer.lock().expect("inline writer lock").take()),
         }
     }
 }
@@ -324,31 +320,7 @@ impl<S> Writer<S> {
         if !batch.is_empty() {
             self.run_batch(batch);
         }
-        if stop {
-            self.flush();
-            return std::ops::ControlFlow::Break(());
-        }
-        std::ops::ControlFlow::Continue(())
-    }
-
-    /// At a stop: makes the batches committed without an fsync durable, so a clean shutdown
-    /// keeps every change it acknowledged (a restart used to lose them, with the `ONCE` flags
-    /// and size updates they carried).
-    fn flush(&mut self) {
-        if self.stopped || self.non_durable_batches == 0 || self.counters.fault_never_durable.load(Ordering::Relaxed) {
-            return;
-        }
-        let flushed = self.db.begin_write().map_err(StoreError::from).and_then(|mut txn| {
-            txn.set_durability(Durability::Immediate).map_err(StoreError::from)?;
-            txn.commit().map_err(StoreError::from)
-        });
-        match flushed {
-            Ok(()) => {
-                self.non_durable_batches = 0;
-                self.counters.durable_commits.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(error) => tracing::error!(%error, "making the last changes durable at shutdown"),
-        }
+        if stop { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) }
     }
 
     fn run_batch(&mut self, batch: Vec<Job<S>>) {
