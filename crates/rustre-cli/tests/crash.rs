@@ -391,11 +391,17 @@ async fn unfsynced_writes_of_many_files_survive_sigkill() {
     // The handles die with the client, unclosed, as the process holding them would.
     drop((grown, sparse, never, deep, same, shrunk, cut, appended, extended));
     fsck_is_clean(&data, "after the kill");
+    let restart = rustre_proto::Timestamp::from_system_time(std::time::SystemTime::now());
     let server = ServerProcess::spawn(&data, &address);
     let reader = connect(&address).await;
-    for (path, (contents, _)) in &expected {
+    for (path, (contents, restored)) in &expected {
         let attr = reader.stat(path).await.unwrap();
         assert_eq!(attr.size, contents.len() as u64, "{path}: size after the restart");
+        if *restored {
+            // Content changed: nobody may see the new size beside the mtime of before.
+            assert!(attr.mtime >= restart, "{path}: a restored size kept its old mtime {:?}", attr.mtime);
+            assert!(attr.ctime >= restart, "{path}: a restored size kept its old ctime {:?}", attr.ctime);
+        }
         let read = reader.read(path).await.unwrap();
         assert!(read == *contents, "{path}: contents differ after the restart ({} bytes read)", read.len());
     }

@@ -1345,8 +1345,13 @@ pub(crate) fn initialize(txn: &WriteTransaction, now: Timestamp) -> Result<u64> 
 
 /// At start: every file that was open for writing when the server stopped takes its size from
 /// its data object if that is longer (a write whose size update a crash lost; see
-/// `record::WRITABLE`), and the rows go. Returns how many sizes were restored.
-pub(crate) fn reconcile_writable(txn: &WriteTransaction, objects: &dyn crate::ObjectStore) -> Result<usize> {
+/// `record::WRITABLE`), with mtime and ctime at `now`, and the rows go. Returns how many sizes
+/// were restored.
+pub(crate) fn reconcile_writable(
+    txn: &WriteTransaction,
+    objects: &dyn crate::ObjectStore,
+    now: Timestamp,
+) -> Result<usize> {
     let mut writable = txn.open_table(WRITABLE)?;
     let mut inos = Vec::new();
     for item in writable.iter()? {
@@ -1365,6 +1370,10 @@ pub(crate) fn reconcile_writable(txn: &WriteTransaction, objects: &dyn crate::Ob
         if len > record.size {
             tracing::info!(ino, size = record.size, len, "restoring the size of a file written before a crash");
             record.size = len;
+            // The data that grew the file is a change of its content: nobody may see the new
+            // size beside the mtime of before (a write moves both at once, `note_write`).
+            record.mtime = now;
+            record.ctime = now;
             inodes.insert(ino, record.encode().as_slice())?;
             restored += 1;
         }
