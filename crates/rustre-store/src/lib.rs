@@ -131,9 +131,10 @@ impl Store {
         let now = Timestamp::from_system_time(clock.now());
         let boot = namespace::initialize(&txn, now)?;
         let removed = namespace::remove_doomed(&txn, objects.as_ref())?;
+        let cut = namespace::finish_cuts(&txn, objects.as_ref())?;
         let restored = namespace::reconcile_writable(&txn, objects.as_ref(), now)?;
         txn.commit()?;
-        tracing::info!(dir = %dir.display(), boot, removed, restored, "store opened");
+        tracing::info!(dir = %dir.display(), boot, removed, cut, restored, "store opened");
         Ok(Store { dir: dir.to_path_buf(), db: Arc::new(db), objects, boot, _lock: lock })
     }
 

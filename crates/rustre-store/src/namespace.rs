@@ -352,6 +352,8 @@ pub struct Ns<'txn> {
     once: Option<OnceTable<'txn>>,
     /// Opened on first use, as `doomed`.
     writable: Option<Table<'txn, u64, ()>>,
+    /// Opened on first use, as `doomed`.
+    cuts: Option<Table<'txn, u64, u64>>,
     /// Files whose last writer closed: their `WRITABLE` rows go with the next batch that commits
     /// anyway (the committer carries the set from batch to batch).
     pub(crate) unwritable: std::collections::HashSet<u64>,
@@ -393,6 +395,7 @@ impl<'txn> Ns<'txn> {
             doomed: None,
             once: None,
             writable: None,
+            cuts: None,
             unwritable: std::collections::HashSet::new(),
             allocated: None,
             subject: None,
@@ -633,6 +636,26 @@ impl<'txn> Ns<'txn> {
         Ok(self.writable.as_mut().expect("opened above"))
     }
 
+    fn cuts_table(&mut self) -> Result<&mut Table<'txn, u64, u64>> {
+        if self.cuts.is_none() {
+            self.cuts = Some(self.txn.open_table(CUTS)?);
+        }
+        Ok(self.cuts.as_mut().expect("opened above"))
+    }
+
+    /// The size of a regular file changed from `old` to `new` (see `record::CUTS`): a shrink is
+    /// recorded for the start to finish should the cut of the object not happen; a growth
+    /// (the server cut the object to `old` first) ends any earlier record.
+    fn note_size_change(&mut self, ino: u64, old: u64, new: u64) -> Result<()> {
+        if new < old {
+            self.cuts_table()?.insert(ino, new)?;
+            self.mutations += 1;
+        } else if new > old && self.cuts_table()?.remove(ino)?.is_some() {
+            self.mutations += 1;
+        }
+        Ok(())
+    }
+
     /// Records that this session's request `seq` on `slot` changed the store, with the inode it
     /// made (or changed) and that inode's record as the change left it: in the transaction of the
     /// change itself, so both survive a crash or neither does.
@@ -758,6 +781,7 @@ impl<'txn> Ns<'txn> {
         self.bump_meta(META_INODES, -1)?;
         if record.kind == FileKind::Regular {
             self.doomed_table()?.insert(ino, ())?;
+            self.cuts_table()?.remove(ino)?;
             self.post_commit.push(PostCommit::RemoveObject(ino));
         }
         Ok(())
@@ -1171,6 +1195,7 @@ impl<'txn> Ns<'txn> {
                 return Err(Errno::EFBIG.into());
             }
             if size != record.size {
+                self.note_size_change(ino, record.size, size)?;
                 record.size = size;
                 record.mtime = self.now;
             }
@@ -1209,6 +1234,12 @@ impl<'txn> Ns<'txn> {
         self.subject = Some(ino);
         debug_assert_eq!(record.kind, FileKind::Regular, "only regular files are written");
         access::kill_privileges(&mut record, caller);
+        if self.cuts_table()?.remove(ino)?.is_some() {
+            // The bytes of this write may lie past the recorded cut: the row may not survive
+            // them, durably, or a start would cut them away (`record::CUTS`).
+            self.mutations += 1;
+            self.durable = true;
+        }
         record.size = record.size.max(end);
         record.mtime = self.now;
         record.ctime = self.now;
@@ -1336,11 +1367,43 @@ pub(crate) fn initialize(txn: &WriteTransaction, now: Timestamp) -> Result<u64> 
     txn.open_table(RECOVERY_DEADLINES)?;
     txn.open_table(ONCE)?;
     txn.open_table(WRITABLE)?;
+    txn.open_table(CUTS)?;
     // Request records in the first layout: their requests' answers are long gone.
     let legacy: redb::TableDefinition<(u64, u32), (u64, u64, u8)> =
         redb::TableDefinition::new(crate::record::ONCE_LEGACY);
     txn.delete_table(legacy)?;
     Ok(boot)
+}
+
+/// At start, before `reconcile_writable`: cuts each data object a shrink of its file left
+/// longer than the file (`record::CUTS`: a crash between the shrink's commit and the cut), makes
+/// the cut durable, and drops the rows. Returns how many objects were cut.
+pub(crate) fn finish_cuts(txn: &WriteTransaction, objects: &dyn crate::ObjectStore) -> Result<usize> {
+    let mut cuts = txn.open_table(CUTS)?;
+    let mut rows = Vec::new();
+    for item in cuts.iter()? {
+        let (ino, size) = item?;
+        rows.push((ino.value(), size.value()));
+    }
+    let inodes = txn.open_table(INODES)?;
+    let mut finished = 0;
+    for (ino, size) in rows {
+        cuts.remove(ino)?;
+        let Some(record) = load_inode(&inodes, ino)? else { continue };
+        if record.kind != FileKind::Regular {
+            continue;
+        }
+        // A durable size above the recorded one came later, and its bytes are to be kept.
+        let size = size.max(record.size);
+        let failed = |error| StoreError::io(format!("cutting the object of inode {ino} to {size}"), error);
+        if objects.len(ino).map_err(failed)? > size {
+            tracing::info!(ino, size, "cutting the data object of a file shrunk before a crash");
+            objects.set_len(ino, size).map_err(failed)?;
+            objects.sync(ino).map_err(failed)?;
+            finished += 1;
+        }
+    }
+    Ok(finished)
 }
 
 /// At start: every file that was open for writing when the server stopped takes its size from

@@ -24,6 +24,13 @@ pub const DOOMED: TableDefinition<u64, ()> = TableDefinition::new("doomed");
 /// fsync, so a crash may lose it while the bytes sit in the data object: a start after a crash
 /// takes each such file's size from its object when the object is longer (`reconcile_writable`).
 pub const WRITABLE: TableDefinition<u64, ()> = TableDefinition::new("writable");
+/// ino -> size: regular files a durable change shrank, to that size, whose data object may not
+/// be cut yet. The row is written with the change and the object cut after its commit; a crash
+/// in between leaves the object longer, which the next start cuts (before `reconcile_writable`
+/// would take the old length back as a size). The row goes with the next write of the file, in
+/// a durable batch (a start must never cut bytes an acknowledged write put past it), with a
+/// growth of its size, or with the file; the start drops the rest.
+pub const CUTS: TableDefinition<u64, u64> = TableDefinition::new("cuts");
 /// session id -> (): the client sessions of this server, kept across restarts so that after one
 /// the server knows whom to wait for (recovery) and whose `ONCE` rows to keep.
 pub const SESSIONS: TableDefinition<u64, ()> = TableDefinition::new("sessions");
