@@ -26,6 +26,9 @@
 //!   known call that ends the run (else it could go after that call);
 //! - two adjacent unknown calls that do not conflict are in index order.
 //!
+//! A known call that reads and changes nothing (a walk step past the walk's end, `Model::settled`)
+//! commutes with every call, so it goes as soon as it may, outside a run of unknown calls.
+//!
 //! The search skips every step that breaks these rules. It also forgets a handle once no pending
 //! call needs it (only the lifetime of an orphan depends on it, which no call observes), so a
 //! broken session's opens and closes leave no trace to branch on.
@@ -357,16 +360,40 @@ impl<'a> Search<'a> {
             .into_iter()
             .filter(|(position, _, mine)| {
                 let footprint = &footprints[*mine];
-                let relevant = footprints[..partners]
-                    .iter()
-                    .enumerate()
-                    .any(|(other, theirs)| other != *mine && theirs.conflicts(footprint));
+                let conflicting = |mut range: std::ops::Range<usize>| {
+                    range.any(|other| other != *mine && footprints[other].conflicts(footprint))
+                };
+                let relevant = conflicting(0..partners);
+                if !relevant && partners < footprints.len() && conflicting(partners..footprints.len()) {
+                    // Another unknown call could follow it, in a longer run than this pass allows.
+                    *limited = true;
+                }
                 let ordered = last.is_none_or(|last| *position > last.position || last.footprint.conflicts(footprint));
                 relevant && ordered
             })
             .map(|(position, model, mine)| (position, model, footprints[mine].clone()))
             .collect();
         steps
+    }
+
+    /// Takes a step of a split call that can change nothing (`Model::settled`) as the only way on
+    /// from a fresh frame that ends no run of unknown calls, if one may go next. Such a step reads
+    /// and changes nothing, so it commutes with every call; it may go next, so no pending known
+    /// call returned before it was invoked; and it ends no run in the canonical form (it conflicts
+    /// with nothing). So every linearization from here can take it first and stay canonical: the
+    /// other orders need no search. (Without this, the trailing steps of concurrent walks would
+    /// multiply the states by their interleavings.)
+    fn settled_first(&self, frame: &mut Frame) -> bool {
+        if !frame.run.is_empty() {
+            return false;
+        }
+        let Some(&position) = frame.known.iter().find(|&&position| frame.model.settled(self.call(true, position)))
+        else {
+            return false;
+        };
+        frame.known = vec![position];
+        frame.unknown = Some(Vec::new());
+        true
     }
 
     /// Orders the search from a fresh frame: if the known call that returned first answers
@@ -433,7 +460,7 @@ impl<'a> Search<'a> {
         let mut limited = false;
 
         while let Some(frame) = stack.last_mut() {
-            if frame.next == 0 && frame.unknown.is_none() {
+            if frame.next == 0 && frame.unknown.is_none() && !self.settled_first(frame) {
                 self.fixers_first(frame, max_run, &mut limited);
             }
             let known_from = frame.fixers;
@@ -567,7 +594,7 @@ fn check_with_limit(events: &[Event], states_max: usize) -> Result<(), CheckErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::{Call, Kind, Value};
+    use crate::history::{Call, Kind, Time, Value, XattrMode};
     use rustre_proto::Errno;
 
     fn event(client: u32, invoked: u64, returned: u64, call: Call, outcome: Outcome) -> Event {
@@ -589,10 +616,10 @@ mod tests {
         Call::Open { path: path.into(), write: true, create: true, exclusive: false, truncate: false, handle }
     }
     fn directory() -> Outcome {
-        Outcome::Ok(Value::Attr { kind: Kind::Directory, size: 0, nlink: 2 })
+        Outcome::Ok(Value::plain(Kind::Directory, 0, 2))
     }
     fn file(size: u64) -> Outcome {
-        Outcome::Ok(Value::Attr { kind: Kind::File, size, nlink: 1 })
+        Outcome::Ok(Value::plain(Kind::File, size, 1))
     }
     fn err(errno: Errno) -> Outcome {
         Outcome::Err(errno.0)
@@ -694,6 +721,29 @@ mod tests {
         violation(&events);
     }
 
+    // Seed 1466 of the simulator, reduced: the listing of / misses /e, which is explained only by
+    // two broken calls both taking effect before it, the unlink of /d/a and then the rename of /e
+    // over it (a directory cannot replace the symlink). The unlink conflicts with no known call,
+    // so a pass allowing runs of one never tries it; the pass allowing two must still come.
+    #[test]
+    fn a_run_of_two_unknown_calls_that_only_the_second_pass_allows_is_found() {
+        let events = [
+            event(0, 1, 2, mkdir("/e"), directory()),
+            event(0, 3, 4, mkdir("/d"), directory()),
+            event(
+                0,
+                5,
+                6,
+                Call::Symlink { target: "x".into(), path: "/d/a".into() },
+                Outcome::Ok(Value::plain(Kind::Symlink, 1, 1)),
+            ),
+            unknown(1, 7, Call::Unlink { path: "/d/a".into() }),
+            unknown(2, 8, rename("/e", "/d/a")),
+            event(3, 9, 12, Call::ReadDir { path: "/".into() }, Outcome::Ok(Value::Names(vec!["d".into()]))),
+        ];
+        check(&events).unwrap();
+    }
+
     #[test]
     fn a_rename_seen_done_with_the_old_name_still_there_fails() {
         let events = [
@@ -738,12 +788,23 @@ mod tests {
         }
     }
 
+    /// A time for `SetTimes`, like the workload's: left, "now", or one of two explicit ones.
+    fn set_time(rng: &mut Rng) -> Option<Time> {
+        match rng.below(4) {
+            0 => None,
+            1 => Some(Time::Clock),
+            2 => Some(Time::At { secs: 1_000_000_000, nanos: 0 }),
+            _ => Some(Time::At { secs: -86_400, nanos: 5 }),
+        }
+    }
+
     /// A random call on colliding names, like the simulation's workload.
     fn random_call(rng: &mut Rng, held: &[(u64, bool)], handle: u64) -> Call {
         let path =
             |rng: &mut Rng| format!("{}/{}", rng.pick(&["", "/d", "/e", "/d/e"]), rng.pick(&["a", "b", "d", "e"]));
+        let id = |rng: &mut Rng| [None, Some(0), Some(7)][rng.below(3) as usize];
         loop {
-            return match rng.below(100) {
+            return match rng.below(125) {
                 0..=14 => {
                     let write = rng.below(10) < 7;
                     let create = write && rng.below(10) < 8;
@@ -773,6 +834,22 @@ mod tests {
                 76..=78 => Call::Symlink { target: rng.pick(&["/d", "/a", "a", "/e/b", "/s"]).into(), path: path(rng) },
                 79..=91 => Call::Stat { path: path(rng) },
                 92..=99 => Call::ReadDir { path: rng.pick(&["/", "/d", "/e", "/d/e"]).into() },
+                100..=103 => {
+                    Call::Chmod { path: path(rng), mode: [0o644, 0o4755, 0o2755, 0o2644][rng.below(4) as usize] }
+                }
+                104..=106 => Call::Chown { path: path(rng), uid: id(rng), gid: id(rng) },
+                107..=109 => Call::Truncate { path: path(rng), size: rng.below(3) * 5 },
+                110..=112 => Call::SetTimes { path: path(rng), atime: set_time(rng), mtime: set_time(rng) },
+                113..=114 => Call::Readlink { path: path(rng) },
+                115..=118 => Call::SetXattr {
+                    path: path(rng),
+                    name: rng.pick(&["user.a", "user.b"]).into(),
+                    value: rng.pick(&["1", "two"]).into(),
+                    mode: [XattrMode::Either, XattrMode::Create, XattrMode::Replace][rng.below(3) as usize],
+                },
+                119..=120 => Call::GetXattr { path: path(rng), name: rng.pick(&["user.a", "user.b"]).into() },
+                121..=122 => Call::ListXattr { path: path(rng) },
+                123..=124 => Call::RemoveXattr { path: path(rng), name: rng.pick(&["user.a", "user.b"]).into() },
                 _ => continue,
             };
         }
@@ -899,6 +976,20 @@ mod tests {
             let events = random_history(seed * 7919, 3 + (seed as usize % 4), 600, 15);
             let result = check(&events);
             assert!(result.is_ok(), "seed {seed}: {}", result.unwrap_err());
+        }
+    }
+
+    /// Split into walk steps and acts (`phases.rs`), a linearizable history stays linearizable
+    /// (each call's steps may all go at its instant), and its check stays quick though each walk
+    /// has hops for its longest case: those that change nothing go at once (`settled_first`).
+    #[test]
+    fn random_histories_split_into_steps_pass() {
+        for seed in 1..=8 {
+            let events = crate::phases::split(&random_history(seed * 6151, 3, 400, 40));
+            let started = std::time::Instant::now();
+            let result = check(&events);
+            assert!(result.is_ok(), "seed {seed}: {}", result.unwrap_err());
+            eprintln!("seed {seed}: {} events checked in {:?}", events.len(), started.elapsed());
         }
     }
 

@@ -17,6 +17,20 @@ pub enum Kind {
     Symlink,
 }
 
+/// A time of an inode, as far as the model can predict it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Time {
+    /// A time the server took from its clock (the simulated one, which the model does not
+    /// follow): any instant from the simulation's epoch on. In a `SetTimes`, "now".
+    Clock,
+    /// Exactly this time, as a `SetTimes` set it (the workload's times are all before the
+    /// simulation's epoch, so no clock time is ever one of them).
+    At { secs: i64, nanos: u32 },
+}
+
+/// The workload's xattr modes (`XATTR_CREATE`, `XATTR_REPLACE`, or neither).
+pub use rustre_proto::XattrMode;
+
 /// One call of the library's path API (or of a `File` the workload holds).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Call {
@@ -46,6 +60,25 @@ pub enum Call {
     Stat { path: String },
     /// `Client::read_dir`: the names, sorted.
     ReadDir { path: String },
+    /// `Client::set_permissions` (chmod, follows symlinks): the permission bits, 0o7777 at most.
+    Chmod { path: String, mode: u32 },
+    /// `Client::set_owner` (chown, follows symlinks); `None` leaves that id as it is.
+    Chown { path: String, uid: Option<u32>, gid: Option<u32> },
+    /// `Client::truncate` (follows symlinks).
+    Truncate { path: String, size: u64 },
+    /// `Client::set_times` (utimensat, follows symlinks); `None` leaves that time as it is,
+    /// `Time::Clock` sets it to the server's now.
+    SetTimes { path: String, atime: Option<Time>, mtime: Option<Time> },
+    /// `Client::read_link` (does not follow a final symlink): the target.
+    Readlink { path: String },
+    /// `Client::set_xattr` (follows symlinks).
+    SetXattr { path: String, name: String, value: Vec<u8>, mode: XattrMode },
+    /// `Client::get_xattr` (follows symlinks): the value.
+    GetXattr { path: String, name: String },
+    /// `Client::list_xattr` (follows symlinks): the names, sorted.
+    ListXattr { path: String },
+    /// `Client::remove_xattr` (follows symlinks).
+    RemoveXattr { path: String, name: String },
     /// Not a client call: the first step of a path call the checker splits (`phases.rs`), the
     /// walk to `path`'s parent directory (or, `whole`, to what `path` names), kept in `slot`.
     Resolve { path: String, whole: bool, follow: bool, slot: HandleId },
@@ -67,16 +100,44 @@ pub const READ_LEN: usize = 4096;
 /// What a successful call answered (only what the model can predict).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Value {
-    /// Unlink, rename, rmdir, close, write.
+    /// Unlink, rename, rmdir, close, write, set_xattr, remove_xattr.
     Done,
     /// Open: whether it created the file, and the size it reports.
     Opened { created: bool, size: u64 },
-    /// Stat, mkdir, link, symlink: the attributes the model can predict.
-    Attr { kind: Kind, size: u64, nlink: u32 },
-    /// Read: the bytes.
+    /// Stat, mkdir, link, symlink, and the calls that change attributes (chmod, chown, truncate,
+    /// set_times): the attributes the model can predict. `mode` is `st_mode` (type and
+    /// permission bits). Times are exact where a `SetTimes` set them, and otherwise only known to
+    /// come from the server's clock; ctime always does (every change sets it to now).
+    Attr { kind: Kind, size: u64, nlink: u32, mode: u32, uid: u32, gid: u32, atime: Time, mtime: Time, ctime: Time },
+    /// Read, readlink, get_xattr: the bytes.
     Data(Vec<u8>),
-    /// ReadDir: the names, sorted.
+    /// ReadDir, list_xattr: the names, sorted.
     Names(Vec<String>),
+}
+
+#[cfg(test)]
+impl Value {
+    /// The attributes of a node root made in a plain directory and nobody changed since but for
+    /// its size and links: the client's permission bits (0o644 for a file, 0o755 for a
+    /// directory, 0o777 for a symlink), owner 0:0, every time from the server's clock.
+    pub(crate) fn plain(kind: Kind, size: u64, nlink: u32) -> Value {
+        let mode = match kind {
+            Kind::File => 0o100644,
+            Kind::Directory => 0o040755,
+            Kind::Symlink => 0o120777,
+        };
+        Value::Attr {
+            kind,
+            size,
+            nlink,
+            mode,
+            uid: 0,
+            gid: 0,
+            atime: Time::Clock,
+            mtime: Time::Clock,
+            ctime: Time::Clock,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,6 +187,23 @@ impl std::fmt::Display for Call {
             Call::Symlink { target, path } => write!(f, "symlink {path} -> {target}"),
             Call::Stat { path } => write!(f, "stat {path}"),
             Call::ReadDir { path } => write!(f, "readdir {path}"),
+            Call::Chmod { path, mode } => write!(f, "chmod {path} {mode:04o}"),
+            Call::Chown { path, uid, gid } => {
+                let id = |id: &Option<u32>| id.map_or("-1".to_string(), |id| id.to_string());
+                write!(f, "chown {path} {}:{}", id(uid), id(gid))
+            }
+            Call::Truncate { path, size } => write!(f, "truncate {path} to {size}"),
+            Call::SetTimes { path, atime, mtime } => {
+                let time = |time: &Option<Time>| time.map_or("omit".to_string(), |time| time.to_string());
+                write!(f, "utimes {path} atime {} mtime {}", time(atime), time(mtime))
+            }
+            Call::Readlink { path } => write!(f, "readlink {path}"),
+            Call::SetXattr { path, name, value, mode } => {
+                write!(f, "setxattr {path} {name}=\"{}\" ({mode:?})", value.escape_ascii())
+            }
+            Call::GetXattr { path, name } => write!(f, "getxattr {path} {name}"),
+            Call::ListXattr { path } => write!(f, "listxattr {path}"),
+            Call::RemoveXattr { path, name } => write!(f, "removexattr {path} {name}"),
             Call::Resolve { path, whole, follow, slot } => {
                 let what = if *whole { "" } else { "the parent of " };
                 let follow = if *follow { ", following symlinks" } else { "" };
@@ -138,6 +216,16 @@ impl std::fmt::Display for Call {
     }
 }
 
+impl std::fmt::Display for Time {
+    /// `clock`, or `1000001111.000000007`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Time::Clock => write!(f, "clock"),
+            Time::At { secs, nanos } => write!(f, "{secs}.{nanos:09}"),
+        }
+    }
+}
+
 impl std::fmt::Display for Outcome {
     /// `ok`, `ok: created, size 0`, `ENOTDIR`, `unknown (the session broke)`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -146,8 +234,9 @@ impl std::fmt::Display for Outcome {
             Outcome::Ok(Value::Opened { created, size }) => {
                 write!(f, "ok: {}, size {size}", if *created { "created" } else { "opened" })
             }
-            Outcome::Ok(Value::Attr { kind, size, nlink }) => {
-                write!(f, "ok: {kind:?}, size {size}, nlink {nlink}")
+            Outcome::Ok(Value::Attr { kind, size, nlink, mode, uid, gid, atime, mtime, ctime }) => {
+                write!(f, "ok: {kind:?}, size {size}, nlink {nlink}, mode {mode:o}, owner {uid}:{gid}, ")?;
+                write!(f, "atime {atime}, mtime {mtime}, ctime {ctime}")
             }
             Outcome::Ok(Value::Data(data)) => write!(f, "ok: {} bytes \"{}\"", data.len(), data.escape_ascii()),
             Outcome::Ok(Value::Names(names)) => write!(f, "ok: [{}]", names.join(", ")),

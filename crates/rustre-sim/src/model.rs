@@ -13,10 +13,20 @@
 //! handles are equal whatever order of calls built them. The checker relies on that to merge
 //! states reached by commuting calls.
 //!
-//! `apply_traced` also records the call's footprint: the names, listings, nodes and handles it
-//! read and changed. Two calls whose footprints do not conflict commute (each answers the same in
-//! either order, and both orders end in the same model); the checker uses that to try a call of
-//! unknown outcome only where it could matter.
+//! Besides names and contents, each node has what `stat` shows and the model can predict (its
+//! permission bits, owner and group, atime and mtime) and its xattrs. The simulated clients act
+//! as root, so no permission check refuses them; the rules that still apply to root (a chown
+//! clears set-user-id, a set-group-id directory hands its group down) are the server's
+//! (`access.rs`). Times are predicted as far as they can be: one a `SetTimes` set explicitly is
+//! known exactly until a change of the node's contents (a write, a truncation that changes the
+//! size) or of its entries (a directory's) sets mtime to the server's clock; otherwise a time is
+//! only known to come from that clock (`Time::Clock`), and ctime always does. The server keeps no
+//! atime on reads (as `noatime`), so atime changes only by `SetTimes`.
+//!
+//! `apply_traced` also records the call's footprint: the names, listings, nodes (contents, modes,
+//! times, xattrs) and handles it read and changed. Two calls whose footprints do not conflict
+//! commute (each answers the same in either order, and both orders end in the same model); the
+//! checker uses that to try a call of unknown outcome only where it could matter.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -26,7 +36,7 @@ use std::sync::Arc;
 use rustre_proto::Errno;
 use rustre_proto::name::{validate_name, validate_symlink_target};
 
-use crate::history::{Call, HandleId, Kind, Outcome, READ_LEN, Value};
+use crate::history::{Call, HandleId, Kind, Outcome, READ_LEN, Time, Value, XattrMode};
 
 /// Index of a node in `Model::nodes`.
 type NodeId = u32;
@@ -67,6 +77,66 @@ impl Node {
     }
 }
 
+/// Set-user-id, set-group-id and group execute (`access.rs`).
+const S_ISUID: u32 = 0o4000;
+const S_ISGID: u32 = 0o2000;
+const S_IXGRP: u32 = 0o010;
+
+/// What `stat` shows of a node besides its kind, size and links, and its xattrs. ctime is not
+/// kept: every change sets it from the server's clock, so it is always `Time::Clock`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Meta {
+    /// Permission bits (0o7777 at most).
+    perm: u32,
+    uid: u32,
+    gid: u32,
+    atime: Time,
+    mtime: Time,
+    xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+impl Meta {
+    /// A new node's, as `access::new_owner` makes it for the superuser (uid 0, gid 0) in a
+    /// directory with permission bits `parent_perm` and group `parent_gid`: in a set-group-id
+    /// directory the node takes the directory's group, and a new directory keeps the bit.
+    fn new(kind: Kind, perm: u32, parent_perm: u32, parent_gid: u32) -> Meta {
+        let inherit = parent_perm & S_ISGID != 0;
+        let perm = if inherit && kind == Kind::Directory { perm | S_ISGID } else { perm };
+        Meta {
+            perm,
+            uid: 0,
+            gid: if inherit { parent_gid } else { 0 },
+            atime: Time::Clock,
+            mtime: Time::Clock,
+            xattrs: BTreeMap::new(),
+        }
+    }
+}
+
+/// A node and what `stat` shows of it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Inode {
+    node: Node,
+    meta: Meta,
+}
+
+/// The permission bits the client asks for: a file `open` makes (`OpenOptions`' default), a
+/// `mkdir` of the workload's, and a symlink's. The server applies no umask.
+const FILE_PERM: u32 = 0o644;
+const DIRECTORY_PERM: u32 = 0o755;
+const SYMLINK_PERM: u32 = 0o777;
+
+/// The attribute changes of one `SetAttr` (`SetAttrIn`, without a handle).
+#[derive(Clone, Copy, Debug, Default)]
+struct SetAttr {
+    perm: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    size: Option<u64>,
+    atime: Option<Time>,
+    mtime: Option<Time>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Handle {
     node: NodeId,
@@ -79,11 +149,23 @@ struct Handle {
 enum Key {
     /// What a name of a directory is bound to (or that it is unbound).
     Entry(Origin, String),
-    /// Which names a directory has (its listing, emptiness and nlink): only read; a change of any
-    /// entry of the directory changes it.
+    /// Which names a directory has (its listing, emptiness and nlink): a change of any entry of
+    /// the directory changes it, and so does the removal of the directory itself (its nlink
+    /// drops to 0, as a handle or a walk under way sees it).
     Listing(Origin),
     /// A file's or symlink's contents and nlink.
     Node(Origin),
+    /// A node's permission bits, owner and group.
+    Mode(Origin),
+    /// A node's atime and mtime.
+    Times(Origin),
+    /// Only written: a node's mtime set to the server's clock (by a change of its contents or
+    /// entries). Two such changes commute; a read or change of the times does not with one.
+    Stamp(Origin),
+    /// One xattr of a node: its value, or that it has none.
+    Xattr(Origin, String),
+    /// Which xattrs a node has: only read; a change of any of them changes it.
+    Xattrs(Origin),
     Handle(HandleId),
 }
 
@@ -92,6 +174,9 @@ impl Key {
     fn changes(&self, other: &Key) -> bool {
         match (self, other) {
             (Key::Entry(directory, _), Key::Listing(listed)) => directory == listed,
+            (Key::Xattr(node, _), Key::Xattrs(listed)) => node == listed,
+            (Key::Stamp(_), Key::Stamp(_)) => false,
+            (Key::Stamp(node), Key::Times(times)) | (Key::Times(times), Key::Stamp(node)) => node == times,
             _ => self == other,
         }
     }
@@ -165,7 +250,7 @@ pub struct Model {
     /// Indexed by `NodeId`; the root is node 0. Between a change and the renumbering that ends
     /// it, unreachable nodes may linger; the renumbering drops them. Shared between copies of a
     /// model until changed (the checker copies models a lot).
-    nodes: Vec<Arc<Node>>,
+    nodes: Vec<Arc<Inode>>,
     handles: BTreeMap<HandleId, Handle>,
     /// Walks of split path calls (`phases.rs`) that failed, by slot, until their act takes them.
     /// (Those that succeeded are kept in `handles`, under their slot, so the node stays alive and
@@ -246,7 +331,10 @@ impl Model {
     /// An empty namespace: just the root directory, no handles.
     pub fn new() -> Model {
         Model {
-            nodes: vec![Arc::new(Node::Directory { entries: BTreeMap::new() })],
+            nodes: vec![Arc::new(Inode {
+                node: Node::Directory { entries: BTreeMap::new() },
+                meta: Meta::new(Kind::Directory, DIRECTORY_PERM, 0, 0),
+            })],
             handles: BTreeMap::new(),
             failed: BTreeMap::new(),
             names: BTreeMap::new(),
@@ -281,6 +369,15 @@ impl Model {
             Call::Symlink { target, path } => self.symlink(target, path),
             Call::Stat { path } => self.resolve(path, true).map(|node| self.attr(node)),
             Call::ReadDir { path } => self.read_dir(path),
+            Call::Chmod { path, .. }
+            | Call::Chown { path, .. }
+            | Call::Truncate { path, .. }
+            | Call::SetTimes { path, .. }
+            | Call::Readlink { path }
+            | Call::SetXattr { path, .. }
+            | Call::GetXattr { path, .. }
+            | Call::ListXattr { path }
+            | Call::RemoveXattr { path, .. } => self.path_call(call, path),
             Call::Resolve { path, whole, follow, slot } => {
                 self.resolve_step(path, *whole, *follow, *slot);
                 Ok(Value::Done)
@@ -302,8 +399,23 @@ impl Model {
                 None => return Outcome::Unknown,
             },
         };
-        let reads_only =
-            matches!(call, Call::Write { .. } | Call::Read { .. } | Call::Stat { .. } | Call::ReadDir { .. });
+        // Calls that never add, remove or move a node (so need no renumbering).
+        let reads_only = matches!(
+            call,
+            Call::Write { .. }
+                | Call::Read { .. }
+                | Call::Stat { .. }
+                | Call::ReadDir { .. }
+                | Call::Chmod { .. }
+                | Call::Chown { .. }
+                | Call::Truncate { .. }
+                | Call::SetTimes { .. }
+                | Call::Readlink { .. }
+                | Call::SetXattr { .. }
+                | Call::GetXattr { .. }
+                | Call::ListXattr { .. }
+                | Call::RemoveXattr { .. }
+        );
         if !reads_only && result.is_ok() {
             self.renumber();
         }
@@ -320,6 +432,17 @@ impl Model {
         let outcome = self.apply(call);
         let footprint = self.trace.0.take().expect("the trace is on");
         (outcome, footprint)
+    }
+
+    /// Is `call` a step of a split call that reads and changes nothing here: a `Hop` of a walk
+    /// that has ended (the walks are given hops for their longest case)? It answers `Done`.
+    pub(crate) fn settled(&self, call: &Call) -> bool {
+        match call {
+            Call::Hop { slot } => {
+                !self.walking.contains_key(slot) && (self.handles.contains_key(slot) || self.failed.contains_key(slot))
+            }
+            _ => false,
+        }
     }
 
     /// Drops a handle no later call can use. Only the lifetime of an orphan depends on it, and
@@ -345,11 +468,28 @@ impl Model {
     // ---- nodes ----
 
     fn node(&self, id: NodeId) -> &Node {
-        &self.nodes[id as usize]
+        &self.nodes[id as usize].node
     }
 
     fn node_mut(&mut self, id: NodeId) -> &mut Node {
-        Arc::make_mut(&mut self.nodes[id as usize])
+        &mut Arc::make_mut(&mut self.nodes[id as usize]).node
+    }
+
+    fn meta(&self, id: NodeId) -> &Meta {
+        &self.nodes[id as usize].meta
+    }
+
+    fn meta_mut(&mut self, id: NodeId) -> &mut Meta {
+        &mut Arc::make_mut(&mut self.nodes[id as usize]).meta
+    }
+
+    /// A change of a node's contents or entries: its mtime comes from the server's clock.
+    fn stamp(&mut self, id: NodeId) {
+        let origin = self.origin(id);
+        self.record(true, || Key::Stamp(origin));
+        if self.meta(id).mtime != Time::Clock {
+            self.meta_mut(id).mtime = Time::Clock;
+        }
     }
 
     fn is_directory(&self, id: NodeId) -> bool {
@@ -395,12 +535,14 @@ impl Model {
         let origin = self.origin(directory);
         self.record(true, || Key::Entry(origin, name.clone()));
         self.entries_mut(directory).insert(name, id);
+        self.stamp(directory);
     }
 
     fn remove_entry(&mut self, directory: NodeId, name: &str) {
         let origin = self.origin(directory);
         self.record(true, || Key::Entry(origin, name.to_string()));
         self.entries_mut(directory).remove(name);
+        self.stamp(directory);
     }
 
     /// A file or symlink, to change.
@@ -410,30 +552,59 @@ impl Model {
         self.node_mut(id)
     }
 
-    fn add_node(&mut self, node: Node) -> NodeId {
-        self.nodes.push(Arc::new(node));
+    /// A new node made in `directory`: its owner, group and mode as the server makes them there
+    /// (which reads the directory's mode and group).
+    fn add_node(&mut self, node: Node, directory: NodeId) -> NodeId {
+        let origin = self.origin(directory);
+        self.record(false, || Key::Mode(origin));
+        let (kind, perm) = match &node {
+            Node::Directory { .. } => (Kind::Directory, DIRECTORY_PERM),
+            Node::File { .. } => (Kind::File, FILE_PERM),
+            Node::Symlink { .. } => (Kind::Symlink, SYMLINK_PERM),
+        };
+        let parent = self.meta(directory);
+        let meta = Meta::new(kind, perm, parent.perm, parent.gid);
+        self.nodes.push(Arc::new(Inode { node, meta }));
         self.origins.of.push(self.origins.next);
         self.origins.next += 1;
         (self.nodes.len() - 1) as NodeId
     }
 
     /// The attributes the server reports (`InodeRecord::attr`): a directory's size is 0 and its
-    /// nlink 2 + subdirectories; a symlink's size is its target's length.
+    /// nlink 2 + subdirectories; a symlink's size is its target's length; the mode, owner and
+    /// times as far as the model knows them (see the module's doc).
     fn attr(&mut self, id: NodeId) -> Value {
-        if self.is_directory(id) {
-            let origin = self.origin(id);
+        let origin = self.origin(id);
+        self.record(false, || Key::Mode(origin));
+        self.record(false, || Key::Times(origin));
+        let (kind, size, nlink) = if self.is_directory(id) {
             self.record(false, || Key::Listing(origin));
             let subdirectories = self.entries(id).values().filter(|&&child| self.is_directory(child)).count();
-            return Value::Attr { kind: Kind::Directory, size: 0, nlink: 2 + subdirectories as u32 };
-        }
-        let origin = self.origin(id);
-        self.record(false, || Key::Node(origin));
-        match self.node(id) {
-            Node::File { data, nlink } => Value::Attr { kind: Kind::File, size: data.len() as u64, nlink: *nlink },
-            Node::Symlink { target, nlink } => {
-                Value::Attr { kind: Kind::Symlink, size: target.len() as u64, nlink: *nlink }
+            (Kind::Directory, 0, 2 + subdirectories as u32)
+        } else {
+            self.record(false, || Key::Node(origin));
+            match self.node(id) {
+                Node::File { data, nlink } => (Kind::File, data.len() as u64, *nlink),
+                Node::Symlink { target, nlink } => (Kind::Symlink, target.len() as u64, *nlink),
+                Node::Directory { .. } => unreachable!("directories are answered above"),
             }
-            Node::Directory { .. } => unreachable!("directories are answered above"),
+        };
+        let type_bits = match kind {
+            Kind::File => 0o100000,
+            Kind::Directory => 0o040000,
+            Kind::Symlink => 0o120000,
+        };
+        let meta = self.meta(id);
+        Value::Attr {
+            kind,
+            size,
+            nlink,
+            mode: type_bits | meta.perm,
+            uid: meta.uid,
+            gid: meta.gid,
+            atime: meta.atime,
+            mtime: meta.mtime,
+            ctime: Time::Clock,
         }
     }
 
@@ -441,6 +612,9 @@ impl Model {
     /// neither a name nor a handle reaches is dropped by the next renumbering.
     fn drop_link(&mut self, id: NodeId) {
         if self.is_directory(id) {
+            // Its nlink as a handle or a walk under way sees it: 0 from now on (`act`).
+            let origin = self.origin(id);
+            self.record(true, || Key::Listing(origin));
             return;
         }
         match self.changing(id) {
@@ -500,7 +674,8 @@ impl Model {
         }
         self.origins.of = order.iter().map(|&id| self.origins.of[id as usize]).collect();
         let mut old = std::mem::take(&mut self.nodes);
-        let taken = Arc::new(Node::File { data: Vec::new(), nlink: 0 });
+        let taken =
+            Arc::new(Inode { node: Node::File { data: Vec::new(), nlink: 0 }, meta: Meta::new(Kind::File, 0, 0, 0) });
         self.nodes = order
             .iter()
             .map(|&id| {
@@ -508,9 +683,9 @@ impl Model {
                 let moves = |entries: &BTreeMap<String, NodeId>| {
                     entries.values().any(|&child| renamed[child as usize] != child)
                 };
-                if let Node::Directory { entries } = &*node
+                if let Node::Directory { entries } = &node.node
                     && moves(entries)
-                    && let Node::Directory { entries } = Arc::make_mut(&mut node)
+                    && let Node::Directory { entries } = &mut Arc::make_mut(&mut node).node
                 {
                     for child in entries.values_mut() {
                         *child = renamed[*child as usize];
@@ -774,16 +949,40 @@ impl Model {
             if self.reachable(node) {
                 continue;
             }
+            // Gone from the tree. A call on the node itself acts on it: the server does, on an
+            // orphan a file handle keeps (a stat or a listing sees it, a change changes it); had
+            // nothing kept it, the client met a stale id and retried by name, walk and act in one
+            // step, which the check tries too. (Which it was, the model cannot always tell: the
+            // checker forgets a handle no later call of its own needs, `forget_handle`.) A
+            // symlink's target never changes, and the client may have it cached by id.
+            match call {
+                Call::Stat { .. }
+                | Call::ReadDir { .. }
+                | Call::Chmod { .. }
+                | Call::Chown { .. }
+                | Call::Truncate { .. }
+                | Call::SetTimes { .. }
+                | Call::Readlink { .. }
+                | Call::SetXattr { .. }
+                | Call::GetXattr { .. }
+                | Call::ListXattr { .. }
+                | Call::RemoveXattr { .. } => {
+                    let mut answer = self.on_node(call, node);
+                    // A removed directory has no links at all (`Ns::drop_link`).
+                    if let Ok(Value::Attr { kind: Kind::Directory, nlink, .. }) = &mut answer {
+                        *nlink = 0;
+                    }
+                    return Some(answer);
+                }
+                _ => {}
+            }
             if !self.held_open(node) {
                 // Destroyed on the server: the client met a stale id and retried by name.
                 return None;
             }
-            // Gone from the tree, but a file handle keeps it (an orphan): the server acts on it.
-            // A dead directory holds no name and takes none (ENOENT); a stat or a listing sees
-            // the orphan itself; a link of it fails, and the client retries that by name.
+            // An orphan: a dead directory holds no name and takes none (ENOENT); a link of the
+            // orphan fails, and the client retries that by name.
             return match call {
-                Call::Stat { .. } => Some(Ok(self.attr(node))),
-                Call::ReadDir { .. } => Some(self.list(node)),
                 Call::Link { .. } if node == at[0] => None,
                 _ => Some(Err(Errno::ENOENT)),
             };
@@ -808,8 +1007,17 @@ impl Model {
             Call::Rmdir { path } => self.rmdir_from(walk(at[0]), &last(path)),
             Call::Mkdir { path } => self.mkdir_from(walk(at[0]), &last(path)),
             Call::Symlink { target, path } => self.symlink_from(target, walk(at[0]), &last(path)),
-            Call::Stat { .. } => Ok(self.attr(at[0])),
-            Call::ReadDir { .. } => self.list(at[0]),
+            Call::Stat { .. }
+            | Call::ReadDir { .. }
+            | Call::Chmod { .. }
+            | Call::Chown { .. }
+            | Call::Truncate { .. }
+            | Call::SetTimes { .. }
+            | Call::Readlink { .. }
+            | Call::SetXattr { .. }
+            | Call::GetXattr { .. }
+            | Call::ListXattr { .. }
+            | Call::RemoveXattr { .. } => self.on_node(call, at[0]),
             Call::Rename { from, to, noreplace } => {
                 self.rename_from(walk(at[0]), &last(from), walk(at[1]), &last(to), *noreplace)
             }
@@ -887,7 +1095,7 @@ impl Model {
                 }
                 None if !flags.create => return Err(Errno::ENOENT),
                 None => {
-                    let id = self.add_node(Node::File { data: Vec::new(), nlink: 1 });
+                    let id = self.add_node(Node::File { data: Vec::new(), nlink: 1 }, directory);
                     self.insert_entry(directory, name, id);
                     self.record(true, || Key::Handle(handle));
                     self.handles.insert(handle, Handle { node: id, writable: flags.write });
@@ -906,15 +1114,25 @@ impl Model {
             Node::File { .. } if flags.directory => return Err(Errno::ENOTDIR),
             _ => {}
         }
-        if flags.truncate
-            && flags.write
-            && let Node::File { data, .. } = self.changing(id)
-        {
-            data.clear();
+        // The server truncates only a file that has data (`Opened::needs_truncate`): an empty
+        // one keeps its mtime (Linux's O_TRUNC sets it whatever the size).
+        if flags.truncate && flags.write && matches!(self.node(id), Node::File { data, .. } if !data.is_empty()) {
+            if let Node::File { data, .. } = self.changing(id) {
+                data.clear();
+            }
+            self.stamp(id);
         }
         self.record(true, || Key::Handle(handle));
         self.handles.insert(handle, Handle { node: id, writable: flags.write });
-        let Value::Attr { size, .. } = self.attr(id) else { unreachable!("attr gives Value::Attr") };
+        let size = match self.node(id) {
+            Node::Directory { .. } => 0,
+            Node::File { data, .. } => data.len() as u64,
+            Node::Symlink { target, .. } => target.len() as u64,
+        };
+        if !self.is_directory(id) {
+            let origin = self.origin(id);
+            self.record(false, || Key::Node(origin));
+        }
         Ok(Value::Opened { created: false, size })
     }
 
@@ -937,6 +1155,7 @@ impl Model {
                     contents.resize(data.len(), 0);
                 }
                 contents[..data.len()].copy_from_slice(data);
+                self.stamp(handle.node);
                 Ok(Value::Done)
             }
             _ => Err(Errno::EBADF),
@@ -1006,6 +1225,7 @@ impl Model {
             return Err(Errno::ENOTEMPTY);
         }
         self.remove_entry(directory, &name);
+        self.drop_link(id);
         Ok(Value::Done)
     }
 
@@ -1026,9 +1246,9 @@ impl Model {
         if self.lookup(directory, &name).is_some() {
             return Err(Errno::EEXIST);
         }
-        let id = self.add_node(Node::Directory { entries: BTreeMap::new() });
+        let id = self.add_node(Node::Directory { entries: BTreeMap::new() }, directory);
         self.insert_entry(directory, name, id);
-        Ok(Value::Attr { kind: Kind::Directory, size: 0, nlink: 2 })
+        Ok(self.attr(id))
     }
 
     /// `Client::symlink` over `Ns::symlink`: answers the symlink's attributes.
@@ -1044,9 +1264,9 @@ impl Model {
         if self.lookup(directory, &name).is_some() {
             return Err(Errno::EEXIST);
         }
-        let id = self.add_node(Node::Symlink { target: target.to_string(), nlink: 1 });
+        let id = self.add_node(Node::Symlink { target: target.to_string(), nlink: 1 }, directory);
         self.insert_entry(directory, name, id);
-        Ok(Value::Attr { kind: Kind::Symlink, size: target.len() as u64, nlink: 1 })
+        Ok(self.attr(id))
     }
 
     /// `Client::hard_link` over `Ns::link`: the source is found by `lstat` (a final symlink is
@@ -1146,19 +1366,165 @@ impl Model {
         Ok(Value::Names(self.listing(id).keys().cloned().collect()))
     }
 
+    /// A call on what a path names (`on_node`), walked to whole: following a final symlink,
+    /// except `read_link`'s (`Client::lstat`).
+    fn path_call(&mut self, call: &Call, path: &str) -> Result<Value, Errno> {
+        let follow = !matches!(call, Call::Readlink { .. });
+        let id = self.resolve(path, follow)?;
+        self.on_node(call, id)
+    }
+
+    /// The act of a call on what its path names, once walked to: the client's request by inode
+    /// id (`setattr`, `readlink_ino`, the `*xattr_ino`).
+    fn on_node(&mut self, call: &Call, id: NodeId) -> Result<Value, Errno> {
+        match call {
+            Call::Stat { .. } => Ok(self.attr(id)),
+            Call::ReadDir { .. } => self.list(id),
+            Call::Chmod { mode, .. } => self.setattr(id, SetAttr { perm: Some(*mode), ..SetAttr::default() }),
+            Call::Chown { uid, gid, .. } => self.setattr(id, SetAttr { uid: *uid, gid: *gid, ..SetAttr::default() }),
+            Call::Truncate { size, .. } => self.setattr(id, SetAttr { size: Some(*size), ..SetAttr::default() }),
+            Call::SetTimes { atime, mtime, .. } => {
+                self.setattr(id, SetAttr { atime: *atime, mtime: *mtime, ..SetAttr::default() })
+            }
+            Call::Readlink { .. } => self.readlink(id),
+            Call::GetXattr { name, .. } => self.get_xattr(id, name),
+            Call::SetXattr { name, value, mode, .. } => self.set_xattr(id, name, value, *mode),
+            Call::ListXattr { .. } => self.list_xattr(id),
+            Call::RemoveXattr { name, .. } => self.remove_xattr(id, name),
+            other => panic!("{other:?} is not a call on a node"),
+        }
+    }
+
+    /// `Ns::setattr` for the superuser (`access::check_setattr` refuses it nothing): answers
+    /// the new attributes. A size change of a directory is EISDIR, of a symlink EINVAL (the
+    /// client's path calls follow symlinks, so it never asks); a size that changes sets mtime.
+    /// A chown of a non-directory clears set-user-id, and set-group-id where group execute is
+    /// set too, whoever makes it (Linux's `ATTR_KILL_SUID` / `ATTR_KILL_SGID`).
+    fn setattr(&mut self, id: NodeId, set: SetAttr) -> Result<Value, Errno> {
+        let origin = self.origin(id);
+        let mut perm = set.perm.map(|perm| perm & 0o7777);
+        if (set.uid.is_some() || set.gid.is_some()) && !self.is_directory(id) {
+            self.record(false, || Key::Mode(origin));
+            let before = self.meta(id).perm;
+            let mut bits = perm.unwrap_or(before) & !S_ISUID;
+            if bits & (S_ISGID | S_IXGRP) == S_ISGID | S_IXGRP {
+                bits &= !S_ISGID;
+            }
+            if perm.is_some() || bits != before {
+                perm = Some(bits);
+            }
+        }
+        if let Some(size) = set.size {
+            match self.node(id) {
+                Node::Directory { .. } => return Err(Errno::EISDIR),
+                Node::Symlink { .. } => return Err(Errno::EINVAL),
+                Node::File { .. } => {}
+            }
+            self.record(false, || Key::Node(origin));
+            if let Node::File { data, .. } = self.node(id)
+                && data.len() as u64 != size
+            {
+                if let Node::File { data, .. } = self.changing(id) {
+                    data.resize(size as usize, 0);
+                }
+                self.stamp(id);
+            }
+        }
+        if perm.is_some() || set.uid.is_some() || set.gid.is_some() {
+            self.record(true, || Key::Mode(origin));
+            let meta = self.meta_mut(id);
+            meta.perm = perm.unwrap_or(meta.perm);
+            meta.uid = set.uid.unwrap_or(meta.uid);
+            meta.gid = set.gid.unwrap_or(meta.gid);
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            self.record(true, || Key::Times(origin));
+            let meta = self.meta_mut(id);
+            meta.atime = set.atime.unwrap_or(meta.atime);
+            meta.mtime = set.mtime.unwrap_or(meta.mtime);
+        }
+        Ok(self.attr(id))
+    }
+
+    /// `Ns::readlink`: a symlink's target; anything else is EINVAL.
+    fn readlink(&mut self, id: NodeId) -> Result<Value, Errno> {
+        self.symlink_target(id).map(|target| Value::Data(target.into_bytes())).ok_or(Errno::EINVAL)
+    }
+
+    /// The value of a node's xattr, recording the read.
+    fn xattr(&mut self, id: NodeId, name: &str) -> Option<&Vec<u8>> {
+        let origin = self.origin(id);
+        self.record(false, || Key::Xattr(origin, name.to_string()));
+        self.meta(id).xattrs.get(name)
+    }
+
+    /// `Ns::getxattr` (`access::check_xattr_read`: a symlink has no `user.*` xattrs).
+    fn get_xattr(&mut self, id: NodeId, name: &str) -> Result<Value, Errno> {
+        if user_xattr(name) && matches!(self.node(id), Node::Symlink { .. }) {
+            return Err(Errno::ENODATA);
+        }
+        self.xattr(id, name).map(|value| Value::Data(value.clone())).ok_or(Errno::ENODATA)
+    }
+
+    /// `Ns::setxattr` (`access::check_xattr_write`: a symlink takes no `user.*` xattrs; the
+    /// superuser passes the rest): creating an existing one is EEXIST, replacing a missing one
+    /// ENODATA.
+    fn set_xattr(&mut self, id: NodeId, name: &str, value: &[u8], mode: XattrMode) -> Result<Value, Errno> {
+        if user_xattr(name) && matches!(self.node(id), Node::Symlink { .. }) {
+            return Err(Errno::EPERM);
+        }
+        let present = self.xattr(id, name).is_some();
+        match (mode, present) {
+            (XattrMode::Create, true) => return Err(Errno::EEXIST),
+            (XattrMode::Replace, false) => return Err(Errno::ENODATA),
+            _ => {}
+        }
+        let origin = self.origin(id);
+        self.record(true, || Key::Xattr(origin, name.to_string()));
+        self.meta_mut(id).xattrs.insert(name.to_string(), value.to_vec());
+        Ok(Value::Done)
+    }
+
+    /// `Ns::listxattr`: the names, sorted (the superuser sees every namespace).
+    fn list_xattr(&mut self, id: NodeId) -> Result<Value, Errno> {
+        let origin = self.origin(id);
+        self.record(false, || Key::Xattrs(origin));
+        Ok(Value::Names(self.meta(id).xattrs.keys().cloned().collect()))
+    }
+
+    /// `Ns::removexattr`: a missing one is ENODATA.
+    fn remove_xattr(&mut self, id: NodeId, name: &str) -> Result<Value, Errno> {
+        if user_xattr(name) && matches!(self.node(id), Node::Symlink { .. }) {
+            return Err(Errno::EPERM);
+        }
+        if self.xattr(id, name).is_none() {
+            return Err(Errno::ENODATA);
+        }
+        let origin = self.origin(id);
+        self.record(true, || Key::Xattr(origin, name.to_string()));
+        self.meta_mut(id).xattrs.remove(name);
+        Ok(Value::Done)
+    }
+
     fn write_tree(&self, f: &mut fmt::Formatter<'_>, directory: NodeId, depth: usize) -> fmt::Result {
         for (name, &id) in self.entries(directory) {
             let indent = "  ".repeat(depth + 1);
+            let meta = describe_meta(self.node(id).kind(), self.meta(id));
             match self.node(id) {
                 Node::Directory { .. } => {
-                    writeln!(f, "{indent}{name}/")?;
+                    writeln!(f, "{indent}{name}/{meta}")?;
                     self.write_tree(f, id, depth + 1)?;
                 }
-                node => writeln!(f, "{indent}{name} {}", describe(id, node))?,
+                node => writeln!(f, "{indent}{name} {}{meta}", describe(id, node))?,
             }
         }
         Ok(())
     }
+}
+
+/// Is `name` in the `user.` namespace (which a symlink has none of, `access.rs`)?
+fn user_xattr(name: &str) -> bool {
+    name.starts_with("user.")
 }
 
 /// A non-directory for `Display`: its node id (hard links share it), nlink and contents.
@@ -1175,15 +1541,42 @@ fn describe(id: NodeId, node: &Node) -> String {
     }
 }
 
+/// What of `meta` differs from a new node's (of `kind`, made by root in a plain directory), for
+/// `Display`: ` [mode 4755, owner 1:7, mtime 1000001111.000000007, user.a="x"]`, or nothing.
+fn describe_meta(kind: Kind, meta: &Meta) -> String {
+    let perm = match kind {
+        Kind::File => FILE_PERM,
+        Kind::Directory => DIRECTORY_PERM,
+        Kind::Symlink => SYMLINK_PERM,
+    };
+    let mut parts = Vec::new();
+    if meta.perm != perm {
+        parts.push(format!("mode {:04o}", meta.perm));
+    }
+    if (meta.uid, meta.gid) != (0, 0) {
+        parts.push(format!("owner {}:{}", meta.uid, meta.gid));
+    }
+    for (what, time) in [("atime", meta.atime), ("mtime", meta.mtime)] {
+        if time != Time::Clock {
+            parts.push(format!("{what} {time}"));
+        }
+    }
+    for (name, value) in &meta.xattrs {
+        parts.push(format!("{name}=\"{}\"", value.escape_ascii()));
+    }
+    if parts.is_empty() { String::new() } else { format!(" [{}]", parts.join(", ")) }
+}
+
 /// The tree, one name a line, then the handles.
 impl fmt::Display for Model {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "/")?;
+        writeln!(f, "/{}", describe_meta(Kind::Directory, self.meta(ROOT)))?;
         self.write_tree(f, ROOT, 0)?;
         for (handle, open) in &self.handles {
             let access = if open.writable { "read-write" } else { "read-only" };
             let node = self.node(open.node);
-            writeln!(f, "handle {handle} ({access}): {:?} {}", node.kind(), describe(open.node, node))?;
+            let meta = describe_meta(node.kind(), self.meta(open.node));
+            writeln!(f, "handle {handle} ({access}): {:?} {}{meta}", node.kind(), describe(open.node, node))?;
         }
         Ok(())
     }
@@ -1243,7 +1636,7 @@ mod tests {
         Outcome::Ok(Value::Done)
     }
     fn attr(kind: Kind, size: u64, nlink: u32) -> Outcome {
-        Outcome::Ok(Value::Attr { kind, size, nlink })
+        Outcome::Ok(Value::plain(kind, size, nlink))
     }
     fn opened(created: bool, size: u64) -> Outcome {
         Outcome::Ok(Value::Opened { created, size })
@@ -1254,6 +1647,42 @@ mod tests {
     fn names(list: &[&str]) -> Outcome {
         Outcome::Ok(Value::Names(list.iter().map(|name| name.to_string()).collect()))
     }
+    fn chmod(path: &str, mode: u32) -> Call {
+        Call::Chmod { path: path.into(), mode }
+    }
+    fn chown(path: &str, uid: Option<u32>, gid: Option<u32>) -> Call {
+        Call::Chown { path: path.into(), uid, gid }
+    }
+    fn truncate(path: &str, size: u64) -> Call {
+        Call::Truncate { path: path.into(), size }
+    }
+    fn set_times(path: &str, atime: Option<Time>, mtime: Option<Time>) -> Call {
+        Call::SetTimes { path: path.into(), atime, mtime }
+    }
+    fn readlink(path: &str) -> Call {
+        Call::Readlink { path: path.into() }
+    }
+    fn set_xattr(path: &str, name: &str, value: &str, mode: XattrMode) -> Call {
+        Call::SetXattr { path: path.into(), name: name.into(), value: value.as_bytes().to_vec(), mode }
+    }
+    fn get_xattr(path: &str, name: &str) -> Call {
+        Call::GetXattr { path: path.into(), name: name.into() }
+    }
+    fn list_xattr(path: &str) -> Call {
+        Call::ListXattr { path: path.into() }
+    }
+    fn remove_xattr(path: &str, name: &str) -> Call {
+        Call::RemoveXattr { path: path.into(), name: name.into() }
+    }
+    const T1: Time = Time::At { secs: 1_000_000_000, nanos: 0 };
+    const T2: Time = Time::At { secs: -86_400, nanos: 5 };
+    /// Full attributes: `mode` is `st_mode`, `owner` (uid, gid), `times` (atime, mtime).
+    fn full(kind: Kind, size: u64, nlink: u32, mode: u32, owner: (u32, u32), times: (Time, Time)) -> Outcome {
+        let (uid, gid) = owner;
+        let (atime, mtime) = times;
+        Outcome::Ok(Value::Attr { kind, size, nlink, mode, uid, gid, atime, mtime, ctime: Time::Clock })
+    }
+    const CLOCK: (Time, Time) = (Time::Clock, Time::Clock);
 
     /// Applies each call and checks its answer.
     fn run(model: &mut Model, script: &[(Call, Outcome)]) {
@@ -1554,10 +1983,195 @@ mod tests {
             mkdir("/a/f"),
             open("/a/f", true, true, true, true, 2),
             open("/a", true, false, false, true, 2),
+            truncate("/a", 0),
+            truncate("/a/f/g", 0),
+            chmod("/b", 0o600),
+            readlink("/a/f"),
+            set_xattr("/a/f", "user.a", "1", XattrMode::Replace),
+            remove_xattr("/a", "user.a"),
+            get_xattr("/a", "user.a"),
         ] {
             assert!(matches!(model.apply(&call), Outcome::Err(_)), "{call:?}");
             assert_eq!(model, before, "{call:?}");
         }
+    }
+
+    #[test]
+    fn chmod_and_chown_as_root() {
+        with(&[
+            (create("/f", 1), opened(true, 0)),
+            (chmod("/f", 0o600), full(Kind::File, 0, 1, 0o100600, (0, 0), CLOCK)),
+            (chown("/f", Some(1), Some(7)), full(Kind::File, 0, 1, 0o100600, (1, 7), CLOCK)),
+            (chown("/f", None, Some(0)), full(Kind::File, 0, 1, 0o100600, (1, 0), CLOCK)),
+            // A chown of a non-directory clears set-user-id, and set-group-id with group execute.
+            (chmod("/f", 0o4755), full(Kind::File, 0, 1, 0o104755, (1, 0), CLOCK)),
+            (chown("/f", Some(1), None), full(Kind::File, 0, 1, 0o100755, (1, 0), CLOCK)),
+            (chmod("/f", 0o2755), full(Kind::File, 0, 1, 0o102755, (1, 0), CLOCK)),
+            (chown("/f", None, Some(0)), full(Kind::File, 0, 1, 0o100755, (1, 0), CLOCK)),
+            (chmod("/f", 0o6744), full(Kind::File, 0, 1, 0o106744, (1, 0), CLOCK)),
+            (chown("/f", Some(0), None), full(Kind::File, 0, 1, 0o102744, (0, 0), CLOCK)),
+            // One with neither id clears nothing, as the server does (Linux clears set-user-id).
+            (chmod("/f", 0o4755), full(Kind::File, 0, 1, 0o104755, (0, 0), CLOCK)),
+            (chown("/f", None, None), full(Kind::File, 0, 1, 0o104755, (0, 0), CLOCK)),
+            // A directory keeps its bits; only permission bits are taken from a chmod.
+            (mkdir("/d"), attr(Kind::Directory, 0, 2)),
+            (chmod("/d", 0o177_777), full(Kind::Directory, 0, 2, 0o047777, (0, 0), CLOCK)),
+            (chown("/d", Some(7), Some(7)), full(Kind::Directory, 0, 2, 0o047777, (7, 7), CLOCK)),
+            // Through a symlink, to what it points at; a dangling one is ENOENT, a loop ELOOP.
+            (symlink("/f", "/s"), attr(Kind::Symlink, 2, 1)),
+            (chmod("/s", 0o640), full(Kind::File, 0, 1, 0o100640, (0, 0), CLOCK)),
+            (stat("/f"), full(Kind::File, 0, 1, 0o100640, (0, 0), CLOCK)),
+            (symlink("/nowhere", "/t"), attr(Kind::Symlink, 8, 1)),
+            (chmod("/t", 0o640), err(Errno::ENOENT)),
+            (symlink("/l", "/l"), attr(Kind::Symlink, 2, 1)),
+            (chown("/l", Some(1), None), err(Errno::ELOOP)),
+            (chmod("/f/", 0o640), err(Errno::ENOTDIR)),
+            (chmod("/x/f", 0o640), err(Errno::ENOENT)),
+        ]);
+    }
+
+    #[test]
+    fn a_set_group_id_directory_hands_down_its_group() {
+        with(&[
+            (mkdir("/d"), attr(Kind::Directory, 0, 2)),
+            (chown("/d", None, Some(7)), full(Kind::Directory, 0, 2, 0o040755, (0, 7), CLOCK)),
+            (create("/d/plain", 1), opened(true, 0)),
+            (stat("/d/plain"), attr(Kind::File, 0, 1)),
+            (chmod("/d", 0o2775), full(Kind::Directory, 0, 2, 0o042775, (0, 7), CLOCK)),
+            (create("/d/f", 2), opened(true, 0)),
+            (stat("/d/f"), full(Kind::File, 0, 1, 0o100644, (0, 7), CLOCK)),
+            (mkdir("/d/e"), full(Kind::Directory, 0, 2, 0o042755, (0, 7), CLOCK)),
+            (symlink("x", "/d/s"), full(Kind::Symlink, 1, 1, 0o120777, (0, 7), CLOCK)),
+            (mkdir("/d/e/f"), full(Kind::Directory, 0, 2, 0o042755, (0, 7), CLOCK)),
+            (mkdir("/x"), attr(Kind::Directory, 0, 2)),
+        ]);
+    }
+
+    #[test]
+    fn truncate_and_what_changes_mtime() {
+        with(&[
+            (create("/f", 1), opened(true, 0)),
+            (write(1, b"abc"), done()),
+            (truncate("/f", 5), attr(Kind::File, 5, 1)),
+            (read(1), data(b"abc\0\0")),
+            (truncate("/f", 2), attr(Kind::File, 2, 1)),
+            (read(1), data(b"ab")),
+            // Times set exactly read back exactly, until the contents change.
+            (set_times("/f", Some(T1), Some(T2)), full(Kind::File, 2, 1, 0o100644, (0, 0), (T1, T2))),
+            (stat("/f"), full(Kind::File, 2, 1, 0o100644, (0, 0), (T1, T2))),
+            (chmod("/f", 0o600), full(Kind::File, 2, 1, 0o100600, (0, 0), (T1, T2))),
+            (set_xattr("/f", "user.a", "1", XattrMode::Either), done()),
+            // A truncation to the size the file has changes nothing.
+            (truncate("/f", 2), full(Kind::File, 2, 1, 0o100600, (0, 0), (T1, T2))),
+            (truncate("/f", 0), full(Kind::File, 0, 1, 0o100600, (0, 0), (T1, Time::Clock))),
+            (set_times("/f", None, Some(T1)), full(Kind::File, 0, 1, 0o100600, (0, 0), (T1, T1))),
+            // An O_TRUNC of an empty file keeps mtime (the server's rule); of data, sets it.
+            (open("/f", true, false, false, true, 2), opened(false, 0)),
+            (stat("/f"), full(Kind::File, 0, 1, 0o100600, (0, 0), (T1, T1))),
+            (write(1, b"x"), done()),
+            (stat("/f"), full(Kind::File, 1, 1, 0o100600, (0, 0), (T1, Time::Clock))),
+            (set_times("/f", Some(T2), Some(T2)), full(Kind::File, 1, 1, 0o100600, (0, 0), (T2, T2))),
+            (open("/f", true, false, false, true, 3), opened(false, 0)),
+            (stat("/f"), full(Kind::File, 0, 1, 0o100600, (0, 0), (T2, Time::Clock))),
+            // "Now" is the server's clock; omitted times stay.
+            (set_times("/f", Some(Time::Clock), None), full(Kind::File, 0, 1, 0o100600, (0, 0), CLOCK)),
+            // A directory's mtime moves with its entries, not with a change below them.
+            (mkdir("/d"), attr(Kind::Directory, 0, 2)),
+            (create("/d/g", 4), opened(true, 0)),
+            (set_times("/d", Some(T1), Some(T1)), full(Kind::Directory, 0, 2, 0o040755, (0, 0), (T1, T1))),
+            (write(4, b"data"), done()),
+            (chmod("/d/g", 0o600), full(Kind::File, 4, 1, 0o100600, (0, 0), CLOCK)),
+            (stat("/d"), full(Kind::Directory, 0, 2, 0o040755, (0, 0), (T1, T1))),
+            (link("/d/g", "/h"), full(Kind::File, 4, 2, 0o100600, (0, 0), CLOCK)),
+            (stat("/d"), full(Kind::Directory, 0, 2, 0o040755, (0, 0), (T1, T1))),
+            (unlink("/d/g"), done()),
+            (stat("/d"), full(Kind::Directory, 0, 2, 0o040755, (0, 0), (T1, Time::Clock))),
+            // Refusals: a directory (EISDIR), nothing there.
+            (truncate("/d", 0), err(Errno::EISDIR)),
+            (truncate("/d/g", 0), err(Errno::ENOENT)),
+            (truncate("/h/x", 0), err(Errno::ENOTDIR)),
+        ]);
+    }
+
+    #[test]
+    fn readlink_answers_targets_and_refusals() {
+        with(&[
+            (readlink("/nothing"), err(Errno::ENOENT)),
+            (create("/f", 1), opened(true, 0)),
+            (readlink("/f"), err(Errno::EINVAL)),
+            (mkdir("/d"), attr(Kind::Directory, 0, 2)),
+            (readlink("/d"), err(Errno::EINVAL)),
+            (symlink("/f", "/s"), attr(Kind::Symlink, 2, 1)),
+            (readlink("/s"), data(b"/f")),
+            // The last name is not followed: a loop or a dangling target is read all the same.
+            (symlink("/b", "/a"), attr(Kind::Symlink, 2, 1)),
+            (symlink("/a", "/b"), attr(Kind::Symlink, 2, 1)),
+            (readlink("/a"), data(b"/b")),
+            (readlink("/a/x"), err(Errno::ELOOP)),
+            // Symlinks on the way are followed.
+            (symlink("/d", "/sd"), attr(Kind::Symlink, 2, 1)),
+            (symlink("../f", "/d/up"), attr(Kind::Symlink, 4, 1)),
+            (readlink("/sd/up"), data(b"../f")),
+            // A trailing slash asks for a directory.
+            (readlink("/s/"), err(Errno::ENOTDIR)),
+            (readlink("/sd/"), err(Errno::EINVAL)),
+        ]);
+    }
+
+    #[test]
+    fn xattrs_by_mode() {
+        with(&[
+            (get_xattr("/f", "user.a"), err(Errno::ENOENT)),
+            (list_xattr("/f"), err(Errno::ENOENT)),
+            (create("/f", 1), opened(true, 0)),
+            (list_xattr("/f"), names(&[])),
+            (get_xattr("/f", "user.a"), err(Errno::ENODATA)),
+            (set_xattr("/f", "user.a", "1", XattrMode::Replace), err(Errno::ENODATA)),
+            (set_xattr("/f", "user.a", "1", XattrMode::Create), done()),
+            (set_xattr("/f", "user.a", "2", XattrMode::Create), err(Errno::EEXIST)),
+            (get_xattr("/f", "user.a"), data(b"1")),
+            (set_xattr("/f", "user.a", "two", XattrMode::Replace), done()),
+            (set_xattr("/f", "user.b", "", XattrMode::Either), done()),
+            (get_xattr("/f", "user.a"), data(b"two")),
+            (get_xattr("/f", "user.b"), data(b"")),
+            (list_xattr("/f"), names(&["user.a", "user.b"])),
+            (remove_xattr("/f", "user.a"), done()),
+            (remove_xattr("/f", "user.a"), err(Errno::ENODATA)),
+            (list_xattr("/f"), names(&["user.b"])),
+            // They belong to the node: through a symlink, a hard link, a rename.
+            (symlink("/f", "/s"), attr(Kind::Symlink, 2, 1)),
+            (set_xattr("/s", "user.a", "s", XattrMode::Create), done()),
+            (link("/f", "/g"), attr(Kind::File, 0, 2)),
+            (rename("/g", "/h"), done()),
+            (list_xattr("/h"), names(&["user.a", "user.b"])),
+            (get_xattr("/h", "user.a"), data(b"s")),
+            // Directories have them too; they do not change mtime.
+            (mkdir("/d"), attr(Kind::Directory, 0, 2)),
+            (set_times("/d", None, Some(T1)), full(Kind::Directory, 0, 2, 0o040755, (0, 0), (Time::Clock, T1))),
+            (set_xattr("/d", "user.a", "d", XattrMode::Either), done()),
+            (stat("/d"), full(Kind::Directory, 0, 2, 0o040755, (0, 0), (Time::Clock, T1))),
+            (list_xattr("/d"), names(&["user.a"])),
+            (symlink("/nowhere", "/t"), attr(Kind::Symlink, 8, 1)),
+            (set_xattr("/t", "user.a", "1", XattrMode::Either), err(Errno::ENOENT)),
+        ]);
+    }
+
+    /// Footprints of the new keys: changes of entries stamp their directory's mtime, which
+    /// commutes with another such change but not with a read or a change of the times.
+    #[test]
+    fn stamps_commute_with_stamps_only() {
+        let model = with(&[(mkdir("/d"), attr(Kind::Directory, 0, 2)), (create("/d/f", 1), opened(true, 0))]);
+        let footprint = |call: &Call| model.clone().apply_traced(call).1;
+        let (one, two) = (footprint(&mkdir("/d/a")), footprint(&mkdir("/d/b")));
+        assert!(!one.conflicts(&two), "two names made in one directory");
+        assert!(one.conflicts(&footprint(&set_times("/d", None, Some(T1)))));
+        assert!(one.conflicts(&footprint(&stat("/d"))));
+        assert!(one.conflicts(&footprint(&chown("/d", None, Some(7)))), "a new name's group is the directory's");
+        let xattr = footprint(&set_xattr("/d/f", "user.a", "1", XattrMode::Either));
+        assert!(!xattr.conflicts(&footprint(&set_xattr("/d/f", "user.b", "1", XattrMode::Either))));
+        assert!(xattr.conflicts(&footprint(&list_xattr("/d/f"))));
+        assert!(!xattr.conflicts(&footprint(&chmod("/d/f", 0o600))));
+        assert!(footprint(&write(1, b"x")).conflicts(&footprint(&set_times("/d/f", Some(T1), None))));
     }
 
     #[test]
@@ -1568,8 +2182,10 @@ mod tests {
             (write(1, b"hi"), done()),
             (symlink("/d", "/s"), attr(Kind::Symlink, 2, 1)),
         ]);
+        let mut model = model;
+        run(&mut model, &[(set_xattr("/d", "user.a", "1", XattrMode::Either), done())]);
         let shown = model.to_string();
-        assert!(shown.contains("d/\n    f (file #2, nlink 1, 2 bytes \"hi\")"), "{shown}");
+        assert!(shown.contains("d/ [user.a=\"1\"]\n    f (file #2, nlink 1, 2 bytes \"hi\")"), "{shown}");
         assert!(shown.contains("s -> \"/d\""), "{shown}");
         assert!(shown.contains("handle 1 (read-write)"), "{shown}");
     }

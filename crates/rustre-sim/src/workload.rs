@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 
-use rustre_client::rustre_proto::{Errno, FileKind, RenameMode};
+use rustre_client::rustre_proto::{Caller, Errno, FileKind, RenameMode, TimeSet, Timestamp};
 use rustre_client::{Client, ClientConfig, Connector, File, LinkEvent, OpenOptions};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::history::{Call, ClientId, Event, HandleId, Kind, Outcome, READ_LEN, Value};
+use crate::history::{Call, ClientId, Event, HandleId, Kind, Outcome, READ_LEN, Time, Value, XattrMode};
 use crate::{Bugs, CALL_TIME_MAX, Direction, Faults, SERVER_HOST, SERVER_PORT, Shared, Violation, ViolationKind};
 
 /// Files one client holds open at most.
@@ -30,6 +30,24 @@ const PARENTS: [&str; 7] = ["", "", "", "/d", "/d", "/e", "/d/e"];
 const DIRECTORIES: [&str; 3] = ["/d", "/e", "/d/e"];
 const NAMES: [&str; 4] = ["a", "b", "d", "e"];
 const TARGETS: [&str; 5] = ["/d", "/a", "a", "/e/b", "/s"];
+/// Permission bits chmod sets: plain ones, none at all, and the special bits (set-user-id,
+/// set-group-id with and without group execute, sticky) that a chown clears or a directory
+/// hands down.
+const MODES: [u32; 8] = [0o644, 0o600, 0o755, 0o000, 0o4755, 0o2755, 0o2644, 0o1777];
+/// Owners and groups chown sets (`None` leaves one as it is).
+const IDS: [Option<u32>; 4] = [None, Some(0), Some(1), Some(7)];
+/// Sizes truncate sets: within and past what writes leave (at most 24 bytes).
+const SIZES: [u64; 5] = [0, 1, 4, 12, 30];
+/// Times set explicitly: all before the simulated clock's epoch (one before 1970), so that no
+/// time the server's clock gives is ever one of them.
+const TIMES: [Time; 3] = [
+    Time::At { secs: 1_000_000_000, nanos: 0 },
+    Time::At { secs: 1_234_567_890, nanos: 123_456_789 },
+    Time::At { secs: -86_400, nanos: 5 },
+];
+/// Few xattr names and short values, so that calls collide.
+const XATTR_NAMES: [&str; 2] = ["user.a", "user.b"];
+const XATTR_VALUES: [&[u8]; 3] = [b"1", b"two", b""];
 
 pub(crate) fn host_name(client: ClientId) -> String {
     format!("client{client}")
@@ -342,6 +360,9 @@ async fn connect(plan: &Plan, rng: &mut Rng, sessions: u64) -> turmoil::Result<C
         suspend_clock: Arc::new(rustre_client::ManualSuspendClock::default()),
         // A call gives up on a lost server well before the run calls it hung.
         reconnect_wait: CALL_TIME_MAX / 2,
+        // The simulated clients act as root (the server squashes no one), whoever runs the
+        // simulation: the model's permission rules are the superuser's.
+        caller: Caller::ROOT,
         ..ClientConfig::default()
     };
     // The session reconnects by itself (resume, reclaim, resends) through streams as faulty as
@@ -395,11 +416,27 @@ fn path(rng: &mut Rng) -> String {
     format!("{}/{}", rng.pick(&PARENTS), rng.pick(&NAMES))
 }
 
-/// The next call: mostly namespace calls on colliding names, some on the files held open.
+/// A path for an xattr call: half the time a directory the workload wants to exist, which lives
+/// longer than most names, so that xattrs are read back before their node goes.
+fn xattr_path(rng: &mut Rng) -> String {
+    if rng.chance(0.5) { rng.pick(&DIRECTORIES).to_string() } else { path(rng) }
+}
+
+/// A time for `SetTimes`: mostly explicit, sometimes "now", sometimes left as it is.
+fn set_time(rng: &mut Rng) -> Option<Time> {
+    match rng.below(6) {
+        0 => None,
+        1 => Some(Time::Clock),
+        _ => Some(TIMES[rng.below(TIMES.len() as u64) as usize]),
+    }
+}
+
+/// The next call: mostly namespace calls on colliding names, some on the files held open, some
+/// on attributes and xattrs.
 fn choose(rng: &mut Rng, handles: &[Open], handle: HandleId) -> Call {
     let held = !handles.is_empty();
     loop {
-        let call = match rng.below(100) {
+        let call = match rng.below(120) {
             0..=14 => {
                 let write = rng.chance(0.7);
                 let create = write && rng.chance(0.8);
@@ -434,6 +471,26 @@ fn choose(rng: &mut Rng, handles: &[Open], handle: HandleId) -> Call {
             76..=78 => Call::Symlink { target: rng.pick(&TARGETS).to_string(), path: path(rng) },
             79..=91 => Call::Stat { path: path(rng) },
             92..=99 => Call::ReadDir { path: rng.pick(&["/", "/d", "/e", "/d/e"]).to_string() },
+            100..=103 => Call::Chmod { path: path(rng), mode: MODES[rng.below(MODES.len() as u64) as usize] },
+            104..=105 => {
+                let uid = IDS[rng.below(IDS.len() as u64) as usize];
+                Call::Chown { path: path(rng), uid, gid: IDS[rng.below(IDS.len() as u64) as usize] }
+            }
+            106..=108 => Call::Truncate { path: path(rng), size: SIZES[rng.below(SIZES.len() as u64) as usize] },
+            109..=110 => Call::SetTimes { path: path(rng), atime: set_time(rng), mtime: set_time(rng) },
+            111..=112 => Call::Readlink { path: path(rng) },
+            113..=115 => {
+                let mode = [XattrMode::Either, XattrMode::Create, XattrMode::Replace][rng.below(3) as usize];
+                Call::SetXattr {
+                    path: xattr_path(rng),
+                    name: rng.pick(&XATTR_NAMES).to_string(),
+                    value: XATTR_VALUES[rng.below(XATTR_VALUES.len() as u64) as usize].to_vec(),
+                    mode,
+                }
+            }
+            116..=117 => Call::GetXattr { path: xattr_path(rng), name: rng.pick(&XATTR_NAMES).to_string() },
+            118 => Call::ListXattr { path: xattr_path(rng) },
+            119 => Call::RemoveXattr { path: xattr_path(rng), name: rng.pick(&XATTR_NAMES).to_string() },
             _ => continue, // a call on a handle, without one
         };
         if matches!(call, Call::Open { .. }) && handles.len() >= HANDLES_MAX {
@@ -451,8 +508,38 @@ fn kind(kind: FileKind) -> Kind {
     }
 }
 
+/// A time as the model predicts it: one before the simulated clock's epoch is one the workload
+/// set (`TIMES`), kept exactly; any other came from the server's clock.
+fn time(time: Timestamp) -> Time {
+    if time.secs >= crate::EPOCH_SECONDS as i64 { Time::Clock } else { Time::At { secs: time.secs, nanos: time.nanos } }
+}
+
+fn time_set(time: Time) -> TimeSet {
+    match time {
+        Time::Clock => TimeSet::Now,
+        Time::At { secs, nanos } => TimeSet::At(Timestamp { secs, nanos }),
+    }
+}
+
 fn attr(attr: &rustre_client::rustre_proto::Attr) -> Value {
-    Value::Attr { kind: kind(attr.kind), size: attr.size, nlink: attr.nlink }
+    Value::Attr {
+        kind: kind(attr.kind),
+        size: attr.size,
+        nlink: attr.nlink,
+        mode: attr.mode(),
+        uid: attr.uid,
+        gid: attr.gid,
+        atime: time(attr.atime),
+        mtime: time(attr.mtime),
+        ctime: time(attr.ctime),
+    }
+}
+
+/// Names as the history records them: sorted.
+fn sorted(names: impl IntoIterator<Item = Vec<u8>>) -> Value {
+    let mut names: Vec<String> = names.into_iter().map(|name| String::from_utf8_lossy(&name).into_owned()).collect();
+    names.sort();
+    Value::Names(names)
 }
 
 /// What a call answered, as the history records it.
@@ -571,12 +658,22 @@ async fn perform_library_call(
         Call::Resolve { .. } | Call::Hop { .. } | Call::Follow { .. } | Call::Act { .. } => {
             unreachable!("the workload makes only client calls")
         }
-        Call::ReadDir { path } => client.read_dir(path).await.map(|entries| {
-            let mut names: Vec<String> =
-                entries.into_iter().map(|entry| String::from_utf8_lossy(&entry.name).into_owned()).collect();
-            names.sort();
-            Value::Names(names)
-        }),
+        Call::ReadDir { path } => {
+            client.read_dir(path).await.map(|entries| sorted(entries.into_iter().map(|entry| entry.name)))
+        }
+        Call::Chmod { path, mode } => client.set_permissions(path, *mode).await.map(|changed| attr(&changed)),
+        Call::Chown { path, uid, gid } => client.set_owner(path, *uid, *gid).await.map(|changed| attr(&changed)),
+        Call::Truncate { path, size } => client.truncate(path, *size).await.map(|changed| attr(&changed)),
+        Call::SetTimes { path, atime, mtime } => {
+            client.set_times(path, atime.map(time_set), mtime.map(time_set)).await.map(|changed| attr(&changed))
+        }
+        Call::Readlink { path } => client.read_link(path).await.map(Value::Data),
+        Call::SetXattr { path, name, value, mode } => {
+            client.set_xattr(path, name.as_bytes(), value, *mode).await.map(|()| Value::Done)
+        }
+        Call::GetXattr { path, name } => client.get_xattr(path, name.as_bytes()).await.map(Value::Data),
+        Call::ListXattr { path } => client.list_xattr(path).await.map(sorted),
+        Call::RemoveXattr { path, name } => client.remove_xattr(path, name.as_bytes()).await.map(|()| Value::Done),
     };
     match result {
         Ok(value) => Outcome::Ok(value),

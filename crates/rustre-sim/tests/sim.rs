@@ -124,6 +124,66 @@ fn fault_free_seeds_are_linearizable_with_many_clients() {
     }
 }
 
+/// The attribute, symlink and xattr calls are made, succeed often enough to be checked, and
+/// their answers carry what the model predicts: a mode with the special bits, a group, times set
+/// exactly and read back by a stat, xattr values and lists, symlink targets.
+#[test]
+fn attribute_and_xattr_calls_are_made_and_checked() {
+    use rustre_sim::history::{Call, Outcome, Time, Value};
+    let reports: Vec<SimReport> =
+        (0..10).map(|seed| run(&SimConfig { faults: Faults::none(), ..SimConfig::new(seed) })).collect();
+    let failed = failures(&reports);
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    let events: Vec<_> = reports.iter().flat_map(|report| &report.history).collect();
+    let count = |what: &dyn Fn(&Call, &Outcome) -> bool| {
+        events.iter().filter(|event| what(&event.call, &event.outcome)).count()
+    };
+    let answered =
+        |outcome: &Outcome, value: &dyn Fn(&Value) -> bool| matches!(outcome, Outcome::Ok(found) if value(found));
+    let attr = |outcome: &Outcome, check: &dyn Fn(u32, u32, Time) -> bool| {
+        answered(outcome, &|value| matches!(value, Value::Attr { mode, gid, mtime, .. } if check(*mode, *gid, *mtime)))
+    };
+    let seen = [
+        ("chmod", count(&|call, outcome| matches!(call, Call::Chmod { .. }) && attr(outcome, &|_, _, _| true))),
+        ("chown", count(&|call, outcome| matches!(call, Call::Chown { .. }) && attr(outcome, &|_, _, _| true))),
+        ("truncate", count(&|call, outcome| matches!(call, Call::Truncate { .. }) && attr(outcome, &|_, _, _| true))),
+        ("utimes", count(&|call, outcome| matches!(call, Call::SetTimes { .. }) && attr(outcome, &|_, _, _| true))),
+        ("a special bit", count(&|_, outcome| attr(outcome, &|mode, _, _| mode & 0o7000 != 0))),
+        ("a group set", count(&|_, outcome| attr(outcome, &|_, gid, _| gid == 7))),
+        (
+            "a stat with a time set",
+            count(&|call, outcome| {
+                matches!(call, Call::Stat { .. }) && attr(outcome, &|_, _, mtime| mtime != Time::Clock)
+            }),
+        ),
+        (
+            "a symlink read",
+            count(&|call, outcome| {
+                matches!(call, Call::Readlink { .. }) && answered(outcome, &|value| matches!(value, Value::Data(_)))
+            }),
+        ),
+        (
+            "an xattr read",
+            count(&|call, outcome| {
+                matches!(call, Call::GetXattr { .. }) && answered(outcome, &|value| matches!(value, Value::Data(_)))
+            }),
+        ),
+        (
+            "an xattr listed",
+            count(&|call, outcome| {
+                matches!(call, Call::ListXattr { .. })
+                    && answered(outcome, &|value| matches!(value, Value::Names(names) if !names.is_empty()))
+            }),
+        ),
+        (
+            "an xattr removed",
+            count(&|call, outcome| matches!(call, Call::RemoveXattr { .. }) && matches!(outcome, Outcome::Ok(_))),
+        ),
+    ];
+    let missing: Vec<&str> = seen.iter().filter(|(_, count)| *count == 0).map(|(what, _)| *what).collect();
+    assert!(missing.is_empty(), "never seen in 10 seeds: {missing:?} (seen: {seen:?})");
+}
+
 #[test]
 fn tasks_sharing_one_client_are_linearizable_without_faults() {
     // Three tasks per client, each making its calls through the client's one session and cache:
