@@ -279,6 +279,23 @@ enum Component {
 }
 
 /// The client's `components`: empty parts and `.` dropped.
+/// A symlink target made only of names (no `..`, no `.` at its end, at least one name): its
+/// directories and its last name. Other targets are followed in one step (`follow_step`).
+fn plain_names(target: &str) -> Option<(VecDeque<String>, String)> {
+    if target.ends_with("/.") {
+        return None;
+    }
+    let mut names = VecDeque::new();
+    for component in components(target) {
+        match component {
+            Component::Name(name) => names.push_back(name),
+            Component::Parent => return None,
+        }
+    }
+    let last = names.pop_back()?;
+    Some((names, last))
+}
+
 fn components(path: &str) -> VecDeque<Component> {
     path.split('/')
         .filter(|part| !part.is_empty() && *part != ".")
@@ -903,6 +920,19 @@ impl Model {
             return None;
         }
         let target = self.lookup(directory, &name).and_then(|id| self.symlink_target(id));
+        if let Some(target) = &target
+            && let Some((pending, last)) = plain_names(target)
+        {
+            // The link is read now (the server's open answered it); each directory of its
+            // target is looked up later, at an instant of its own (the `Hop`s after the follow),
+            // so a change may come between: a rename that takes the target's directory away
+            // after the link was read answers ENOENT (seed 5640).
+            let start = if target.starts_with('/') { ROOT } else { directory };
+            self.handles.insert(to, Handle { node: start, writable: false });
+            let walking = Walking { pending, followed: 1, follow_last: true, whole: false, name: Some(last) };
+            self.walking.insert(to, walking);
+            return Some(());
+        }
         let found = match target {
             None => Ok((directory, Some(name))),
             Some(target) => {

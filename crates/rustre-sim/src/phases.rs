@@ -65,12 +65,17 @@ pub(crate) fn split(events: &[Event]) -> Vec<Event> {
         let act =
             |slots: [u64; 2]| Event { call: Call::Act { call: Box::new(event.call.clone()), slots }, ..event.clone() };
         match &event.call {
-            // An open also follows a final symlink (twice here) in steps of its own; an exclusive
+            // An open also follows a final symlink (twice here) in steps of its own, each reading
+            // the link, then walking its target's directories one `Hop` at a time; an exclusive
             // create never follows one.
             Call::Open { path, exclusive: false, .. } if splittable(path) => {
                 walk(path, false, true, 0);
-                out.push(step(Call::Follow { from: slot(0), to: slot(1) }));
-                out.push(step(Call::Follow { from: slot(1), to: slot(2) }));
+                for (from, to) in [(0, 1), (1, 2)] {
+                    out.push(step(Call::Follow { from: slot(from), to: slot(to) }));
+                    for _ in 0..SYMLINK_HOPS {
+                        out.push(step(Call::Hop { slot: slot(to) }));
+                    }
+                }
                 out.push(act([slot(2), 0]));
             }
             Call::Open { path, .. }
@@ -260,6 +265,36 @@ mod tests {
             },
         ];
         check(&split(&events)).expect("the rmdir between the walk and the act explains it");
+    }
+
+    // An open reads a final symlink at one instant and looks up its target's directories
+    // later: client 2's open of /b reads the link /b -> /e/b, client 1 then renames the file /e
+    // over /b, and the lookup of /e finds nothing. Before the rename the open meets a file as a
+    // directory (ENOTDIR), after it opens the file; only the steps explain ENOENT (seed 5640).
+    #[test]
+    fn an_open_follows_a_symlink_in_steps() {
+        let open = |path: &str, create: bool, handle: u64| Call::Open {
+            path: path.into(),
+            write: true,
+            create,
+            exclusive: false,
+            truncate: false,
+            handle,
+        };
+        let events = vec![
+            event(0, 1, 2, open("/e", true, 7), Outcome::Ok(Value::Opened { created: true, size: 0 })),
+            event(0, 3, 4, Call::Symlink { target: "/e/b".into(), path: "/b".into() }, entry(Kind::Symlink, 4)),
+            event(2, 5, 10, open("/b", false, 8), Outcome::Err(rustre_proto::Errno::ENOENT.0)),
+            event(
+                1,
+                6,
+                7,
+                Call::Rename { from: "/e".into(), to: "/b".into(), noreplace: false },
+                Outcome::Ok(Value::Done),
+            ),
+        ];
+        assert!(check(&events).is_err(), "whole calls cannot explain it");
+        check(&split(&events)).expect("split calls explain it");
     }
 
     // A read of a symlink does not follow it, split or not; the act reads the link itself.

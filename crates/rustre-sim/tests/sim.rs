@@ -7,9 +7,9 @@ fn run(config: &SimConfig) -> SimReport {
     rustre_sim::run(config).unwrap_or_else(|error| panic!("seed {}: {error}", config.seed))
 }
 
-fn failures(reports: &[SimReport]) -> Vec<String> {
+fn failures<'a>(reports: impl IntoIterator<Item = &'a SimReport>) -> Vec<String> {
     reports
-        .iter()
+        .into_iter()
         .filter(|report| !report.passed())
         .map(|report| {
             let violations: Vec<String> = report.violations.iter().map(ToString::to_string).collect();
@@ -92,104 +92,45 @@ fn assert_lost_nothing(report: &SimReport, clients: u32) {
     assert_eq!(stats.sessions, u64::from(clients), "seed {seed}: sessions opened again without a fault");
 }
 
-/// Of the seeds of `fault_free_seeds_are_linearizable_with_many_clients`, how many the checker
-/// may give up on: six clients make histories whose checks now and then exceed
-/// `CHECK_STATES_MAX` (2 of 300 seeds at 100 steps when this was written), and which ones
-/// changes with any change to the schedules. A give-up is neither a pass nor a find.
-const MANY_CLIENTS_GIVE_UPS_MAX: usize = 2;
+/// Asserts that no run of `reports` found anything, and that the checker gave up on at most
+/// `give_ups_max` of them. Histories of many clients, or of tasks sharing a client, now and then
+/// take the check past `CHECK_STATES_MAX`, and which seeds do moves with any change to the
+/// schedules; a give-up is neither a pass nor a find.
+fn assert_none_found(reports: &[SimReport], give_ups_max: usize) {
+    let gave_up = |report: &SimReport| {
+        !report.passed() && report.violations.iter().all(|violation| violation.kind == ViolationKind::CheckerGaveUp)
+    };
+    let failed = failures(reports.iter().filter(|report| !gave_up(report)));
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    let undecided: Vec<u64> = reports.iter().filter(|report| gave_up(report)).map(|report| report.seed).collect();
+    assert!(
+        undecided.len() <= give_ups_max,
+        "the checker gave up on seeds {undecided:?}: more than {give_ups_max} of {} undecided",
+        reports.len()
+    );
+    if !undecided.is_empty() {
+        eprintln!("the checker gave up on seeds {undecided:?} (neither a pass nor a find)");
+    }
+}
 
 /// Six library clients (no mount: with one, the histories of seeds 1 and 3 are beyond the
-/// checker's `CHECK_STATES_MAX`; mounts are checked by every other run).
+/// checker's `CHECK_STATES_MAX`; mounts are checked by every other run). The checker gave up
+/// on 2 of 300 such seeds when this was written.
 #[test]
 fn fault_free_seeds_are_linearizable_with_many_clients() {
     let config = |seed| SimConfig { clients: 6, steps: 100, mounts: 0, faults: Faults::none(), ..SimConfig::new(seed) };
     let reports: Vec<SimReport> = (0..40).map(|seed| run(&config(seed))).collect();
-    let gave_up = |report: &SimReport| {
-        !report.passed() && report.violations.iter().all(|violation| violation.kind == ViolationKind::CheckerGaveUp)
-    };
-    let (undecided, decided): (Vec<SimReport>, Vec<SimReport>) =
-        reports.into_iter().partition(|report| gave_up(report));
-    let failed = failures(&decided);
-    assert!(failed.is_empty(), "{}", failed.join("\n"));
-    let undecided_seeds: Vec<u64> = undecided.iter().map(|report| report.seed).collect();
-    assert!(
-        undecided.len() <= MANY_CLIENTS_GIVE_UPS_MAX,
-        "the checker gave up on seeds {undecided_seeds:?}: more than {MANY_CLIENTS_GIVE_UPS_MAX} of 40 undecided"
-    );
-    if !undecided.is_empty() {
-        eprintln!("the checker gave up on seeds {undecided_seeds:?} (neither a pass nor a find)");
-    }
-    for report in decided.iter().chain(&undecided) {
+    assert_none_found(&reports, 2);
+    for report in &reports {
         assert_lost_nothing(report, 6);
     }
-}
-
-/// The attribute, symlink and xattr calls are made, succeed often enough to be checked, and
-/// their answers carry what the model predicts: a mode with the special bits, a group, times set
-/// exactly and read back by a stat, xattr values and lists, symlink targets.
-#[test]
-fn attribute_and_xattr_calls_are_made_and_checked() {
-    use rustre_sim::history::{Call, Outcome, Time, Value};
-    let reports: Vec<SimReport> =
-        (0..10).map(|seed| run(&SimConfig { faults: Faults::none(), ..SimConfig::new(seed) })).collect();
-    let failed = failures(&reports);
-    assert!(failed.is_empty(), "{}", failed.join("\n"));
-    let events: Vec<_> = reports.iter().flat_map(|report| &report.history).collect();
-    let count = |what: &dyn Fn(&Call, &Outcome) -> bool| {
-        events.iter().filter(|event| what(&event.call, &event.outcome)).count()
-    };
-    let answered =
-        |outcome: &Outcome, value: &dyn Fn(&Value) -> bool| matches!(outcome, Outcome::Ok(found) if value(found));
-    let attr = |outcome: &Outcome, check: &dyn Fn(u32, u32, Time) -> bool| {
-        answered(outcome, &|value| matches!(value, Value::Attr { mode, gid, mtime, .. } if check(*mode, *gid, *mtime)))
-    };
-    let seen = [
-        ("chmod", count(&|call, outcome| matches!(call, Call::Chmod { .. }) && attr(outcome, &|_, _, _| true))),
-        ("chown", count(&|call, outcome| matches!(call, Call::Chown { .. }) && attr(outcome, &|_, _, _| true))),
-        ("truncate", count(&|call, outcome| matches!(call, Call::Truncate { .. }) && attr(outcome, &|_, _, _| true))),
-        ("utimes", count(&|call, outcome| matches!(call, Call::SetTimes { .. }) && attr(outcome, &|_, _, _| true))),
-        ("a special bit", count(&|_, outcome| attr(outcome, &|mode, _, _| mode & 0o7000 != 0))),
-        ("a group set", count(&|_, outcome| attr(outcome, &|_, gid, _| gid == 7))),
-        (
-            "a stat with a time set",
-            count(&|call, outcome| {
-                matches!(call, Call::Stat { .. }) && attr(outcome, &|_, _, mtime| mtime != Time::Clock)
-            }),
-        ),
-        (
-            "a symlink read",
-            count(&|call, outcome| {
-                matches!(call, Call::Readlink { .. }) && answered(outcome, &|value| matches!(value, Value::Data(_)))
-            }),
-        ),
-        (
-            "an xattr read",
-            count(&|call, outcome| {
-                matches!(call, Call::GetXattr { .. }) && answered(outcome, &|value| matches!(value, Value::Data(_)))
-            }),
-        ),
-        (
-            "an xattr listed",
-            count(&|call, outcome| {
-                matches!(call, Call::ListXattr { .. })
-                    && answered(outcome, &|value| matches!(value, Value::Names(names) if !names.is_empty()))
-            }),
-        ),
-        (
-            "an xattr removed",
-            count(&|call, outcome| matches!(call, Call::RemoveXattr { .. }) && matches!(outcome, Outcome::Ok(_))),
-        ),
-    ];
-    let missing: Vec<&str> = seen.iter().filter(|(_, count)| *count == 0).map(|(what, _)| *what).collect();
-    assert!(missing.is_empty(), "never seen in 10 seeds: {missing:?} (seen: {seen:?})");
 }
 
 #[test]
 fn tasks_sharing_one_client_are_linearizable_without_faults() {
     // Three tasks per client, each making its calls through the client's one session and cache:
     // lookups shared between them, a create waiting for the same cache's unlink, revocations
-    // racing grants to that cache. Nothing is lost, and every task makes its calls. (With faults
-    // too, `rustre sim --tasks 3`: not yet in CI, see docs/BENCHMARKS.md, "Simulator runs".)
+    // racing grants to that cache. Nothing is lost, and every task makes its calls.
     let config = |seed| SimConfig { clients: 2, tasks: 3, steps: 40, faults: Faults::none(), ..SimConfig::new(seed) };
     let reports: Vec<SimReport> = (0..10).map(|seed| run(&config(seed))).collect();
     let failed = failures(&reports);
@@ -198,6 +139,20 @@ fn tasks_sharing_one_client_are_linearizable_without_faults() {
         assert_lost_nothing(report, 2);
         assert_eq!(report.stats.calls, 2 * 3 * 40, "seed {}: every task made its calls", report.seed);
     }
+}
+
+/// Tasks sharing a client, with every fault on: a session lost or replaced under three tasks
+/// at once, resends of several slots, a mount's kernel shared by them. The checker gave up on 2
+/// of 200 such seeds when this was written (`rustre sim --seeds 0..200 --clients 2 --tasks 3
+/// --steps 40`), and found nothing on the others.
+#[test]
+fn tasks_sharing_one_client_are_linearizable_with_faults() {
+    let config = |seed| SimConfig { clients: 2, tasks: 3, steps: 40, ..SimConfig::new(seed) };
+    let reports: Vec<SimReport> = (0..30).map(|seed| run(&config(seed))).collect();
+    assert_none_found(&reports, 2);
+    let total = |stat: fn(&SimReport) -> u64| reports.iter().map(stat).sum::<u64>();
+    assert!(total(|report| report.stats.sessions_replaced) > 0, "no session replaced in 30 seeds");
+    assert!(total(|report| report.stats.unknown) > 0, "no call lost to a fault in 30 seeds");
 }
 
 #[test]
