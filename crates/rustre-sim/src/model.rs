@@ -279,6 +279,25 @@ enum Component {
 }
 
 /// The client's `components`: empty parts and `.` dropped.
+/// A call on what its path names, made by inode id once the walk found it (`Model::on_node`):
+/// it adds, removes and moves no node.
+fn on_a_node(call: &Call) -> bool {
+    matches!(
+        call,
+        Call::Stat { .. }
+            | Call::ReadDir { .. }
+            | Call::Chmod { .. }
+            | Call::Chown { .. }
+            | Call::Truncate { .. }
+            | Call::SetTimes { .. }
+            | Call::Readlink { .. }
+            | Call::SetXattr { .. }
+            | Call::GetXattr { .. }
+            | Call::ListXattr { .. }
+            | Call::RemoveXattr { .. }
+    )
+}
+
 /// A symlink target made only of names (no `..`, no `.` at its end, at least one name): its
 /// directories and its last name. Other targets are followed in one step (`follow_step`).
 fn plain_names(target: &str) -> Option<(VecDeque<String>, String)> {
@@ -417,22 +436,7 @@ impl Model {
             },
         };
         // Calls that never add, remove or move a node (so need no renumbering).
-        let reads_only = matches!(
-            call,
-            Call::Write { .. }
-                | Call::Read { .. }
-                | Call::Stat { .. }
-                | Call::ReadDir { .. }
-                | Call::Chmod { .. }
-                | Call::Chown { .. }
-                | Call::Truncate { .. }
-                | Call::SetTimes { .. }
-                | Call::Readlink { .. }
-                | Call::SetXattr { .. }
-                | Call::GetXattr { .. }
-                | Call::ListXattr { .. }
-                | Call::RemoveXattr { .. }
-        );
+        let reads_only = matches!(call, Call::Write { .. } | Call::Read { .. }) || on_a_node(call);
         if !reads_only && result.is_ok() {
             self.renumber();
         }
@@ -985,26 +989,13 @@ impl Model {
             // step, which the check tries too. (Which it was, the model cannot always tell: the
             // checker forgets a handle no later call of its own needs, `forget_handle`.) A
             // symlink's target never changes, and the client may have it cached by id.
-            match call {
-                Call::Stat { .. }
-                | Call::ReadDir { .. }
-                | Call::Chmod { .. }
-                | Call::Chown { .. }
-                | Call::Truncate { .. }
-                | Call::SetTimes { .. }
-                | Call::Readlink { .. }
-                | Call::SetXattr { .. }
-                | Call::GetXattr { .. }
-                | Call::ListXattr { .. }
-                | Call::RemoveXattr { .. } => {
-                    let mut answer = self.on_node(call, node);
-                    // A removed directory has no links at all (`Ns::drop_link`).
-                    if let Ok(Value::Attr { kind: Kind::Directory, nlink, .. }) = &mut answer {
-                        *nlink = 0;
-                    }
-                    return Some(answer);
+            if on_a_node(call) {
+                let mut answer = self.on_node(call, node);
+                // A removed directory has no links at all (`Ns::drop_link`).
+                if let Ok(Value::Attr { kind: Kind::Directory, nlink, .. }) = &mut answer {
+                    *nlink = 0;
                 }
-                _ => {}
+                return Some(answer);
             }
             if !self.held_open(node) {
                 // Destroyed on the server: the client met a stale id and retried by name.
