@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Process, free_address, mounted, number, rustre_command, spawn_server, two_mounts};
+use common::{Process, accepts, free_address, mounted, number, rustre_command, spawn_server, two_mounts};
 use serde_json::Value;
 
 /// The acceptance run: `rustre race --dirs M1/d M2/d` across two mount processes of one
@@ -172,7 +171,7 @@ fn up_mounts_serves_and_stops_on_ctrl_c() {
         let stderr = up.stderr();
         assert!(status.success(), "up exit {status}; stderr: {stderr}");
         assert!(!mounted(&mountpoint), "unmounted on Ctrl-C");
-        assert!(TcpStream::connect(&address).is_err(), "the server stopped");
+        assert!(!accepts(&address), "the server stopped");
         assert!(!stderr.contains(" WARN ") && !stderr.contains(" ERROR "), "round {round}: {stderr}");
         // The restart waited for nobody (the session of round 0 ended with its mount).
         assert!(!stderr.contains("waiting for the sessions of the previous run"), "round {round}: {stderr}");
@@ -221,7 +220,7 @@ fn a_mount_rides_through_a_server_crash() {
     let address = free_address();
     let args = ["server", "--data", data.to_str().unwrap(), "--listen", &address];
     let mut server = Process::spawn(&args, scratch.path(), "server");
-    server.wait_until("the server accepts", || TcpStream::connect(&address).is_ok());
+    server.wait_until("the server accepts", || accepts(&address));
     let mountpoint = scratch.path().join("m");
     let _mount = Process::mount(&address, &mountpoint, scratch.path(), "mount");
     std::fs::write(mountpoint.join("before"), b"written before the crash").unwrap();
@@ -233,7 +232,7 @@ fn a_mount_rides_through_a_server_crash() {
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     let mut server = Process::spawn(&args, scratch.path(), "server-again");
-    server.wait_until("the restarted server accepts", || TcpStream::connect(&address).is_ok());
+    server.wait_until("the restarted server accepts", || accepts(&address));
 
     open.write_all(b"second half").expect("a write through a file open across the crash");
     open.rewind().unwrap();

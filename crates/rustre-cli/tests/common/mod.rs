@@ -129,8 +129,16 @@ pub fn spawn_server(scratch: &Path, extra: &[&str]) -> (Process, String) {
     let mut args = vec!["server", "--data", data.to_str().unwrap(), "--listen", &address];
     args.extend_from_slice(extra);
     let mut server = Process::spawn(&args, scratch, "server");
-    server.wait_until("the server accepts", || TcpStream::connect(&address).is_ok());
+    server.wait_until("the server accepts", || accepts(&address));
     (server, address)
+}
+
+/// Does a server listen on `address`? A connection to itself does not count: connecting to a
+/// free port of the ephemeral range can pick that very port as its source and connect to
+/// itself (a TCP simultaneous open), which once passed for a server not yet bound, whose bind
+/// then failed (a red CI run: the mounts met "Connection refused").
+pub fn accepts(address: &str) -> bool {
+    TcpStream::connect(address).is_ok_and(|stream| stream.local_addr().ok() != stream.peer_addr().ok())
 }
 
 /// A `rustre server` and two `rustre mount` processes of it (two clients, as two machines), on
