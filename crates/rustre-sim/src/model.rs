@@ -278,7 +278,6 @@ enum Component {
     Name(String),
 }
 
-/// The client's `components`: empty parts and `.` dropped.
 /// A call on what its path names, made by inode id once the walk found it (`Model::on_node`):
 /// it adds, removes and moves no node.
 fn on_a_node(call: &Call) -> bool {
@@ -315,6 +314,7 @@ fn plain_names(target: &str) -> Option<(VecDeque<String>, String)> {
     Some((names, last))
 }
 
+/// The client's `components`: empty parts and `.` dropped.
 fn components(path: &str) -> VecDeque<Component> {
     path.split('/')
         .filter(|part| !part.is_empty() && *part != ".")
@@ -1028,17 +1028,7 @@ impl Model {
             Call::Rmdir { path } => self.rmdir_from(walk(at[0]), &last(path)),
             Call::Mkdir { path } => self.mkdir_from(walk(at[0]), &last(path)),
             Call::Symlink { target, path } => self.symlink_from(target, walk(at[0]), &last(path)),
-            Call::Stat { .. }
-            | Call::ReadDir { .. }
-            | Call::Chmod { .. }
-            | Call::Chown { .. }
-            | Call::Truncate { .. }
-            | Call::SetTimes { .. }
-            | Call::Readlink { .. }
-            | Call::SetXattr { .. }
-            | Call::GetXattr { .. }
-            | Call::ListXattr { .. }
-            | Call::RemoveXattr { .. } => self.on_node(call, at[0]),
+            call if on_a_node(call) => self.on_node(call, at[0]),
             Call::Rename { from, to, noreplace } => {
                 self.rename_from(walk(at[0]), &last(from), walk(at[1]), &last(to), *noreplace)
             }
