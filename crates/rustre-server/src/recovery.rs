@@ -210,6 +210,12 @@ async fn expire(inner: &Arc<Inner>, due: Vec<u64>) -> Result<(), StoreError> {
         return Ok(());
     }
     tracing::info!(count = missing.len(), "recovery: sessions of an earlier run did not come back by their deadline");
+    forget_missing(inner, missing).await
+}
+
+/// Forgets sessions of an earlier run that did not come back (`expire`, `finish`): what they
+/// held is closed, their rows go, and the inodes kept for their resends are let go.
+async fn forget_missing(inner: &Arc<Inner>, missing: Vec<u64>) -> Result<(), StoreError> {
     close_forgotten(inner, &missing);
     let (result, _) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
         for session in missing {
@@ -229,16 +235,7 @@ async fn finish(inner: &Arc<Inner>, why: &str) -> Result<(), StoreError> {
     let missing: Vec<u64> = inner.recovery.waiting.lock().expect("waiting lock").drain().collect();
     if !missing.is_empty() {
         tracing::info!(count = missing.len(), why, "recovery: sessions of the previous run did not come back");
-        close_forgotten(inner, &missing);
-        let (result, _) = apply(inner, inner.leases.begin_read(), move |ns, opens, _| {
-            for session in missing {
-                ns.forget_session(session)?;
-                crate::stop_awaiting(ns, opens, session, None)?;
-            }
-            Ok(())
-        })
-        .await;
-        result?;
+        forget_missing(inner, missing).await?;
     }
     let was_over = inner.recovery.over.send_replace(true);
     if !was_over {
